@@ -1,0 +1,496 @@
+"""The `flowdeck` command line. Errors are one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from flowdeck.pipeline.config import Config, ConfigError, load_config
+from flowdeck.pipeline.ops import iso, parse_since
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code attached."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _config(args) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def _store(args, config: Config | None = None, *, create: bool = True):
+    from flowdeck.storage.db import StoreError, resolve_url
+    from flowdeck.storage.store import Store
+
+    url = resolve_url(getattr(args, "db", None), config.store.url if config else None)
+    try:
+        return Store(url, create_if_empty=create)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _flow(config: Config, name: str) -> str:
+    if name not in config.flows:
+        raise CliError(f"no flow {name!r} (flows: {', '.join(config.flows)})", EXIT_USAGE)
+    return name
+
+
+def _now_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_check(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return EXIT_USAGE
+    sources = sum(len(f.sources) for f in cfg.flows.values())
+    print(f"{args.file}: ok ({len(cfg.flows)} flows, {sources} sources)")
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args) -> int:
+    from flowdeck.storage.db import StoreError, make_engine, resolve_url, upgrade
+
+    url = resolve_url(args.db)
+    try:
+        engine = make_engine(url)
+        before, after = upgrade(engine)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    print(f"schema {before or 'empty'} -> {after}" if before != after else f"schema at {after}")
+    engine.dispose()
+    return EXIT_OK
+
+
+def _engine_kwargs(args) -> dict:
+    return {"simulator_url": args.simulator, "scenario": args.scenario, "seed": args.seed}
+
+
+def _check_scenario(name: str | None) -> None:
+    if name is None:
+        return
+    from flowdeck.pipeline.simulator import Scenario
+
+    try:
+        Scenario.load(name)
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _format_run(s: dict) -> str:
+    st = s["stages"]
+    chain = " > ".join(f"{k} {v['out']}" for k, v in st.items())
+    extra = []
+    if s["quarantined"]:
+        extra.append(f"{s['quarantined']} quarantined")
+    if s["conflicts"]:
+        extra.append(f"{s['conflicts']} conflicts")
+    if s["anomalies"]:
+        extra.append(f"{s['anomalies']} anomalies")
+    errs = [f"{n}: {i['error']}" for n, i in s["sources"].items() if "error" in i]
+    if errs:
+        extra.append("errors: " + "; ".join(errs))
+    return (f"{s['flow']:<10} run {s['run_id']} {s['status']:<7} {s['duration_ms']:>5} ms  "
+            f"{chain}" + (f"  [{', '.join(extra)}]" if extra else ""))
+
+
+async def _daemon(args, config: Config, *, live_log: bool) -> int:
+    from flowdeck.pipeline.engine import Engine
+
+    store = _store(args, config)
+    engine = Engine(config, store, **_engine_kwargs(args))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sub = engine.hub.subscribe(types={"run_finished", "issue", "quarantine", "log", "fetch"})
+    try:
+        await engine.start(schedule=not args.once)
+        if args.once:
+            summaries = await engine.run_all_once()
+            if args.json:
+                _print_json({"flows": {s.flow: s.as_dict() for s in summaries}})
+            else:
+                for s in summaries:
+                    print(_format_run(s.as_dict()))
+            failed = any(s.status == "failed" for s in summaries)
+            return EXIT_ERROR if failed else EXIT_OK
+        printer = asyncio.create_task(_print_events(sub, args.json, live_log))
+        await stop.wait()
+        printer.cancel()
+        return EXIT_OK
+    finally:
+        await engine.stop()
+        store.close()
+
+
+async def _print_events(sub, as_json: bool, verbose: bool) -> None:
+    while True:
+        ev = await sub.get()
+        if as_json:
+            print(json.dumps(ev.as_dict(), default=str), flush=True)
+            continue
+        t = datetime.fromtimestamp(ev.ts, tz=UTC).strftime("%H:%M:%S")
+        if ev.type == "run_finished":
+            print(f"{t} {_format_run(ev.data)}", flush=True)
+        elif ev.type == "issue" and verbose:
+            print(f"{t} {ev.flow:<10} issue [{ev.data['severity']}] {ev.data['title']}",
+                  flush=True)
+        elif ev.type == "quarantine" and verbose:
+            print(f"{t} {ev.flow:<10} quarantine {ev.data['source']} {ev.data['reason']}: "
+                  f"{ev.data['message'][:100]}", flush=True)
+        elif ev.type == "fetch" and not ev.data.get("ok"):
+            print(f"{t} {ev.flow:<10} fetch {ev.data['source']} failed: {ev.data['error']}",
+                  flush=True)
+        elif ev.type == "log":
+            print(f"{t} {ev.data['message']}", flush=True)
+
+
+def cmd_daemon(args) -> int:
+    config = _config(args)
+    _check_scenario(args.scenario)
+    return asyncio.run(_daemon(args, config, live_log=False))
+
+
+def cmd_demo(args) -> int:
+    config = _config(args)
+    _check_scenario(args.scenario)
+    args.once = False
+    args.json = False
+    print("flowdeck demo: simulator + engine on the bundled flows (Ctrl-C to stop)", flush=True)
+    return asyncio.run(_daemon(args, config, live_log=True))
+
+
+def cmd_simulate(args) -> int:
+    from flowdeck.pipeline import simulator
+
+    _check_scenario(args.scenario)
+    try:
+        asyncio.run(simulator.serve(port=args.port, scenario=args.scenario, seed=args.seed,
+                                    labels_path=args.labels))
+    except OSError as exc:
+        raise CliError(f"cannot serve on port {args.port}: {exc.strerror}") from None
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from flowdeck.pipeline.ops import export_text
+
+    config = _config(args)
+    flow = _flow(config, args.flow)
+    store = _store(args, config, create=False)
+    try:
+        since = parse_since(args.since, _now_ms())
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        n = export_text(store, flow, args.format, since, out)
+    finally:
+        if args.output:
+            out.close()
+        store.close()
+    print(f"exported {n} records", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_lineage(args) -> int:
+    from flowdeck.pipeline.ops import lineage, render_lineage
+
+    config = _config(args)
+    store = _store(args, config, create=False)
+    try:
+        info = lineage(store, config, args.record_id)
+    except LookupError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    if args.json:
+        _print_json(info)
+    else:
+        print(render_lineage(info), end="")
+    return EXIT_OK
+
+
+def cmd_replay(args) -> int:
+    from flowdeck.pipeline.engine import Engine
+
+    config = _config(args)
+    flow = _flow(config, args.flow)
+    if not args.quarantine and not args.raw:
+        raise CliError("say what to replay: --quarantine, or --raw [--since TS]", EXIT_USAGE)
+    try:
+        since = parse_since(args.since, _now_ms()) if args.raw else None
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    store = _store(args, config, create=False)
+
+    async def go():
+        engine = Engine(config, store)
+        await engine.start(schedule=False, resume=False)
+        try:
+            return await engine.replay(flow, quarantine=args.quarantine, since_ms=since)
+        finally:
+            await engine.stop()
+
+    try:
+        summary = asyncio.run(go()).as_dict()
+    finally:
+        store.close()
+    if args.json:
+        _print_json(summary)
+    else:
+        st = summary["stages"]
+        print(f"replayed {summary['payloads']} payload(s) of {flow}: "
+              f"{st['store']['out']} records stored, {summary['quarantined']} still quarantined")
+    return EXIT_ERROR if summary["status"] == "failed" else EXIT_OK
+
+
+def cmd_issues(args) -> int:
+    config = _config(args)
+    store = _store(args, config, create=False)
+    try:
+        if args.action in ("ack", "resolve", "mute"):
+            if args.id is None:
+                raise CliError(f"flowdeck issues {args.action} needs an issue ID", EXIT_USAGE)
+            state = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted"}[args.action]
+            now = _now_ms()
+            until = None
+            if args.action == "mute":
+                from flowdeck.pipeline.config import parse_duration
+
+                until = now + int(parse_duration(args.duration) * 1000)
+            row = store.set_issue_state(args.id, state, os.environ.get("USER", "operator"), now,
+                                        until)
+            if row is None:
+                raise CliError(f"no issue with id {args.id}")
+            print(f"issue {args.id}: {state}")
+            return EXIT_OK
+        rows = store.issues(flow=args.flow, state=args.state)
+    finally:
+        store.close()
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        print(f"{r['id']:>5} {r['state']:<12} {r['severity']:<8} {r['flow']:<10} "
+              f"x{r['count']:<4} {iso(r['last_ms'])}  {r['title']}")
+    return EXIT_OK
+
+
+def cmd_actions(args) -> int:
+    config = _config(args)
+    store = _store(args, config, create=False)
+    try:
+        rows = store.actions(flow=args.flow, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        print(f"{iso(r['ts_ms'])} {r['flow'] or '-':<10} {r['source'] or '-':<10} "
+              f"{r['action']:<16} {r['actor']:<10} {r['outcome']:<8} {r['reason']}")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    """Flows, last run, open issues; exit 0 healthy, 1 degraded, 2 failing."""
+    config = _config(args)
+    store = _store(args, config, create=False)
+    try:
+        counts = store.open_issue_counts()
+        out = {}
+        worst = 0
+        now = _now_ms()
+        for name, flow in config.flows.items():
+            runs = store.recent_runs(name, limit=1)
+            last = runs[0] if runs else None
+            latest = store.latest(name)
+            newest = max((r["ts_ms"] for r in latest), default=None)
+            stale = newest is None or now - newest > flow.freshness * 1000
+            if last is None or last["status"] == "failed":
+                state = "failing"
+            elif last["status"] == "partial" or stale:
+                state = "degraded"
+            else:
+                state = "healthy"
+            worst = max(worst, {"healthy": 0, "degraded": 1, "failing": 2}[state])
+            out[name] = {"state": state, "last_run": iso(last["started_ms"]) if last else None,
+                         "last_status": last["status"] if last else None,
+                         "newest_record": iso(newest), "stale": stale,
+                         "issues_open": {sev: n for (f, sev), n in counts.items() if f == name}}
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"flows": out, "exit": worst})
+    else:
+        for name, f in out.items():
+            issues = ", ".join(f"{n} {s}" for s, n in f["issues_open"].items()) or "no issues"
+            print(f"{name:<10} {f['state']:<9} last run {f['last_run'] or 'never'} "
+                  f"({f['last_status'] or '-'}), newest record {f['newest_record'] or '-'}, "
+                  f"{issues}")
+    return worst
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_common(p, *, db: bool = True, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", metavar="F",
+                       help="config file (default: $FLOWDECK_CONFIG, else the bundled demo)")
+    if db:
+        p.add_argument("--db", metavar="URL",
+                       help="database URL (default: $FLOWDECK_DB, else the config's store.url, "
+                            "else sqlite:///flowdeck.db)")
+
+
+def _add_sim(p) -> None:
+    p.add_argument("--simulator", metavar="URL",
+                   help="base URL of a running `flowdeck simulate` for simulated sources "
+                        "(default: start one in-process)")
+    p.add_argument("--scenario", metavar="S", help="fault scenario for the in-process simulator")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="flowdeck",
+        description="Observability-first data-flow engine with a terminal console.")
+    ap.add_argument("--log-level", default=os.environ.get("FLOWDECK_LOG", "WARNING"),
+                    help="log level for the engine's own log (default WARNING)")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="simulator + engine on the bundled flows, with a live log")
+    _add_common(p)
+    _add_sim(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("daemon", help="headless engine")
+    _add_common(p)
+    _add_sim(p)
+    p.add_argument("--once", action="store_true", help="run every flow once and exit")
+    p.add_argument("--json", action="store_true", help="print JSON (a summary per flow)")
+    p.set_defaults(fn=cmd_daemon)
+
+    p = sub.add_parser("simulate", help="loopback sources shaped like real public APIs")
+    p.add_argument("--port", type=int, default=8700)
+    p.add_argument("--scenario", metavar="S", help="fault scenario (sample_data/scenarios)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--labels", metavar="PATH", help="write injected anomalies to this JSON file")
+    p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("check", help="validate a config: file:line: field: problem")
+    p.add_argument("file", metavar="CONFIG")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("status", help="flows and open issues; exit 0 healthy, 1 degraded, "
+                                      "2 failing")
+    _add_common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("export", help="validated records with quality and anomaly scores")
+    _add_common(p)
+    p.add_argument("flow", metavar="FLOW")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("--since", metavar="TS", help="ISO-8601 time, a duration ago (2h), or epoch ms")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("lineage", help="a record's raw payloads and stage history")
+    _add_common(p)
+    p.add_argument("record_id", metavar="RECORD_ID", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_lineage)
+
+    p = sub.add_parser("replay", help="re-run stored payloads through the current pipeline")
+    _add_common(p)
+    p.add_argument("flow", metavar="FLOW")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quarantine", action="store_true", help="payloads with quarantined items")
+    g.add_argument("--raw", action="store_true", help="every raw payload (see --since)")
+    p.add_argument("--since", metavar="TS", help="with --raw: only payloads fetched since TS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("issues", help="quality issues: list, ack, resolve, mute")
+    _add_common(p)
+    p.add_argument("action", nargs="?", choices=("list", "ack", "resolve", "mute"),
+                   default="list")
+    p.add_argument("id", nargs="?", type=int, metavar="ID")
+    p.add_argument("--flow")
+    p.add_argument("--state", choices=("open", "acknowledged", "resolved", "muted"))
+    p.add_argument("--for", dest="duration", default="1h", help="with mute: how long (1h)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_issues)
+
+    p = sub.add_parser("actions", help="recovery actions (automatic and operator)")
+    _add_common(p)
+    p.add_argument("--flow")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_actions)
+
+    p = sub.add_parser("db", help="database schema")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    q = dbsub.add_parser("upgrade", help="apply Alembic migrations")
+    q.add_argument("--db", metavar="URL")
+    q.set_defaults(fn=cmd_db_upgrade)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except CliError as exc:
+        print(f"flowdeck: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # the promise: one line, never a traceback
+        if os.environ.get("FLOWDECK_DEBUG"):
+            raise
+        print(f"flowdeck: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

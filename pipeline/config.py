@@ -1,0 +1,514 @@
+"""Configuration: YAML read with line numbers, validated by pydantic models.
+
+A broken file is refused with every problem on its own line, as
+``file:line: field.path: problem``. Unknown keys are errors (they catch typos).
+Config text is data: expressions are parsed by :mod:`flowdeck.pipeline.expr`,
+never evaluated as Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "sample_data"
+BUNDLED_CONFIG = BUNDLED_DIR / "flows" / "demo.yaml"
+
+# ---------------------------------------------------------------- value types
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9,
+               "gib": 2**30, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """'10s', '2m', '1h', '250ms' or a number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '10s', '2m' or '1h'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"expected a duration like '10s', '2m' or '1h', got {value!r}")
+
+
+def parse_size(value: Any) -> int:
+    """'16MiB', '500KB' or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError(f"expected a size like '16MiB' or a number of bytes, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+FlowName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- sources
+
+
+class TimestampSpec(Strict):
+    """How a source writes its timestamps."""
+
+    format: str = "iso"  # iso | epoch_s | epoch_ms | a strptime pattern
+    tz: str = "UTC"  # zone for naive timestamps
+
+
+class FieldSource(Strict):
+    """A source field with a value map, e.g. ``{path: symbol, map: {"USD/EUR": EURUSD}}``."""
+
+    path: str
+    map: dict[str, Any] = {}
+
+
+class SourceConfig(Strict):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    kind: Literal["http", "file", "websocket", "simulated"]
+    url: str | None = None
+    path: str | None = None  # file sources: a path or a glob
+    format: Literal["json", "geojson", "jsonl", "csv"] = "json"
+    records: str | None = None
+    columns: str | None = None
+    fields: dict[str, str | FieldSource] = {}
+    timestamp: TimestampSpec = TimestampSpec()
+    units: dict[str, str] = {}
+    invert: list[str] = []  # fields quoted the other way round (x -> 1/x)
+    priority: int = 1
+    reliability: Annotated[float, Field(ge=0, le=1)] = 1.0
+    enabled: bool = True
+    timeout: Duration = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    headers: dict[str, str] = {}
+    params: dict[str, str] = {}
+    max_bytes: Size = 16 * 2**20
+
+    @model_validator(mode="after")
+    def _where(self) -> SourceConfig:
+        if self.kind in ("http", "websocket", "simulated") and not self.url:
+            raise ValueError(f"a {self.kind} source needs 'url'")
+        if self.kind == "file" and not self.path:
+            raise ValueError("a file source needs 'path'")
+        return self
+
+
+# ---------------------------------------------------------------- stages
+
+
+class FieldSpec(Strict):
+    type: Literal["str", "int", "float", "bool"] = "float"
+    required: bool = False
+    unit: str | None = None
+    range: tuple[float | None, float | None] | None = None
+    allowed: list[Any] | None = None
+    pattern: str | None = None
+    metric: bool | None = None  # kept as a time series (default: numeric fields)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression: {exc}") from None
+        return v
+
+
+class Schedule(Strict):
+    every: Duration | None = None
+    cron: str | None = None
+    jitter: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _one(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        if self.every is not None and self.every < 0.05:
+            raise ValueError("'every' must be at least 50ms")
+        return self
+
+
+class TimestampChecks(Strict):
+    max_future: Duration = 300.0  # later than now + this: rejected
+    skew: Duration = 30.0  # later than now + this (but not rejected): flagged clock_skew
+    max_age: Duration | None = None  # older than now - this: rejected as stale
+
+
+class EnrichSpec(Strict):
+    table: str
+    on: str
+    key: str | None = None  # column in the table (default: same as `on`)
+    add: list[str]
+
+
+class QualityWeights(Strict):
+    completeness: float = 0.3
+    validity: float = 0.3
+    freshness: float = 0.2
+    reliability: float = 0.2
+
+
+class QualitySpec(Strict):
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
+    weights: QualityWeights = QualityWeights()
+
+
+class ResolveSpec(Strict):
+    window: Duration = 0.0  # 0: only identical timestamps are merged
+    strategy: Literal["priority", "median", "mean", "most_recent", "weighted"] = "priority"
+    # Per field: an absolute spread (1.5) or a relative one ("0.1%") beyond which sources conflict.
+    tolerance: dict[str, float | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]] = {}
+
+
+class DetectSpec(Strict):
+    metric: str
+    methods: list[Literal["robust_z", "ewma", "rate", "seasonal"]] = ["robust_z", "ewma"]
+    window: Annotated[int, Field(ge=5, le=10000)] = 60
+    threshold: Annotated[float, Field(gt=0)] = 4.0
+    min_history: Annotated[int, Field(ge=1)] = 10
+    season: Duration = 86400.0
+
+
+class FlowConfig(Strict):
+    description: str = ""
+    schedule: Schedule = Schedule(every=10.0)
+    key: str
+    ts: str = "ts"
+    freshness: Duration = 120.0
+    availability: Annotated[float, Field(ge=0, le=1)] = 0.99  # SLA target
+    timestamps: TimestampChecks = TimestampChecks()
+    sources: Annotated[list[SourceConfig], Field(min_length=1)]
+    fields: dict[Annotated[str, Field(pattern=NAME_RE)], FieldSpec]
+    rules: list[str] = []
+    derive: dict[Annotated[str, Field(pattern=NAME_RE)], str] = {}
+    enrich: list[EnrichSpec] = []
+    quality: QualitySpec = QualitySpec()
+    resolve: ResolveSpec = ResolveSpec()
+    detect: list[DetectSpec] = []
+
+    def metrics(self) -> list[str]:
+        """Fields kept as time series: numeric fields (and derived ones) unless told otherwise."""
+        out = [n for n, f in self.fields.items()
+               if f.metric or (f.metric is None and f.type in ("int", "float") and n != self.key)]
+        return out + [n for n in self.derive if n not in out]
+
+
+class L1Config(Strict):
+    ttl: Duration = 30.0
+    size: Annotated[int, Field(ge=1)] = 10000
+
+
+class CacheConfig(Strict):
+    l1: L1Config = L1Config()
+    redis_url: str | None = None
+    namespace: str = "flowdeck"
+
+
+class FeedConfig(Strict):
+    bind: str = "127.0.0.1:8765"
+    origins: list[str] = []
+    token_env: str = "FLOWDECK_TOKEN"
+
+
+class StoreConfig(Strict):
+    url: str | None = None
+
+
+class Config(Strict):
+    flows: Annotated[dict[FlowName, FlowConfig], Field(min_length=1)]
+    store: StoreConfig = StoreConfig()
+    cache: CacheConfig = CacheConfig()
+    feed: FeedConfig = FeedConfig()
+
+    # Where the file was read from; relative paths in it are relative to its folder.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    path: Path | None = Field(default=None, exclude=True)
+
+    def resolve_path(self, p: str) -> Path:
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else (self.base_dir / q)
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _loc_str(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true/false: `on: station` stays a string key)."""
+
+
+_LineLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
+def _construct(loader: _LineLoader, node: yaml.Node, path: tuple, lines: dict) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in out:
+                raise ConfigError([Problem("", knode.start_mark.line + 1,
+                                           _loc_str(path + (key,)), "duplicate key")])
+            lines[path + (key,)] = knode.start_mark.line + 1
+            out[key] = _construct(loader, vnode, path + (key,), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, path + (i,), lines) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple, int]]:
+    lines: dict[tuple, int] = {}
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError([Problem(filename, 1, "", "the file is empty")])
+        data = _construct(loader, node, (), lines)
+    except ConfigError as exc:
+        raise ConfigError([Problem(filename, p.line, p.field, p.message)
+                           for p in exc.problems]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        msg = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Problem(filename, line, "", f"YAML syntax: {msg}")]) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's internal segments (union branches, validator names) from a location."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (part in ("str", "FieldSource", "float", "int", "none")
+                                      or part.startswith(("function-", "literal[", "tagged-union"))):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _pydantic_message(err: dict) -> str:
+    t = err["type"]
+    if t == "extra_forbidden":
+        return "unknown key (check the spelling)"
+    if t == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def parse_config(text: str, filename: str = "<config>", base_dir: Path | None = None) -> Config:
+    data, lines = load_yaml_with_lines(text, filename)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(filename, 1, "", "expected a mapping with a 'flows' key")])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        seen = set()
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            p = Problem(filename, _line_for(lines, loc), _loc_str(loc), _pydantic_message(err))
+            if (p.line, p.field, p.message) not in seen:
+                seen.add((p.line, p.field, p.message))
+                problems.append(p)
+        raise ConfigError(problems) from None
+    base = base_dir if base_dir is not None else Path(filename).resolve().parent
+    cfg = cfg.model_copy(update={"base_dir": base,
+                                 "path": Path(filename) if filename != "<config>" else None})
+    problems = [Problem(filename, _line_for(lines, loc), _loc_str(loc), msg)
+                for loc, msg in semantic_problems(cfg)]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read a config file (default: FLOWDECK_CONFIG, else the bundled demo config)."""
+    if path is None:
+        path = os.environ.get("FLOWDECK_CONFIG") or BUNDLED_CONFIG
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(str(p), None, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(p), None, "", f"not UTF-8 (byte {exc.start})")]) from None
+    return parse_config(text, str(p), p.resolve().parent)
+
+
+# ---------------------------------------------------------------- cross-checks
+
+
+def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
+    """Checks that need more than one key at a time: names that must exist, units, expressions."""
+    from flowdeck.pipeline.expr import ExprError, compile_expr
+    from flowdeck.pipeline.units import UnitError, affine, check_unit
+
+    out: list[tuple[tuple, str]] = []
+    for fname, flow in cfg.flows.items():
+        base = ("flows", fname)
+        known = set(flow.fields) | {flow.ts}
+        if flow.key not in flow.fields:
+            out.append((base + ("key",), f"'{flow.key}' is not one of the flow's fields"))
+        names = [s.name for s in flow.sources]
+        for i, src in enumerate(flow.sources):
+            sloc = base + ("sources", i)
+            if names.count(src.name) > 1:
+                out.append((sloc + ("name",), f"duplicate source name '{src.name}'"))
+            if flow.ts not in src.fields:
+                out.append((sloc + ("fields",), f"no mapping for the timestamp field '{flow.ts}'"))
+            if flow.key not in src.fields:
+                out.append((sloc + ("fields",), f"no mapping for the key field '{flow.key}'"))
+            for f in src.fields:
+                if f not in known:
+                    out.append((sloc + ("fields", f), f"'{f}' is not one of the flow's fields"))
+            for f, unit in src.units.items():
+                uloc = sloc + ("units", f)
+                spec = flow.fields.get(f)
+                if spec is None:
+                    out.append((uloc, f"'{f}' is not one of the flow's fields"))
+                    continue
+                try:
+                    check_unit(unit)
+                    if spec.unit is None:
+                        out.append((uloc, f"field '{f}' declares no unit to convert to"))
+                    else:
+                        affine(unit, spec.unit)
+                except UnitError as exc:
+                    out.append((uloc, str(exc)))
+            for f in src.invert:
+                if f not in flow.fields:
+                    out.append((sloc + ("invert",), f"'{f}' is not one of the flow's fields"))
+        for f, spec in flow.fields.items():
+            if spec.unit:
+                try:
+                    check_unit(spec.unit)
+                except UnitError as exc:
+                    out.append((base + ("fields", f, "unit"), str(exc)))
+            if spec.range and None not in spec.range and spec.range[0] > spec.range[1]:
+                out.append((base + ("fields", f, "range"), "lower bound is above upper bound"))
+        env_names = set(known)
+        for i, rule in enumerate(flow.rules):
+            try:
+                e = compile_expr(rule)
+                missing = e.names - env_names
+                if missing:
+                    out.append((base + ("rules", i), f"unknown field(s): {', '.join(sorted(missing))}"))
+            except ExprError as exc:
+                out.append((base + ("rules", i), f"bad expression: {exc}"))
+        for name, text in flow.derive.items():
+            try:
+                e = compile_expr(text)
+                missing = e.names - env_names
+                if missing:
+                    out.append((base + ("derive", name),
+                                f"unknown field(s): {', '.join(sorted(missing))}"))
+            except ExprError as exc:
+                out.append((base + ("derive", name), f"bad expression: {exc}"))
+            env_names.add(name)
+        for i, en in enumerate(flow.enrich):
+            eloc = base + ("enrich", i)
+            table = cfg.resolve_path(en.table)
+            if en.on not in flow.fields:
+                out.append((eloc + ("on",), f"'{en.on}' is not one of the flow's fields"))
+            if not table.is_file():
+                out.append((eloc + ("table",), f"no such file: {table}"))
+            else:
+                with open(table, encoding="utf-8") as fh:
+                    header = fh.readline().strip().split(",")
+                for col in [en.key or en.on, *en.add]:
+                    if col not in header:
+                        out.append((eloc + ("add",), f"column '{col}' not in {table.name}"))
+        for f in flow.resolve.tolerance:
+            if f not in env_names:
+                out.append((base + ("resolve", "tolerance", f), f"'{f}' is not a field"))
+        for i, d in enumerate(flow.detect):
+            if d.metric not in env_names:
+                out.append((base + ("detect", i, "metric"), f"'{d.metric}' is not a field"))
+    return out

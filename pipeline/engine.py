@@ -1,0 +1,583 @@
+"""The engine: runs each flow's sources through the stages into the store, on a schedule.
+
+One run of a flow: fetch every enabled source at once (async HTTP), commit
+each payload to the raw store *first*, then process all payloads of the run
+in the engine's worker thread: per source collect -> validate -> transform ->
+enrich -> quality, then all sources together resolve -> detect -> store (one
+transaction). Processing happens on one worker thread, so stage state needs
+no locks and the event loop (console, feed) stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from flowdeck.pipeline.clock import Clock, SystemClock
+from flowdeck.pipeline.config import Config, FlowConfig
+from flowdeck.pipeline.hub import Event, Hub
+from flowdeck.pipeline.model import STAGES, Batch, StageStats
+from flowdeck.pipeline.sources.base import Fetched, FetchError
+from flowdeck.pipeline.sources.file import FileSource
+from flowdeck.pipeline.sources.http import HttpSource
+from flowdeck.pipeline.sources.websocket import WebsocketSource
+from flowdeck.pipeline.stages.collect import Collector
+from flowdeck.pipeline.stages.detect import AnomalyDetector
+from flowdeck.pipeline.stages.enrich import Enricher
+from flowdeck.pipeline.stages.quality import QualityCheck
+from flowdeck.pipeline.stages.resolve import Resolver
+from flowdeck.pipeline.stages.transform import Transformer
+from flowdeck.pipeline.stages.validate import Validator
+from flowdeck.storage.store import BatchWrite, IssueDraft, Store
+
+log = logging.getLogger("flowdeck.engine")
+
+
+@dataclass
+class Payload:
+    """A committed raw payload waiting to be processed."""
+
+    raw_id: int
+    source: str
+    body: bytes
+    content_type: str | None
+    fetched_ms: int
+    truncated: bool = False
+
+
+@dataclass
+class SourceHealth:
+    requests: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    last_ok_ms: int | None = None
+    last_error: str | None = None
+    last_error_ms: int | None = None
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    unchanged: int = 0
+
+    def as_dict(self) -> dict:
+        lat = sorted(self.latencies_ms)
+        p = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 1)) if lat else (
+            lambda q: None)
+        return {"requests": self.requests, "errors": self.errors,
+                "consecutive_failures": self.consecutive_failures,
+                "last_ok_ms": self.last_ok_ms, "last_error": self.last_error,
+                "last_error_ms": self.last_error_ms, "latency_p50_ms": p(0.5),
+                "latency_p95_ms": p(0.95), "unchanged": self.unchanged,
+                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0}
+
+
+@dataclass
+class RunSummary:
+    flow: str
+    run_id: int | None
+    trigger: str
+    started_ms: int
+    finished_ms: int = 0
+    status: str = "ok"
+    stages: dict[str, StageStats] = field(default_factory=lambda: {s: StageStats()
+                                                                   for s in STAGES})
+    sources: dict[str, dict] = field(default_factory=dict)
+    payloads: int = 0
+    quarantined: int = 0
+    issues_raised: int = 0
+    issues_opened: int = 0
+    conflicts: int = 0
+    anomalies: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"flow": self.flow, "run_id": self.run_id, "trigger": self.trigger,
+                "status": self.status, "started_ms": self.started_ms,
+                "finished_ms": self.finished_ms,
+                "duration_ms": self.finished_ms - self.started_ms,
+                "payloads": self.payloads, "quarantined": self.quarantined,
+                "issues_raised": self.issues_raised, "issues_opened": self.issues_opened,
+                "conflicts": self.conflicts, "anomalies": self.anomalies,
+                "stages": {k: v.as_dict() for k, v in self.stages.items()},
+                "sources": self.sources, "error": self.error}
+
+
+class FlowRuntime:
+    """A flow's stages, fetchers and counters."""
+
+    def __init__(self, name: str, cfg: FlowConfig, config: Config) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.collector = Collector(name, cfg)
+        self.validator = Validator(name, cfg)
+        self.transformer = Transformer(name, cfg)
+        self.enricher = Enricher(name, cfg, config)
+        self.quality = QualityCheck(name, cfg)
+        self.resolver = Resolver(name, cfg)
+        self.detector = AnomalyDetector(name, cfg)
+        self.metrics = cfg.metrics()
+        self.fetchers: dict[str, Any] = {}
+        self.health: dict[str, SourceHealth] = {s.name: SourceHealth() for s in cfg.sources}
+        self.version_id: int | None = None
+        self.paused = False
+        self.totals: dict[str, StageStats] = {s: StageStats() for s in STAGES}
+        self.runs = 0
+        self.failed_runs = 0
+        self.last_run: RunSummary | None = None
+        self.last_success_ms: int | None = None
+        self.throughput: deque[tuple[int, int]] = deque(maxlen=120)  # (finished_ms, records out)
+        self.running = False
+        self.lock = asyncio.Lock()
+
+    def stage_versions(self) -> dict[str, str]:
+        return {st.name: st.version for st in (self.collector, self.validator, self.transformer,
+                                               self.enricher, self.quality, self.resolver,
+                                               self.detector)}
+
+    def state(self) -> str:
+        if self.paused:
+            return "paused"
+        enabled = [s.name for s in self.cfg.sources if s.enabled]
+        down = [s for s in enabled if self.health[s].consecutive_failures > 0]
+        if enabled and len(down) == len(enabled):
+            return "failing"
+        if down or (self.last_run and self.last_run.status != "ok"):
+            return "degraded"
+        return "healthy"
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store, *, clock: Clock | None = None,
+                 hub: Hub | None = None, simulator_url: str | None = None,
+                 scenario: str | None = None, seed: int = 7) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.hub = hub or Hub()
+        self.simulator_url = simulator_url
+        self.scenario = scenario
+        self.seed = seed
+        self.simulator = None
+        self.flows = {name: FlowRuntime(name, f, config) for name, f in config.flows.items()}
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="flowdeck-worker")
+        self.http: httpx.AsyncClient | None = None
+        self.scheduler = None
+        self.started = False
+        self._tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _db(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def start(self, *, schedule: bool = True, resume: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self.hub.bind(loop)
+        self.http = httpx.AsyncClient(http2=False, follow_redirects=True,
+                                      limits=httpx.Limits(max_connections=50))
+        if any(s.kind == "simulated" for f in self.config.flows.values() for s in f.sources):
+            if not self.simulator_url:
+                from flowdeck.pipeline.simulator import Scenario, Simulator
+
+                scen = Scenario.load(self.scenario) if self.scenario else None
+                self.simulator = Simulator(seed=self.seed, scenario=scen, clock=self.clock)
+                await self.simulator.start()
+                self.simulator_url = self.simulator.base_url
+                self.emit("log", None, message=f"simulator started on {self.simulator_url}"
+                          + (f" (scenario {self.scenario})" if self.scenario else ""))
+        now = self.clock.now_ms()
+        for rt in self.flows.values():
+            rt.version_id = await self._db(
+                self.store.pipeline_version, rt.name, rt.cfg.model_dump(mode="json"),
+                rt.stage_versions(), now)
+            for src in rt.cfg.sources:
+                rt.fetchers[src.name] = self._make_fetcher(src)
+            await self._db(self._warm_detectors, rt)
+        self.started = True
+        if resume:
+            await self.resume()
+        if schedule:
+            self._start_scheduler()
+
+    def _make_fetcher(self, src):
+        if src.kind in ("http", "simulated"):
+            url = src.url
+            if src.kind == "simulated":
+                url = self.simulator_url.rstrip("/") + "/" + src.url.lstrip("/")
+            return HttpSource(src, self.http, url)
+        if src.kind == "file":
+            return FileSource(src, str(self.config.resolve_path(src.path)))
+        return WebsocketSource(src, src.url)
+
+    def _warm_detectors(self, rt: FlowRuntime) -> None:
+        for spec in rt.cfg.detect:
+            hist = self.store.recent_values(rt.name, spec.metric, spec.window)
+            rt.detector.warm(spec.metric, hist)
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        for name, rt in self.flows.items():
+            sch = rt.cfg.schedule
+            if sch.every is not None:
+                trigger = IntervalTrigger(seconds=sch.every, jitter=sch.jitter or None)
+            else:
+                trigger = CronTrigger.from_crontab(sch.cron, timezone="UTC")
+            self.scheduler.add_job(self._scheduled, trigger, args=[name], id=name, name=name,
+                                   max_instances=1, coalesce=True,
+                                   misfire_grace_time=max(1, int(sch.every or 60)),
+                                   next_run_time=self.clock.utcnow())
+        self.scheduler.start()
+
+    async def _scheduled(self, name: str) -> None:
+        if self.flows[name].paused:
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self.run_flow(name, "schedule")
+        except Exception:  # a run must never kill the scheduler
+            log.exception("run of %s failed", name)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    def next_run_ms(self, name: str) -> int | None:
+        if self.scheduler is None:
+            return None
+        job = self.scheduler.get_job(name)
+        if job is None or job.next_run_time is None:
+            return None
+        return int(job.next_run_time.timestamp() * 1000)
+
+    async def stop(self) -> None:
+        """Finish the batch in progress, then release everything."""
+        if self.scheduler is not None:
+            # No new runs; let the ones in progress finish (shutting the scheduler down
+            # first would cancel them mid-batch), then stop it.
+            self.scheduler.pause()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+        for rt in self.flows.values():  # manual runs and replays in progress
+            async with rt.lock:
+                pass
+        for rt in self.flows.values():
+            for f in rt.fetchers.values():
+                if isinstance(f, WebsocketSource):
+                    await f.stop()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.simulator is not None:
+            await self.simulator.stop()
+            self.simulator = None
+        self.worker.shutdown(wait=True)
+        self.started = False
+
+    # ------------------------------------------------------------ events
+
+    def emit(self, type_: str, flow_name: str | None, /, **data: Any) -> None:
+        self.hub.publish(Event(type=type_, ts=self.clock.now(), flow=flow_name, data=data))
+
+    # ------------------------------------------------------------ runs
+
+    async def run_flow(self, name: str, trigger: str = "manual") -> RunSummary:
+        rt = self.flows[name]
+        async with rt.lock:
+            rt.running = True
+            try:
+                return await self._run(rt, trigger)
+            finally:
+                rt.running = False
+
+    async def run_all_once(self) -> list[RunSummary]:
+        return list(await asyncio.gather(*(self.run_flow(n, "once") for n in self.flows)))
+
+    async def _run(self, rt: FlowRuntime, trigger: str) -> RunSummary:
+        started = self.clock.now_ms()
+        run_id = await self._db(self.store.start_run, rt.name, trigger, started)
+        summary = RunSummary(rt.name, run_id, trigger, started)
+        self.emit("run_started", rt.name, run_id=run_id, trigger=trigger)
+        try:
+            enabled = [s for s in rt.cfg.sources if s.enabled]
+            results = await asyncio.gather(*(self._fetch(rt, s.name) for s in enabled))
+            payloads: list[Payload] = []
+            for src, fetched in zip(enabled, results, strict=True):
+                info = summary.sources.setdefault(src.name, {"payloads": 0})
+                if isinstance(fetched, FetchError):
+                    info["error"] = fetched.message
+                    continue
+                for f in fetched:
+                    raw_id, new = await self._db(functools.partial(
+                        self.store.insert_raw, rt.name, src.name, f.body, self.clock.now_ms(),
+                        content_type=f.content_type, status_code=f.status,
+                        truncated=f.truncated, run_id=run_id))
+                    if not new and await self._db(self.store.raw_processed, raw_id):
+                        rt.health[src.name].unchanged += 1
+                        info["unchanged"] = info.get("unchanged", 0) + 1
+                        continue
+                    info["payloads"] += 1
+                    payloads.append(Payload(raw_id, src.name, f.body, f.content_type,
+                                            self.clock.now_ms(), f.truncated))
+            await self._db(self._process, rt, payloads, summary, False)
+            errors = [s for s, i in summary.sources.items() if "error" in i]
+            if errors and len(errors) == len(enabled):
+                summary.status = "failed"
+                summary.error = "; ".join(f"{s}: {summary.sources[s]['error']}" for s in errors)
+            elif errors:
+                summary.status = "partial"
+        except Exception as exc:
+            log.exception("run %s of %s failed", run_id, rt.name)
+            summary.status = "failed"
+            summary.error = f"{type(exc).__name__}: {exc}"
+        summary.finished_ms = self.clock.now_ms()
+        await self._db(self.store.finish_run, run_id, summary.status, summary.as_dict(),
+                       summary.finished_ms, summary.error)
+        self._account(rt, summary)
+        self.emit("run_finished", rt.name, **summary.as_dict())
+        return summary
+
+    def _account(self, rt: FlowRuntime, summary: RunSummary) -> None:
+        rt.runs += 1
+        rt.last_run = summary
+        if summary.status == "failed":
+            rt.failed_runs += 1
+        else:
+            rt.last_success_ms = summary.finished_ms
+        for k, v in summary.stages.items():
+            rt.totals[k].add(v)
+        rt.throughput.append((summary.finished_ms, summary.stages["store"].records_out))
+
+    async def _fetch(self, rt: FlowRuntime, source: str) -> list[Fetched] | FetchError:
+        h = rt.health[source]
+        t0 = time.perf_counter()
+        h.requests += 1
+        try:
+            out = await rt.fetchers[source].fetch()
+        except FetchError as exc:
+            h.errors += 1
+            h.consecutive_failures += 1
+            h.last_error = exc.message
+            h.last_error_ms = self.clock.now_ms()
+            self.emit("fetch", rt.name, source=source, ok=False, error=exc.message,
+                      kind=exc.kind)
+            return exc
+        ms = (time.perf_counter() - t0) * 1000
+        h.latencies_ms.append(ms)
+        h.consecutive_failures = 0
+        h.last_ok_ms = self.clock.now_ms()
+        self.emit("fetch", rt.name, source=source, ok=True, latency_ms=round(ms, 2),
+                  payloads=len(out), bytes=sum(len(f.body) for f in out))
+        return out
+
+    # ------------------------------------------------------------ processing (worker thread)
+
+    def _process(self, rt: FlowRuntime, payloads: list[Payload], summary: RunSummary,
+                 replay: bool) -> None:
+        """Run the stages over a run's payloads and commit the result in one transaction."""
+        if not payloads:
+            return
+        now = self.clock.now_ms()
+        st = summary.stages
+        merged = Batch(rt.name, None, None, now)
+        raw_status = []
+        quarantine = []
+        issues: list[IssueDraft] = []
+        for p in payloads:
+            summary.payloads += 1
+            batch = Batch(rt.name, p.source, p.raw_id, p.fetched_ms)
+            t = time.perf_counter()
+            if p.truncated:
+                batch.reject(None, stage="collect", reason="too_large", item=-1,
+                             message=f"payload larger than max_bytes "
+                                     f"({len(p.body)} bytes read before stopping)")
+            else:
+                rt.collector.decode(batch, p.body, p.content_type)
+            n_items = len(batch.items) or (1 if batch.quarantine else 0)
+            self._stage(st["collect"], n_items, batch,
+                        lambda b=batch, p=p: rt.collector.run(b, now, replay=replay), t)
+            for stage in (rt.validator, rt.transformer, rt.enricher, rt.quality):
+                self._stage(st[stage.name], len(batch.records), batch,
+                            lambda b=batch, s=stage: s.run(b, now))
+            raw_status.append({"raw_id": p.raw_id, "processed_ms": now,
+                               "version_id": rt.version_id, "records_in": n_items,
+                               "records_out": len(batch.records),
+                               "outcome": "ok" if not batch.quarantine else (
+                                   "partial" if batch.records else "rejected")})
+            quarantine.extend(batch.quarantine)
+            issues.extend(batch.issues)
+            merged.records.extend(batch.records)
+        if quarantine:
+            issues.append(self._quarantine_issue(rt, quarantine))
+        # Resolve needs what is already stored for the same windows (late sources merge in).
+        t = time.perf_counter()
+        stored = self.store.contributions(
+            rt.name, {(r.key, rt.resolver.bucket(r.ts)) for r in merged.records})
+        n = len(merged.records)
+        self._stage(st["resolve"], n, merged, lambda: rt.resolver.run(merged, now, stored), t)
+        self._stage(st["detect"], len(merged.records), merged, lambda: rt.detector.run(merged, now))
+        for d in issues:  # quality issues named records by source timestamp: use the window
+            d.record_keys = [(k, rt.resolver.bucket(ts)) for k, ts in d.record_keys]
+        issues.extend(merged.issues)
+        write = BatchWrite(rt.name, raw_status=raw_status, quarantine=quarantine, issues=issues)
+        for r in merged.records:
+            write.records.append({
+                "flow": rt.name, "key": r.key, "ts_ms": r.ts, "data": r.data,
+                "quality": r.quality, "anomaly_score": r.anomaly, "anomalous": r.anomalous,
+                "flags": r.flags, "sources": r.sources, "contributions": r.contrib or {},
+                "raw_ids": r.raw_ids, "version_id": rt.version_id, "updated_ms": now})
+            for m in rt.metrics:
+                v = r.data.get(m)
+                if isinstance(v, int | float) and not isinstance(v, bool) and v == v \
+                        and abs(v) != float("inf"):
+                    write.series.append({"flow": rt.name, "key": r.key, "metric": m,
+                                         "ts_ms": r.ts, "value": float(v)})
+        if replay:
+            keep = {(q.raw_id, q.item) for q in quarantine}
+            replayed_raw = {p.raw_id for p in payloads}
+            for row in self.store.quarantined(rt.name, "open", limit=100_000):
+                pair = (row["raw_id"], row["item"])
+                if row["raw_id"] in replayed_raw and pair not in keep:
+                    write.replayed.append(pair)
+        t = time.perf_counter()
+        counts = self.store.write_batch(write, now)
+        ss = st["store"]
+        ss.records_in += len(write.records)
+        ss.records_out += len(write.records)
+        ss.seconds += time.perf_counter() - t
+        summary.quarantined += len(quarantine)
+        summary.issues_raised += len(issues)
+        summary.issues_opened += counts["issues_opened"]
+        summary.conflicts += sum(1 for d in issues if d.kind == "conflict")
+        summary.anomalies += sum(1 for r in merged.records if r.anomalous)
+        for q in quarantine:
+            self.emit("quarantine", rt.name, source=q.source, raw_id=q.raw_id, item=q.item,
+                      stage=q.stage, reason=q.reason, message=q.message[:300])
+        for d in issues:
+            self.emit("issue", rt.name, kind=d.kind, severity=d.severity, title=d.title,
+                      key=d.key, source=d.source)
+        if merged.records:
+            newest = {}
+            for r in merged.records:
+                newest[r.key] = r
+            self.emit("records", rt.name, count=len(merged.records), latest=[
+                {"key": r.key, "ts_ms": r.ts, "data": r.data, "quality": r.quality,
+                 "anomaly_score": r.anomaly, "anomalous": r.anomalous, "flags": r.flags,
+                 "sources": r.sources} for r in newest.values()])
+
+    def process_payloads(self, name: str, payloads: list[Payload],
+                         trigger: str = "direct") -> RunSummary:
+        """Process already-committed payloads synchronously (benchmarks, tools).
+
+        Call it from one thread at a time, and not while the engine is running flows.
+        """
+        rt = self.flows[name]
+        summary = RunSummary(name, None, trigger, self.clock.now_ms())
+        self._process(rt, payloads, summary, False)
+        summary.finished_ms = self.clock.now_ms()
+        return summary
+
+    @staticmethod
+    def _stage(stats: StageStats, n_in: int, batch: Batch, fn, t0: float | None = None) -> None:
+        t = t0 if t0 is not None else time.perf_counter()
+        q0 = len(batch.quarantine)
+        d0 = sum(batch.dropped.values())
+        try:
+            fn()
+        except Exception:
+            stats.errors += 1
+            raise
+        finally:
+            stats.seconds += time.perf_counter() - t
+        stats.records_in += n_in
+        stats.rejected += len(batch.quarantine) - q0
+        stats.dropped += sum(batch.dropped.values()) - d0
+        stats.records_out += len(batch.records)
+
+    def _quarantine_issue(self, rt: FlowRuntime, rows) -> IssueDraft:
+        reasons: dict[str, int] = {}
+        for q in rows:
+            reasons[q.reason] = reasons.get(q.reason, 0) + 1
+        sources = sorted({q.source for q in rows})
+        text = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        return IssueDraft(
+            flow=rt.name, kind="quarantine", severity="error" if len(rows) > 10 else "warning",
+            title=f"{len(rows)} item(s) quarantined from {', '.join(sources)}: {text}",
+            fingerprint=f"quarantine:{rt.name}:{','.join(sources)}",
+            source=sources[0] if len(sources) == 1 else None,
+            detail={"reasons": reasons, "examples": [q.message[:200] for q in rows[:5]]},
+            raw_ids=sorted({q.raw_id for q in rows}))
+
+    # ------------------------------------------------------------ resume and replay
+
+    async def resume(self) -> list[RunSummary]:
+        """Process raw payloads that were committed but never processed (after a crash)."""
+        out = []
+        for rt in self.flows.values():
+            rows = await self._db(self.store.pending_raw, rt.name)
+            if rows:
+                out.append(await self._reprocess(rt, rows, "resume", replay=False))
+        return out
+
+    async def replay(self, flow: str, *, quarantine: bool = False,
+                     since_ms: int | None = None) -> RunSummary:
+        """Re-run stored payloads through the current pipeline. Idempotent."""
+        rt = self.flows[flow]
+        if quarantine:
+            q = await self._db(self.store.quarantined, flow, "open", 100_000)
+            ids = sorted({r["raw_id"] for r in q})
+            rows = [await self._db(self.store.get_raw, i) for i in ids]
+        else:
+            rows = await self._db(self.store.raw_since, flow, since_ms or 0)
+        return await self._reprocess(rt, [r for r in rows if r], "replay", replay=True)
+
+    async def _reprocess(self, rt: FlowRuntime, rows: list[dict], trigger: str,
+                         replay: bool) -> RunSummary:
+        known = {s.name for s in rt.cfg.sources}
+        async with rt.lock:
+            started = self.clock.now_ms()
+            run_id = await self._db(self.store.start_run, rt.name, trigger, started)
+            summary = RunSummary(rt.name, run_id, trigger, started)
+            payloads = [Payload(r["id"], r["source"], r["body"], r["content_type"],
+                                r["fetched_ms"], r["truncated"]) for r in rows
+                        if r["source"] in known]
+            try:
+                await self._db(self._process, rt, payloads, summary, replay)
+            except Exception as exc:
+                log.exception("%s of %s failed", trigger, rt.name)
+                summary.status = "failed"
+                summary.error = f"{type(exc).__name__}: {exc}"
+            summary.finished_ms = self.clock.now_ms()
+            await self._db(self.store.finish_run, run_id, summary.status, summary.as_dict(),
+                           summary.finished_ms, summary.error)
+            self.emit("run_finished", rt.name, **summary.as_dict())
+            return summary
+
+    # ------------------------------------------------------------ state for viewers
+
+    def snapshot(self) -> dict:
+        """A plain picture of the engine (flows, stages, sources) for the console and status."""
+        flows = {}
+        for name, rt in self.flows.items():
+            flows[name] = {
+                "state": rt.state(), "paused": rt.paused, "running": rt.running,
+                "runs": rt.runs, "failed_runs": rt.failed_runs,
+                "last_success_ms": rt.last_success_ms, "next_run_ms": self.next_run_ms(name),
+                "last_run": rt.last_run.as_dict() if rt.last_run else None,
+                "totals": {k: v.as_dict() for k, v in rt.totals.items()},
+                "throughput": list(rt.throughput),
+                "sources": {s.name: {"kind": s.kind, "priority": s.priority,
+                                     "enabled": s.enabled, **rt.health[s.name].as_dict()}
+                            for s in rt.cfg.sources},
+            }
+        return {"ts": self.clock.now(), "flows": flows}
+

@@ -1,0 +1,602 @@
+"""Decode fetched payloads (bytes) into record items (dicts).
+
+Bad input never raises anything but :class:`PayloadError`: a payload that is
+unusable as a whole (empty, not UTF-8, HTML instead of JSON, malformed, nested
+too deeply, too large, records not where the config says) gives a
+``PayloadError`` with a short machine ``reason`` and a human ``message``.  A
+single unusable item inside an otherwise good payload (a bad JSON Lines line, a
+CSV row with the wrong number of cells, a non-object in a list) becomes a
+:class:`BadItem` in the returned list, in its place, so the rest still flows.
+
+``ValueError`` (other than ``PayloadError``) and ``TypeError`` are reserved for
+programming/config errors: an unknown format, a malformed path, a ``str`` body.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import operator
+import re
+import reprlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import accumulate, count
+from typing import Any
+
+__all__ = [
+    "FORMATS",
+    "BadItem",
+    "PayloadError",
+    "compile_path",
+    "decode_text",
+    "parse_payload",
+]
+
+FORMATS = frozenset({"json", "geojson", "jsonl", "csv"})
+GEOJSON_RECORDS = "features[].properties"
+MAX_EXCERPT = 500
+
+_MISSING: Any = object()
+
+
+class PayloadError(ValueError):
+    """The whole payload is unusable.
+
+    ``reason`` is one of ``"empty"``, ``"encoding"``, ``"not_json"``,
+    ``"malformed"``, ``"too_deep"``, ``"records_path"``, ``"columns"``,
+    ``"too_large"``; ``message`` is human-readable (also ``str(error)``).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(slots=True)
+class BadItem:
+    """One unusable item; the rest of the payload is fine.
+
+    ``index`` is the item's position in the payload (and in the list returned
+    by :func:`parse_payload`); ``reason`` is one of ``"malformed"`` (bad JSON
+    Lines line or CSV row), ``"too_deep"`` (JSON Lines line nested too deeply),
+    ``"not_object"``, ``"columns"`` (row length does not match the columns) or
+    ``"records_path"`` (the records path is missing inside this item);
+    ``text`` is a raw excerpt or repr of the item, at most 500 characters.
+    """
+
+    index: int
+    reason: str
+    message: str
+    text: str
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+_repr = reprlib.Repr()
+_repr.maxstring = 200
+_repr.maxother = 200
+_repr.maxlong = 100
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 20
+_repr.maxlevel = 4
+
+
+def _clip(text: str) -> str:
+    """Cut ``text`` to at most MAX_EXCERPT characters."""
+    return text if len(text) <= MAX_EXCERPT else text[: MAX_EXCERPT - 1] + "…"
+
+
+def _describe(value: Any) -> str:
+    """JSON type of ``value`` with an article: 'an array', 'a string', 'null'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _as_index(segment: str) -> int | None:
+    """``"3"`` -> 3, ``"-1"`` -> -1, anything else -> None."""
+    digits = segment[1:] if segment.startswith("-") else segment
+    return int(segment) if digits.isdigit() and digits.isascii() else None
+
+
+def _split_path(path: str, what: str) -> list[str]:
+    segments = path.split(".")
+    if not path or any(not segment for segment in segments):
+        raise ValueError(f"invalid {what} {path!r}: empty segment")
+    return segments
+
+
+def _child(node: Any, key: str) -> Any:
+    """``node[key]`` for an object (or ``node[int(key)]`` for an array), else _MISSING."""
+    if isinstance(node, dict):
+        return node.get(key, _MISSING)
+    if isinstance(node, list):
+        index = _as_index(key)
+        if index is not None and -len(node) <= index < len(node):
+            return node[index]
+    return _MISSING
+
+
+def _no_key_message(node: Any, key: str, where: str) -> str:
+    """Why ``key`` could not be taken from ``node`` (found at ``where``)."""
+    if isinstance(node, dict) or (isinstance(node, list) and _as_index(key) is not None):
+        return f"no '{key}' in {where}"
+    return f"{where} is {_describe(node)}, not an object"
+
+
+# --------------------------------------------------------------------------
+# Decoding and format sniffing
+# --------------------------------------------------------------------------
+
+
+def decode_text(body: bytes) -> str:
+    """Decode ``body`` as strict UTF-8, dropping a leading UTF-8 BOM."""
+    try:
+        text = str(body, "utf-8")
+    except UnicodeDecodeError as exc:
+        hint = " (looks like UTF-16)" if bytes(body[:2]) in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise PayloadError("encoding", f"invalid UTF-8 at byte {exc.start}{hint}") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+_FIRST_VISIBLE = re.compile(r"\S")
+_TITLE = re.compile(r"<title[^>]*>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _reject_markup(text: str, content_type: str | None) -> None:
+    """PayloadError("not_json") if the body is an HTML/XML page rather than JSON.
+
+    A body starting with "<" is markup whatever the content type says.  A
+    ``text/html`` content type alone is trusted unless the body visibly starts
+    like JSON ("{" or "["): some servers mislabel their JSON.
+    """
+    match = _FIRST_VISIBLE.search(text)
+    start = match.start() if match else 0
+    first = text[start : start + 1]
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    if first != "<" and not ("html" in ctype and first not in ("{", "[")):
+        return
+    head = text[start : start + 2000]
+    is_xml = head.startswith("<?xml") and "<html" not in head.lower()
+    what = "XML" if is_xml or ("xml" in ctype and "html" not in ctype) else "HTML"
+    detail = ctype if ("html" in ctype or "xml" in ctype) else f"body starts with {head[:40]!r}"
+    message = f"expected JSON, got {what} ({detail})"
+    title = _TITLE.search(head)
+    if title and title.group(1):
+        message += f": {' '.join(title.group(1).split())[:100]}"
+    raise PayloadError("not_json", message)
+
+
+# --------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------
+
+_NOT_MARK = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_QUOTED = re.compile(rb'"[^"]*"')
+_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+
+
+def _excess_depth(data: str | bytes, limit: int) -> int | None:
+    """The bracket nesting depth of JSON ``data`` if it exceeds ``limit``, else None.
+
+    Checked before parsing, so a hostile ``[[[[...]]]]`` never reaches the
+    recursive JSON decoder.  Everything runs as whole-buffer C operations (no
+    Python loop per byte), at a small fraction of the cost of json.loads.
+    """
+    if isinstance(data, str):
+        if data.count("[") + data.count("{") <= limit:
+            return None  # depth cannot exceed the number of opening brackets
+        data = data.encode("utf-8")
+    if b"\\" in data:
+        # Drop escaped backslashes, then escaped quotes: every '"' left delimits a string.
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = data.translate(None, _NOT_MARK)  # only quotes and brackets are left
+    if marks.count(b"[") + marks.count(b"{") <= limit:
+        return None
+    # Removing '""' (a string without brackets, or a string end followed by a
+    # string start) keeps the quote parity of every bracket; then drop the
+    # brackets that are inside strings.
+    marks = marks.replace(b'""', b"")
+    if b'"' in marks:
+        marks = _QUOTED.sub(b"", marks)
+    # Cheap bound: one pass of pair removal strips one or two levels, so a
+    # document that empties within limit // 2 passes is at most limit deep.
+    rest = marks
+    for _ in range(limit // 2):
+        shorter = rest.replace(b"[]", b"").replace(b"{}", b"")
+        if len(shorter) == len(rest):
+            break
+        rest = shorter
+    if not rest:
+        return None
+    # Exact: an opening bracket counts +2, a closing one 0; depth after k
+    # brackets = running sum - k.
+    steps = marks.translate(_STEPS)
+    depth = max(map(operator.sub, accumulate(steps), count(1)), default=0)
+    return depth if depth > limit else None
+
+
+def _json_error_message(exc: json.JSONDecodeError) -> str:
+    message = f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+    if exc.pos >= len(exc.doc.rstrip()):
+        message += " (payload ends early; truncated?)"
+    elif exc.msg == "Extra data":
+        message += " (more than one JSON value; is it JSON Lines?)"
+    return message
+
+
+def _load_json(text: str, body: bytes, max_depth: int) -> Any:
+    depth = _excess_depth(body, max_depth)
+    if depth is not None:
+        raise PayloadError("too_deep", f"JSON is nested {depth} levels deep (limit {max_depth})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError("malformed", _json_error_message(exc)) from None
+    except RecursionError:
+        raise PayloadError("too_deep", f"JSON is nested too deeply (limit {max_depth})") from None
+    except ValueError as exc:  # e.g. an integer literal with more than 4300 digits
+        raise PayloadError("malformed", f"malformed JSON: {exc}") from None
+
+
+def _parse_jsonl(text: str, max_depth: int) -> list[Any]:
+    """One JSON value per non-blank line; bad lines become BadItems."""
+    items: list[Any] = []
+    append = items.append
+    loads = json.loads
+    # Split on "\n" only: str.splitlines() would also split on U+2028 etc.,
+    # which may legally appear raw inside JSON strings.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line or line.isspace():
+            continue
+        index = len(items)
+        depth = _excess_depth(line, max_depth)
+        if depth is not None:
+            message = f"line {lineno}: JSON is nested {depth} levels deep (limit {max_depth})"
+            append(BadItem(index, "too_deep", message, _clip(line.strip())))
+            continue
+        try:
+            value = loads(line)
+        except json.JSONDecodeError as exc:
+            message = f"line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}"
+            append(BadItem(index, "malformed", message, _clip(line.strip())))
+        except RecursionError:
+            message = f"line {lineno}: JSON is nested too deeply (limit {max_depth})"
+            append(BadItem(index, "too_deep", message, _clip(line.strip())))
+        except ValueError as exc:  # e.g. an integer literal with more than 4300 digits
+            append(BadItem(index, "malformed", f"line {lineno}: {exc}", _clip(line.strip())))
+        else:
+            if value.__class__ is dict:
+                append(value)
+            else:
+                message = f"line {lineno}: expected a JSON object, got {_describe(value)}"
+                append(BadItem(index, "not_object", message, _clip(_repr.repr(value))))
+    return items
+
+
+# --------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------
+
+
+def _parse_csv(text: str) -> list[Any]:
+    """First row is the header; empty cells become None; values stay strings."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] = []
+    while not header:  # skip blank lines before the header
+        try:
+            header = next(reader)
+        except StopIteration:
+            return []
+        except csv.Error as exc:
+            raise PayloadError("malformed", f"malformed CSV header: {exc}") from None
+    names = [name.strip() for name in header]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PayloadError("columns", f"duplicate column {name!r} in CSV header")
+        seen.add(name)
+    width = len(names)
+    items: list[Any] = []
+    append = items.append
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            append(BadItem(len(items), "malformed", f"line {reader.line_num}: {exc}", ""))
+            continue
+        if len(row) == width:
+            append(dict(zip(names, [cell or None for cell in row], strict=True)))
+        elif row:  # csv yields [] for blank lines: skip those
+            message = f"line {reader.line_num}: {len(row)} cells, header has {width}"
+            append(BadItem(len(items), "columns", message, _clip(",".join(row))))
+    return items
+
+
+# --------------------------------------------------------------------------
+# Record location (records / columns paths)
+# --------------------------------------------------------------------------
+
+
+def _parse_records_path(records: str) -> list[tuple[str, bool]]:
+    """``"features[].properties"`` -> [("features", True), ("properties", False)]."""
+    steps = []
+    for segment in _split_path(records, "records path"):
+        each = segment.endswith("[]")
+        key = segment[:-2] if each else segment
+        if "[" in key or "]" in key:
+            raise ValueError(f"invalid records path {records!r}: bad segment {segment!r}")
+        steps.append((key, each))
+    return steps
+
+
+def _locate(root: Any, records: str | None) -> list[Any]:
+    """Follow the records path from ``root``; return the located items.
+
+    Before the first ``[]`` a missing key is a PayloadError.  After it, each
+    element is an item on its own: a missing key inside one element makes a
+    BadItem, unless it is missing in every element (then the path is wrong).
+    Without any ``[]``, the final value is treated like a root: an array gives
+    its elements, an object is one item.
+    """
+    suffix = f" (records path '{records}')"
+    node = root
+    nodes: list[Any] | None = None  # set once the path has iterated an array
+    walked: list[str] = []
+
+    def where() -> str:
+        return f"'{'.'.join(walked)}'" if walked else "payload"
+
+    for key, each in _parse_records_path(records) if records else []:
+        if key and nodes is None:
+            child = _child(node, key)
+            if child is _MISSING:
+                raise PayloadError("records_path", _no_key_message(node, key, where()) + suffix)
+            node = child
+        elif key:
+            nodes = _step_each(nodes, key, where(), suffix)
+        if key:
+            walked.append(key)
+        if each and nodes is None:
+            if not isinstance(node, list):
+                message = f"{where()} is {_describe(node)}, not an array{suffix}"
+                raise PayloadError("records_path", message)
+            nodes = node
+        elif each:
+            nodes = _flatten_each(nodes, where())
+        if each:
+            if walked:
+                walked[-1] += "[]"
+            else:
+                walked.append("[]")
+    if nodes is not None:
+        return nodes
+    if isinstance(node, list):
+        return node
+    if isinstance(node, dict):
+        return [node]
+    subject = where() if walked else "the payload"
+    message = f"{subject} is {_describe(node)}, expected an array or object"
+    raise PayloadError("records_path", message + (suffix if walked else ""))
+
+
+def _step_each(nodes: list[Any], key: str, where: str, suffix: str) -> list[Any]:
+    """Take ``key`` from every element; elements without it become BadItems."""
+    out: list[Any] = []
+    missing = 0
+    for node in nodes:
+        if node.__class__ is BadItem:
+            out.append(node)
+            continue
+        child = _child(node, key)
+        if child is _MISSING:
+            missing += 1
+            message = _no_key_message(node, key, f"{where} item") + suffix
+            out.append(BadItem(-1, "records_path", message, _clip(_repr.repr(node))))
+        else:
+            out.append(child)
+    if missing and missing == sum(1 for node in nodes if node.__class__ is not BadItem):
+        first = next(item for item in out if item.__class__ is BadItem)
+        raise PayloadError("records_path", first.message)
+    return out
+
+
+def _flatten_each(nodes: list[Any], where: str) -> list[Any]:
+    """Iterate the array held by every element (``a[].b[]``)."""
+    out: list[Any] = []
+    for node in nodes:
+        if isinstance(node, list):
+            out.extend(node)
+        elif node.__class__ is BadItem:
+            out.append(node)
+        else:
+            message = f"{where} is {_describe(node)} in this item, not an array"
+            out.append(BadItem(-1, "records_path", message, _clip(_repr.repr(node))))
+    return out
+
+
+def _column_names(root: Any, columns: str) -> list[str]:
+    node = root
+    for key in _split_path(columns, "columns path"):
+        node = _child(node, key)
+        if node is _MISSING:
+            raise PayloadError("columns", f"no '{columns}' in payload (columns path)")
+    if not isinstance(node, list):
+        message = f"'{columns}' is {_describe(node)}, expected an array of column names"
+        raise PayloadError("columns", message)
+    seen: set[str] = set()
+    for name in node:
+        if not isinstance(name, str):
+            raise PayloadError("columns", f"column names must be strings, got {_repr.repr(name)}")
+        if name in seen:
+            raise PayloadError("columns", f"duplicate column name {name!r}")
+        seen.add(name)
+    return node
+
+
+def _to_records(items: list[Any], names: list[str] | None) -> list[Any]:
+    """Check/convert located items; number every BadItem with its position."""
+    if names is None and all(item.__class__ is dict for item in items):
+        return items
+    width = 0 if names is None else len(names)
+    out: list[Any] = []
+    for index, item in enumerate(items):
+        if item.__class__ is BadItem:
+            item.index = index
+            out.append(item)
+        elif names is not None:
+            if item.__class__ is list and len(item) == width:
+                out.append(dict(zip(names, item, strict=True)))
+            else:
+                if isinstance(item, list):
+                    values = "value" if len(item) == 1 else "values"
+                    message = f"row {index} has {len(item)} {values}, expected {width} columns"
+                else:
+                    message = f"row {index} is {_describe(item)}, expected an array of values"
+                out.append(BadItem(index, "columns", message, _clip(_repr.repr(item))))
+        elif isinstance(item, dict):
+            out.append(item)
+        else:
+            message = f"item {index} is {_describe(item)}, expected an object"
+            out.append(BadItem(index, "not_object", message, _clip(_repr.repr(item))))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------
+
+
+def parse_payload(
+    body: bytes,
+    fmt: str,
+    *,
+    records: str | None = None,
+    columns: str | None = None,
+    content_type: str | None = None,
+    max_bytes: int | None = None,
+    max_depth: int = 200,
+) -> list[dict[str, Any] | BadItem]:
+    """Decode a fetched ``body`` into a list of items (dicts) and BadItems.
+
+    ``fmt`` is "json", "geojson", "jsonl" or "csv".  For json/geojson,
+    ``records`` locates the items ("features[].properties", "data.rows";
+    None/"" = the root: an array gives its elements, an object is one item;
+    geojson defaults to "features[].properties" when ``records`` is None), and
+    ``columns`` (a path from the root to a list of names) turns row arrays into
+    dicts.  Raises PayloadError when the payload as a whole is unusable.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown payload format {fmt!r} (expected one of {sorted(FORMATS)})")
+    if fmt in ("jsonl", "csv") and (records or columns):
+        raise ValueError(f"records/columns paths only apply to json and geojson, not {fmt}")
+    if isinstance(body, str):
+        raise TypeError("body must be bytes, not str")
+    if not isinstance(body, bytes):
+        body = bytes(body)  # bytearray, memoryview
+    if max_bytes is not None and len(body) > max_bytes:
+        raise PayloadError("too_large", f"payload is {len(body):,} bytes (limit {max_bytes:,})")
+    if not body or body.isspace():
+        raise PayloadError(
+            "empty", "payload is empty" if not body else "payload is only whitespace"
+        )
+    text = decode_text(body)
+    if not text or text.isspace():
+        raise PayloadError("empty", "payload has no content after the byte order mark")
+    if fmt == "csv":
+        return _parse_csv(text)
+    _reject_markup(text, content_type)
+    if fmt == "jsonl":
+        return _parse_jsonl(text, max_depth)
+    root = _load_json(text, body, max_depth)
+    if fmt == "geojson" and records is None:
+        records = GEOJSON_RECORDS
+    names = _column_names(root, columns) if columns else None
+    return _to_records(_locate(root, records), names)
+
+
+def compile_path(path: str) -> Callable[[Any], Any]:
+    """A fast getter for a dotted ``path`` in one item; missing anywhere -> None.
+
+    ``"temperature.value"`` reads nested objects; an integer segment indexes an
+    array (``"coords.1"``, ``"coords.-1"``) or reads that key from an object.
+    """
+    segments = _split_path(path, "field path")
+    for segment in segments:
+        if segment.endswith("[]"):
+            raise ValueError(f"invalid field path {path!r}: '[]' is only for records paths")
+    indexes = [_as_index(segment) for segment in segments]
+
+    if all(index is None for index in indexes):
+        # Only object keys: chain dict.get; a non-dict anywhere (list, str,
+        # number, None) has no .get, which ends the walk with None.
+        if len(segments) == 1:
+            (key,) = segments
+
+            def get_one(item: Any) -> Any:
+                try:
+                    return item.get(key)
+                except AttributeError:
+                    return None
+
+            return get_one
+        if len(segments) == 2:
+            first, second = segments
+
+            def get_two(item: Any) -> Any:
+                try:
+                    node = item.get(first)
+                    return None if node is None else node.get(second)
+                except AttributeError:
+                    return None
+
+            return get_two
+
+        def get_keys(item: Any) -> Any:
+            node = item
+            try:
+                for key in segments:
+                    node = node.get(key)
+                    if node is None:
+                        return None
+            except AttributeError:
+                return None
+            return node
+
+        return get_keys
+
+    steps = tuple(zip(segments, indexes, strict=True))
+
+    def get_mixed(item: Any) -> Any:
+        node = item
+        for key, index in steps:
+            if isinstance(node, dict):
+                node = node.get(key)
+            elif index is not None and isinstance(node, list):
+                if not -len(node) <= index < len(node):
+                    return None
+                node = node[index]
+            else:
+                return None
+        return node
+
+    return get_mixed

@@ -1,0 +1,45 @@
+"""File sources: a path or a glob; each new or changed file is one payload."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+
+from flowdeck.pipeline.config import SourceConfig
+from flowdeck.pipeline.sources.base import Fetched, FetchError
+
+_TYPES = {"json": "application/json", "geojson": "application/geo+json",
+          "jsonl": "application/x-ndjson", "csv": "text/csv"}
+
+
+class FileSource:
+    def __init__(self, src: SourceConfig, path: str) -> None:
+        self.src = src
+        self.pattern = path
+        self.seen: dict[str, tuple[float, int]] = {}
+
+    async def fetch(self) -> list[Fetched]:
+        return await asyncio.to_thread(self._scan)
+
+    def _scan(self) -> list[Fetched]:
+        paths = sorted(glob.glob(self.pattern)) if glob.has_magic(self.pattern) else [self.pattern]
+        if not paths or (len(paths) == 1 and not os.path.exists(paths[0])):
+            if glob.has_magic(self.pattern):
+                return []
+            raise FetchError("io", f"no such file: {self.pattern}")
+        out = []
+        for p in paths:
+            try:
+                st = os.stat(p)
+                sig = (st.st_mtime, st.st_size)
+                if self.seen.get(p) == sig:
+                    continue
+                with open(p, "rb") as fh:
+                    body = fh.read(self.src.max_bytes + 1)
+            except OSError as exc:
+                raise FetchError("io", f"cannot read {p}: {exc.strerror}") from None
+            self.seen[p] = sig
+            out.append(Fetched(body=body, content_type=_TYPES[self.src.format],
+                               truncated=len(body) > self.src.max_bytes, origin=p))
+        return out

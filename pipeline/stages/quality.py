@@ -1,0 +1,63 @@
+"""Quality: a 0..1 score per record from completeness, validity, freshness and reliability."""
+
+from __future__ import annotations
+
+from flowdeck.pipeline.config import FlowConfig
+from flowdeck.pipeline.model import Batch
+from flowdeck.storage.store import IssueDraft
+
+VERSION = "quality/1"
+# Flags that make a record less trustworthy, and how much each costs its validity.
+FLAG_PENALTY = {"clock_skew": 0.5, "out_of_order": 0.25, "unenriched": 0.25, "conflict": 0.25}
+
+
+class QualityCheck:
+    name = "quality"
+    version = VERSION
+
+    def __init__(self, flow_name: str, flow: FlowConfig) -> None:
+        self.flow_name = flow_name
+        w = flow.quality.weights
+        total = (w.completeness + w.validity + w.freshness + w.reliability) or 1.0
+        self.w = (w.completeness / total, w.validity / total, w.freshness / total,
+                  w.reliability / total)
+        self.threshold = flow.quality.threshold
+        self.fields = [n for n in flow.fields if n not in (flow.ts,)]
+        self.freshness_ms = flow.freshness * 1000
+        self.reliability = {s.name: s.reliability for s in flow.sources}
+
+    def score(self, data: dict, flags: list[str], age_ms: float, reliability: float) -> float:
+        fields = self.fields
+        present = sum(1 for n in fields if data.get(n) is not None)
+        completeness = present / len(fields) if fields else 1.0
+        validity = 1.0
+        for f in flags:
+            validity -= FLAG_PENALTY.get(f, 0.0)
+        validity = max(validity, 0.0)
+        fr = self.freshness_ms
+        freshness = 1.0 if age_ms <= fr else max(0.0, 1.0 - (age_ms - fr) / fr)
+        wc, wv, wf, wr = self.w
+        return round(wc * completeness + wv * validity + wf * freshness + wr * reliability, 4)
+
+    def run(self, batch: Batch, now_ms: int, reliability: float | None = None) -> None:
+        """Score each record. Freshness is measured at fetch time, so replays score the same."""
+        rel = self.reliability.get(batch.source, 1.0) if reliability is None else reliability
+        fetched = batch.fetched_ms
+        low = []
+        for rec in batch.records:
+            rec.quality = self.score(rec.data, rec.flags, fetched - rec.ts, rel)
+            if rec.quality < self.threshold:
+                low.append(rec)
+        if low:
+            sample = low[:20]
+            batch.issues.append(IssueDraft(
+                flow=self.flow_name, kind="low_quality", severity="warning",
+                title=f"{len(low)} record(s) from {batch.source} below quality "
+                      f"{self.threshold:g}",
+                fingerprint=f"low_quality:{self.flow_name}:{batch.source}",
+                source=batch.source,
+                detail={"count": len(low), "threshold": self.threshold,
+                        "lowest": min(r.quality for r in low),
+                        "keys": sorted({r.key for r in sample})},
+                record_keys=[(r.key, r.ts) for r in sample],
+                raw_ids=[batch.raw_id] if batch.raw_id is not None else []))

@@ -1,0 +1,137 @@
+"""Resolve: merge records of the same key and time window from several sources.
+
+Each stored record keeps every source's contribution, so a source that
+reports late (a lagging provider, a replay) is merged with what is already
+stored instead of overwriting it: resolving is idempotent and order-free.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from flowdeck.pipeline.config import FlowConfig
+from flowdeck.pipeline.model import Batch, Rec
+from flowdeck.storage.store import IssueDraft
+
+VERSION = "resolve/1"
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class Resolver:
+    name = "resolve"
+    version = VERSION
+
+    def __init__(self, flow_name: str, flow: FlowConfig) -> None:
+        self.flow_name = flow_name
+        self.window_ms = int(flow.resolve.window * 1000)
+        self.strategy = flow.resolve.strategy
+        self.tolerance = dict(flow.resolve.tolerance)
+        self.priority = {s.name: s.priority for s in flow.sources}
+        self.reliability = {s.name: s.reliability for s in flow.sources}
+        self.merge_value: Callable[[list[tuple[str, Any, dict]]], Any] = getattr(
+            self, f"_{self.strategy}")
+
+    def bucket(self, ts: int) -> int:
+        w = self.window_ms
+        return ts - ts % w if w > 0 else ts
+
+    # ---- strategies: each takes [(source, value, contribution)] of one field, numeric values
+
+    def _priority(self, vals):
+        return min(vals, key=lambda t: (self.priority.get(t[0], 99), t[0]))[1]
+
+    def _median(self, vals):
+        return statistics.median(v for _, v, _ in vals)
+
+    def _mean(self, vals):
+        return math.fsum(v for _, v, _ in vals) / len(vals)
+
+    def _most_recent(self, vals):
+        return max(vals, key=lambda t: (t[2]["ts"], -self.priority.get(t[0], 99)))[1]
+
+    def _weighted(self, vals):
+        weights = [(self.reliability.get(s, 1.0) * c.get("q", 1.0), v) for s, v, c in vals]
+        total = sum(w for w, _ in weights)
+        if total <= 0:
+            return self._mean(vals)
+        return math.fsum(w * v for w, v in weights) / total
+
+    # ----
+
+    def run(self, batch: Batch, now_ms: int,
+            stored: dict[tuple[str, int], dict] | None = None) -> None:
+        groups: dict[tuple[str, int], dict[str, dict]] = {}
+        flags: dict[tuple[str, int], set[str]] = {}
+        for rec in batch.records:
+            gk = (rec.key, self.bucket(rec.ts))
+            contribs = groups.get(gk)
+            if contribs is None:
+                contribs = groups[gk] = dict(stored.get(gk, {})) if stored else {}
+                flags[gk] = set()
+            prev = contribs.get(rec.source)
+            if prev is not None and prev["ts"] > rec.ts and prev["raw"] != rec.raw_id:
+                continue  # an older reading of the same source in the same window
+            contribs[rec.source] = {"v": rec.data, "ts": rec.ts, "raw": rec.raw_id,
+                                    "q": rec.quality, "f": rec.flags}
+            flags[gk].update(rec.flags)
+        out: list[Rec] = []
+        for (key, ts), contribs in groups.items():
+            out.append(self._merge(batch, key, ts, contribs, flags[(key, ts)]))
+        out.sort(key=lambda r: (r.ts, r.key))
+        batch.records = out
+
+    def _merge(self, batch: Batch, key: str, ts: int, contribs: dict[str, dict],
+               flags: set[str]) -> Rec:
+        order = sorted(contribs, key=lambda s: (self.priority.get(s, 99), s))
+        first = contribs[order[0]]
+        fields: list[str] = []
+        for s in order:
+            for f in contribs[s]["v"]:
+                if f not in fields:
+                    fields.append(f)
+        data: dict[str, Any] = {}
+        conflicts = []
+        for f in fields:
+            vals = [(s, contribs[s]["v"].get(f), contribs[s]) for s in order]
+            present = [t for t in vals if t[1] is not None]
+            if not present:
+                data[f] = None
+                continue
+            numeric = [t for t in present if _num(t[1])]
+            if len(numeric) == len(present) and len(numeric) > 1:
+                data[f] = self.merge_value(numeric)
+                tol = self.tolerance.get(f)
+                if tol is not None:
+                    lo = min(numeric, key=lambda t: t[1])
+                    hi = max(numeric, key=lambda t: t[1])
+                    if isinstance(tol, str):  # relative, e.g. "0.1%" of the merged value
+                        tol = abs(data[f]) * float(tol[:-1]) / 100
+                    if hi[1] - lo[1] > tol:
+                        conflicts.append((f, {s: v for s, v, _ in numeric}, hi[1] - lo[1], tol))
+            else:
+                data[f] = present[0][1]
+        rec = Rec(key, ts, data, order[0], first["raw"], -1)
+        rec.sources = order
+        rec.raw_ids = sorted({c["raw"] for c in contribs.values() if c.get("raw") is not None})
+        rec.quality = round(sum(c.get("q", 1.0) for c in contribs.values()) / len(contribs), 4)
+        rec.contrib = contribs
+        rec.flags = sorted(flags)
+        for f, values, spread, tol in conflicts:
+            if "conflict" not in rec.flags:
+                rec.flags.append("conflict")
+            pretty = ", ".join(f"{s}={v:.4g}" for s, v in values.items())
+            batch.issues.append(IssueDraft(
+                flow=self.flow_name, kind="conflict", severity="warning",
+                title=f"{key}: sources disagree on {f} by {spread:.3g} (tolerance {tol:g}): "
+                      f"{pretty}",
+                fingerprint=f"conflict:{self.flow_name}:{key}:{f}:{','.join(sorted(values))}",
+                key=key, detail={"field": f, "values": values, "spread": spread,
+                                 "tolerance": tol, "ts": ts},
+                record_keys=[(key, ts)], raw_ids=rec.raw_ids))
+        return rec

@@ -1,0 +1,48 @@
+"""Transform: standard units, inverted quotes, derived fields (safe expressions)."""
+
+from __future__ import annotations
+
+from flowdeck.pipeline.config import FlowConfig
+from flowdeck.pipeline.expr import compile_expr
+from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.units import affine
+
+VERSION = "transform/1"
+
+
+class Transformer:
+    name = "transform"
+    version = VERSION
+
+    def __init__(self, flow_name: str, flow: FlowConfig) -> None:
+        # Per source: [(field, a, b)] so that value_flow = a * value_source + b; computed once.
+        self.conversions: dict[str, list[tuple[str, float, float]]] = {}
+        self.inverts: dict[str, list[str]] = {}
+        for src in flow.sources:
+            conv = []
+            for field, unit in src.units.items():
+                target = flow.fields[field].unit
+                if target and unit != target:
+                    a, b = affine(unit, target)
+                    conv.append((field, a, b))
+            self.conversions[src.name] = conv
+            self.inverts[src.name] = list(src.invert)
+        self.derive = [(name, compile_expr(text)) for name, text in flow.derive.items()]
+
+    def run(self, batch: Batch, now_ms: int) -> None:
+        recs = batch.records
+        for field in self.inverts.get(batch.source, ()):
+            for rec in recs:
+                v = rec.data.get(field)
+                if v is not None:
+                    rec.data[field] = 1.0 / v if v else None
+        for field, a, b in self.conversions.get(batch.source, ()):
+            for rec in recs:
+                v = rec.data.get(field)
+                if v is not None:
+                    rec.data[field] = a * v + b
+        if self.derive:
+            for rec in recs:
+                d = rec.data
+                for name, expr in self.derive:
+                    d[name] = expr(d)

@@ -1,0 +1,126 @@
+"""Database setup: engines for SQLite (WAL) and PostgreSQL, and the schema check.
+
+The schema is owned by Alembic. A store opened on an empty database creates
+the schema (``create_if_empty``); a database at a revision this code does not
+know, or at an older one, is refused with a clear message so that two
+versions of flowdeck never write one database with different ideas of it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DEFAULT_URL = "sqlite:///flowdeck.db"
+
+
+class StoreError(Exception):
+    """The store cannot be used (bad URL, unreachable, unknown schema)."""
+
+
+def resolve_url(url: str | None, config_url: str | None = None) -> str:
+    """--db, else FLOWDECK_DB, else the config's store URL, else ./flowdeck.db."""
+    return url or os.environ.get("FLOWDECK_DB") or config_url or DEFAULT_URL
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {url!r}") from None
+    if u.get_backend_name() == "sqlite":
+        db = u.database
+        if db and db != ":memory:" and not db.startswith("file:"):
+            parent = Path(db).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StoreError(f"no such folder for the SQLite database: {parent}")
+        # One connection per thread; the store writes from one thread at a time.
+        engine = create_engine(u, poolclass=NullPool if db in (None, "", ":memory:") else None,
+                               connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if u.get_backend_name() == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+psycopg")
+        return create_engine(u, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    raise StoreError(f"unsupported database {u.get_backend_name()!r} (use sqlite or postgresql)")
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision. Returns (before, after)."""
+    before = _safe_current(engine)
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return before, head_revision()
+
+
+def _safe_current(engine: Engine) -> str | None:
+    try:
+        return current_revision(engine)
+    except OperationalError as exc:
+        raise StoreError(f"cannot reach the database: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_schema(engine: Engine, *, create_if_empty: bool = True) -> str:
+    """Make sure the schema is the one this code knows; create it in an empty database."""
+    rev = _safe_current(engine)
+    head = head_revision()
+    if rev == head:
+        return head
+    if rev is None:
+        tables = set(inspect(engine).get_table_names())
+        if tables & {"records", "raw_payloads"}:
+            raise StoreError("the database has flowdeck tables but no migration revision; "
+                             "it was not created by flowdeck db upgrade")
+        if not create_if_empty:
+            raise StoreError("the database has no flowdeck schema; run: flowdeck db upgrade")
+        upgrade(engine)
+        return head
+    known = {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    if rev in known:
+        raise StoreError(f"the database schema is at revision {rev}, this flowdeck needs {head}; "
+                         "run: flowdeck db upgrade")
+    raise StoreError(f"the database schema is at revision {rev}, which this flowdeck does not "
+                     "know (a newer version wrote it); refusing to start")

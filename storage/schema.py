@@ -1,0 +1,235 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it.
+
+Times are integer epoch milliseconds (UTC) everywhere: portable between SQLite
+and PostgreSQL, cheap to compare and to bucket for roll-ups.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSON on SQLite, JSONB on PostgreSQL.
+Json = JSON().with_variant(JSONB(), "postgresql")
+# Integer primary keys that autoincrement on both (SQLite needs INTEGER, not BIGINT).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# The configuration and stage versions that shaped records: the audit trail.
+pipeline_versions = Table(
+    "pipeline_versions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("stages", Json, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("flow", "digest"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("trigger", String(32), nullable=False),  # schedule | once | manual | replay | resume
+    Column("started_ms", BigInteger, nullable=False),
+    Column("finished_ms", BigInteger),
+    Column("status", String(16), nullable=False),  # running | ok | partial | failed
+    Column("stats", Json),
+    Column("error", Text),
+    Index("ix_runs_flow_started", "flow", "started_ms"),
+)
+
+# Immutable, append-only copy of everything fetched, written before any processing.
+raw_payloads = Table(
+    "raw_payloads",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("fetched_ms", BigInteger, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("content_type", String(128)),
+    Column("status_code", Integer),
+    Column("size", BigInteger, nullable=False),
+    Column("truncated", Boolean, nullable=False, default=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("run_id", BigInteger),
+    UniqueConstraint("flow", "source", "content_hash", name="uq_raw_flow_source_hash"),
+    Index("ix_raw_flow_fetched", "flow", "fetched_ms"),
+)
+
+# Processing state of each raw payload (kept apart so raw rows stay immutable).
+raw_status = Table(
+    "raw_status",
+    metadata,
+    Column("raw_id", BigInteger, ForeignKey("raw_payloads.id"), primary_key=True),
+    Column("outcome", String(16), nullable=False),  # ok | partial | rejected
+    Column("processed_ms", BigInteger, nullable=False),
+    Column("version_id", BigInteger),
+    Column("records_in", Integer, nullable=False, default=0),
+    Column("records_out", Integer, nullable=False, default=0),
+)
+
+# Validated records: one row per (flow, key, ts), upserted (replays never duplicate).
+records = Table(
+    "records",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("data", Json, nullable=False),
+    Column("quality", Float, nullable=False),
+    Column("anomaly_score", Float, nullable=False, default=0.0),
+    Column("anomalous", Boolean, nullable=False, default=False),
+    Column("flags", Json, nullable=False),
+    Column("sources", Json, nullable=False),  # source names merged into this record
+    Column("contributions", Json, nullable=False),  # per source: its values, raw id, quality
+    Column("raw_ids", Json, nullable=False),
+    Column("version_id", BigInteger),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("flow", "key", "ts_ms", name="uq_records_flow_key_ts"),
+    Index("ix_records_flow_ts", "flow", "ts_ms"),
+)
+
+# L3 cache: the newest record per key, kept current in the same transaction.
+latest = Table(
+    "latest",
+    metadata,
+    Column("flow", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("data", Json, nullable=False),
+    Column("quality", Float, nullable=False),
+    Column("anomaly_score", Float, nullable=False),
+    Column("anomalous", Boolean, nullable=False),
+    Column("flags", Json, nullable=False),
+    Column("sources", Json, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("flow", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("ts_ms", BigInteger, primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
+
+def _rollup(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("flow", String(64), primary_key=True),
+        Column("key", String(128), primary_key=True),
+        Column("metric", String(64), primary_key=True),
+        Column("bucket_ms", BigInteger, primary_key=True),
+        Column("n", Integer, nullable=False),
+        Column("sum", Float, nullable=False),
+        Column("min", Float, nullable=False),
+        Column("max", Float, nullable=False),
+    )
+
+
+series_1m = _rollup("series_1m")
+series_1h = _rollup("series_1h")
+ROLLUPS = {60_000: series_1m, 3_600_000: series_1h}
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("raw_id", BigInteger, ForeignKey("raw_payloads.id"), nullable=False),
+    Column("item", Integer, nullable=False),  # index in the payload; -1 = the whole payload
+    Column("stage", String(32), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("record", Json),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False, default="open"),  # open | replayed
+    Column("replayed_ms", BigInteger),
+    UniqueConstraint("raw_id", "item", name="uq_quarantine_raw_item"),
+    Index("ix_quarantine_flow_state", "flow", "state"),
+)
+
+issues = Table(
+    "issues",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # conflict | low_quality | anomaly | quarantine | source
+    Column("severity", String(16), nullable=False),  # info | warning | error | critical
+    Column("state", String(16), nullable=False),  # open | acknowledged | resolved | muted
+    Column("title", Text, nullable=False),
+    Column("detail", Json, nullable=False),
+    Column("fingerprint", String(255), nullable=False),
+    Column("key", String(128)),
+    Column("source", String(64)),
+    Column("count", Integer, nullable=False, default=1),
+    Column("first_ms", BigInteger, nullable=False),
+    Column("last_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("muted_until_ms", BigInteger),
+    Column("actor", String(64)),
+    Column("record_ids", Json, nullable=False),
+    Column("raw_ids", Json, nullable=False),
+    Index("ix_issues_flow_state", "flow", "state"),
+    Index("ix_issues_fingerprint", "fingerprint"),
+)
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("flow", String(64)),
+    Column("source", String(64)),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),  # auto | operator name
+    Column("reason", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),  # ok | failed | skipped
+    Column("duration_ms", Float),
+    Column("detail", Json),
+    Index("ix_actions_flow_ts", "flow", "ts_ms"),
+)
+
+# Per-source recovery state (breaker, failures) that survives a restart.
+source_state = Table(
+    "source_state",
+    metadata,
+    Column("flow", String(64), primary_key=True),
+    Column("source", String(64), primary_key=True),
+    Column("state", Json, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)

@@ -1,0 +1,494 @@
+"""Repositories over the schema: every read and write the engine and the CLI make.
+
+SQLAlchemy Core, parameterised statements, batched ``executemany`` on the
+hot path. Methods are synchronous; the engine calls them from one worker
+thread so the event loop never blocks on the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowdeck.storage import schema as s
+from flowdeck.storage.db import check_schema, make_engine
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+def content_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+@dataclass
+class QuarantineRow:
+    flow: str
+    source: str
+    raw_id: int
+    item: int
+    stage: str
+    reason: str
+    message: str
+    record: Any = None
+
+
+@dataclass
+class IssueDraft:
+    """A quality issue as a stage raises it; the store merges it with an open one."""
+
+    flow: str
+    kind: str
+    severity: str
+    title: str
+    fingerprint: str
+    detail: dict = field(default_factory=dict)
+    key: str | None = None
+    source: str | None = None
+    record_keys: list[tuple[str, int]] = field(default_factory=list)  # (key, ts_ms)
+    raw_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BatchWrite:
+    """Everything one processed batch writes, committed in one transaction."""
+
+    flow: str
+    records: list[dict] = field(default_factory=list)
+    series: list[dict] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    replayed: list[tuple[int, int]] = field(default_factory=list)  # quarantine (raw_id, item) now ok
+    raw_status: list[dict] = field(default_factory=list)
+    issues: list[IssueDraft] = field(default_factory=list)
+
+
+class Store:
+    """One database, SQLite or PostgreSQL, through the same code."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None, create_if_empty: bool = True,
+                 check: bool = True) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self.dialect = self.engine.dialect.name
+        if check:
+            check_schema(self.engine, create_if_empty=create_if_empty)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ helpers
+
+    def _insert(self, table):
+        return (postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table))
+
+    def _upsert(self, conn: Connection, table, rows: list[dict], keys: Sequence[str],
+                update_cols: Sequence[str]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={c: getattr(stmt.excluded, c) for c in update_cols},
+        )
+        conn.execute(stmt, rows)
+
+    def ping(self) -> bool:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+
+    # ------------------------------------------------------------ versions and runs
+
+    def pipeline_version(self, flow: str, config: dict, stages: dict, now_ms: int) -> int:
+        digest = hashlib.sha256(json.dumps([config, stages], sort_keys=True, default=str)
+                                .encode()).hexdigest()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.pipeline_versions.c.id).where(
+                s.pipeline_versions.c.flow == flow, s.pipeline_versions.c.digest == digest)).first()
+            if row:
+                return row[0]
+            stmt = self._insert(s.pipeline_versions).values(
+                flow=flow, digest=digest, config=config, stages=stages, created_ms=now_ms
+            ).on_conflict_do_nothing()
+            conn.execute(stmt)
+            return conn.execute(select(s.pipeline_versions.c.id).where(
+                s.pipeline_versions.c.flow == flow,
+                s.pipeline_versions.c.digest == digest)).scalar_one()
+
+    def get_version(self, version_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.pipeline_versions).where(
+                s.pipeline_versions.c.id == version_id)).mappings().first()
+        return dict(row) if row else None
+
+    def start_run(self, flow: str, trigger: str, now_ms: int) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(insert(s.runs).values(flow=flow, trigger=trigger,
+                                                     started_ms=now_ms, status="running"))
+            return res.inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, status: str, stats: dict, now_ms: int,
+                   error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(s.runs).where(s.runs.c.id == run_id).values(
+                status=status, stats=stats, finished_ms=now_ms, error=error))
+
+    def recent_runs(self, flow: str | None = None, limit: int = 50) -> list[dict]:
+        q = select(s.runs).order_by(s.runs.c.id.desc()).limit(limit)
+        if flow:
+            q = q.where(s.runs.c.flow == flow)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # ------------------------------------------------------------ raw payloads
+
+    def insert_raw(self, flow: str, source: str, body: bytes, fetched_ms: int, *,
+                   content_type: str | None = None, status_code: int | None = None,
+                   truncated: bool = False, run_id: int | None = None) -> tuple[int, bool]:
+        """Append a fetched payload and commit it. Returns (raw_id, is_new).
+
+        The same bytes from the same source are stored once (content hash), so a
+        re-fetch of an unchanged upstream is recognised and not processed twice.
+        """
+        digest = content_hash(body)
+        with self.engine.begin() as conn:
+            stmt = self._insert(s.raw_payloads).values(
+                flow=flow, source=source, fetched_ms=fetched_ms, content_hash=digest,
+                content_type=content_type, status_code=status_code, size=len(body),
+                truncated=truncated, body=body, run_id=run_id,
+            ).on_conflict_do_nothing(index_elements=["flow", "source", "content_hash"])
+            res = conn.execute(stmt)
+            new = res.rowcount == 1
+            raw_id = conn.execute(select(s.raw_payloads.c.id).where(
+                s.raw_payloads.c.flow == flow, s.raw_payloads.c.source == source,
+                s.raw_payloads.c.content_hash == digest)).scalar_one()
+        return raw_id, new
+
+    def raw_processed(self, raw_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.raw_status.c.raw_id).where(
+                s.raw_status.c.raw_id == raw_id)).first() is not None
+
+    def get_raw(self, raw_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.raw_payloads).where(
+                s.raw_payloads.c.id == raw_id)).mappings().first()
+        return dict(row) if row else None
+
+    def pending_raw(self, flow: str | None = None) -> list[dict]:
+        """Raw payloads committed but never processed (a crash in between): resume these."""
+        q = (select(s.raw_payloads).outerjoin(s.raw_status,
+                                              s.raw_status.c.raw_id == s.raw_payloads.c.id)
+             .where(s.raw_status.c.raw_id.is_(None)).order_by(s.raw_payloads.c.id))
+        if flow:
+            q = q.where(s.raw_payloads.c.flow == flow)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def raw_since(self, flow: str, since_ms: int) -> list[dict]:
+        q = (select(s.raw_payloads).where(s.raw_payloads.c.flow == flow,
+                                          s.raw_payloads.c.fetched_ms >= since_ms)
+             .order_by(s.raw_payloads.c.id))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def count(self, table: str, **where: Any) -> int:
+        t = s.metadata.tables[table]
+        q = select(func.count()).select_from(t)
+        for k, v in where.items():
+            q = q.where(t.c[k] == v)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar_one()
+
+    # ------------------------------------------------------------ records
+
+    def contributions(self, flow: str, keys_ts: Iterable[tuple[str, int]]) -> dict[tuple, dict]:
+        """Stored per-source contributions for (key, ts) pairs, so late sources merge in."""
+        wanted = set(keys_ts)
+        if not wanted:
+            return {}
+        lo = min(t for _, t in wanted)
+        hi = max(t for _, t in wanted)
+        q = select(s.records.c.key, s.records.c.ts_ms, s.records.c.contributions).where(
+            s.records.c.flow == flow, s.records.c.ts_ms >= lo, s.records.c.ts_ms <= hi)
+        out = {}
+        with self.engine.connect() as conn:
+            for key, ts, contrib in conn.execute(q):
+                if (key, ts) in wanted:
+                    out[(key, ts)] = contrib
+        return out
+
+    def write_batch(self, batch: BatchWrite, now_ms: int) -> dict[str, int]:
+        """Commit one batch: records, latest, series, roll-ups, quarantine, issues, raw status."""
+        counts = {"records": len(batch.records), "quarantined": len(batch.quarantine),
+                  "issues_opened": 0, "issues_updated": 0}
+        with self.engine.begin() as conn:
+            if batch.records:
+                self._upsert(conn, s.records, batch.records, ("flow", "key", "ts_ms"),
+                             ("data", "quality", "anomaly_score", "anomalous", "flags", "sources",
+                              "contributions", "raw_ids", "version_id", "updated_ms"))
+                self._write_latest(conn, batch.flow, batch.records)
+            if batch.series:
+                self._upsert(conn, s.series, batch.series, ("flow", "key", "metric", "ts_ms"),
+                             ("value",))
+                self._rollups(conn, batch.flow, batch.series)
+            if batch.quarantine:
+                rows = [{"flow": q.flow, "source": q.source, "raw_id": q.raw_id, "item": q.item,
+                         "stage": q.stage, "reason": q.reason, "message": q.message[:2000],
+                         "record": q.record, "created_ms": now_ms, "state": "open"}
+                        for q in batch.quarantine]
+                self._upsert(conn, s.quarantine, rows, ("raw_id", "item"),
+                             ("stage", "reason", "message", "record", "state"))
+            if batch.replayed:
+                for raw_id, item in batch.replayed:
+                    conn.execute(update(s.quarantine).where(
+                        s.quarantine.c.raw_id == raw_id, s.quarantine.c.item == item,
+                        s.quarantine.c.state == "open").values(state="replayed",
+                                                                replayed_ms=now_ms))
+            if batch.raw_status:
+                self._upsert(conn, s.raw_status, batch.raw_status, ("raw_id",),
+                             ("outcome", "processed_ms", "version_id", "records_in",
+                              "records_out"))
+            for draft in batch.issues:
+                opened = self._raise_issue(conn, draft, now_ms)
+                counts["issues_opened" if opened else "issues_updated"] += 1
+        return counts
+
+    def _write_latest(self, conn: Connection, flow: str, rows: list[dict]) -> None:
+        newest: dict[str, dict] = {}
+        for r in rows:
+            cur = newest.get(r["key"])
+            if cur is None or r["ts_ms"] >= cur["ts_ms"]:
+                newest[r["key"]] = r
+        cols = ("ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags", "sources",
+                "updated_ms")
+        latest_rows = [{"flow": flow, "key": k, **{c: r[c] for c in cols}}
+                       for k, r in newest.items()]
+        stmt = self._insert(s.latest)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["flow", "key"],
+            set_={c: getattr(stmt.excluded, c) for c in cols},
+            where=stmt.excluded.ts_ms >= s.latest.c.ts_ms,
+        )
+        conn.execute(stmt, latest_rows)
+
+    def _rollups(self, conn: Connection, flow: str, series_rows: list[dict]) -> None:
+        """Recompute the touched roll-up buckets from the series: idempotent under replays."""
+        lo = min(r["ts_ms"] for r in series_rows)
+        hi = max(r["ts_ms"] for r in series_rows)
+        ser = s.series.c
+        for width, table in s.ROLLUPS.items():
+            b_lo = lo // width * width
+            b_hi = hi // width * width + width
+            bucket = (ser.ts_ms // width * width).label("bucket_ms")
+            sel = (select(ser.flow, ser.key, ser.metric, bucket, func.count().label("n"),
+                          func.sum(ser.value), func.min(ser.value), func.max(ser.value))
+                   .where(ser.flow == flow, ser.ts_ms >= b_lo, ser.ts_ms < b_hi)
+                   .group_by(ser.flow, ser.key, ser.metric, bucket))
+            stmt = self._insert(table).from_select(
+                ["flow", "key", "metric", "bucket_ms", "n", "sum", "min", "max"], sel)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["flow", "key", "metric", "bucket_ms"],
+                set_={c: getattr(stmt.excluded, c) for c in ("n", "sum", "min", "max")})
+            conn.execute(stmt)
+
+    def latest(self, flow: str, key: str | None = None) -> list[dict]:
+        q = select(s.latest).where(s.latest.c.flow == flow).order_by(s.latest.c.key)
+        if key is not None:
+            q = q.where(s.latest.c.key == key)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def records_since(self, flow: str, since_ms: int | None = None, *, limit: int | None = None,
+                      key: str | None = None) -> Iterable[dict]:
+        q = select(s.records).where(s.records.c.flow == flow).order_by(s.records.c.ts_ms,
+                                                                       s.records.c.key)
+        if since_ms is not None:
+            q = q.where(s.records.c.ts_ms >= since_ms)
+        if key is not None:
+            q = q.where(s.records.c.key == key)
+        if limit:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=1000).execute(q).mappings():
+                yield dict(row)
+
+    def get_record(self, record_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.records).where(
+                s.records.c.id == record_id)).mappings().first()
+        return dict(row) if row else None
+
+    def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
+                step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:
+        """A metric's values; with a step of 1m or 1h the roll-up is read instead."""
+        if step_ms in s.ROLLUPS:
+            t = s.ROLLUPS[step_ms]
+            q = (select(t.c.bucket_ms, t.c.sum / t.c.n).where(
+                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
+                t.c.bucket_ms >= since_ms).order_by(t.c.bucket_ms.desc()).limit(limit))
+        else:
+            t = s.series
+            q = (select(t.c.ts_ms, t.c.value).where(
+                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
+                t.c.ts_ms >= since_ms).order_by(t.c.ts_ms.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            rows = [(int(a), float(b)) for a, b in conn.execute(q)]
+        rows.reverse()
+        return rows
+
+    def recent_values(self, flow: str, metric: str, per_series: int,
+                      before_ms: int | None = None) -> dict[str, list[tuple[int, float]]]:
+        """The newest values of every key for a metric (to warm up detectors after a restart)."""
+        t = s.series
+        q = select(t.c.key, t.c.ts_ms, t.c.value).where(t.c.flow == flow, t.c.metric == metric)
+        if before_ms is not None:
+            q = q.where(t.c.ts_ms < before_ms)
+        q = q.order_by(t.c.key, t.c.ts_ms.desc())
+        out: dict[str, list] = {}
+        with self.engine.connect() as conn:
+            for key, ts, value in conn.execute(q):
+                lst = out.setdefault(key, [])
+                if len(lst) < per_series:
+                    lst.append((ts, value))
+        for lst in out.values():
+            lst.reverse()
+        return out
+
+    # ------------------------------------------------------------ quarantine
+
+    def quarantined(self, flow: str | None = None, state: str | None = "open",
+                    limit: int = 1000) -> list[dict]:
+        q = select(s.quarantine).order_by(s.quarantine.c.id.desc()).limit(limit)
+        if flow:
+            q = q.where(s.quarantine.c.flow == flow)
+        if state:
+            q = q.where(s.quarantine.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # ------------------------------------------------------------ issues
+
+    def _raise_issue(self, conn: Connection, d: IssueDraft, now_ms: int) -> bool:
+        """Open an issue, or count one more occurrence of the same open one. True if new."""
+        t = s.issues
+        cur = conn.execute(select(t.c.id, t.c.count, t.c.record_ids, t.c.raw_ids, t.c.state,
+                                  t.c.muted_until_ms).where(
+            t.c.fingerprint == d.fingerprint, t.c.flow == d.flow,
+            t.c.state.in_(("open", "acknowledged", "muted"))).order_by(t.c.id.desc())).first()
+        rec = [list(k) for k in d.record_keys]
+        if cur is not None:
+            record_ids = (list(cur.record_ids) + [r for r in rec if r not in cur.record_ids])[-200:]
+            raw_ids = sorted(set(cur.raw_ids) | set(d.raw_ids))[-200:]
+            values = {"count": cur.count + 1, "last_ms": now_ms, "updated_ms": now_ms,
+                      "detail": d.detail, "record_ids": record_ids, "raw_ids": raw_ids,
+                      "severity": d.severity, "title": d.title}
+            if cur.state == "muted" and cur.muted_until_ms and cur.muted_until_ms <= now_ms:
+                values["state"] = "open"
+            conn.execute(update(t).where(t.c.id == cur.id).values(**values))
+            return False
+        conn.execute(insert(t).values(
+            flow=d.flow, kind=d.kind, severity=d.severity, state="open", title=d.title,
+            detail=d.detail, fingerprint=d.fingerprint, key=d.key, source=d.source, count=1,
+            first_ms=now_ms, last_ms=now_ms, updated_ms=now_ms, record_ids=rec[-200:],
+            raw_ids=sorted(set(d.raw_ids))[-200:]))
+        return True
+
+    def raise_issues(self, drafts: list[IssueDraft], now_ms: int) -> None:
+        with self.engine.begin() as conn:
+            for d in drafts:
+                self._raise_issue(conn, d, now_ms)
+
+    def issues(self, *, flow: str | None = None, state: str | Sequence[str] | None = None,
+               limit: int = 500) -> list[dict]:
+        q = select(s.issues).order_by(s.issues.c.last_ms.desc(), s.issues.c.id.desc()).limit(limit)
+        if flow:
+            q = q.where(s.issues.c.flow == flow)
+        if isinstance(state, str):
+            q = q.where(s.issues.c.state == state)
+        elif state:
+            q = q.where(s.issues.c.state.in_(tuple(state)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def get_issue(self, issue_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.issues).where(s.issues.c.id == issue_id)).mappings().first()
+        return dict(row) if row else None
+
+    def set_issue_state(self, issue_id: int, state: str, actor: str, now_ms: int,
+                        muted_until_ms: int | None = None) -> dict | None:
+        with self.engine.begin() as conn:
+            res = conn.execute(update(s.issues).where(s.issues.c.id == issue_id).values(
+                state=state, actor=actor, updated_ms=now_ms, muted_until_ms=muted_until_ms))
+            if res.rowcount == 0:
+                return None
+        return self.get_issue(issue_id)
+
+    def open_issue_counts(self) -> dict[tuple[str, str], int]:
+        t = s.issues
+        q = (select(t.c.flow, t.c.severity, func.count()).where(
+            t.c.state.in_(("open", "acknowledged"))).group_by(t.c.flow, t.c.severity))
+        with self.engine.connect() as conn:
+            return {(f, sev): n for f, sev, n in conn.execute(q)}
+
+    # ------------------------------------------------------------ recovery actions
+
+    def add_action(self, *, ts_ms: int, action: str, actor: str, reason: str, outcome: str,
+                   flow: str | None = None, source: str | None = None,
+                   duration_ms: float | None = None, detail: dict | None = None) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(insert(s.actions).values(
+                ts_ms=ts_ms, flow=flow, source=source, action=action, actor=actor, reason=reason,
+                outcome=outcome, duration_ms=duration_ms, detail=detail))
+            return res.inserted_primary_key[0]
+
+    def actions(self, flow: str | None = None, limit: int = 200) -> list[dict]:
+        q = select(s.actions).order_by(s.actions.c.id.desc()).limit(limit)
+        if flow:
+            q = q.where(s.actions.c.flow == flow)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # ------------------------------------------------------------ source state
+
+    def save_source_state(self, flow: str, source: str, state: dict, now_ms: int) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, s.source_state, [{"flow": flow, "source": source, "state": state,
+                                                 "updated_ms": now_ms}],
+                         ("flow", "source"), ("state", "updated_ms"))
+
+    def source_states(self, flow: str | None = None) -> dict[tuple[str, str], dict]:
+        q = select(s.source_state)
+        if flow:
+            q = q.where(s.source_state.c.flow == flow)
+        with self.engine.connect() as conn:
+            return {(r.flow, r.source): r.state for r in conn.execute(q)}
+
+    # ------------------------------------------------------------ maintenance
+
+    def purge_flow(self, flow: str) -> None:
+        """Remove a flow's derived data (records, series, latest); raw payloads are kept."""
+        with self.engine.begin() as conn:
+            for t in (s.records, s.latest, s.series, s.series_1m, s.series_1h):
+                conn.execute(delete(t).where(t.c.flow == flow))
+            conn.execute(delete(s.raw_status).where(s.raw_status.c.raw_id.in_(
+                select(s.raw_payloads.c.id).where(s.raw_payloads.c.flow == flow))))
+
+
+def stats_summary(store: Store, flow: str) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        def n(t, *conds):
+            return conn.execute(select(func.count()).select_from(t).where(and_(*conds))).scalar_one()
+        return {
+            "raw": n(s.raw_payloads, s.raw_payloads.c.flow == flow),
+            "records": n(s.records, s.records.c.flow == flow),
+            "quarantine": n(s.quarantine, s.quarantine.c.flow == flow,
+                            s.quarantine.c.state == "open"),
+            "issues_open": n(s.issues, s.issues.c.flow == flow, s.issues.c.state == "open"),
+        }
