@@ -15,7 +15,7 @@ from typing import Any
 
 from flowdeck.storage import schema as s
 from flowdeck.storage.db import check_schema, make_engine
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -254,9 +254,9 @@ class Store:
                 self._upsert(conn, s.raw_status, batch.raw_status, ("raw_id",),
                              ("outcome", "processed_ms", "version_id", "records_in",
                               "records_out"))
-            for draft in batch.issues:
-                opened = self._raise_issue(conn, draft, now_ms)
-                counts["issues_opened" if opened else "issues_updated"] += 1
+            opened, updated = self._raise_issues(conn, batch.issues, now_ms)
+            counts["issues_opened"] += opened
+            counts["issues_updated"] += updated
         return counts
 
     def _write_latest(self, conn: Connection, flow: str, rows: list[dict]) -> None:
@@ -374,35 +374,71 @@ class Store:
 
     # ------------------------------------------------------------ issues
 
-    def _raise_issue(self, conn: Connection, d: IssueDraft, now_ms: int) -> bool:
-        """Open an issue, or count one more occurrence of the same open one. True if new."""
-        t = s.issues
-        cur = conn.execute(select(t.c.id, t.c.count, t.c.record_ids, t.c.raw_ids, t.c.state,
-                                  t.c.muted_until_ms).where(
-            t.c.fingerprint == d.fingerprint, t.c.flow == d.flow,
-            t.c.state.in_(("open", "acknowledged", "muted"))).order_by(t.c.id.desc())).first()
-        rec = [list(k) for k in d.record_keys]
-        if cur is not None:
-            record_ids = (list(cur.record_ids) + [r for r in rec if r not in cur.record_ids])[-200:]
-            raw_ids = sorted(set(cur.raw_ids) | set(d.raw_ids))[-200:]
-            values = {"count": cur.count + 1, "last_ms": now_ms, "updated_ms": now_ms,
-                      "detail": d.detail, "record_ids": record_ids, "raw_ids": raw_ids,
-                      "severity": d.severity, "title": d.title}
-            if cur.state == "muted" and cur.muted_until_ms and cur.muted_until_ms <= now_ms:
-                values["state"] = "open"
-            conn.execute(update(t).where(t.c.id == cur.id).values(**values))
-            return False
-        conn.execute(insert(t).values(
-            flow=d.flow, kind=d.kind, severity=d.severity, state="open", title=d.title,
-            detail=d.detail, fingerprint=d.fingerprint, key=d.key, source=d.source, count=1,
-            first_ms=now_ms, last_ms=now_ms, updated_ms=now_ms, record_ids=rec[-200:],
-            raw_ids=sorted(set(d.raw_ids))[-200:]))
-        return True
+    def _raise_issues(self, conn: Connection, drafts: list[IssueDraft],
+                      now_ms: int) -> tuple[int, int]:
+        """Open issues, or count more occurrences of the same open ones (by fingerprint).
 
-    def raise_issues(self, drafts: list[IssueDraft], now_ms: int) -> None:
+        Drafts are merged per fingerprint first, then looked up and written in bulk: a
+        batch that flags a thousand keys costs a few statements, not a thousand.
+        Returns (opened, updated).
+        """
+        if not drafts:
+            return 0, 0
+        t = s.issues
+        merged: dict[tuple[str, str], list] = {}
+        for d in drafts:
+            m = merged.get((d.flow, d.fingerprint))
+            if m is None:
+                merged[(d.flow, d.fingerprint)] = [d, 1, [list(k) for k in d.record_keys],
+                                                   set(d.raw_ids)]
+            else:  # the newest draft's title and detail win
+                m[0] = d
+                m[1] += 1
+                m[2].extend(list(k) for k in d.record_keys if list(k) not in m[2])
+                m[3].update(d.raw_ids)
+        current: dict[tuple[str, str], Any] = {}
+        fps = sorted({fp for _, fp in merged})
+        for i in range(0, len(fps), 500):
+            q = (select(t.c.id, t.c.flow, t.c.fingerprint, t.c.count, t.c.record_ids,
+                        t.c.raw_ids, t.c.state, t.c.muted_until_ms)
+                 .where(t.c.fingerprint.in_(fps[i:i + 500]),
+                        t.c.state.in_(("open", "acknowledged", "muted")))
+                 .order_by(t.c.id))
+            for row in conn.execute(q):
+                current[(row.flow, row.fingerprint)] = row  # the newest wins
+        inserts, updates = [], []
+        for key, (d, n, rec, raws) in merged.items():
+            cur = current.get(key)
+            if cur is None:
+                inserts.append({
+                    "flow": d.flow, "kind": d.kind, "severity": d.severity, "state": "open",
+                    "title": d.title, "detail": d.detail, "fingerprint": d.fingerprint,
+                    "key": d.key, "source": d.source, "count": n, "first_ms": now_ms,
+                    "last_ms": now_ms, "updated_ms": now_ms, "record_ids": rec[-200:],
+                    "raw_ids": sorted(raws)[-200:], "muted_until_ms": None, "actor": None})
+                continue
+            expired = (cur.state == "muted" and cur.muted_until_ms is not None
+                       and cur.muted_until_ms <= now_ms)
+            old = list(cur.record_ids)
+            updates.append({
+                "_id": cur.id, "_count": cur.count + n, "_detail": d.detail,
+                "_record_ids": (old + [r for r in rec if r not in old])[-200:],
+                "_raw_ids": sorted(set(cur.raw_ids) | raws)[-200:],
+                "_severity": d.severity, "_title": d.title,
+                "_state": "open" if expired else cur.state})
+        if inserts:
+            conn.execute(insert(t), inserts)
+        if updates:
+            conn.execute(update(t).where(t.c.id == bindparam("_id")).values(
+                count=bindparam("_count"), last_ms=now_ms, updated_ms=now_ms,
+                detail=bindparam("_detail"), record_ids=bindparam("_record_ids"),
+                raw_ids=bindparam("_raw_ids"), severity=bindparam("_severity"),
+                title=bindparam("_title"), state=bindparam("_state")), updates)
+        return len(inserts), len(updates)
+
+    def raise_issues(self, drafts: list[IssueDraft], now_ms: int) -> tuple[int, int]:
         with self.engine.begin() as conn:
-            for d in drafts:
-                self._raise_issue(conn, d, now_ms)
+            return self._raise_issues(conn, drafts, now_ms)
 
     def issues(self, *, flow: str | None = None, state: str | Sequence[str] | None = None,
                limit: int = 500) -> list[dict]:

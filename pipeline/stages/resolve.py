@@ -88,6 +88,14 @@ class Resolver:
 
     def _merge(self, batch: Batch, key: str, ts: int, contribs: dict[str, dict],
                flags: set[str]) -> Rec:
+        if len(contribs) == 1:  # one source: nothing to merge or disagree about
+            (src, only), = contribs.items()
+            rec = Rec(key, ts, dict(only["v"]), src, only["raw"], -1)
+            rec.raw_ids = [only["raw"]] if only.get("raw") is not None else []
+            rec.quality = only.get("q", 1.0)
+            rec.contrib = contribs
+            rec.flags = sorted(flags)
+            return rec
         order = sorted(contribs, key=lambda s: (self.priority.get(s, 99), s))
         first = contribs[order[0]]
         fields: list[str] = []
