@@ -245,11 +245,20 @@ class StoreConfig(Strict):
     url: str | None = None
 
 
+class ConsoleConfig(Strict):
+    """Console preferences: theme, refresh interval, and key rebinding (binding id -> keys)."""
+
+    theme: Literal["dark", "light", "high-contrast"] = "dark"
+    refresh: Duration = 1.0
+    keys: dict[str, str] = {}
+
+
 class Config(Strict):
     flows: Annotated[dict[FlowName, FlowConfig], Field(min_length=1)]
     store: StoreConfig = StoreConfig()
     cache: CacheConfig = CacheConfig()
     feed: FeedConfig = FeedConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -250,6 +250,27 @@ class Engine:
             if task is not None:
                 self._tasks.discard(task)
 
+    def pause(self, name: str) -> bool:
+        """Stop scheduling a flow (a run in progress finishes). False if it was paused."""
+        rt = self.flows[name]
+        if rt.paused:
+            return False
+        rt.paused = True
+        if self.scheduler is not None and self.scheduler.get_job(name):
+            self.scheduler.pause_job(name)
+        self.emit("flow_state", name, state="paused")
+        return True
+
+    def resume_flow(self, name: str) -> bool:
+        rt = self.flows[name]
+        if not rt.paused:
+            return False
+        rt.paused = False
+        if self.scheduler is not None and self.scheduler.get_job(name):
+            self.scheduler.resume_job(name)
+        self.emit("flow_state", name, state=rt.state())
+        return True
+
     def next_run_ms(self, name: str) -> int | None:
         if self.scheduler is None:
             return None
@@ -390,6 +411,7 @@ class Engine:
         st = summary.stages
         merged = Batch(rt.name, None, None, now)
         raw_status = []
+        seen_pairs: dict[str, list[tuple[str, int]]] = {}
         quarantine = []
         issues: list[IssueDraft] = []
         for p in payloads:
@@ -405,6 +427,7 @@ class Engine:
             n_items = len(batch.items) or (1 if batch.quarantine else 0)
             self._stage(st["collect"], n_items, batch,
                         lambda b=batch, p=p: rt.collector.run(b, now, replay=replay), t)
+            seen_pairs.setdefault(p.source, []).extend((r.key, r.ts) for r in batch.records)
             for stage in (rt.validator, rt.transformer, rt.enricher, rt.quality):
                 self._stage(st[stage.name], len(batch.records), batch,
                             lambda b=batch, s=stage: s.run(b, now))
@@ -449,7 +472,15 @@ class Engine:
                 if row["raw_id"] in replayed_raw and pair not in keep:
                     write.replayed.append(pair)
         t = time.perf_counter()
-        counts = self.store.write_batch(write, now)
+        try:
+            counts = self.store.write_batch(write, now)
+        except Exception:
+            # Nothing of this batch was stored: let the next fetch bring these records again
+            # (collect would otherwise drop them as duplicates of what it has seen).
+            if not replay:
+                for source, pairs in seen_pairs.items():
+                    rt.collector.forget(source, pairs)
+            raise
         ss = st["store"]
         ss.records_in += len(write.records)
         ss.records_out += len(write.records)

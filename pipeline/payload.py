@@ -235,7 +235,9 @@ def _excess_depth(data: str | bytes, limit: int) -> int | None:
 
 def _json_error_message(exc: json.JSONDecodeError) -> str:
     message = f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-    if exc.pos >= len(exc.doc.rstrip()):
+    rest = exc.doc[exc.pos:].strip()
+    if (exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
+            or (rest and not any(c in rest for c in " \n,:]}"))):
         message += " (payload ends early; truncated?)"
     elif exc.msg == "Extra data":
         message += " (more than one JSON value; is it JSON Lines?)"

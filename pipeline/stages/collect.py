@@ -88,12 +88,12 @@ class SourceCollector:
                 getters.append((target, compile_path(spec), None))
         self.getters = getters
         self.parse_ts = timestamp_parser(src.timestamp.format, src.timestamp.tz)
-        self.seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.seen: OrderedDict[tuple[str, int], int | None] = OrderedDict()  # -> content hash
         self.seen_hashes: OrderedDict[int, None] = OrderedDict()
         self.last_ts: dict[str, int] = {}
 
-    def _remember(self, od: OrderedDict, item: Any) -> None:
-        od[item] = None
+    def _remember(self, od: OrderedDict, item: Any, value: Any = None) -> None:
+        od[item] = value
         if len(od) > SEEN_LIMIT:
             od.popitem(last=False)
 
@@ -180,7 +180,7 @@ class Collector:
             if h is not None and h in sc.seen_hashes:
                 batch.dropped["duplicate"] += 1
                 continue
-            sc._remember(sc.seen, kt)
+            sc._remember(sc.seen, kt, h)
             if h is not None:
                 sc._remember(sc.seen_hashes, h)
             if ts > skew:
@@ -196,7 +196,9 @@ class Collector:
         """Let a later payload bring these (key, ts) again (used when a batch fails to store)."""
         sc = self.sources[source]
         for kt in pairs:
-            sc.seen.pop(kt, None)
+            h = sc.seen.pop(kt, None)
+            if h is not None:
+                sc.seen_hashes.pop(h, None)
 
 
 def _iso(ms: int) -> str:

@@ -10,6 +10,31 @@ from flowdeck.pipeline.units import affine
 VERSION = "transform/1"
 
 
+def source_conversions(flow: FlowConfig, src) -> list[tuple[str, float, float]]:
+    """[(field, a, b)] so that value_in_flow_unit = a * value_in_source_unit + b."""
+    conv = []
+    for field, unit in src.units.items():
+        target = flow.fields[field].unit
+        if target and unit != target:
+            a, b = affine(unit, target)
+            conv.append((field, a, b))
+    return conv
+
+
+def to_flow_units(data: dict, conversions, inverts) -> dict:
+    """A copy of one record's values in the flow's units (inverted quotes turned round)."""
+    out = dict(data)
+    for field in inverts:
+        v = out.get(field)
+        if v is not None:
+            out[field] = 1.0 / v if v else None
+    for field, a, b in conversions:
+        v = out.get(field)
+        if v is not None:
+            out[field] = a * v + b
+    return out
+
+
 class Transformer:
     name = "transform"
     version = VERSION
@@ -19,13 +44,7 @@ class Transformer:
         self.conversions: dict[str, list[tuple[str, float, float]]] = {}
         self.inverts: dict[str, list[str]] = {}
         for src in flow.sources:
-            conv = []
-            for field, unit in src.units.items():
-                target = flow.fields[field].unit
-                if target and unit != target:
-                    a, b = affine(unit, target)
-                    conv.append((field, a, b))
-            self.conversions[src.name] = conv
+            self.conversions[src.name] = source_conversions(flow, src)
             self.inverts[src.name] = list(src.invert)
         self.derive = [(name, compile_expr(text)) for name, text in flow.derive.items()]
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, NotRequired, Required
 from flowdeck.pipeline.config import FieldSpec, FlowConfig, SourceConfig
 from flowdeck.pipeline.expr import compile_expr
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.transform import source_conversions, to_flow_units
 from flowdeck.pipeline.units import affine
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -80,6 +81,9 @@ class Validator:
         self.flow = flow
         self.models = {s.name: build_model(flow, s) for s in flow.sources}
         self.rules = [(text, compile_expr(text)) for text in flow.rules]
+        # Rules are written in the flow's units; records here are still in the source's.
+        self.to_flow_units = {s.name: (source_conversions(flow, s), list(s.invert))
+                              for s in flow.sources}
         self.optional = [n for n, f in flow.fields.items() if not f.required and n != flow.ts]
 
     def run(self, batch: Batch, now_ms: int) -> None:
@@ -87,7 +91,8 @@ class Validator:
         if not recs:
             return
         adapter = self.models[batch.source]
-        datas = [r.data for r in recs]
+        # Absent values are left out, so a missing required field reads "Field required".
+        datas = [{k: v for k, v in r.data.items() if v is not None} for r in recs]
         try:
             valid = adapter.validate_python(datas)
             bad: dict[int, list[str]] = {}
@@ -115,8 +120,13 @@ class Validator:
             rec.data = data
         if self.rules:
             kept = []
+            conversions, inverts = self.to_flow_units[batch.source]
             for rec in recs:
-                failed = [text for text, rule in self.rules if rule(rec.data) is False]
+                env = to_flow_units(rec.data, conversions, inverts)
+                # A rule about a value that is absent is unknown, not broken (as SQL CHECK).
+                failed = [text for text, rule in self.rules
+                          if all(env.get(n) is not None for n in rule.names)
+                          and rule(env) is False]
                 if failed:
                     batch.reject(rec, stage="validate", reason="rule",
                                  message="rule failed: " + "; ".join(failed))

@@ -1,0 +1,221 @@
+"""The one interface viewers use to see and steer an engine.
+
+The console (and later the websocket feed) talks to an engine only through
+``snapshot()``, ``subscribe()``, ``act()`` and ``query()``, all of which take
+and return plain JSON-able values. ``LocalControl`` serves an engine in this
+process; a remote implementation speaks the same names over the feed, so the
+console shows the same screens whichever it is given.
+
+Every operator action is recorded as a recovery action (who, what, when,
+outcome, how long) and announced on the hub.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Protocol
+
+from flowdeck.pipeline.engine import Engine
+from flowdeck.pipeline.hub import Subscription
+from flowdeck.pipeline.ops import lineage
+
+ISSUE_STATES = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted", "reopen": "open"}
+
+
+class ControlError(Exception):
+    """An action or query that cannot be done (unknown flow, missing issue, bad argument)."""
+
+
+class Control(Protocol):
+    async def snapshot(self) -> dict: ...
+    def subscribe(self, types: set[str] | None = None) -> Subscription: ...
+    async def act(self, name: str, **params: Any) -> dict: ...
+    async def query(self, name: str, **params: Any) -> Any: ...
+
+
+class LocalControl:
+    """An engine running in this process."""
+
+    def __init__(self, engine: Engine, actor: str = "operator") -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.actor = actor
+        self.description = "local"
+
+    async def _db(self, fn, *args, **kw):
+        return await self.engine._db(functools.partial(fn, *args, **kw))
+
+    # ------------------------------------------------------------ state
+
+    async def snapshot(self) -> dict:
+        snap = self.engine.snapshot()
+        cfg = self.engine.config
+        for name, f in snap["flows"].items():
+            fc = cfg.flows[name]
+            f["description"] = fc.description
+            f["freshness_s"] = fc.freshness
+            f["availability_target"] = fc.availability
+            f["metrics"] = fc.metrics()
+            f["key_field"] = fc.key
+            f["schedule"] = (f"every {fc.schedule.every:g}s" if fc.schedule.every is not None
+                             else f"cron {fc.schedule.cron}")
+        snap["issues"] = await self._db(self.store.issues,
+                                        state=("open", "acknowledged", "muted"), limit=300)
+        snap["actions"] = await self._db(self.store.actions, limit=200)
+        snap["quarantine"] = await self._db(self.store.quarantined, None, "open", 300)
+        snap["latest"] = {name: await self._db(self.store.latest, name) for name in cfg.flows}
+        snap["runs"] = await self._db(self.store.recent_runs, None, 200)
+        snap["connection"] = self.description
+        return _jsonable(snap)
+
+    def subscribe(self, types: set[str] | None = None) -> Subscription:
+        return self.engine.hub.subscribe(types=types)
+
+    # ------------------------------------------------------------ actions
+
+    async def act(self, name: str, **params: Any) -> dict:
+        fn = getattr(self, f"_act_{name}", None)
+        if fn is None:
+            raise ControlError(f"unknown action {name!r}")
+        t0 = time.perf_counter()
+        flow = params.get("flow")
+        if flow is not None and flow not in self.engine.flows:
+            raise ControlError(f"no flow {flow!r}")
+        try:
+            result = await fn(**params)
+            outcome = "ok"
+        except ControlError as exc:
+            result = {"ok": False, "message": str(exc)}
+            outcome = "failed"
+        duration = (time.perf_counter() - t0) * 1000
+        result.setdefault("ok", outcome == "ok")
+        await self._record(name, flow, params.get("source"), result["message"], outcome,
+                           duration, {k: v for k, v in params.items() if k != "flow"})
+        return result
+
+    async def _record(self, action: str, flow: str | None, source: str | None, reason: str,
+                      outcome: str, duration_ms: float, detail: dict) -> None:
+        now = self.engine.clock.now_ms()
+        await self._db(self.store.add_action, ts_ms=now, action=action, actor=self.actor,
+                       reason=reason, outcome=outcome, flow=flow, source=source,
+                       duration_ms=round(duration_ms, 2), detail=detail or None)
+        self.engine.emit("action", flow, action=action, actor=self.actor, reason=reason,
+                         outcome=outcome, source=source)
+
+    async def _act_run_now(self, flow: str) -> dict:
+        summary = await self.engine.run_flow(flow, "manual")
+        stored = summary.stages["store"].records_out
+        return {"message": f"ran {flow}: {summary.status}, {stored} records stored",
+                "run": summary.as_dict()}
+
+    async def _act_pause(self, flow: str) -> dict:
+        changed = self.engine.pause(flow)
+        return {"message": f"paused {flow}" if changed else f"{flow} was already paused"}
+
+    async def _act_resume(self, flow: str) -> dict:
+        changed = self.engine.resume_flow(flow)
+        return {"message": f"resumed {flow}" if changed else f"{flow} was not paused"}
+
+    async def _act_replay_quarantine(self, flow: str) -> dict:
+        summary = await self.engine.replay(flow, quarantine=True)
+        return {"message": f"replayed {summary.payloads} payload(s) of {flow}: "
+                           f"{summary.stages['store'].records_out} records stored, "
+                           f"{summary.quarantined} still quarantined",
+                "run": summary.as_dict()}
+
+    async def _act_replay_raw(self, flow: str, since_ms: int = 0) -> dict:
+        summary = await self.engine.replay(flow, since_ms=since_ms)
+        return {"message": f"replayed {summary.payloads} raw payload(s) of {flow}",
+                "run": summary.as_dict()}
+
+    async def _issue_state(self, verb: str, issue_id: int, seconds: float | None = None) -> dict:
+        now = self.engine.clock.now_ms()
+        until = now + int(seconds * 1000) if seconds else None
+        row = await self._db(self.store.set_issue_state, int(issue_id), ISSUE_STATES[verb],
+                             self.actor, now, until)
+        if row is None:
+            raise ControlError(f"no issue {issue_id}")
+        self.engine.emit("issue_state", row["flow"], id=row["id"], state=row["state"],
+                         actor=self.actor, title=row["title"])
+        return {"message": f"issue {issue_id} {row['state']}", "issue": _jsonable(row)}
+
+    async def _act_ack_issue(self, issue_id: int) -> dict:
+        return await self._issue_state("ack", issue_id)
+
+    async def _act_resolve_issue(self, issue_id: int) -> dict:
+        return await self._issue_state("resolve", issue_id)
+
+    async def _act_mute_issue(self, issue_id: int, seconds: float = 3600) -> dict:
+        return await self._issue_state("mute", issue_id, seconds)
+
+    # ------------------------------------------------------------ queries
+
+    async def query(self, name: str, **params: Any) -> Any:
+        s = self.store
+        if name == "issues":
+            return _jsonable(await self._db(s.issues, flow=params.get("flow"),
+                                            state=params.get("state"),
+                                            limit=params.get("limit", 500)))
+        if name == "issue":
+            row = await self._db(s.get_issue, int(params["issue_id"]))
+            if row is None:
+                raise ControlError(f"no issue {params['issue_id']}")
+            records = []
+            for key, ts in row["record_ids"][-50:]:
+                records.extend(await self._db(self._record_at, row["flow"], key, ts))
+            raws = [await self._db(self._raw_summary, i) for i in row["raw_ids"][-20:]]
+            return _jsonable({"issue": row, "records": records, "raw": [r for r in raws if r]})
+        if name == "quarantine":
+            return _jsonable(await self._db(s.quarantined, params.get("flow"),
+                                            params.get("state", "open"),
+                                            params.get("limit", 500)))
+        if name == "actions":
+            return _jsonable(await self._db(s.actions, flow=params.get("flow"),
+                                            limit=params.get("limit", 200)))
+        if name == "latest":
+            return _jsonable(await self._db(s.latest, params["flow"]))
+        if name == "history":
+            return await self._db(s.history, params["flow"], params["key"], params["metric"],
+                                  params.get("since_ms", 0), params.get("step_ms"),
+                                  params.get("limit", 2000))
+        if name == "lineage":
+            try:
+                return _jsonable(await self._db(lineage, s, self.engine.config,
+                                                int(params["record_id"])))
+            except LookupError as exc:
+                raise ControlError(str(exc)) from None
+        if name == "record":
+            rows = await self._db(self._record_at, params["flow"], params["key"],
+                                  int(params["ts_ms"]))
+            return _jsonable(rows[0]) if rows else None
+        if name == "raw":
+            row = await self._db(self._raw_summary, int(params["raw_id"]), full=True)
+            if row is None:
+                raise ControlError(f"no raw payload {params['raw_id']}")
+            return row
+        raise ControlError(f"unknown query {name!r}")
+
+    def _record_at(self, flow: str, key: str, ts_ms: int) -> list[dict]:
+        return [r for r in self.store.records_since(flow, ts_ms, key=key, limit=1)
+                if r["ts_ms"] == ts_ms]
+
+    def _raw_summary(self, raw_id: int, full: bool = False) -> dict | None:
+        raw = self.store.get_raw(raw_id)
+        if raw is None:
+            return None
+        body = raw.pop("body")
+        raw["text"] = body[: (200_000 if full else 600)].decode("utf-8", "replace")
+        return _jsonable(raw)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and value != value:
+        return None
+    return value
