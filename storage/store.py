@@ -162,12 +162,13 @@ class Store:
                 content_type=content_type, status_code=status_code, size=len(body),
                 truncated=truncated, body=body, run_id=run_id,
             ).on_conflict_do_nothing(index_elements=["flow", "source", "content_hash"])
-            res = conn.execute(stmt)
-            new = res.rowcount == 1
+            row = conn.execute(stmt.returning(s.raw_payloads.c.id)).first()
+            if row is not None:
+                return row[0], True
             raw_id = conn.execute(select(s.raw_payloads.c.id).where(
                 s.raw_payloads.c.flow == flow, s.raw_payloads.c.source == source,
                 s.raw_payloads.c.content_hash == digest)).scalar_one()
-        return raw_id, new
+        return raw_id, False
 
     def raw_processed(self, raw_id: int) -> bool:
         with self.engine.connect() as conn:

@@ -28,8 +28,10 @@ class FileSource:
             if glob.has_magic(self.pattern):
                 return []
             raise FetchError("io", f"no such file: {self.pattern}")
-        out = []
+        out, seen, errors = [], {}, []
         for p in paths:
+            if not os.path.isfile(p):
+                continue
             try:
                 st = os.stat(p)
                 sig = (st.st_mtime, st.st_size)
@@ -37,9 +39,16 @@ class FileSource:
                     continue
                 with open(p, "rb") as fh:
                     body = fh.read(self.src.max_bytes + 1)
-            except OSError as exc:
-                raise FetchError("io", f"cannot read {p}: {exc.strerror}") from None
-            self.seen[p] = sig
-            out.append(Fetched(body=body, content_type=_TYPES[self.src.format],
-                               truncated=len(body) > self.src.max_bytes, origin=p))
+            except OSError as exc:  # this file's problem, not the other files'
+                errors.append(f"cannot read {p}: {exc.strerror}")
+                continue
+            seen[p] = sig
+            truncated = len(body) > self.src.max_bytes
+            out.append(Fetched(body=body[:self.src.max_bytes] if truncated else body,
+                               content_type=_TYPES[self.src.format], truncated=truncated,
+                               origin=p))
+        # Only files actually handed over count as seen: a failure loses nothing.
+        self.seen.update(seen)
+        if errors and not out:
+            raise FetchError("io", "; ".join(errors))
         return out

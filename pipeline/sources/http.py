@@ -33,7 +33,8 @@ class HttpSource:
     async def fetch(self) -> list[Fetched]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.src.retries + 1),
-            wait=wait_exponential_jitter(multiplier=self.backoff, max=self.backoff * 20),
+            wait=wait_exponential_jitter(multiplier=self.backoff, max=self.backoff * 20,
+                                        jitter=self.backoff),
             retry=retry_if_exception(_retryable), reraise=True)
         async for attempt in retrying:
             with attempt:
