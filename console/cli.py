@@ -180,10 +180,39 @@ def cmd_daemon(args) -> int:
 def cmd_demo(args) -> int:
     config = _config(args)
     _check_scenario(args.scenario)
-    args.once = False
-    args.json = False
-    print("flowdeck demo: simulator + engine on the bundled flows (Ctrl-C to stop)", flush=True)
-    return asyncio.run(_daemon(args, config, live_log=True))
+    if args.headless:
+        args.once = False
+        args.json = False
+        print("flowdeck demo: simulator + engine on the bundled flows (Ctrl-C to stop)",
+              flush=True)
+        return asyncio.run(_daemon(args, config, live_log=True))
+    return _run_console(args, config)
+
+
+def cmd_console(args) -> int:
+    config = _config(args)
+    _check_scenario(args.scenario)
+    return _run_console(args, config)
+
+
+def _run_console(args, config: Config) -> int:
+    """The operator console on an engine in this process."""
+    from flowdeck.console.app import FlowdeckApp
+    from flowdeck.pipeline.control import LocalControl
+    from flowdeck.pipeline.engine import Engine
+
+    store = _store(args, config)
+    engine = Engine(config, store, **_engine_kwargs(args))
+    control = LocalControl(engine, actor=os.environ.get("USER") or "operator")
+    theme = args.theme or config.console.theme
+    app = FlowdeckApp(control, engine=engine, theme=theme,
+                      refresh=args.refresh or config.console.refresh,
+                      keymap=config.console.keys)
+    try:
+        app.run()
+    finally:
+        store.close()
+    return app.return_code or EXIT_OK
 
 
 def cmd_simulate(args) -> int:
@@ -340,8 +369,23 @@ def cmd_status(args) -> int:
                 state = "degraded"
             else:
                 state = "healthy"
+            breakers = {src: st.get("breaker", {}).get("state", "closed")
+                        for (_f, src), st in store.source_states(name).items()}
+            incident = any(i["kind"] == "incident" for i in
+                           store.issues(flow=name, state=("open", "acknowledged")))
+            if incident:
+                state = "failing"
+            elif state == "healthy" and any(b != "closed" for b in breakers.values()):
+                state = "degraded"
             worst = max(worst, {"healthy": 0, "degraded": 1, "failing": 2}[state])
-            out[name] = {"state": state, "last_run": iso(last["started_ms"]) if last else None,
+            last_stats = (last or {}).get("stats") or {}
+            active = [s for s, i in last_stats.get("sources", {}).items()
+                      if "error" not in i and "skipped" not in i]
+            out[name] = {"state": state, "active_sources": active,
+                         "breakers": {s.name: breakers.get(s.name, "closed")
+                                      for s in flow.sources},
+                         "incident": incident,
+                         "last_run": iso(last["started_ms"]) if last else None,
                          "last_status": last["status"] if last else None,
                          "newest_record": iso(newest), "stale": stale,
                          "issues_open": {sev: n for (f, sev), n in counts.items() if f == name}}
@@ -352,9 +396,11 @@ def cmd_status(args) -> int:
     else:
         for name, f in out.items():
             issues = ", ".join(f"{n} {s}" for s, n in f["issues_open"].items()) or "no issues"
+            open_b = [f"{s} {b}" for s, b in f["breakers"].items() if b != "closed"]
             print(f"{name:<10} {f['state']:<9} last run {f['last_run'] or 'never'} "
-                  f"({f['last_status'] or '-'}), newest record {f['newest_record'] or '-'}, "
-                  f"{issues}")
+                  f"({f['last_status'] or '-'}), active {', '.join(f['active_sources']) or '-'}, "
+                  f"breakers {', '.join(open_b) or 'all closed'}, newest record "
+                  f"{f['newest_record'] or '-'}, {issues}")
     return worst
 
 
@@ -379,6 +425,13 @@ def _add_sim(p) -> None:
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
 
 
+def _add_ui(p) -> None:
+    p.add_argument("--theme", choices=("dark", "light", "high-contrast"),
+                   help="colour theme (default: the config's console.theme, else dark)")
+    p.add_argument("--refresh", type=float, metavar="S",
+                   help="seconds between screen refreshes (default 1; + and - change it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="flowdeck",
@@ -387,10 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="log level for the engine's own log (default WARNING)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", help="simulator + engine on the bundled flows, with a live log")
+    p = sub.add_parser("demo", help="simulator + engine + console on the bundled flows")
     _add_common(p)
     _add_sim(p)
+    _add_ui(p)
+    p.add_argument("--headless", action="store_true",
+                   help="no console: print a live log instead")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("console", help="the operator console on an engine in this process")
+    _add_common(p)
+    _add_sim(p)
+    _add_ui(p)
+    p.set_defaults(fn=cmd_console)
 
     p = sub.add_parser("daemon", help="headless engine")
     _add_common(p)

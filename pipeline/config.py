@@ -109,6 +109,7 @@ class SourceConfig(Strict):
     enabled: bool = True
     timeout: Duration = 5.0
     retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff: Duration = 0.2  # first retry wait; doubles, with jitter of the same size
     headers: dict[str, str] = {}
     params: dict[str, str] = {}
     max_bytes: Size = 16 * 2**20
@@ -200,6 +201,23 @@ class DetectSpec(Strict):
     season: Duration = 86400.0
 
 
+class BreakerConfig(Strict):
+    window: Annotated[int, Field(ge=1, le=1000)] = 10
+    min_requests: Annotated[int, Field(ge=1)] = 3
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    cooldown: Duration = 30.0
+    max_cooldown: Duration = 600.0
+    probes: Annotated[int, Field(ge=1, le=100)] = 2
+
+
+class RecoveryConfig(Strict):
+    """merge: every healthy source each run, merged by resolve. failover: the best healthy
+    source only, the next one by priority when it fails."""
+
+    mode: Literal["merge", "failover"] = "merge"
+    breaker: BreakerConfig = BreakerConfig()
+
+
 class FlowConfig(Strict):
     description: str = ""
     schedule: Schedule = Schedule(every=10.0)
@@ -216,6 +234,7 @@ class FlowConfig(Strict):
     quality: QualitySpec = QualitySpec()
     resolve: ResolveSpec = ResolveSpec()
     detect: list[DetectSpec] = []
+    recovery: RecoveryConfig = RecoveryConfig()
 
     def metrics(self) -> list[str]:
         """Fields kept as time series: numeric fields (and derived ones) unless told otherwise."""

@@ -117,6 +117,25 @@ class LocalControl:
         changed = self.engine.resume_flow(flow)
         return {"message": f"resumed {flow}" if changed else f"{flow} was not paused"}
 
+    async def _act_reset_breaker(self, flow: str, source: str) -> dict:
+        if source not in self.engine.flows[flow].breakers:
+            raise ControlError(f"no source {source!r} in {flow}")
+        before = await self._db(self.engine.reset_breaker, flow, source)
+        return {"message": f"breaker of {flow}/{source} reset (was {before})"}
+
+    async def _act_force_failover(self, flow: str, source: str | None = None) -> dict:
+        """Pin the flow to one named source until released (source=None releases)."""
+        rt = self.engine.flows[flow]
+        if source is not None and source not in rt.breakers:
+            raise ControlError(f"no source {source!r} in {flow}")
+        before = rt.pinned
+        rt.pinned = source
+        if source is None:
+            return {"message": f"{flow} released from {before}" if before else
+                    f"{flow} was not pinned"}
+        return {"message": f"{flow} now uses only {source} (force failover; "
+                           "release with force_failover and no source)"}
+
     async def _act_replay_quarantine(self, flow: str) -> dict:
         summary = await self.engine.replay(flow, quarantine=True)
         return {"message": f"replayed {summary.payloads} payload(s) of {flow}: "

@@ -24,6 +24,7 @@ from flowdeck.pipeline.clock import Clock, SystemClock
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.hub import Event, Hub
 from flowdeck.pipeline.model import STAGES, Batch, StageStats
+from flowdeck.pipeline.recovery import CLOSED, HALF_OPEN, Breaker, BreakerSettings
 from flowdeck.pipeline.sources.base import Fetched, FetchError
 from flowdeck.pipeline.sources.file import FileSource
 from flowdeck.pipeline.sources.http import HttpSource
@@ -38,6 +39,10 @@ from flowdeck.pipeline.stages.validate import Validator
 from flowdeck.storage.store import BatchWrite, IssueDraft, Store
 
 log = logging.getLogger("flowdeck.engine")
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 @dataclass
@@ -132,6 +137,15 @@ class FlowRuntime:
         self.throughput: deque[tuple[int, int]] = deque(maxlen=120)  # (finished_ms, records out)
         self.running = False
         self.lock = asyncio.Lock()
+        b = cfg.recovery.breaker
+        self.breaker_settings = BreakerSettings(
+            window=b.window, min_requests=b.min_requests, failure_rate=b.failure_rate,
+            cooldown_s=b.cooldown, max_cooldown_s=b.max_cooldown, probes=b.probes)
+        self.breakers = {s.name: Breaker(self.breaker_settings) for s in cfg.sources}
+        self.pinned: str | None = None  # operator's forced failover: only this source
+        self.primary: str | None = None  # best source that answered in the last run
+        self.active: list[str] = []  # sources that answered in the last run
+        self.incident = False  # every source down: serving last-known-good, marked stale
 
     def stage_versions(self) -> dict[str, str]:
         return {st.name: st.version for st in (self.collector, self.validator, self.transformer,
@@ -142,12 +156,22 @@ class FlowRuntime:
         if self.paused:
             return "paused"
         enabled = [s.name for s in self.cfg.sources if s.enabled]
-        down = [s for s in enabled if self.health[s].consecutive_failures > 0]
-        if enabled and len(down) == len(enabled):
+        down = [s for s in enabled if self.health[s].consecutive_failures > 0
+                or self.breakers[s].state != CLOSED]
+        if self.incident or (enabled and len(down) == len(enabled)):
             return "failing"
         if down or (self.last_run and self.last_run.status != "ok"):
             return "degraded"
         return "healthy"
+
+    def candidates(self, now_ms: int) -> list[str]:
+        """Sources to ask this run, best first: pinned, else enabled ones whose breaker
+        allows it, by priority."""
+        if self.pinned:
+            return [self.pinned]
+        order = sorted((s for s in self.cfg.sources if s.enabled),
+                       key=lambda s: (s.priority, s.name))
+        return [s.name for s in order if self.breakers[s.name].allows(now_ms)]
 
 
 class Engine:
@@ -197,6 +221,7 @@ class Engine:
             for src in rt.cfg.sources:
                 rt.fetchers[src.name] = self._make_fetcher(src)
             await self._db(self._warm_detectors, rt)
+            await self._db(self._load_recovery_state, rt)
         self.started = True
         if resume:
             await self.resume()
@@ -208,7 +233,7 @@ class Engine:
             url = src.url
             if src.kind == "simulated":
                 url = self.simulator_url.rstrip("/") + "/" + src.url.lstrip("/")
-            return HttpSource(src, self.http, url)
+            return HttpSource(src, self.http, url, backoff=src.backoff)
         if src.kind == "file":
             return FileSource(src, str(self.config.resolve_path(src.path)))
         return WebsocketSource(src, src.url)
@@ -330,9 +355,10 @@ class Engine:
         self.emit("run_started", rt.name, run_id=run_id, trigger=trigger)
         try:
             enabled = [s for s in rt.cfg.sources if s.enabled]
-            results = await asyncio.gather(*(self._fetch(rt, s.name) for s in enabled))
+            results = await self._fetch_sources(rt, summary)
             payloads: list[Payload] = []
-            for src, fetched in zip(enabled, results, strict=True):
+            for src_name, fetched in results.items():
+                src = rt.cfg.sources[[s.name for s in rt.cfg.sources].index(src_name)]
                 info = summary.sources.setdefault(src.name, {"payloads": 0})
                 if isinstance(fetched, FetchError):
                     info["error"] = fetched.message
@@ -351,11 +377,14 @@ class Engine:
                                             self.clock.now_ms(), f.truncated))
             await self._db(self._process, rt, payloads, summary, False)
             errors = [s for s, i in summary.sources.items() if "error" in i]
-            if errors and len(errors) == len(enabled):
+            answered = [s for s in results if not isinstance(results[s], FetchError)]
+            if enabled and not answered:
                 summary.status = "failed"
-                summary.error = "; ".join(f"{s}: {summary.sources[s]['error']}" for s in errors)
+                summary.error = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
+                                          for s, i in summary.sources.items())
             elif errors:
                 summary.status = "partial"
+            await self._after_run(rt, answered, summary)
         except Exception as exc:
             log.exception("run %s of %s failed", run_id, rt.name)
             summary.status = "failed"
@@ -366,6 +395,134 @@ class Engine:
         self._account(rt, summary)
         self.emit("run_finished", rt.name, **summary.as_dict())
         return summary
+
+    # ------------------------------------------------------------ recovery
+
+    async def _fetch_sources(self, rt: FlowRuntime, summary: RunSummary) -> dict:
+        """Ask the sources their breakers allow: all at once (merge), or one after another
+        until one answers (failover). Each outcome feeds that source's breaker."""
+        now = self.clock.now_ms()
+        order = rt.candidates(now)
+        for s in rt.cfg.sources:
+            if s.enabled and s.name not in order:
+                retry = rt.breakers[s.name].retry_at_ms
+                summary.sources[s.name] = {"payloads": 0, "skipped": (
+                    "pinned to " + rt.pinned if rt.pinned else
+                    f"breaker open until {_iso(retry)}" if retry else "breaker open")}
+        results: dict[str, list[Fetched] | FetchError] = {}
+        if rt.cfg.recovery.mode == "merge" or rt.pinned:
+            fetched = await asyncio.gather(*(self._fetch(rt, s) for s in order))
+            results = dict(zip(order, fetched, strict=True))
+            for s, res in results.items():
+                await self._breaker_outcome(rt, s, res)
+        else:
+            for s in order:
+                res = await self._fetch(rt, s)
+                results[s] = res
+                await self._breaker_outcome(rt, s, res)
+                if not isinstance(res, FetchError):
+                    break
+        return results
+
+    async def _breaker_outcome(self, rt: FlowRuntime, source: str, res) -> None:
+        b = rt.breakers[source]
+        before = b.state
+        ok = not isinstance(res, FetchError)
+        now = self.clock.now_ms()
+        attempts = getattr(rt.fetchers[source], "last_attempts", 1)
+        if attempts > 1:
+            await self.auto_action(rt.name, "retry", source=source, outcome="ok" if ok else "failed",
+                                   reason=f"{attempts - 1} retr{'y' if attempts == 2 else 'ies'}"
+                                          + ("" if ok else f", still failing: {res.message}"))
+        change = b.record(ok, now)
+        if before == HALF_OPEN:
+            await self.auto_action(rt.name, "probe", source=source,
+                                   outcome="ok" if ok else "failed",
+                                   reason=("half-open probe answered" if ok else
+                                           f"half-open probe failed: {res.message}"))
+        if change == "opened":
+            n = len(b.outcomes)
+            fails = sum(1 for o in b.outcomes if not o)
+            await self.auto_action(rt.name, "breaker_open", source=source, outcome="ok",
+                                   reason=f"{fails} of the last {n} requests failed "
+                                          f"({res.message}); probing again in "
+                                          f"{b.cooldown_s:g}s")
+        elif change == "reopened":
+            await self.auto_action(rt.name, "breaker_open", source=source, outcome="ok",
+                                   reason=f"probe failed; waiting {b.cooldown_s:g}s "
+                                          "before the next one")
+        elif change == "closed":
+            await self.auto_action(rt.name, "breaker_close", source=source, outcome="ok",
+                                   reason=f"{b.settings.probes} probes in a row answered: "
+                                          f"{source} is back")
+        if b.state != before or change:
+            await self._db(self.store.save_source_state, rt.name, source,
+                           {"breaker": b.as_dict()}, now)
+            self.emit("breaker", rt.name, source=source, state=b.state, before=before)
+
+    async def _after_run(self, rt: FlowRuntime, answered: list[str], summary: RunSummary) -> None:
+        """Failover/failback and incidents, decided from who answered this run."""
+        prio = {s.name: (s.priority, s.name) for s in rt.cfg.sources}
+        # A source still on probation (half-open) answers but is not trusted as primary yet:
+        # the flow returns to it once its breaker has closed.
+        trusted = [s for s in answered if rt.breakers[s].state == CLOSED] or answered
+        primary = min(trusted, key=lambda s: prio[s]) if trusted else None
+        if primary and rt.primary and primary != rt.primary:
+            back = prio[primary] < prio[rt.primary]
+            await self.auto_action(
+                rt.name, "failback" if back else "failover", source=primary, outcome="ok",
+                reason=(f"{primary} answers again: back from {rt.primary}" if back else
+                        f"{rt.primary} unavailable: failed over to {primary}"))
+        if primary:
+            rt.primary = primary
+        rt.active = sorted(answered, key=lambda s: prio[s])
+        enabled = [s for s in rt.cfg.sources if s.enabled]
+        now = self.clock.now_ms()
+        if enabled and not answered and not rt.incident:
+            rt.incident = True
+            why = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
+                            for s, i in summary.sources.items())
+            await self._db(self.store.raise_issues, [IssueDraft(
+                flow=rt.name, kind="incident", severity="critical",
+                title=f"every source of {rt.name} is down: serving last-known-good values "
+                      "marked stale",
+                fingerprint=f"incident:{rt.name}", detail={"sources": summary.sources})], now)
+            await self.auto_action(rt.name, "incident", outcome="ok",
+                                   reason=f"all sources down ({why}); serving stale data")
+            self.emit("flow_state", rt.name, state="failing", stale=True)
+        elif answered and rt.incident:
+            rt.incident = False
+            await self._db(self.store.resolve_by_fingerprint, rt.name, f"incident:{rt.name}",
+                           "auto", now)
+            await self.auto_action(rt.name, "recovered", source=primary, outcome="ok",
+                                   reason=f"{', '.join(answered)} answering again; "
+                                          "incident resolved")
+            self.emit("flow_state", rt.name, state=rt.state(), stale=False)
+
+    async def auto_action(self, flow: str, action: str, *, reason: str, outcome: str = "ok",
+                          source: str | None = None, actor: str = "auto",
+                          duration_ms: float | None = None, detail: dict | None = None) -> None:
+        """Record a recovery action (automatic or operator) and announce it."""
+        await self._db(functools.partial(
+            self.store.add_action, ts_ms=self.clock.now_ms(), action=action, actor=actor,
+            reason=reason, outcome=outcome, flow=flow, source=source, duration_ms=duration_ms,
+            detail=detail))
+        self.emit("action", flow, action=action, actor=actor, reason=reason, outcome=outcome,
+                  source=source)
+
+    def reset_breaker(self, flow: str, source: str) -> str:
+        b = self.flows[flow].breakers[source]
+        before = b.state
+        b.reset()
+        self.store.save_source_state(flow, source, {"breaker": b.as_dict()}, self.clock.now_ms())
+        return before
+
+    def _load_recovery_state(self, rt: FlowRuntime) -> None:
+        for (_flow, source), st in self.store.source_states(rt.name).items():
+            if source in rt.breakers and "breaker" in st:
+                rt.breakers[source] = Breaker.from_dict(st["breaker"], rt.breaker_settings)
+        rt.incident = any(i["kind"] == "incident" for i in
+                          self.store.issues(flow=rt.name, state=("open", "acknowledged")))
 
     def _account(self, rt: FlowRuntime, summary: RunSummary) -> None:
         rt.runs += 1
@@ -606,8 +763,11 @@ class Engine:
                 "last_run": rt.last_run.as_dict() if rt.last_run else None,
                 "totals": {k: v.as_dict() for k, v in rt.totals.items()},
                 "throughput": list(rt.throughput),
+                "mode": rt.cfg.recovery.mode, "incident": rt.incident, "stale": rt.incident,
+                "primary": rt.primary, "pinned": rt.pinned, "active": rt.active,
                 "sources": {s.name: {"kind": s.kind, "priority": s.priority,
-                                     "enabled": s.enabled, **rt.health[s.name].as_dict()}
+                                     "enabled": s.enabled, **rt.health[s.name].as_dict(),
+                                     "breaker": rt.breakers[s.name].as_dict()}
                             for s in rt.cfg.sources},
             }
         return {"ts": self.clock.now(), "flows": flows}

@@ -467,6 +467,17 @@ class Store:
                 return None
         return self.get_issue(issue_id)
 
+    def resolve_by_fingerprint(self, flow: str, fingerprint: str, actor: str,
+                               now_ms: int) -> int:
+        """Resolve the open occurrences of an issue whose condition has cleared."""
+        t = s.issues
+        with self.engine.begin() as conn:
+            res = conn.execute(update(t).where(
+                t.c.flow == flow, t.c.fingerprint == fingerprint,
+                t.c.state.in_(("open", "acknowledged"))).values(
+                state="resolved", actor=actor, updated_ms=now_ms))
+            return res.rowcount
+
     def open_issue_counts(self) -> dict[tuple[str, str], int]:
         t = s.issues
         q = (select(t.c.flow, t.c.severity, func.count()).where(

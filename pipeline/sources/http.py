@@ -29,6 +29,7 @@ class HttpSource:
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.backoff = backoff
+        self.last_attempts = 0  # attempts the last fetch took (1 = no retry)
 
     async def fetch(self) -> list[Fetched]:
         retrying = AsyncRetrying(
@@ -36,8 +37,10 @@ class HttpSource:
             wait=wait_exponential_jitter(multiplier=self.backoff, max=self.backoff * 20,
                                         jitter=self.backoff),
             retry=retry_if_exception(_retryable), reraise=True)
+        self.last_attempts = 0
         async for attempt in retrying:
             with attempt:
+                self.last_attempts = attempt.retry_state.attempt_number
                 return await self._once()
         raise AssertionError("unreachable")  # tenacity either returns or re-raises
 
