@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
 from flowdeck.pipeline.clock import Clock, SystemClock
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.hub import Event, Hub

@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowdeck.storage import schema as s
-from flowdeck.storage.db import check_schema, make_engine
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+
+from flowdeck.storage import schema as s
+from flowdeck.storage.db import check_schema, make_engine
 
 SEVERITIES = ("info", "warning", "error", "critical")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowdeck.pipeline.config import BUNDLED_CONFIG, parse_config
-from flowdeck.pipeline.control import LocalControl
+from flowdeck.pipeline.control import ControlError, LocalControl
 from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.recovery import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
 
@@ -171,5 +171,5 @@ async def test_operator_reset_breaker_and_force_failover(store, clock):
     assert ("reset_breaker", "bob", "ok") in ops
     assert ("force_failover", "bob", "ok") in ops
     assert ("reset_breaker", "bob", "failed") in ops
-    with pytest.raises(Exception):
+    with pytest.raises(ControlError):
         await control.act("no_such_action", flow="weather")

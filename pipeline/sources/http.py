@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import httpx
-from flowdeck.pipeline.config import SourceConfig
-from flowdeck.pipeline.sources.base import Fetched, FetchError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
+
+from flowdeck.pipeline.config import SourceConfig
+from flowdeck.pipeline.sources.base import Fetched, FetchError
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -7,10 +7,11 @@ import contextlib
 import random
 from collections import deque
 
-from flowdeck.pipeline.config import SourceConfig
-from flowdeck.pipeline.sources.base import Fetched, FetchError
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
+
+from flowdeck.pipeline.config import SourceConfig
+from flowdeck.pipeline.sources.base import Fetched, FetchError
 
 BUFFER_LIMIT = 100_000  # messages kept between runs; the oldest go first past it
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired, Required
 
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
 from flowdeck.pipeline.config import FieldSpec, FlowConfig, SourceConfig
 from flowdeck.pipeline.expr import compile_expr
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.stages.transform import source_conversions, to_flow_units
 from flowdeck.pipeline.units import affine
-from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
-from typing_extensions import TypedDict
 
 VERSION = "validate/1"
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from flowdeck.storage.schema import metadata
 from sqlalchemy import create_engine
+
+from flowdeck.storage.schema import metadata
 
 config = context.config
 target_metadata = metadata
