@@ -119,17 +119,47 @@ def _format_run(s: dict) -> str:
             f"{chain}" + (f"  [{', '.join(extra)}]" if extra else ""))
 
 
+def _feed_server(args, config: Config, engine):
+    """The feed and HTTP API for `flowdeck daemon` (FeedError if the bind needs a token)."""
+    from flowdeck.pipeline.control import LocalControl
+    from flowdeck.pipeline.feed import FeedError, FeedServer, parse_bind
+
+    token = args.token or os.environ.get(config.feed.token_env) or None
+    try:
+        host, port = parse_bind(args.bind or config.feed.bind)
+        return FeedServer(LocalControl(engine, actor=os.environ.get("USER") or "operator"),
+                          host=host, port=port, token=token, origins=config.feed.origins)
+    except FeedError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
 async def _daemon(args, config: Config, *, live_log: bool) -> int:
     from flowdeck.pipeline.engine import Engine
+    from flowdeck.pipeline.feed import FeedError
 
     store = _store(args, config)
     engine = Engine(config, store, **_engine_kwargs(args))
+    feed = None
+    if getattr(args, "serve_feed", False) and not args.once:
+        try:
+            feed = _feed_server(args, config, engine)
+        except CliError:
+            store.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sub = engine.hub.subscribe(types={"run_finished", "issue", "quarantine", "log", "fetch"})
     try:
+        if feed is not None:  # before the engine starts, so the feed sees every event
+            try:
+                await feed.start()
+            except FeedError as exc:
+                feed = None
+                raise CliError(str(exc)) from None
+            print(f"flowdeck: feed on {feed.feed_url}, HTTP API and viewer on {feed.url}/",
+                  file=sys.stderr, flush=True)
         await engine.start(schedule=not args.once)
         if args.once:
             summaries = await engine.run_all_once()
@@ -145,6 +175,8 @@ async def _daemon(args, config: Config, *, live_log: bool) -> int:
         printer.cancel()
         return EXIT_OK
     finally:
+        if feed is not None:
+            await feed.stop()
         await engine.stop()
         store.close()
 
@@ -174,6 +206,7 @@ async def _print_events(sub, as_json: bool, verbose: bool) -> None:
 def cmd_daemon(args) -> int:
     config = _config(args)
     _check_scenario(args.scenario)
+    args.serve_feed = True
     return asyncio.run(_daemon(args, config, live_log=False))
 
 
@@ -191,8 +224,106 @@ def cmd_demo(args) -> int:
 
 def cmd_console(args) -> int:
     config = _config(args)
+    if args.connect:
+        return _run_remote_console(args, config)
     _check_scenario(args.scenario)
     return _run_console(args, config)
+
+
+def _run_remote_console(args, config: Config) -> int:
+    """The operator console attached to a daemon's feed: the same screens, over the network."""
+    from flowdeck.console.app import FlowdeckApp
+    from flowdeck.console.remote import RemoteControl, RemoteError
+
+    token = args.token or os.environ.get(config.feed.token_env) or None
+    try:
+        control = RemoteControl(args.connect, token)
+    except RemoteError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    try:  # fail fast with one line when the daemon is not there, before the screen opens
+        asyncio.run(_probe_feed(control))
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
+    app = FlowdeckApp(control, theme=args.theme or config.console.theme,
+                      refresh=args.refresh or config.console.refresh,
+                      keymap=config.console.keys)
+    app.run()
+    return app.return_code or EXIT_OK
+
+
+async def _probe_feed(control) -> None:
+    try:
+        await control.connect()
+    finally:
+        await control.close()
+
+
+def cmd_watch(args) -> int:
+    """Print the feed as JSON lines, one envelope per line, until interrupted."""
+    from flowdeck.console.remote import RemoteError
+
+    token = args.token or os.environ.get(_config(args).feed.token_env) or None
+    try:
+        return asyncio.run(_watch(args, token))
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _watch(args, token: str | None) -> int:
+    from websockets.exceptions import ConnectionClosed
+
+    from flowdeck.console.remote import RemoteError, describe_close, feed_url, open_feed
+
+    url = feed_url(args.url)
+    channels = args.channel or ["events"]
+    ws = await open_feed(url, token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ids = {}
+    printed = 0
+
+    async def read() -> int:
+        nonlocal printed
+        async for raw in ws:
+            msg = json.loads(raw)
+            data = msg.get("data") or {}
+            if msg.get("type") == "hello":
+                for i, ch in enumerate(channels, 1):
+                    ids[i] = ch
+                    req = {"type": "subscribe", "id": i, "channel": ch}
+                    if args.resume_from is not None:
+                        req.update(resume_from=args.resume_from)
+                    await ws.send(json.dumps(req))
+            if msg.get("type") == "error" and data.get("id") in ids:
+                raise CliError(f"cannot watch {ids[data['id']]!r}: {data.get('message')}",
+                               EXIT_USAGE)
+            if msg.get("type") == "heartbeat" and not args.heartbeats:
+                continue
+            print(raw if isinstance(raw, str) else raw.decode(), flush=True)
+            printed += msg.get("type") in ("snapshot", "delta")
+            if args.count and printed >= args.count:
+                return EXIT_OK
+        if ws.close_code in (1000, 1001):
+            return EXIT_OK
+        raise RemoteError(f"{url}: {describe_close(ws.close_code, ws.close_reason)}")
+
+    reader = asyncio.create_task(read())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            try:
+                return reader.result()
+            except ConnectionClosed:
+                raise RemoteError(f"{url}: {describe_close(ws.close_code, ws.close_reason)}"
+                                  ) from None
+        return EXIT_OK
+    finally:
+        reader.cancel()
+        stopper.cancel()
+        await ws.close()
 
 
 def _run_console(args, config: Config) -> int:
@@ -452,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_sim(p)
     _add_ui(p)
+    p.add_argument("--connect", metavar="ws://HOST:PORT",
+                   help="attach to a running daemon's feed instead of running an engine here")
+    p.add_argument("--token", metavar="T",
+                   help="with --connect: the feed token (default: the variable named by the "
+                        "config's feed.token_env, FLOWDECK_TOKEN)")
     p.set_defaults(fn=cmd_console)
 
     p = sub.add_parser("daemon", help="headless engine")
@@ -459,7 +595,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim(p)
     p.add_argument("--once", action="store_true", help="run every flow once and exit")
     p.add_argument("--json", action="store_true", help="print JSON (a summary per flow)")
+    p.add_argument("--bind", metavar="HOST:PORT",
+                   help="serve the websocket feed and HTTP API here (default: the config's "
+                        "feed.bind, 127.0.0.1:8765; port 0 picks a free one)")
+    p.add_argument("--token", metavar="T",
+                   help="token viewers must present (default: the variable named by the "
+                        "config's feed.token_env, FLOWDECK_TOKEN); required off loopback")
     p.set_defaults(fn=cmd_daemon)
+
+    p = sub.add_parser("watch", help="print a daemon's feed as JSON lines")
+    p.add_argument("url", metavar="ws://HOST:PORT")
+    p.add_argument("--channel", action="append", metavar="C",
+                   help="channel to subscribe to, repeatable (default: events); flows, "
+                        "flow:<flow>, records:<flow>, quality, recovery, caches, metrics, "
+                        "events")
+    p.add_argument("--token", metavar="T",
+                   help="the feed token (default: the variable named by feed.token_env)")
+    p.add_argument("--resume-from", type=int, metavar="SEQ",
+                   help="resume every channel after this seq (replayed if still buffered)")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="exit after N snapshots and deltas")
+    p.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
+    p.add_argument("--config", metavar="F", help="config file (for feed.token_env)")
+    p.set_defaults(fn=cmd_watch)
 
     p = sub.add_parser("simulate", help="loopback sources shaped like real public APIs")
     p.add_argument("--port", type=int, default=8700)

@@ -90,6 +90,7 @@ class LocalControl:
             outcome = "failed"
         duration = (time.perf_counter() - t0) * 1000
         result.setdefault("ok", outcome == "ok")
+        flow = flow or (result.get("issue") or {}).get("flow")
         await self._record(name, flow, params.get("source"), result["message"], outcome,
                            duration, {k: v for k, v in params.items() if k != "flow"})
         return result

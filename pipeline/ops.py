@@ -147,6 +147,12 @@ def _trace(rt, raw: dict, rec: dict) -> list[dict]:
         nxt = find()
         step = {"stage": stage.name, "source": source, "version": stage.version,
                 "changed": _diff(cur, nxt)}
+        if stage.name == "transform":
+            src_cfg = rt.collector.sources[source].src
+            step["units"] = {f: [u, rt.cfg.fields[f].unit] for f, u in src_cfg.units.items()
+                             if rt.cfg.fields[f].unit and rt.cfg.fields[f].unit != u}
+            if src_cfg.invert:
+                step["inverted"] = list(src_cfg.invert)
         if stage.name == "quality":
             step["quality"] = next((r.quality for r in batch.records if r.key == rec["key"]
                                     and rt.resolver.bucket(r.ts) == rec["ts_ms"]), None)

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from flowdeck.pipeline.clock import ManualClock
 from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config
 from flowdeck.storage.store import Store

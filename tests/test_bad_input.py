@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
+
 from flowdeck.pipeline.config import Config, parse_config
 from flowdeck.pipeline.engine import Engine, RunSummary
 from flowdeck.storage import schema as s
 from flowdeck.storage.store import Store
-from sqlalchemy import select
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 GOOD_KEYS = {"GD01", "GD02"}  # the stations of corpus/good.json

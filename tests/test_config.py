@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from flowdeck.console.cli import main
 from flowdeck.pipeline.config import (
     BUNDLED_CONFIG,

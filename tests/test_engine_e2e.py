@@ -6,11 +6,12 @@ import io
 import json
 
 import pytest
+from sqlalchemy import func, select
+
 from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.model import STAGES
 from flowdeck.pipeline.ops import export_text, lineage
 from flowdeck.storage import schema as s
-from sqlalchemy import func, select
 
 
 async def start_engine(config, store, clock, scenario=None) -> Engine:

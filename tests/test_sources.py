@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+
 from flowdeck.pipeline.config import SourceConfig, parse_config
 from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.simulator import PAIRS, Scenario, Simulator

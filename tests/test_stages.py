@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from flowdeck.pipeline.clock import ManualClock
 from flowdeck.pipeline.config import Config, FlowConfig, parse_config
 from flowdeck.pipeline.model import Batch, Rec

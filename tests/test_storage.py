@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import inspect, select, text
+
 from flowdeck.console.cli import main as cli_main
 from flowdeck.storage import schema as s
 from flowdeck.storage.db import (
@@ -13,7 +15,6 @@ from flowdeck.storage.db import (
     make_engine,
 )
 from flowdeck.storage.store import BatchWrite, IssueDraft, QuarantineRow, Store
-from sqlalchemy import inspect, select, text
 
 T = 1_795_521_600_000  # 2026-11-24T12:00:00Z, a whole hour
 MIN = 60_000

@@ -1,0 +1,248 @@
+"""The Textual console: one screen per concern, live from an engine through a Control.
+
+Updates are batched: the engine's events are buffered and applied, and the
+current screen redrawn, at most ten times a second whatever the ingest rate;
+snapshots are pulled at the refresh interval (``+``/``-`` change it, ``p``
+pauses). The app only ever sees the ``Control`` interface, so an in-process
+engine and a remote daemon show the same screens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+from textual.theme import Theme
+
+from flowdeck.console.state import ConsoleState
+from flowdeck.console.widgets import ConfirmScreen
+from flowdeck.pipeline.clock import Clock, SystemClock
+
+THEMES_DIR = Path(__file__).resolve().parents[1] / "themes"
+THEME_NAMES = {"dark": "flowdeck-dark", "light": "flowdeck-light",
+               "high-contrast": "flowdeck-high-contrast"}
+REFRESH_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+MAX_REPAINT_HZ = 10
+
+
+def load_themes() -> list[Theme]:
+    themes = []
+    for path in sorted(THEMES_DIR.glob("*.toml")):
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        themes.append(Theme(**data))
+    return themes
+
+
+def _screens() -> dict[str, tuple[str, str, Any]]:
+    """mode -> (key, title, screen class). Imported late to keep start-up light."""
+    from flowdeck.console.screens.events import EventsScreen
+    from flowdeck.console.screens.insights import InsightsScreen
+    from flowdeck.console.screens.lineage import DataScreen
+    from flowdeck.console.screens.overview import OverviewScreen
+    from flowdeck.console.screens.quality import QualityScreen
+    from flowdeck.console.screens.recovery import RecoveryScreen
+    from flowdeck.console.screens.sources import SourcesScreen
+
+    return {
+        "overview": ("1", "Overview", OverviewScreen),
+        "sources": ("2", "Sources", SourcesScreen),
+        "quality": ("3", "Quality", QualityScreen),
+        "recovery": ("4", "Recovery", RecoveryScreen),
+        "data": ("5", "Data", DataScreen),
+        "insights": ("6", "Insights", InsightsScreen),
+        "events": ("7", "Events", EventsScreen),
+    }
+
+
+class FlowdeckApp(App):
+    TITLE = "flowdeck"
+    CSS_PATH = str(THEMES_DIR / "flowdeck.tcss")
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS = [
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("p", "toggle_pause", "Pause", id="pause"),
+        Binding("plus,equals_sign", "faster", "Faster", show=False, id="faster"),
+        Binding("minus", "slower", "Slower", show=False, id="slower"),
+        Binding("t", "next_theme", "Theme", show=False, id="theme"),
+        Binding("escape", "back", "Back", show=False, id="back"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(self, control=None, *, state: ConsoleState | None = None,
+                 clock: Clock | None = None, theme: str = "dark", refresh: float = 1.0,
+                 keymap: dict[str, str] | None = None, engine=None) -> None:
+        self.screen_specs = _screens()
+        self.MODES = {mode: cls for mode, (_, _, cls) in self.screen_specs.items()}
+        super().__init__()
+        self.control = control
+        self.engine = engine  # an in-process engine this app starts and stops
+        self.state = state or ConsoleState()
+        self.state.refresh_s = refresh
+        self.clock = clock or SystemClock()
+        self._theme_name = THEME_NAMES.get(theme, theme)
+        self._keymap = keymap or {}
+        self._buffer: deque[dict] = deque(maxlen=20_000)
+        self._dirty = False
+        self._tasks: list[asyncio.Task] = []
+        self.repaints = 0  # counted for the responsiveness benchmark
+        for mode, (key, title, _cls) in self.screen_specs.items():
+            self._bindings.bind(key, f"switch_mode('{mode}')", title, show=False)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def on_mount(self) -> None:
+        for theme in load_themes():
+            self.register_theme(theme)
+        self.theme = self._theme_name if self._theme_name in self.available_themes \
+            else "flowdeck-dark"
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        await self.switch_mode("overview")
+        self.set_interval(1 / MAX_REPAINT_HZ, self._flush)
+        if self.control is not None:
+            self._tasks.append(asyncio.create_task(self._run_live()))
+
+    async def _run_live(self) -> None:
+        if self.engine is not None and not self.engine.started:
+            self.state.connection = "starting engine…"
+            await self.engine.start()
+        sub = self.control.subscribe()
+        self._tasks.append(asyncio.create_task(self._pump(sub)))
+        while True:
+            if not self.state.paused:
+                try:
+                    snap = await self.control.snapshot()
+                    self.state.update(snap, self.clock.now())
+                    self.state.connected = True
+                except Exception as exc:  # a lost connection shows in the header
+                    self.state.connected = False
+                    self.state.connection = f"error: {exc}"
+                self._dirty = True
+            await asyncio.sleep(self.state.refresh_s)
+
+    async def _pump(self, sub) -> None:
+        while True:
+            ev = await sub.get()
+            self._buffer.append(ev.as_dict() if hasattr(ev, "as_dict") else ev)
+
+    def _flush(self) -> None:
+        """At most ten times a second: apply buffered events, redraw the current screen."""
+        if not self.state.paused:
+            if self._buffer:
+                self.state.add_events(list(self._buffer))
+                self._buffer.clear()
+                self._dirty = True
+            if self.control is not None:
+                self.state.now = self.clock.now()
+        if self._dirty:
+            self._dirty = False
+            self.redraw()
+
+    def redraw(self) -> None:
+        screen = self.screen
+        if hasattr(screen, "refresh_view") and screen.is_mounted:
+            screen.refresh_view()
+            self.repaints += 1
+
+    async def on_unmount(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.engine is not None and self.engine.started:
+            await self.engine.stop()
+
+    # ------------------------------------------------------------ actions
+
+    def action_toggle_pause(self) -> None:
+        self.state.paused = not self.state.paused
+        self.notify("live updates paused (p resumes)" if self.state.paused
+                    else "live updates resumed")
+        self.redraw()
+
+    def _step_refresh(self, direction: int) -> None:
+        cur = self.state.refresh_s
+        steps = list(REFRESH_STEPS)
+        i = min(range(len(steps)), key=lambda k: abs(steps[k] - cur))
+        i = max(0, min(len(steps) - 1, i + direction))
+        self.state.refresh_s = steps[i]
+        self.notify(f"refresh every {steps[i]:g}s")
+        self.redraw()
+
+    def action_faster(self) -> None:
+        self._step_refresh(-1)
+
+    def action_slower(self) -> None:
+        self._step_refresh(+1)
+
+    def action_next_theme(self) -> None:
+        names = list(THEME_NAMES.values())
+        i = names.index(self.theme) + 1 if self.theme in names else 0
+        self.theme = names[i % len(names)]
+        self.notify(f"theme {self.theme}")
+        self.redraw()
+
+    def action_help(self) -> None:
+        from flowdeck.console.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen())
+
+    async def action_back(self) -> None:
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+        elif self.current_mode != "overview":
+            await self.switch_mode("overview")
+
+    def get_system_commands(self, screen):
+        from textual.app import SystemCommand
+
+        yield from super().get_system_commands(screen)
+        for mode, (key, title, _cls) in self.screen_specs.items():
+            yield SystemCommand(f"Go to {title}", f"Show the {title} screen (key {key})",
+                                lambda m=mode: self.switch_mode(m))
+        yield SystemCommand("Pause / resume live updates", "Key p", self.action_toggle_pause)
+        yield SystemCommand("Next theme", "Dark, light, high contrast (key t)",
+                            self.action_next_theme)
+        yield SystemCommand("Help", "Every key (key ?)", self.action_help)
+        for flow in self.state.flows:
+            yield SystemCommand(f"Run {flow} now", "Fetch and process once",
+                                lambda f=flow: self.operator_action("run_now", flow=f))
+            yield SystemCommand(f"Replay quarantine of {flow}",
+                                "Re-run quarantined payloads through the current pipeline",
+                                lambda f=flow: self.operator_action(
+                                    "replay_quarantine", flow=f,
+                                    confirm=f"Replay the quarantine of {f}?"))
+
+    def operator_action(self, name: str, *, confirm: str | None = None, **params) -> None:
+        """Run an operator action through the control, after confirmation if asked; toast it."""
+        if self.control is None:
+            self.notify("not connected to an engine", severity="error")
+            return
+
+        async def go() -> None:
+            try:
+                result = await self.control.act(name, **params)
+            except Exception as exc:
+                self.notify(f"{name} failed: {exc}", severity="error")
+                return
+            self.notify(result.get("message", name),
+                        severity="information" if result.get("ok") else "error")
+            try:
+                self.state.update(await self.control.snapshot(), self.clock.now())
+            except Exception:
+                pass
+            self.redraw()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(go(), exclusive=False)
+
+        if confirm:
+            self.push_screen(ConfirmScreen(confirm), answered)
+        else:
+            self.run_worker(go(), exclusive=False)

@@ -1,0 +1,86 @@
+"""The console's screens. Each renders from the app's ConsoleState in ``refresh_view``."""
+
+from __future__ import annotations
+
+import json
+
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+
+from flowdeck.console.widgets import DeckTable, FilterBar, StatusHeader
+
+
+class DeckScreen(Screen):
+    """Header, body, filter bar, footer: the frame every screen shares."""
+
+    TITLE = ""
+    BINDINGS = [
+        Binding("slash", "open_filter", "Filter", id="filter"),
+        Binding("y", "copy", "Copy", id="copy"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader()
+        yield from self.compose_body()
+        yield FilterBar(placeholder="filter: type to narrow the list, esc to close")
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def refresh_view(self) -> None:
+        """Redraw from ``self.app.state``. Subclasses fill their widgets, then call super."""
+        self.query_one(StatusHeader).refresh()
+
+    def on_mount(self) -> None:
+        self.refresh_view()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_view()
+
+    _last_table: DeckTable | None = None
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if isinstance(event.widget, DeckTable):
+            self._last_table = event.widget
+
+    def focus_table(self) -> DeckTable | None:
+        """The table `/` filters and `y` copies from: the focused one, else the one that had
+        focus last (opening the filter bar takes focus away from it), else the first."""
+        if isinstance(self.focused, DeckTable):
+            return self.focused
+        if self._last_table is not None and self._last_table.is_attached:
+            return self._last_table
+        tables = list(self.query(DeckTable))
+        return tables[0] if tables else None
+
+    def action_open_filter(self) -> None:
+        bar = self.query_one(FilterBar)
+        bar.add_class("-shown")
+        bar.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if isinstance(event.input, FilterBar) and self.focus_table() is not None:
+            self.focus_table().set_filter(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if isinstance(event.input, FilterBar) and self.focus_table() is not None:
+            self.focus_table().focus()
+
+    def copy_text(self, row: dict) -> str:
+        """What `y` copies for the selected row: JSON of its fields."""
+        return json.dumps({k: v for k, v in row.items() if not k.startswith("_")},
+                          default=str, indent=1)
+
+    def action_copy(self) -> None:
+        table = self.focus_table()
+        row = table.selected() if table is not None else None
+        if row is None:
+            self.notify("nothing selected to copy", severity="warning")
+            return
+        text = self.copy_text(row)
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {len(text)} characters to the clipboard")
