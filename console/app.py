@@ -105,7 +105,7 @@ class FlowdeckApp(App):
         if self._keymap:
             self.set_keymap(self._keymap)
         await self.switch_mode("overview")
-        self.set_interval(1 / MAX_REPAINT_HZ, self._flush)
+        self.set_interval(1 / MAX_REPAINT_HZ, self._apply_updates)
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self._run_live()))
 
@@ -132,7 +132,7 @@ class FlowdeckApp(App):
             ev = await sub.get()
             self._buffer.append(ev.as_dict() if hasattr(ev, "as_dict") else ev)
 
-    def _flush(self) -> None:
+    def _apply_updates(self) -> None:
         """At most ten times a second: apply buffered events, redraw the current screen."""
         if not self.state.paused:
             if self._buffer:
@@ -146,6 +146,8 @@ class FlowdeckApp(App):
             self.redraw()
 
     def redraw(self) -> None:
+        if not self.screen_stack:  # starting or shutting down
+            return
         screen = self.screen
         if hasattr(screen, "refresh_view") and screen.is_mounted:
             screen.refresh_view()

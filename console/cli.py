@@ -237,13 +237,14 @@ def _run_remote_console(args, config: Config) -> int:
 
     token = args.token or os.environ.get(config.feed.token_env) or None
     try:
-        control = RemoteControl(args.connect, token)
+        probe = RemoteControl(args.connect, token)
     except RemoteError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:  # fail fast with one line when the daemon is not there, before the screen opens
-        asyncio.run(_probe_feed(control))
+        asyncio.run(_probe_feed(probe))
     except RemoteError as exc:
         raise CliError(str(exc)) from None
+    control = RemoteControl(args.connect, token)
     app = FlowdeckApp(control, theme=args.theme or config.console.theme,
                       refresh=args.refresh or config.console.refresh,
                       keymap=config.console.keys)
@@ -326,6 +327,21 @@ async def _watch(args, token: str | None) -> int:
         await ws.close()
 
 
+class HubLogHandler(logging.Handler):
+    """Log records become `log` events on the engine's hub (shown on the Events screen)."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(logging.WARNING)
+        self.engine = engine
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.engine.emit("log", None, message=f"{record.levelname.lower()}: "
+                                                  f"{record.getMessage()}"[:500])
+        except Exception:  # logging must never break the caller
+            self.handleError(record)
+
+
 def _run_console(args, config: Config) -> int:
     """The operator console on an engine in this process."""
     from flowdeck.console.app import FlowdeckApp
@@ -335,6 +351,11 @@ def _run_console(args, config: Config) -> int:
     store = _store(args, config)
     engine = Engine(config, store, **_engine_kwargs(args))
     control = LocalControl(engine, actor=os.environ.get("USER") or "operator")
+    # The terminal belongs to the console: engine warnings go to its Events screen.
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(HubLogHandler(engine))
     theme = args.theme or config.console.theme
     app = FlowdeckApp(control, engine=engine, theme=theme,
                       refresh=args.refresh or config.console.refresh,
@@ -691,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A run skipped because the previous one is still going shows in the run counters.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)

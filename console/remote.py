@@ -62,21 +62,29 @@ def describe_close(code: int | None, reason: str | None) -> str:
     return f"connection closed ({code}{': ' + reason if reason else ''})"
 
 
-async def open_feed(url: str, token: str | None, *, timeout: float = 5.0,
-                    max_size: int | None = 256 * 2**20) -> ClientConnection:
+async def open_feed(
+    url: str, token: str | None, *, timeout: float = 5.0, max_size: int | None = 256 * 2**20
+) -> ClientConnection:
     """A websocket connection to a flowdeck feed, or RemoteError with the reason."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return await connect(url, additional_headers=headers, open_timeout=timeout,
-                             max_size=max_size, compression=None, ping_interval=20,
-                             close_timeout=5)
+        return await connect(
+            url,
+            additional_headers=headers,
+            open_timeout=timeout,
+            max_size=max_size,
+            compression=None,
+            ping_interval=20,
+            close_timeout=5,
+        )
     except InvalidStatus as exc:
         status = exc.response.status_code
         body = exc.response.body.decode("utf-8", "replace").strip()
         with contextlib.suppress(ValueError, AttributeError):
             body = json.loads(body)["error"]
-        raise RemoteError(f"{url} refused the connection: HTTP {status}"
-                          + (f": {body}" if body else "")) from None
+        raise RemoteError(
+            f"{url} refused the connection: HTTP {status}" + (f": {body}" if body else "")
+        ) from None
     except (OSError, TimeoutError, WebSocketException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise RemoteError(f"cannot connect to {url}: {reason}") from None
@@ -155,8 +163,9 @@ class RemoteControl:
                 raise RemoteError(f"{self.url}: {why}") from None
             except (TimeoutError, ValueError) as exc:
                 await ws.close()
-                raise RemoteError(f"{self.url} is not a flowdeck feed: {exc or 'no hello'}"
-                                  ) from None
+                raise RemoteError(
+                    f"{self.url} is not a flowdeck feed: {exc or 'no hello'}"
+                ) from None
             if hello.get("type") != "hello" or hello.get("data", {}).get("protocol") != 1:
                 await ws.close()
                 raise RemoteError(f"{self.url} speaks an unknown protocol: {hello!r:.100}")
@@ -233,17 +242,18 @@ class RemoteControl:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
-            await self._ws.send(json.dumps({"type": kind, "id": rid, "name": name,
-                                            "params": params}, default=str))
+            await self._ws.send(
+                json.dumps({"type": kind, "id": rid, "name": name, "params": params}, default=str)
+            )
         except ConnectionClosed:
             self._waiting.pop(rid, None)
-            raise RemoteError(f"{self.url}: {self._closed_reason or 'connection lost'}"
-                              ) from None
+            raise RemoteError(f"{self.url}: {self._closed_reason or 'connection lost'}") from None
         try:
             return await asyncio.wait_for(fut, REQUEST_TIMEOUT[kind])
         except TimeoutError:
-            raise RemoteError(f"{self.url}: no answer to {kind} {name!r} within "
-                              f"{REQUEST_TIMEOUT[kind]:g}s") from None
+            raise RemoteError(
+                f"{self.url}: no answer to {kind} {name!r} within {REQUEST_TIMEOUT[kind]:g}s"
+            ) from None
         finally:
             self._waiting.pop(rid, None)
 

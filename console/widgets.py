@@ -125,6 +125,8 @@ class DeckTable(DataTable):
         self.rows_data: list[dict] = []
         self.shown: list[dict] = []
         self._visible: list[Col] = []
+        self._shown_filter = ""
+        self._shown_theme = ""
 
     # ---- layout
 
@@ -183,8 +185,15 @@ class DeckTable(DataTable):
     # ---- content
 
     def set_rows(self, rows: list[dict], force_columns: bool = False) -> None:
-        self.rows_data = rows
         visible = self._fit()
+        if (not force_columns and rows == self.rows_data and self.columns
+                and [c.key for c in visible] == [c.key for c in self._visible]
+                and self._shown_filter == self.filter_text
+                and self._shown_theme == self.app.theme):
+            return  # nothing changed: rebuilding the table would only cost time
+        self.rows_data = rows
+        self._shown_filter = self.filter_text
+        self._shown_theme = self.app.theme
         cursor_key = None
         if self.shown and 0 <= self.cursor_row < len(self.shown):
             cursor_key = self.shown[self.cursor_row].get("_key")
