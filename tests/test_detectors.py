@@ -7,6 +7,7 @@ import random
 import statistics
 
 import pytest
+
 from flowdeck.pipeline.detectors import (
     MAD_TO_SIGMA,
     METHODS,

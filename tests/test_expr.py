@@ -7,9 +7,10 @@ import operator
 import pickle
 
 import pytest
-from flowdeck.pipeline.expr import Expr, ExprError, compile_expr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from flowdeck.pipeline.expr import Expr, ExprError, compile_expr
 
 
 def ev(text: str, **env: object) -> object:

@@ -7,6 +7,9 @@ import math
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from flowdeck.pipeline.payload import (
     BadItem,
     PayloadError,
@@ -14,8 +17,6 @@ from flowdeck.pipeline.payload import (
     decode_text,
     parse_payload,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def payload_error(body: bytes, fmt: str = "json", **kwargs: object) -> PayloadError:

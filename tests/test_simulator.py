@@ -17,6 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
 from flowdeck.pipeline.clock import ManualClock
 from flowdeck.pipeline.simulator import (
     ECBX_SYMBOLS,
@@ -32,8 +35,6 @@ from flowdeck.pipeline.simulator import (
     parse_duration,
     serve,
 )
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 T0 = datetime(2026, 11, 24, 21, 5, 30, tzinfo=UTC)
 M = {  # the five whole minutes visible from T0

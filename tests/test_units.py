@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from flowdeck.pipeline.units import UnitError, affine, check_unit, convert_values
 
 
