@@ -1,0 +1,185 @@
+"""The console attached to a feed (RemoteControl), and `flowdeck watch`, against real servers.
+
+The console runs under Textual's pilot against a feed server on a real engine in
+this process; `flowdeck watch` and the one-line errors run against a real
+`flowdeck daemon` subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+
+import pytest
+from feed_support import FLOWDECK, Daemon, free_port, rows_for, start_rig
+
+from flowdeck.console.app import FlowdeckApp
+from flowdeck.console.remote import RemoteControl, RemoteError, feed_url
+from flowdeck.pipeline.control import ControlError
+
+
+def screen_text(app) -> str:
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def wait_until(pilot, cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met; screen:\n" + screen_text(pilot.app))
+        await pilot.pause(0.05)
+
+
+@pytest.fixture
+async def rig(tmp_path):
+    r = await start_rig(tmp_path)
+    yield r
+    await r.close()
+
+
+async def test_console_attached_over_the_feed_shows_the_flows(rig):
+    await rig.ingest("bench", rows_for(["KAAA", "KBBB"]))
+    control = RemoteControl(rig.ws_url)
+    app = FlowdeckApp(control, refresh=0.25)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_until(
+                pilot, lambda: "bench" in screen_text(app) and "other" in screen_text(app)
+            )
+            text = screen_text(app)
+            assert rig.ws_url in text.replace("…", "") or "ws://127.0.0.1" in text
+            assert app.state.connection == rig.ws_url and app.state.connected
+            # Snapshots are shared among viewers for half a second: the next one has the run.
+            await wait_until(pilot, lambda: app.state.flows["bench"]["runs"] == 1)
+            # Events reach the console live through the feed's events channel.
+            await rig.ingest("bench", rows_for(["KCCC"]))
+            await wait_until(
+                pilot,
+                lambda: any(
+                    e["type"] == "run_finished" and e["flow"] == "bench" and "2" in e["text"]
+                    for e in app.state.events
+                ),
+            )
+            # An operator action from the console reaches the engine and is recorded.
+            app.operator_action("pause", flow="bench")
+            await wait_until(pilot, lambda: rig.engine.flows["bench"].paused)
+            await wait_until(pilot, lambda: app.state.flows["bench"]["state"] == "paused")
+            await pilot.press("7")  # the events screen shows the action, from the feed
+            await wait_until(pilot, lambda: "pause by tester" in screen_text(app))
+    finally:
+        await control.close()
+
+
+async def test_remote_control_speaks_the_control_interface(rig):
+    await rig.ingest("bench", rows_for(["KAAA"], n_per_key=3))
+    control = RemoteControl(rig.ws_url)
+    try:
+        sub = control.subscribe(types={"run_finished"})
+        snap = await control.snapshot()
+        assert set(snap["flows"]) == {"bench", "other"} and snap["connection"] == rig.ws_url
+        ev = await asyncio.wait_for(sub.get(), 5)  # recent history first
+        assert ev["type"] == "run_finished" and ev["flow"] == "bench"
+        latest = await control.query("latest", flow="bench")
+        assert [r["key"] for r in latest] == ["KAAA"]
+        points = await control.query("history", flow="bench", key="KAAA", metric="temperature")
+        assert len(points) == 3
+        result = await control.act("run_now", flow="other")
+        assert result["ok"] and result["message"].startswith("ran other")
+        with pytest.raises(ControlError, match="unknown action"):
+            await control.act("explode")
+        with pytest.raises(ControlError, match="unknown query"):
+            await control.query("nothing")
+        # After a lost connection the next call reconnects, and events resume where they
+        # stopped: what happened meanwhile still arrives, once.
+        await control._ws.close()
+        await rig.ingest("bench", rows_for(["KBBB"]))
+        assert set((await control.snapshot())["flows"]) == {"bench", "other"}
+        seen = []
+        while not any(
+            e.get("flow") == "bench"
+            and e["data"].get("stages", {}).get("store", {}).get("out") == 1
+            and e["data"]["trigger"] == "manual"
+            and e["seq"] > ev["seq"]
+            for e in seen
+        ):
+            seen.append(await asyncio.wait_for(sub.get(), 5))
+        assert len({e["seq"] for e in seen}) == len(seen)
+    finally:
+        await control.close()
+
+
+async def test_remote_control_errors_are_one_line():
+    with pytest.raises(RemoteError, match="cannot connect to ws://127.0.0.1:"):
+        await RemoteControl(f"ws://127.0.0.1:{free_port()}", timeout=2).snapshot()
+    with pytest.raises(RemoteError, match="cannot read feed address"):
+        feed_url("ftp://x")
+    assert feed_url("127.0.0.1:8765") == "ws://127.0.0.1:8765/feed"
+    assert feed_url("http://h:1/") == "ws://h:1/feed"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("daemon")
+    d = Daemon(["--db", f"sqlite:///{tmp / 'd.db'}", "--token", "tok-123"])
+    d.wait_ready()
+    yield d
+    err = d.stop()
+    assert "Traceback" not in err
+
+
+def run_cli(*args, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(FLOWDECK + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_watch_prints_the_feed_as_json_lines(daemon):
+    proc = subprocess.Popen(
+        FLOWDECK
+        + ["watch", daemon.ws_url, "--channel", "flows", "--channel", "records:weather"]
+        + ["--token", "tok-123"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            assert line, "watch ended early: " + proc.stderr.read()
+            lines.append(json.loads(line))
+            if {"flows", "records:weather"} <= {
+                m["channel"] for m in lines if m["type"] == "snapshot"
+            }:
+                break
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err  # SIGTERM ends it cleanly
+    assert lines[0]["type"] == "hello"
+    snaps = {m["channel"]: m for m in lines if m["type"] == "snapshot"}
+    assert set(snaps["flows"]["data"]["flows"]) == {"weather", "fx"}
+    assert all(set(m) == {"v", "type", "channel", "seq", "ts", "data"} for m in lines)
+    res = run_cli(
+        "watch", daemon.ws_url, "--channel", "flows", "--token", "tok-123", "--count", "1"
+    )
+    assert res.returncode == 0 and json.loads(res.stdout.splitlines()[-1])["type"] == "snapshot"
+
+
+def test_watch_and_console_errors_are_one_line(daemon):
+    for args, code, words in (
+        (
+            ["watch", daemon.ws_url, "--channel", "nope", "--token", "tok-123"],
+            2,
+            "cannot watch 'nope': no channel 'nope'",
+        ),
+        (["watch", daemon.ws_url, "--count", "1"], 1, "refused the token"),
+        (["watch", f"ws://127.0.0.1:{free_port()}"], 1, "cannot connect"),
+        (["console", "--connect", f"ws://127.0.0.1:{free_port()}"], 1, "cannot connect"),
+        (["console", "--connect", daemon.ws_url, "--token", "bad"], 1, "refused the token"),
+    ):
+        res = run_cli(*args)
+        assert res.returncode == code, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
