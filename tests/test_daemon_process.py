@@ -134,7 +134,8 @@ def test_sigkill_mid_batch_loses_nothing(tmp_path):
     cfg.write_text(BIG_FLOW.format(path=data))
     dbfile = tmp_path / "bulk.db"
     db = f"sqlite:///{dbfile}"
-    proc = subprocess.Popen(FLOWDECK + ["daemon", "--config", str(cfg), "--db", db],
+    proc = subprocess.Popen(FLOWDECK + ["daemon", "--config", str(cfg), "--db", db,
+                                        "--bind", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed_mid_batch = False
     deadline = time.time() + 60
@@ -161,7 +162,8 @@ def test_sigkill_mid_batch_loses_nothing(tmp_path):
 
 
 def test_sigterm_finishes_and_exits_zero(tmp_path):
-    proc = subprocess.Popen(FLOWDECK + ["daemon", "--db", f"sqlite:///{tmp_path / 't.db'}"],
+    proc = subprocess.Popen(FLOWDECK + ["daemon", "--db", f"sqlite:///{tmp_path / 't.db'}",
+                                        "--bind", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 30
