@@ -283,6 +283,7 @@ class Store:
         """Recompute the touched roll-up buckets from the series: idempotent under replays."""
         lo = min(r["ts_ms"] for r in series_rows)
         hi = max(r["ts_ms"] for r in series_rows)
+        keys = sorted({r["key"] for r in series_rows})
         ser = s.series.c
         for width, table in s.ROLLUPS.items():
             b_lo = lo // width * width
@@ -292,6 +293,8 @@ class Store:
                           func.sum(ser.value), func.min(ser.value), func.max(ser.value))
                    .where(ser.flow == flow, ser.ts_ms >= b_lo, ser.ts_ms < b_hi)
                    .group_by(ser.flow, ser.key, ser.metric, bucket))
+            if len(keys) <= 500:  # only the series this batch touched
+                sel = sel.where(ser.key.in_(keys))
             stmt = self._insert(table).from_select(
                 ["flow", "key", "metric", "bucket_ms", "n", "sum", "min", "max"], sel)
             stmt = stmt.on_conflict_do_update(
