@@ -218,6 +218,13 @@ class RecoveryConfig(Strict):
     breaker: BreakerConfig = BreakerConfig()
 
 
+class IssuesConfig(Strict):
+    """Quality issues whose condition has not recurred for ``auto_resolve`` are resolved
+    automatically (actor ``auto``); null keeps them open until an operator acts."""
+
+    auto_resolve: Duration | None = 600.0
+
+
 class FlowConfig(Strict):
     description: str = ""
     schedule: Schedule = Schedule(every=10.0)
@@ -235,6 +242,7 @@ class FlowConfig(Strict):
     resolve: ResolveSpec = ResolveSpec()
     detect: list[DetectSpec] = []
     recovery: RecoveryConfig = RecoveryConfig()
+    issues: IssuesConfig = IssuesConfig()
 
     def metrics(self) -> list[str]:
         """Fields kept as time series: numeric fields (and derived ones) unless told otherwise."""

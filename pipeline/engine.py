@@ -42,6 +42,10 @@ from flowdeck.storage.store import BatchWrite, IssueDraft, Store
 log = logging.getLogger("flowdeck.engine")
 
 
+# Issues whose condition can clear by itself (incidents close when a source answers).
+AUTO_RESOLVE_KINDS = ("conflict", "low_quality", "anomaly", "quarantine")
+
+
 def _iso(ms: int) -> str:
     return time.strftime("%H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -477,6 +481,19 @@ class Engine:
         if primary:
             rt.primary = primary
         rt.active = sorted(answered, key=lambda s: prio[s])
+        quiet = rt.cfg.issues.auto_resolve
+        if answered and quiet is not None:
+            now = self.clock.now_ms()
+            cleared = await self._db(self.store.auto_resolve, rt.name, AUTO_RESOLVE_KINDS,
+                                     now - int(quiet * 1000), now)
+            for row in cleared:
+                self.emit("issue_state", rt.name, id=row["id"], state="resolved", actor="auto",
+                          title=row["title"])
+            if cleared:
+                await self.auto_action(
+                    rt.name, "auto_resolve", outcome="ok",
+                    reason=f"{len(cleared)} issue(s) quiet for {quiet:g}s resolved: "
+                           + "; ".join(f"#{r['id']} {r['kind']}" for r in cleared[:10]))
         enabled = [s for s in rt.cfg.sources if s.enabled]
         now = self.clock.now_ms()
         if enabled and not answered and not rt.incident:

@@ -482,6 +482,20 @@ class Store:
                 state="resolved", actor=actor, updated_ms=now_ms))
             return res.rowcount
 
+    def auto_resolve(self, flow: str, kinds: Sequence[str], quiet_since_ms: int,
+                     now_ms: int) -> list[dict]:
+        """Resolve the open issues of these kinds that have not recurred since a time."""
+        t = s.issues
+        cond = (t.c.flow == flow, t.c.kind.in_(tuple(kinds)),
+                t.c.state.in_(("open", "acknowledged")), t.c.last_ms < quiet_since_ms)
+        with self.engine.begin() as conn:
+            rows = [dict(r) for r in conn.execute(select(t.c.id, t.c.title, t.c.kind)
+                                                  .where(*cond)).mappings()]
+            if rows:
+                conn.execute(update(t).where(t.c.id.in_([r["id"] for r in rows])).values(
+                    state="resolved", actor="auto", updated_ms=now_ms))
+        return rows
+
     def open_issue_counts(self) -> dict[tuple[str, str], int]:
         t = s.issues
         q = (select(t.c.flow, t.c.severity, func.count()).where(

@@ -10,10 +10,13 @@ from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.recovery import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
 
 
-def fast_config():
+def fast_config_text() -> str:
     """The demo flows with quick retries (the fault timing is what is under test)."""
-    text = BUNDLED_CONFIG.read_text().replace("timeout: 3s", "timeout: 3s\n        backoff: 10ms")
-    return parse_config(text, str(BUNDLED_CONFIG))
+    return BUNDLED_CONFIG.read_text().replace("timeout: 3s", "timeout: 3s\n        backoff: 10ms")
+
+
+def fast_config():
+    return parse_config(fast_config_text(), str(BUNDLED_CONFIG))
 
 
 async def run_weather(engine, clock, seconds: float, step: float = 10.0) -> list:
@@ -173,3 +176,43 @@ async def test_operator_reset_breaker_and_force_failover(store, clock):
     assert ("reset_breaker", "bob", "failed") in ops
     with pytest.raises(ControlError):
         await control.act("no_such_action", flow="weather")
+
+
+async def test_quality_issues_resolve_themselves_when_quiet(store, clock):
+    text = fast_config_text().replace(
+        "    detect:\n      - {metric: temperature",
+        "    issues: {auto_resolve: 2m}\n    detect:\n      - {metric: temperature",
+        1,
+    )
+    engine = Engine(
+        parse_config(text, str(BUNDLED_CONFIG)), store, clock=clock, scenario="malformed"
+    )
+    await engine.start(schedule=False)
+    try:
+        for _ in range(6):  # malformed payloads: quarantine issues open and recur
+            await engine.run_flow("weather")
+            clock.advance(20)
+        q = [i for i in store.issues(flow="weather", state="open") if i["kind"] == "quarantine"]
+        assert q
+        # The same condition keeps recurring, so nothing is resolved while it does.
+        assert all(i["state"] == "open" for i in q)
+        issue_id = q[0]["id"]
+        # Stop the faults: a healthy engine on the normal scenario, quiet for longer than 2m.
+    finally:
+        await engine.stop()
+    healthy = Engine(parse_config(text, str(BUNDLED_CONFIG)), store, clock=clock)
+    await healthy.start(schedule=False)
+    try:
+        clock.advance(60)
+        await healthy.run_flow("weather")
+        assert store.get_issue(issue_id)["state"] == "open"  # quiet for 1m only
+        clock.advance(90)
+        await healthy.run_flow("weather")
+    finally:
+        await healthy.stop()
+    row = store.get_issue(issue_id)
+    assert row["state"] == "resolved" and row["actor"] == "auto"
+    assert any(
+        a["action"] == "auto_resolve" and f"#{issue_id}" in a["reason"]
+        for a in store.actions("weather")
+    )
