@@ -280,12 +280,22 @@ class ConsoleConfig(Strict):
     keys: dict[str, str] = {}
 
 
+class AlertsConfig(Strict):
+    """A webhook URL per severity; newly opened issues are POSTed there as JSON."""
+
+    webhooks: dict[Literal["info", "warning", "error", "critical"], str] = {}
+    timeout: Duration = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    backoff: Duration = 0.5
+
+
 class Config(Strict):
     flows: Annotated[dict[FlowName, FlowConfig], Field(min_length=1)]
     store: StoreConfig = StoreConfig()
     cache: CacheConfig = CacheConfig()
     feed: FeedConfig = FeedConfig()
     console: ConsoleConfig = ConsoleConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: Path = Field(default=Path("."), exclude=True)

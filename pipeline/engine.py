@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from flowdeck.pipeline.alerts import Alerter
 from flowdeck.pipeline.clock import Clock, SystemClock
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.hub import Event, Hub
@@ -194,6 +195,7 @@ class Engine:
         self.flows = {name: FlowRuntime(name, f, config) for name, f in config.flows.items()}
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="flowdeck-worker")
         self.http: httpx.AsyncClient | None = None
+        self.alerter: Alerter | None = None
         self.scheduler = None
         self.started = False
         self._tasks: set[asyncio.Task] = set()
@@ -208,6 +210,8 @@ class Engine:
         self.hub.bind(loop)
         self.http = httpx.AsyncClient(http2=False, follow_redirects=True,
                                       limits=httpx.Limits(max_connections=50))
+        self.alerter = Alerter(self.config.alerts, self.http, self._alert_done)
+        self.alerter.bind(loop)
         if any(s.kind == "simulated" for f in self.config.flows.values() for s in f.sources):
             if not self.simulator_url:
                 from flowdeck.pipeline.simulator import Scenario, Simulator
@@ -326,6 +330,8 @@ class Engine:
             for f in rt.fetchers.values():
                 if isinstance(f, WebsocketSource):
                     await f.stop()
+        if self.alerter is not None:
+            await self.alerter.drain()
         if self.http is not None:
             await self.http.aclose()
         if self.simulator is not None:
@@ -500,11 +506,13 @@ class Engine:
             rt.incident = True
             why = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
                             for s, i in summary.sources.items())
-            await self._db(self.store.raise_issues, [IssueDraft(
+            opened, _ = await self._db(self.store.raise_issues, [IssueDraft(
                 flow=rt.name, kind="incident", severity="critical",
                 title=f"every source of {rt.name} is down: serving last-known-good values "
                       "marked stale",
                 fingerprint=f"incident:{rt.name}", detail={"sources": summary.sources})], now)
+            for issue in opened:
+                self.alerter.notify(issue)
             await self.auto_action(rt.name, "incident", outcome="ok",
                                    reason=f"all sources down ({why}); serving stale data")
             self.emit("flow_state", rt.name, state="failing", stale=True)
@@ -527,6 +535,9 @@ class Engine:
             detail=detail))
         self.emit("action", flow, action=action, actor=actor, reason=reason, outcome=outcome,
                   source=source)
+
+    async def _alert_done(self, flow: str | None, action: str, reason: str, outcome: str) -> None:
+        await self.auto_action(flow, action, reason=reason, outcome=outcome)
 
     def reset_breaker(self, flow: str, source: str) -> str:
         b = self.flows[flow].breakers[source]
@@ -663,6 +674,9 @@ class Engine:
         summary.quarantined += len(quarantine)
         summary.issues_raised += len(issues)
         summary.issues_opened += counts["issues_opened"]
+        if self.alerter is not None:
+            for issue in counts["opened"]:
+                self.alerter.notify(issue)
         summary.conflicts += sum(1 for d in issues if d.kind == "conflict")
         summary.anomalies += sum(1 for r in merged.records if r.anomalous)
         for q in quarantine:

@@ -227,8 +227,9 @@ class Store:
 
     def write_batch(self, batch: BatchWrite, now_ms: int) -> dict[str, int]:
         """Commit one batch: records, latest, series, roll-ups, quarantine, issues, raw status."""
-        counts = {"records": len(batch.records), "quarantined": len(batch.quarantine),
-                  "issues_opened": 0, "issues_updated": 0}
+        counts: dict[str, Any] = {"records": len(batch.records),
+                                  "quarantined": len(batch.quarantine), "issues_opened": 0,
+                                  "issues_updated": 0, "opened": []}
         with self.engine.begin() as conn:
             if batch.records:
                 self._upsert(conn, s.records, batch.records, ("flow", "key", "ts_ms"),
@@ -257,8 +258,9 @@ class Store:
                              ("outcome", "processed_ms", "version_id", "records_in",
                               "records_out"))
             opened, updated = self._raise_issues(conn, batch.issues, now_ms)
-            counts["issues_opened"] += opened
+            counts["issues_opened"] += len(opened)
             counts["issues_updated"] += updated
+            counts["opened"] = opened
         return counts
 
     def _write_latest(self, conn: Connection, flow: str, rows: list[dict]) -> None:
@@ -380,15 +382,15 @@ class Store:
     # ------------------------------------------------------------ issues
 
     def _raise_issues(self, conn: Connection, drafts: list[IssueDraft],
-                      now_ms: int) -> tuple[int, int]:
+                      now_ms: int) -> tuple[list[dict], int]:
         """Open issues, or count more occurrences of the same open ones (by fingerprint).
 
         Drafts are merged per fingerprint first, then looked up and written in bulk: a
         batch that flags a thousand keys costs a few statements, not a thousand.
-        Returns (opened, updated).
+        Returns (the issues newly opened, how many open ones were updated).
         """
         if not drafts:
-            return 0, 0
+            return [], 0
         t = s.issues
         merged: dict[tuple[str, str], list] = {}
         for d in drafts:
@@ -439,9 +441,9 @@ class Store:
                 detail=bindparam("_detail"), record_ids=bindparam("_record_ids"),
                 raw_ids=bindparam("_raw_ids"), severity=bindparam("_severity"),
                 title=bindparam("_title"), state=bindparam("_state")), updates)
-        return len(inserts), len(updates)
+        return inserts, len(updates)
 
-    def raise_issues(self, drafts: list[IssueDraft], now_ms: int) -> tuple[int, int]:
+    def raise_issues(self, drafts: list[IssueDraft], now_ms: int) -> tuple[list[dict], int]:
         with self.engine.begin() as conn:
             return self._raise_issues(conn, drafts, now_ms)
 
