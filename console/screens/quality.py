@@ -90,10 +90,10 @@ def issue_text(issue: dict, app, now_ms: float, *, with_detail: bool = True) -> 
 
 
 class IssueActions:
-    """Acknowledge / resolve / mute the issue a screen has selected (mixed into screens)."""
+    """Acknowledge / resolve / mute the issue a screen has selected (mixed into screens).
 
-    def selected_issue(self) -> dict | None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    The screen it is mixed into provides ``selected_issue() -> dict | None``.
+    """
 
     def _act_on_issue(self, action: str, confirm: str | None = None, **params: Any) -> None:
         issue = self.selected_issue()
