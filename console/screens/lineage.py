@@ -94,6 +94,54 @@ class ViewScreen(DeckScreen):
         super().refresh_view()
 
 
+class QueryScreen(ViewScreen):
+    """A drill-down screen whose content is asked of the engine (``control.query``) in a
+    worker; ``r`` reloads. Subclasses implement ``fetch()`` (the query) and ``loaded()``
+    (keep the value); ``render_loaded()`` fills widgets once the answer is in. While it
+    loads, ``loading`` is true; a failed query leaves its message in ``error``."""
+
+    loading = False
+    error: str | None = None
+
+    async def fetch(self):
+        """The query; may raise. Returns the loaded value."""
+        return None
+
+    def loaded(self, value) -> None:
+        """Keep a successfully fetched value."""
+
+    def failed(self) -> None:
+        """What a failed query leaves behind (default: the previous value stays)."""
+
+    def render_loaded(self) -> None:
+        """Fill widgets from the loaded value (skipped if the screen went away)."""
+
+    def on_mount(self) -> None:
+        # Textual runs each class's on_mount in the MRO itself: no super() call here
+        # (or below), or the query would start twice.
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        if self.app.control is None:
+            self.refresh_view()
+            return
+        self.loading = True
+        self.refresh_view()
+        self.run_worker(self._load(), exclusive=True, group=type(self).__name__)
+
+    async def _load(self) -> None:
+        try:
+            self.loaded(await self.fetch())
+            self.error = None
+        except Exception as exc:  # shown in the screen's header, never a crash
+            self.failed()
+            self.error = str(exc)
+        self.loading = False
+        with suppress(NoMatches):  # the screen went away while the query ran
+            self.render_loaded()
+        self.refresh_view()
+
+
 def _heading(text: str, app) -> Text:
     return Text(text, style=f"bold {app.theme_variables.get('primary', '')}")
 
@@ -420,7 +468,7 @@ class DataScreen(ViewScreen):
 # ---------------------------------------------------------------- lineage screen
 
 
-class LineageScreen(ViewScreen):
+class LineageScreen(QueryScreen):
     """One record's full lineage: record, pipeline version, raw payloads, stage by stage."""
 
     TITLE = "Lineage"
@@ -440,8 +488,6 @@ class LineageScreen(ViewScreen):
         self.key = key
         self.ts_ms = int(ts_ms)
         self.info: dict | None = None
-        self.error: str | None = None
-        self.loading = False
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="lineage-head")
@@ -449,33 +495,23 @@ class LineageScreen(ViewScreen):
             yield Static(id="lineage-body")
 
     def on_mount(self) -> None:
-        super().on_mount()
-        self.action_reload()
         self.query_one("#lineage-scroll").focus()
 
-    def action_reload(self) -> None:
-        if self.app.control is None:
-            self.refresh_view()
-            return
-        self.loading = True
-        self.refresh_view()
-        self.run_worker(self._load(), exclusive=True, group="lineage")
-
-    async def _load(self) -> None:
+    async def fetch(self):
         control = self.app.control
-        try:
-            rec = await control.query("record", flow=self.flow, key=self.key, ts_ms=self.ts_ms)
-            if rec is None:
-                self.info, self.error = None, "no stored record at this key and time"
-            else:
-                self.info = await control.query("lineage", record_id=rec["id"])
-                self.error = None
-        except Exception as exc:
-            self.info, self.error = None, str(exc)
-        self.loading = False
-        with suppress(NoMatches):  # the screen went away while the query ran
-            self._render_body()
-        self.refresh_view()
+        rec = await control.query("record", flow=self.flow, key=self.key, ts_ms=self.ts_ms)
+        if rec is None:
+            raise LookupError("no stored record at this key and time")
+        return await control.query("lineage", record_id=rec["id"])
+
+    def loaded(self, value) -> None:
+        self.info = value
+
+    def failed(self) -> None:
+        self.info = None
+
+    def render_loaded(self) -> None:
+        self._render_body()
 
     def draw(self) -> None:
         head = Text()

@@ -11,19 +11,18 @@ confirmed, recorded and toasted the same way everywhere.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, DataTable, Static
 
 from flowdeck.console.screens.lineage import (
     NOT_CONNECTED,
     LineageScreen,
+    QueryScreen,
     ViewScreen,
     data_text,
     excerpt_lines,
@@ -350,7 +349,7 @@ class QualityScreen(IssueActions, ViewScreen):
         )
 
 
-class IssueScreen(IssueActions, ViewScreen):
+class IssueScreen(IssueActions, QueryScreen):
     """One issue: its detail, the records it concerns and excerpts of its raw payloads."""
 
     TITLE = "Issue"
@@ -371,8 +370,6 @@ class IssueScreen(IssueActions, ViewScreen):
         super().__init__()
         self.issue_id = int(issue_id)
         self.data: dict | None = None
-        self.error: str | None = None
-        self.loading = False
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="issue-head")
@@ -407,28 +404,14 @@ class IssueScreen(IssueActions, ViewScreen):
         with VerticalScroll(id="raw-pane"):
             yield Static(id="raw-text")
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.action_reload()
+    async def fetch(self):
+        return await self.app.control.query("issue", issue_id=self.issue_id)
 
-    def action_reload(self) -> None:
-        if self.app.control is None:
-            self.refresh_view()
-            return
-        self.loading = True
-        self.refresh_view()
-        self.run_worker(self._load(), exclusive=True, group="issue")
+    def loaded(self, value) -> None:
+        self.data = value
 
-    async def _load(self) -> None:
-        try:
-            self.data = await self.app.control.query("issue", issue_id=self.issue_id)
-            self.error = None
-        except Exception as exc:
-            self.error = str(exc)
-        self.loading = False
-        with suppress(NoMatches):  # the screen went away while the query ran
-            self._render_loaded()
-        self.refresh_view()
+    def render_loaded(self) -> None:
+        self._render_loaded()
 
     def issue(self) -> dict | None:
         """The issue as the live snapshot has it, else as last loaded."""
@@ -516,7 +499,7 @@ class IssueScreen(IssueActions, ViewScreen):
         self.app.push_screen(LineageScreen(rec["flow"], rec["key"], rec["ts_ms"]))
 
 
-class RawScreen(ViewScreen):
+class RawScreen(QueryScreen):
     """One raw payload as fetched, scrollable; ``y`` copies its text."""
 
     TITLE = "Raw payload"
@@ -535,8 +518,6 @@ class RawScreen(ViewScreen):
         self.raw_id = int(raw_id)
         self.note = note
         self.raw: dict | None = None
-        self.error: str | None = None
-        self.loading = False
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="raw-head")
@@ -544,40 +525,27 @@ class RawScreen(ViewScreen):
             yield Static(id="raw-body")
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.query_one("#raw-scroll").focus()
-        self.action_reload()
 
     @property
     def text(self) -> str | None:
         return None if self.raw is None else self.raw.get("text", "")
 
-    def action_reload(self) -> None:
-        if self.app.control is None:
-            self.refresh_view()
-            return
-        self.loading = True
-        self.refresh_view()
-        self.run_worker(self._load(), exclusive=True, group="raw")
+    async def fetch(self):
+        return await self.app.control.query("raw", raw_id=self.raw_id)
 
-    async def _load(self) -> None:
-        try:
-            self.raw = await self.app.control.query("raw", raw_id=self.raw_id)
-            self.error = None
-        except Exception as exc:
-            self.error = str(exc)
-        self.loading = False
+    def loaded(self, value) -> None:
+        self.raw = value
+
+    def render_loaded(self) -> None:
         body = Text()
         if self.raw is not None:
-            text = self.raw.get("text") or ""
-            lines = text.splitlines() or [""]
+            lines = (self.raw.get("text") or "").splitlines() or [""]
             width = len(str(len(lines)))
             for n, line in enumerate(lines, 1):
                 body.append(f"{n:>{width}} │ ", style="dim")
                 body.append(line + "\n")
-        with suppress(NoMatches):  # the screen went away while the query ran
-            self.query_one("#raw-body", Static).update(body)
-        self.refresh_view()
+        self.query_one("#raw-body", Static).update(body)
 
     def draw(self) -> None:
         head = Text(f"Raw payload #{self.raw_id}", style="bold")
