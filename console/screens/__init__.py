@@ -84,3 +84,25 @@ class DeckScreen(Screen):
         text = self.copy_text(row)
         self.app.copy_to_clipboard(text)
         self.notify(f"copied {len(text)} characters to the clipboard")
+
+
+class FlowActions:
+    """Run now / pause-resume for the flow a screen has selected (mixed into screens).
+
+    The screen it is mixed into provides ``_selected_flow() -> str | None``.
+    """
+
+    def action_run_now(self) -> None:
+        flow = self._selected_flow()
+        if flow:
+            self.app.operator_action("run_now", flow=flow)
+
+    def action_toggle_flow(self) -> None:
+        flow = self._selected_flow()
+        if not flow:
+            return
+        if self.app.state.flows.get(flow, {}).get("paused"):
+            self.app.operator_action("resume", flow=flow)
+        else:
+            self.app.operator_action(
+                "pause", flow=flow, confirm=f"Pause flow {flow}? It stops fetching until resumed.")

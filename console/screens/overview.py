@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
 
-from flowdeck.console.screens import DeckScreen
+from flowdeck.console.screens import DeckScreen, FlowActions
 from flowdeck.console.state import fmt_age, fmt_num, fmt_time
 from flowdeck.console.widgets import Col, DeckTable, sparkline, status_text
 from flowdeck.pipeline.model import STAGE_TITLES, STAGES
@@ -60,7 +60,7 @@ class StageChain(Static):
         self.update(outer)
 
 
-class OverviewScreen(DeckScreen):
+class OverviewScreen(FlowActions, DeckScreen):
     TITLE = "Overview"
     BINDINGS = [
         Binding("r", "run_now", "Run now", id="run_now"),
@@ -132,20 +132,3 @@ class OverviewScreen(DeckScreen):
     def _selected_flow(self) -> str | None:
         sel = self.query_one("#flows", DeckTable).selected()
         return sel["flow"] if sel else None
-
-    def action_run_now(self) -> None:
-        flow = self._selected_flow()
-        if flow:
-            self.app.operator_action("run_now", flow=flow)
-
-    def action_toggle_flow(self) -> None:
-        flow = self._selected_flow()
-        if not flow:
-            return
-        paused = self.app.state.flows[flow].get("paused")
-        if paused:
-            self.app.operator_action("resume", flow=flow)
-        else:
-            self.app.operator_action("pause", flow=flow,
-                                     confirm=f"Pause flow {flow}? It stops fetching until "
-                                             "resumed.")

@@ -19,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
 
-from flowdeck.console.screens import DeckScreen
+from flowdeck.console.screens import DeckScreen, FlowActions
 from flowdeck.console.state import fmt_age, fmt_time
 from flowdeck.console.widgets import Col, DeckTable, status_text
 
@@ -39,7 +39,7 @@ def _paused_text(paused: bool) -> Text:
     return Text("‖ paused") if paused else Text("▶ active")
 
 
-class RecoveryScreen(DeckScreen):
+class RecoveryScreen(FlowActions, DeckScreen):
     TITLE = "Recovery"
     BINDINGS = [
         Binding("r", "run_now", "Retry now", id="run_now"),
@@ -244,22 +244,6 @@ class RecoveryScreen(DeckScreen):
             self.notify("no flow selected", severity="warning")
             return None
         return row["flow"]
-
-    def action_run_now(self) -> None:
-        flow = self._selected_flow()
-        if flow:
-            self.app.operator_action("run_now", flow=flow)
-
-    def action_toggle_flow(self) -> None:
-        flow = self._selected_flow()
-        if not flow:
-            return
-        if self.app.state.flows.get(flow, {}).get("paused"):
-            self.app.operator_action("resume", flow=flow)
-        else:
-            self.app.operator_action(
-                "pause", flow=flow, confirm=f"Pause flow {flow}? It stops fetching until resumed."
-            )
 
     def _selected_source(self) -> dict | None:
         row = self.query_one("#recovery-breakers", DeckTable).selected()
