@@ -45,9 +45,9 @@ flows:
       value: {{type: float, range: [-1000, 1000]}}
     detect: [{{metric: value, methods: [robust_z]}}]
 """
-KEYS = ["2", "1", "3", "7", "1", "5", "6", "1", "4", "1"]
-TITLES = {"1": "Overview", "2": "Sources", "3": "Quality", "4": "Recovery", "5": "Data",
-          "6": "Insights", "7": "Events"}
+KEYS = ["2", "1", "3", "8", "1", "6", "7", "1", "5", "1", "4", "1"]
+TITLES = {"1": "Overview", "2": "Sources", "3": "Quality", "4": "Caches", "5": "Recovery",
+          "6": "Data", "7": "Insights", "8": "Events"}
 
 
 async def feeder(folder: Path, rate: int, stop: asyncio.Event, counter: list[int]) -> None:

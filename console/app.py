@@ -41,6 +41,7 @@ def load_themes() -> list[Theme]:
 
 def _screens() -> dict[str, tuple[str, str, Any]]:
     """mode -> (key, title, screen class). Imported late to keep start-up light."""
+    from flowdeck.console.screens.caches import CachesScreen
     from flowdeck.console.screens.events import EventsScreen
     from flowdeck.console.screens.insights import InsightsScreen
     from flowdeck.console.screens.lineage import DataScreen
@@ -53,10 +54,11 @@ def _screens() -> dict[str, tuple[str, str, Any]]:
         "overview": ("1", "Overview", OverviewScreen),
         "sources": ("2", "Sources", SourcesScreen),
         "quality": ("3", "Quality", QualityScreen),
-        "recovery": ("4", "Recovery", RecoveryScreen),
-        "data": ("5", "Data", DataScreen),
-        "insights": ("6", "Insights", InsightsScreen),
-        "events": ("7", "Events", EventsScreen),
+        "caches": ("4", "Caches", CachesScreen),
+        "recovery": ("5", "Recovery", RecoveryScreen),
+        "data": ("6", "Data", DataScreen),
+        "insights": ("7", "Insights", InsightsScreen),
+        "events": ("8", "Events", EventsScreen),
     }
 
 
@@ -219,6 +221,36 @@ class FlowdeckApp(App):
                                 lambda f=flow: self.operator_action(
                                     "replay_quarantine", flow=f,
                                     confirm=f"Replay the quarantine of {f}?"))
+        yield from self._cache_commands()
+
+    def _cache_commands(self):
+        from textual.app import SystemCommand
+
+        from flowdeck.console.screens.caches import layer_name
+
+        layers = self.state.caches()["layers"]
+        if not layers:
+            return
+        for flow in self.state.flows:
+            yield SystemCommand(f"Pre-warm caches of {flow}", "Load its hot keys into the caches",
+                                lambda f=flow: self.operator_action("prewarm", flow=f))
+            yield SystemCommand(f"Purge caches of {flow}", "Every key of the flow, every layer",
+                                lambda f=flow: self.operator_action(
+                                    "purge_cache", flow=f, key=None, layer=None,
+                                    confirm=f"Purge every cached key of {f} from every layer?"))
+        for layer, info in layers.items():
+            if info.get("enabled"):
+                name = layer_name(layer, info)
+                yield SystemCommand(f"Purge cache layer {name}", "Every key in this layer",
+                                    lambda lay=layer, n=name: self.operator_action(
+                                        "purge_cache", flow=None, key=None, layer=lay,
+                                        confirm=f"Purge every key from {n}?"))
+        for hot in self.state.caches()["hot_keys"][:10]:
+            f, k = hot.get("flow"), hot.get("key")
+            yield SystemCommand(f"Purge cache key {f}/{k}", "Hot key, every layer",
+                                lambda f=f, k=k: self.operator_action(
+                                    "purge_cache", flow=f, key=k, layer=None,
+                                    confirm=f"Purge {f}/{k} from every cache layer?"))
 
     def operator_action(self, name: str, *, confirm: str | None = None, **params) -> None:
         """Run an operator action through the control, after confirmation if asked; toast it."""

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 FLOW_STATES = ("healthy", "degraded", "failing", "paused")
+CACHE_LAYERS = ("l1", "l2", "l3", "l4")
+CACHE_HISTORY = 120  # sampling intervals kept for the hit-rate chart
 SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
 # Status is shown by symbol and word as well as colour (colour-blind safe).
@@ -103,6 +105,15 @@ def describe_event(ev: dict) -> tuple[str, str]:
         return "info", f"{flow}: now {d.get('state')}"
     if t == "log":
         return "info", str(d.get("message"))
+    if t == "cache_invalidate":
+        layers = ", ".join(str(x).upper() for x in d.get("layers") or ()) or "-"
+        return "debug", (f"{d.get('flow') or flow}: cache key {d.get('key') or '*'} "
+                         f"invalidated in {layers} ({d.get('reason') or '-'})")
+    if t == "cache_stats":
+        rates = (d.get("point") or {}).get("rates") or {}
+        text = " · ".join(f"{k.upper()} {'-' if v is None else f'{v * 100:.0f}%'}"
+                          for k, v in sorted(rates.items()))
+        return "debug", f"caches: hit rate this interval {text or '-'}"
     return "debug", f"{t} {flow} {d}"
 
 
@@ -147,12 +158,35 @@ class ConsoleState:
 
     def add_events(self, events: list[dict]) -> None:
         for ev in events:
+            if ev.get("type") == "cache_stats":
+                self._apply_cache_stats(ev.get("data") or {})
             level, text = describe_event(ev)
             self.events.append({"ts": ev.get("ts"), "type": ev.get("type"),
                                 "flow": ev.get("flow"), "level": level, "text": text,
                                 "seq": ev.get("seq")})
 
+    def _apply_cache_stats(self, data: dict) -> None:
+        """A sampling interval's cache counters: newer than the last snapshot's, so they
+        show at once instead of at the next snapshot."""
+        caches = self.snapshot.get("caches")
+        if caches is None:
+            caches = self.snapshot["caches"] = {"layers": {}, "history": [], "hot_keys": []}
+        if data.get("layers"):
+            caches["layers"] = data["layers"]
+        point = data.get("point")
+        if point is not None:
+            hist = caches.setdefault("history", [])
+            if not hist or hist[-1].get("ts", 0) < point.get("ts", 0):
+                hist.append(point)
+                del hist[:-CACHE_HISTORY]
+
     # ------------------------------------------------------------ views
+
+    def caches(self) -> dict[str, Any]:
+        """The caches part of the snapshot: layers, history points, hot keys."""
+        c = self.snapshot.get("caches") or {}
+        return {"layers": c.get("layers") or {}, "history": c.get("history") or [],
+                "hot_keys": c.get("hot_keys") or []}
 
     @property
     def now_ms(self) -> float:

@@ -258,8 +258,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 64; height: auto; border: thick $warning;
+    ConfirmScreen > Vertical { width: 64; max-width: 100%; height: auto; border: thick $warning;
                                background: $surface; padding: 1 2; }
+    ConfirmScreen Label { width: 100%; }
     ConfirmScreen Horizontal { height: auto; align: center middle; margin-top: 1; }
     ConfirmScreen Button { margin: 0 2; }
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from pathlib import Path
@@ -32,3 +33,29 @@ def fixture_state() -> ConsoleState:
 def make_app(theme: str = "dark", state: ConsoleState | None = None, control=None) -> FlowdeckApp:
     st = state or fixture_state()
     return FlowdeckApp(control, state=st, clock=ManualClock(st.now), theme=theme)
+
+
+class _Never:
+    async def get(self):
+        await asyncio.Event().wait()
+
+
+class FixtureControl:
+    """A Control that serves the fixture snapshot and records the actions it is asked for."""
+
+    def __init__(self) -> None:
+        self.snap = json.loads(FIXTURE.read_text())["snapshot"]
+        self.calls: list[tuple[str, dict]] = []
+
+    async def snapshot(self) -> dict:
+        return copy.deepcopy(self.snap)
+
+    def subscribe(self, types=None) -> _Never:
+        return _Never()
+
+    async def act(self, name: str, **params) -> dict:
+        self.calls.append((name, params))
+        return {"ok": True, "message": f"{name} done"}
+
+    async def query(self, name: str, **params):
+        return None

@@ -129,7 +129,7 @@ async def test_sources_shows_down_and_disabled_in_words():
         assert "⊘ disabled" in by[("weather", "skyobs")]
         assert by[("weather", "skyobs")][2] == "off"
         assert by[("weather", "metnet")][2] == "primary"  # enabled, so still the primary
-        await goto(pilot, "4")
+        await goto(pilot, "5")
         _, flows = table_view(app.screen.query_one("#recovery-flows", DeckTable))
         weather = next(r for r in flows if r[0] == "weather")
         assert "metnet ×3" in weather
@@ -196,7 +196,7 @@ async def test_sources_r_runs_the_selected_sources_flow():
 async def test_recovery_shows_flows_and_action_timeline():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "4")
+        await goto(pilot, "5")
         text = screen_text(app)
         assert "flowdeck ▸ Recovery" in text.splitlines()[0]
         headers, flows = table_view(app.screen.query_one("#recovery-flows", DeckTable))
@@ -223,7 +223,7 @@ async def test_recovery_r_retries_the_selected_flow():
     control = FakeControl()
     app = make_app(control=control)
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "4")
+        await goto(pilot, "5")
         flows = app.screen.query_one("#recovery-flows", DeckTable)
         assert flows.selected()["flow"] == "fx"
         await pilot.press("r")
@@ -235,7 +235,7 @@ async def test_recovery_space_pauses_after_confirmation():
     control = FakeControl()
     app = make_app(control=control)
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "4")
+        await goto(pilot, "5")
         flows = app.screen.query_one("#recovery-flows", DeckTable)
         await pilot.press("down")
         await pilot.pause()
@@ -254,7 +254,7 @@ async def test_recovery_space_resumes_a_paused_flow_and_n_cancels_a_replay():
     control = FakeControl()
     app = make_app(control=control)
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "4")
+        await goto(pilot, "5")
         assert app.screen.query_one("#recovery-flows", DeckTable).selected()["flow"] == "fx"
         await pilot.press("space")  # fx is paused: resume needs no confirmation
         await settle(app, pilot)
@@ -276,7 +276,7 @@ async def test_recovery_space_resumes_a_paused_flow_and_n_cancels_a_replay():
 async def test_recovery_filter_applies_to_the_table_with_focus():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "4")
+        await goto(pilot, "5")
         flows = app.screen.query_one("#recovery-flows", DeckTable)
         actions = app.screen.query_one("#recovery-actions", DeckTable)
         actions.focus()
@@ -296,7 +296,7 @@ async def test_recovery_filter_applies_to_the_table_with_focus():
 async def test_insights_sla_words_for_both_flows():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "6")
+        await goto(pilot, "7")
         assert "flowdeck ▸ Insights" in screen_text(app).splitlines()[0]
         _, rows = table_view(app.screen.query_one("#insights-sla", DeckTable))
         by = {r[0]: r for r in rows}
@@ -317,7 +317,7 @@ async def test_insights_shows_missed_when_data_is_stale():
     state.now += 3600  # an hour later, nothing new: freshness target (180 s) missed
     app = make_app(state=state)
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "6")
+        await goto(pilot, "7")
         _, rows = table_view(app.screen.query_one("#insights-sla", DeckTable))
         for row in rows:
             assert "✖ missed" in row
@@ -331,7 +331,7 @@ async def test_insights_shows_missed_when_data_is_stale():
 async def test_events_level_filter_hides_debug_until_all():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "7")
+        await goto(pilot, "8")
         assert "flowdeck ▸ Events" in screen_text(app).splitlines()[0]
         table = app.screen.query_one(DeckTable)
         levels = column(table, "Level")
@@ -357,7 +357,7 @@ async def test_events_level_filter_hides_debug_until_all():
 async def test_events_newest_first_and_filter():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "7")
+        await goto(pilot, "8")
         table = app.screen.query_one(DeckTable)
         times = [r["ts"] for r in table.shown]
         assert times == sorted(times, reverse=True)
@@ -370,7 +370,7 @@ async def test_events_newest_first_and_filter():
 async def test_events_freeze_holds_the_log():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "7")
+        await goto(pilot, "8")
         table = app.screen.query_one(DeckTable)
         n = table.row_count
         await pilot.press("f")
@@ -411,7 +411,7 @@ async def test_events_filter_searches_the_whole_log_not_only_the_shown_lines():
     )
     app = make_app(state=state)
     async with app.run_test(size=(120, 40)) as pilot:
-        await goto(pilot, "7")
+        await goto(pilot, "8")
         table = app.screen.query_one(DeckTable)
         assert table.row_count == 500  # the newest lines only
         assert "newest 500 shown" in screen_text(app)
@@ -425,7 +425,8 @@ async def test_events_filter_searches_the_whole_log_not_only_the_shown_lines():
 
 
 @pytest.mark.parametrize(
-    "key,title", [("2", "Sources"), ("4", "Recovery"), ("6", "Insights"), ("7", "Events")]
+    "key,title", [("2", "Sources"), ("4", "Caches"), ("5", "Recovery"), ("7", "Insights"),
+     ("8", "Events")]
 )
 async def test_screens_fit_80x24(key, title):
     app = make_app()

@@ -146,7 +146,7 @@ async def test_quality_quarantine_browser_and_drilldowns_without_a_connection():
 async def test_data_screen_lists_weather_stations_then_fx():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("5")
+        await pilot.press("6")
         assert isinstance(app.screen, DataScreen)
         screen = app.screen
         assert screen.flow == "weather"  # fx is paused in the fixture: start on an active flow
@@ -268,7 +268,7 @@ async def test_drilldowns_and_operator_actions_on_a_real_engine(live):
         await pilot.pause()
 
         # Data: the history chart of the highlighted station loads through the control.
-        await pilot.press("5")
+        await pilot.press("6")
         await pilot.pause()
         data = app.screen
         latest = data.query_one("#latest", DeckTable)

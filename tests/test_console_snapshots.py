@@ -9,10 +9,10 @@ the new SVGs (tests/__snapshots__/) before committing them.
 from __future__ import annotations
 
 import pytest
-from console_support import make_app
+from console_support import FixtureControl, make_app
 
-SCREENS = {"overview": "1", "sources": "2", "quality": "3", "recovery": "4", "data": "5",
-           "insights": "6", "events": "7"}
+SCREENS = {"overview": "1", "sources": "2", "quality": "3", "caches": "4", "recovery": "5",
+           "data": "6", "insights": "7", "events": "8"}
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 
 
@@ -31,4 +31,6 @@ def test_help(snap_compare, theme):
 
 
 def test_confirmation_dialog(snap_compare):
-    assert snap_compare(make_app("dark"), press=["4", "b", "_"], terminal_size=(100, 30))
+    # with a Control (without one, an action only says "not connected")
+    app = make_app("dark", control=FixtureControl())
+    assert snap_compare(app, press=["5", "b", "_"], terminal_size=(100, 30))

@@ -18,10 +18,11 @@ pytestmark = pytest.mark.slow
 SCREENS = [  # key, text that must appear on that screen
     ("2", "Sources"),
     ("3", "Quality"),
-    ("4", "Recovery"),
-    ("5", "Data"),
-    ("6", "Insights"),
-    ("7", "Events"),
+    ("4", "Caches"),
+    ("5", "Recovery"),
+    ("6", "Data"),
+    ("7", "Insights"),
+    ("8", "Events"),
     ("1", "Overview"),
 ]
 

@@ -66,7 +66,7 @@ async def test_console_attached_over_the_feed_shows_the_flows(rig):
             app.operator_action("pause", flow="bench")
             await wait_until(pilot, lambda: rig.engine.flows["bench"].paused)
             await wait_until(pilot, lambda: app.state.flows["bench"]["state"] == "paused")
-            await pilot.press("7")  # the events screen shows the action, from the feed
+            await pilot.press("8")  # the events screen shows the action, from the feed
             await wait_until(pilot, lambda: "pause by tester" in screen_text(app))
     finally:
         await control.close()

@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 GLOBAL_KEYS = [
-    ("1 … 7", "Overview, Sources, Quality, Recovery, Data, Insights, Events"),
+    ("1 … 8", "Overview, Sources, Quality, Caches, Recovery, Data, Insights, Events"),
     ("ctrl+p", "command palette: every screen and action by name"),
     ("?", "this help"),
     ("p", "pause / resume live updates (shown in the header)"),

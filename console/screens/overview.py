@@ -83,7 +83,7 @@ class OverviewScreen(FlowActions, DeckScreen):
             Col("next_ms", "Next", 8, lambda v, r: fmt_time(v) if v else "-", priority=2),
         ], default_sort="flow", id="flows")
         yield StageChain(id="chain")
-        yield Static("Recent events (info and above; all of them on the Events screen, 7)",
+        yield Static("Recent events (info and above; all of them on the Events screen, 8)",
                      classes="panel-title")
         yield DeckTable([
             Col("time", "Time", 8, priority=8),
