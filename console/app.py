@@ -106,7 +106,12 @@ class FlowdeckApp(App):
             else "flowdeck-dark"
         if self._keymap:
             self.set_keymap(self._keymap)
-        await self.switch_mode("overview")
+        # Every screen is built now, while the engine starts, and Overview shown last:
+        # the first visit of a screen then costs what any visit costs (building one,
+        # its CSS parsed into the stylesheet, took up to seconds on a busy machine).
+        with self.batch_update():
+            for mode in reversed(list(self.screen_specs)):
+                await self.switch_mode(mode)
         self.set_interval(1 / MAX_REPAINT_HZ, self._apply_updates)
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self._run_live()))
@@ -114,7 +119,14 @@ class FlowdeckApp(App):
     async def _run_live(self) -> None:
         if self.engine is not None and not self.engine.started:
             self.state.connection = "starting engine…"
-            await self.engine.start()
+            self._dirty = True
+            try:
+                await self.engine.start()
+            except Exception as exc:  # shown in the header; q still quits
+                self.state.connected = False
+                self.state.connection = f"error: {exc}"
+                self._dirty = True
+                return
         sub = self.control.subscribe()
         self._tasks.append(asyncio.create_task(self._pump(sub)))
         while True:
@@ -158,7 +170,8 @@ class FlowdeckApp(App):
     async def on_unmount(self) -> None:
         for t in self._tasks:
             t.cancel()
-        if self.engine is not None and self.engine.started:
+        if self.engine is not None and (self.engine.started
+                                        or getattr(self.engine, "spawned", False)):
             await self.engine.stop()
 
     # ------------------------------------------------------------ actions

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -92,6 +93,58 @@ class StatusHeader(Static):
         return self.status_line()
 
 
+class KeyBar(Static):
+    """The footer: the keys that apply here, in one line, each clickable.
+
+    Textual's Footer builds a widget per key and rebuilds them all whenever the
+    bindings change (every screen switch and focus move): on this console that was
+    a sixth of the work of a key-to-repaint. This draws the same keys as one line of
+    text; clicking a key presses it."""
+
+    DEFAULT_CSS = """
+    KeyBar { dock: bottom; height: 1; background: $footer-background;
+             color: $footer-foreground; link-style: none; link-background: transparent;
+             link-style-hover: bold reverse; }
+    """
+
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, lambda _screen: self.refresh())
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
+
+    def _key(self, text: Text, key: str, display: str, description: str, enabled: bool,
+             key_style: str, desc_style: str) -> None:
+        click = Style(meta={"@click": f"app.simulate_key({key!r})"})
+        dim = "" if enabled else " dim"
+        text.append(f" {display} ", style=Style.parse(f"bold {key_style}{dim}") + click)
+        text.append(f"{description} ", style=Style.parse(f"{desc_style}{dim}") + click)
+
+    def render(self) -> Text:
+        app = self.app
+        v = app.theme_variables
+        key_style = v.get("footer-key-foreground", "")
+        desc_style = v.get("footer-description-foreground", "")
+        left, right = Text(no_wrap=True, overflow="ellipsis"), Text(no_wrap=True)
+        seen: set[str] = set()
+        palette = getattr(app, "COMMAND_PALETTE_BINDING", None)
+        for key, (_node, binding, enabled, _tip) in self.screen.active_bindings.items():
+            if key == palette and app.ENABLE_COMMAND_PALETTE:
+                right.append("▏", style="dim")
+                self._key(right, key, app.get_key_display(binding), "palette", enabled,
+                          key_style, desc_style)
+                continue
+            if not binding.show or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            self._key(left, key, app.get_key_display(binding), binding.description, enabled,
+                      key_style, desc_style)
+        width = self.size.width or 80
+        room = max(0, width - right.cell_len)
+        left.truncate(room, overflow="ellipsis", pad=True)
+        return left + right
+
+
 @dataclass
 class Col:
     """A table column: key into the row, header label, width, display, drop priority.
@@ -127,6 +180,8 @@ class DeckTable(DataTable):
         self._visible: list[Col] = []
         self._shown_filter = ""
         self._shown_theme = ""
+        self._shown_keys: list[str] = []
+        self._cells: list[list] = []
 
     # ---- layout
 
@@ -186,25 +241,15 @@ class DeckTable(DataTable):
 
     def set_rows(self, rows: list[dict], force_columns: bool = False) -> None:
         visible = self._fit()
-        if (not force_columns and rows == self.rows_data and self.columns
-                and [c.key for c in visible] == [c.key for c in self._visible]
+        same_columns = bool(self.columns) and [c.key for c in visible] == [
+            c.key for c in self._visible]
+        if (not force_columns and same_columns and rows == self.rows_data
                 and self._shown_filter == self.filter_text
                 and self._shown_theme == self.app.theme):
             return  # nothing changed: rebuilding the table would only cost time
         self.rows_data = rows
         self._shown_filter = self.filter_text
         self._shown_theme = self.app.theme
-        cursor_key = None
-        if self.shown and 0 <= self.cursor_row < len(self.shown):
-            cursor_key = self.shown[self.cursor_row].get("_key")
-        if force_columns or [c.key for c in visible] != [c.key for c in self._visible] \
-                or not self.columns:
-            self.clear(columns=True)
-            for c in visible:
-                self.add_column(self._label(c), width=c.width, key=c.key)
-            self._visible = visible
-        else:
-            self.clear()
         shown = rows
         if self.filter_text:
             f = self.filter_text
@@ -219,9 +264,33 @@ class DeckTable(DataTable):
             except TypeError:
                 present.sort(key=lambda r: str(r[k]), reverse=self.sort_reverse)
             shown = present + missing
+        keys = [str(r.get("_key", i)) for i, r in enumerate(shown)]
+        cells = [[self._display(c, r) for c in visible] for r in shown]
+        if not force_columns and same_columns and keys == self._shown_keys:
+            # The same rows in the same order (the usual live update): change only the
+            # cells that differ, keeping the rows, the cursor and the scroll position.
+            for key, new, old in zip(keys, cells, self._cells, strict=True):
+                for c, a, b in zip(visible, new, old, strict=True):
+                    if a != b:
+                        self.update_cell(key, c.key, a, update_width=c.width is None)
+            self.shown = shown
+            self._cells = cells
+            return
+        cursor_key = None
+        if self.shown and 0 <= self.cursor_row < len(self.shown):
+            cursor_key = self.shown[self.cursor_row].get("_key")
+        if force_columns or not same_columns:
+            self.clear(columns=True)
+            for c in visible:
+                self.add_column(self._label(c), width=c.width, key=c.key)
+            self._visible = visible
+        else:
+            self.clear()
         self.shown = shown
-        for i, r in enumerate(shown):
-            self.add_row(*(self._display(c, r) for c in visible), key=str(r.get("_key", i)))
+        self._shown_keys = keys
+        self._cells = cells
+        for key, row in zip(keys, cells, strict=True):
+            self.add_row(*row, key=key)
         if cursor_key is not None:
             for i, r in enumerate(shown):
                 if r.get("_key") == cursor_key:

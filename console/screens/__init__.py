@@ -8,9 +8,9 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 
-from flowdeck.console.widgets import DeckTable, FilterBar, StatusHeader
+from flowdeck.console.widgets import DeckTable, FilterBar, KeyBar, StatusHeader
 
 
 class DeckScreen(Screen):
@@ -26,7 +26,7 @@ class DeckScreen(Screen):
         yield StatusHeader()
         yield from self.compose_body()
         yield FilterBar(placeholder="filter: type to narrow the list, esc to close")
-        yield Footer()
+        yield KeyBar()
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -37,6 +37,19 @@ class DeckScreen(Screen):
 
     def on_mount(self) -> None:
         self.refresh_view()
+
+    _styled_with: tuple | None = None
+
+    def _on_screen_resume(self, event: events.ScreenResume) -> None:
+        """Runs before Textual's own handler (it calls each class's in turn): when neither
+        the theme nor the stylesheet changed since this screen was last styled, its
+        widgets keep their styles and their rendered lines. Restyling every widget on
+        every screen switch made each table render all its lines afresh, the larger
+        part of a key-to-repaint."""
+        styled_with = (self.app.theme, len(self.app.stylesheet.source), self.app.size)
+        if styled_with == self._styled_with:
+            event.refresh_styles = False
+        self._styled_with = styled_with
 
     def on_screen_resume(self) -> None:
         self.refresh_view()
