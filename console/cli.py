@@ -139,6 +139,8 @@ async def _daemon(args, config: Config, *, live_log: bool) -> int:
 
     store = _store(args, config)
     engine = Engine(config, store, **_engine_kwargs(args))
+    if getattr(args, "log_events", False):  # a console's engine: warnings reach its Events
+        logging.getLogger().addHandler(HubLogHandler(engine))
     feed = None
     if getattr(args, "serve_feed", False) and not args.once:
         try:
@@ -343,7 +345,9 @@ class HubLogHandler(logging.Handler):
 
 
 def _run_console(args, config: Config) -> int:
-    """The operator console on an engine in this process."""
+    """The operator console on its own engine: in a child process (default) or this one."""
+    if not getattr(args, "in_process", False):
+        return _run_console_with_engine_process(args, config)
     from flowdeck.console.app import FlowdeckApp
     from flowdeck.pipeline.control import LocalControl
     from flowdeck.pipeline.engine import Engine
@@ -364,6 +368,29 @@ def _run_console(args, config: Config) -> int:
         app.run()
     finally:
         store.close()
+    return app.return_code or EXIT_OK
+
+
+def _run_console_with_engine_process(args, config: Config) -> int:
+    """The engine as `flowdeck daemon` in a child process, the console attached to its feed.
+
+    The engine and the console then have an interpreter each, so neither waits for the
+    other's GIL (see console/engine_process.py and bench/bench_console.py)."""
+    from flowdeck.console.app import FlowdeckApp
+    from flowdeck.console.engine_process import EngineProcess
+
+    _store(args, config).close()  # a bad --db is one line here, before the screen opens
+    daemon = ["--log-level", str(args.log_level), "daemon"]
+    for flag in ("config", "db", "simulator", "scenario"):
+        if getattr(args, flag, None):
+            daemon += [f"--{flag}", str(getattr(args, flag))]
+    daemon += ["--seed", str(args.seed)]
+    engine = EngineProcess(daemon, token_env=config.feed.token_env)
+    app = FlowdeckApp(engine.control, engine=engine,
+                      theme=args.theme or config.console.theme,
+                      refresh=args.refresh or config.console.refresh,
+                      keymap=config.console.keys)
+    app.run()
     return app.return_code or EXIT_OK
 
 
@@ -584,6 +611,13 @@ def _add_ui(p) -> None:
                    help="seconds between screen refreshes (default 1; + and - change it)")
 
 
+def _add_in_process(p) -> None:
+    p.add_argument("--in-process", action="store_true",
+                   help="run the engine in the console's own process (default: a child "
+                        "process the console attaches to over the feed, so neither slows "
+                        "the other)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="flowdeck",
@@ -598,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ui(p)
     p.add_argument("--headless", action="store_true",
                    help="no console: print a live log instead")
+    _add_in_process(p)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("console", help="the operator console on an engine in this process")
@@ -609,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", metavar="T",
                    help="with --connect: the feed token (default: the variable named by the "
                         "config's feed.token_env, FLOWDECK_TOKEN)")
+    _add_in_process(p)
     p.set_defaults(fn=cmd_console)
 
     p = sub.add_parser("daemon", help="headless engine")
@@ -622,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", metavar="T",
                    help="token viewers must present (default: the variable named by the "
                         "config's feed.token_env, FLOWDECK_TOKEN); required off loopback")
+    p.add_argument("--log-events", action="store_true", help=argparse.SUPPRESS)  # console's
     p.set_defaults(fn=cmd_daemon)
 
     p = sub.add_parser("watch", help="print a daemon's feed as JSON lines")
