@@ -441,3 +441,24 @@ async def test_screens_fit_80x24(key, title):
             assert width <= table.size.width, (table.id, width, table.size.width)
             assert table.row_count > 0
             assert table.region.height >= 2  # the header and at least one row show
+
+
+# ------------------------------------------------------------ switching screens
+
+
+async def test_every_screen_shows_the_state_as_it_is_when_switched_to():
+    """Screens are built at start-up; each must still show what arrived since then."""
+    from flowdeck.console.state import ConsoleState
+
+    app = make_app(state=ConsoleState())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        fixed = fixture_state()
+        app.state.snapshot, app.state.now = fixed.snapshot, fixed.now  # no redraw asked
+        for key, title, needle in [("2", "Sources", "metnet"), ("4", "Caches", "L1 memory"),
+                                   ("5", "Recovery", "purge_cache"), ("6", "Data", "KSFO"),
+                                   ("7", "Insights", "weather"), ("1", "Overview", "weather")]:
+            await goto(pilot, key)
+            text = screen_text(app)
+            assert f"▸ {title}" in text and needle in text, (title, text)
+            assert "12:06:30" in text.splitlines()[0]  # the header too

@@ -40,18 +40,19 @@ class DeckScreen(Screen):
 
     _styled_with: tuple | None = None
 
-    def _on_screen_resume(self, event: events.ScreenResume) -> None:
-        """Runs before Textual's own handler (it calls each class's in turn): when neither
-        the theme nor the stylesheet changed since this screen was last styled, its
-        widgets keep their styles and their rendered lines. Restyling every widget on
-        every screen switch made each table render all its lines afresh, the larger
-        part of a key-to-repaint."""
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        """Redraw from the state; and, since this runs before Textual's own handler (it
+        calls one handler per class, subclass first), tell it to keep the widgets' styles
+        when neither the theme nor the stylesheet nor the size changed since this screen
+        was last styled. Restyling every widget on every screen switch made each table
+        render all its lines afresh, the larger part of a key-to-repaint.
+
+        (One handler: a class defining both ``_on_screen_resume`` and this one would only
+        have the first called.)"""
         styled_with = (self.app.theme, len(self.app.stylesheet.source), self.app.size)
         if styled_with == self._styled_with:
             event.refresh_styles = False
         self._styled_with = styled_with
-
-    def on_screen_resume(self) -> None:
         self.refresh_view()
 
     _last_table: DeckTable | None = None
