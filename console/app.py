@@ -204,6 +204,20 @@ class FlowdeckApp(App):
         self.notify(f"theme {self.theme}")
         self.redraw()
 
+    def action_screen_menu(self) -> None:
+        """The screens as a menu (clicking the screen's name in the header opens it)."""
+        from flowdeck.console.widgets import ScreenMenu
+
+        if isinstance(self.screen, ScreenMenu):
+            return
+
+        def chosen(mode: str | None) -> None:
+            if mode:
+                self.call_later(self.switch_mode, mode)
+
+        self.push_screen(ScreenMenu([(m, k, t) for m, (k, t, _c) in self.screen_specs.items()],
+                                    self.current_mode), chosen)
+
     def action_help(self) -> None:
         from flowdeck.console.screens.help import HelpScreen
 

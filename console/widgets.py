@@ -55,7 +55,9 @@ class StatusHeader(Static):
     """One line: app, screen, connection, flows by state, pause, refresh, clock."""
 
     DEFAULT_CSS = """
-    StatusHeader { dock: top; height: 1; background: $panel; color: $foreground; }
+    StatusHeader { dock: top; height: 1; background: $panel; color: $foreground;
+                   link-style: none; link-background: transparent;
+                   link-style-hover: bold reverse; }
     """
 
     def status_line(self) -> Text:
@@ -66,7 +68,10 @@ class StatusHeader(Static):
         narrow = (self.size.width or 120) < 110
         t = Text()
         t.append(" flowdeck ", style=f"bold {v.get('primary', '')}")
-        t.append(f"▸ {getattr(self.screen, 'TITLE', '') or ''} ")
+        # Click the screen's name for a menu of screens (the mouse way to switch).
+        t.append(f"▸ {getattr(self.screen, 'TITLE', '') or ''} ▾",
+                 style=Style(meta={"@click": "app.screen_menu"}))
+        t.append(" ")
         t.append("│ ")
         conn = "● " if state.connected else "✖ "
         label = state.connection if not narrow or len(state.connection) < 12 \
@@ -317,6 +322,45 @@ class FilterBar(Input):
         self.remove_class("-shown")
         if self.screen.focus_table() is not None:
             self.screen.focus_table().focus()
+
+
+class ScreenMenu(ModalScreen[str | None]):
+    """Every screen by number and name, to pick with the mouse (or arrows and enter)."""
+
+    BINDINGS = [Binding("escape", "dismiss_menu", "Close")]
+
+    DEFAULT_CSS = """
+    ScreenMenu { align: left top; }
+    ScreenMenu > OptionList { width: 26; height: auto; margin: 1 0 0 10;
+                              border: round $primary; background: $surface; }
+    """
+
+    def __init__(self, screens: list[tuple[str, str, str]], current: str | None) -> None:
+        super().__init__()
+        self.screens = screens  # (mode, key, title)
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
+
+        yield OptionList(*(Option(f"{key}  {title}", id=mode)
+                           for mode, key, title in self.screens))
+
+    def on_mount(self) -> None:
+        from textual.widgets import OptionList
+
+        menu = self.query_one(OptionList)
+        modes = [m for m, _, _ in self.screens]
+        if self.current in modes:
+            menu.highlighted = modes.index(self.current)
+        menu.focus()
+
+    def on_option_list_option_selected(self, event) -> None:
+        self.dismiss(event.option.id)
+
+    def action_dismiss_menu(self) -> None:
+        self.dismiss(None)
 
 
 class ConfirmScreen(ModalScreen[bool]):

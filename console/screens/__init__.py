@@ -41,7 +41,7 @@ class DeckScreen(Screen):
     _styled_with: tuple | None = None
 
     def on_screen_resume(self, event: events.ScreenResume) -> None:
-        """Redraw from the state; and, since this runs before Textual's own handler (it
+        """Redraw from the state (just after the first paint); and, since this runs before Textual's own handler (it
         calls one handler per class, subclass first), tell it to keep the widgets' styles
         when neither the theme nor the stylesheet nor the size changed since this screen
         was last styled. Restyling every widget on every screen switch made each table
@@ -53,7 +53,10 @@ class DeckScreen(Screen):
         if styled_with == self._styled_with:
             event.refresh_styles = False
         self._styled_with = styled_with
-        self.refresh_view()
+        # The screen is painted first as it was last drawn, and brought up to date right
+        # after: the key's repaint does not wait for a table of thousands of rows to be
+        # refilled from a state that moved on meanwhile.
+        self.call_after_refresh(self.refresh_view)
 
     _last_table: DeckTable | None = None
 
