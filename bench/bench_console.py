@@ -92,6 +92,7 @@ async def measure(rate: int, n_keys: int, mode: str) -> dict:
                                    log_path=Path(d) / "engine.log")
             app = FlowdeckApp(engine.control, engine=engine, refresh=0.5)
         lat: list[float] = []
+        by_key: list[tuple[int, str]] = []
         frames: list[float] = []
         feed = None
         async with app.run_test(size=(120, 40)):
@@ -131,6 +132,7 @@ async def measure(rate: int, n_keys: int, mode: str) -> dict:
                     while not frames or frames[-1] < shown:
                         await asyncio.sleep(0.001)
                     lat.append((frames[-1] - t) * 1000)
+                    by_key.append((round(lat[-1]), TITLES[key]))
                     await asyncio.sleep(0.2)
                 await asyncio.sleep(1.0)  # one more snapshot for the stored count
                 elapsed = time.perf_counter() - t0
@@ -143,7 +145,8 @@ async def measure(rate: int, n_keys: int, mode: str) -> dict:
             store.close()
     lat.sort()
     return {"p50": statistics.median(lat), "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-            "max": lat[-1], "ingest": ingest, "repaints": app.repaints}
+            "max": lat[-1], "ingest": ingest, "repaints": app.repaints,
+            "worst": sorted(by_key, reverse=True)[:4]}
 
 
 def main() -> int:
@@ -165,6 +168,7 @@ def main() -> int:
         print(f"  idle:  key-to-repaint p50 {idle['p50']:6.1f} ms  p99 {idle['p99']:6.1f} ms")
         print(f"  busy:  key-to-repaint p50 {busy['p50']:6.1f} ms  p99 {busy['p99']:6.1f} ms  "
               f"(engine stored {busy['ingest']:,.0f} records/s, offered {args.rate:,}/s)")
+        print(f"  slowest busy keys (ms, screen): {busy['worst']}")
         print(f"  ratio busy/idle p99: {busy['p99'] / max(idle['p99'], 1e-9):.2f}   "
               f"(target: busy p99 < 100 ms)", flush=True)
     return 0

@@ -226,6 +226,8 @@ def cmd_demo(args) -> int:
 
 def cmd_console(args) -> int:
     config = _config(args)
+    if args.web:
+        return _serve_web(args, config)
     if args.connect:
         return _run_remote_console(args, config)
     _check_scenario(args.scenario)
@@ -380,18 +382,74 @@ def _run_console_with_engine_process(args, config: Config) -> int:
     from flowdeck.console.engine_process import EngineProcess
 
     _store(args, config).close()  # a bad --db is one line here, before the screen opens
-    daemon = ["--log-level", str(args.log_level), "daemon"]
-    for flag in ("config", "db", "simulator", "scenario"):
-        if getattr(args, flag, None):
-            daemon += [f"--{flag}", str(getattr(args, flag))]
-    daemon += ["--seed", str(args.seed)]
-    engine = EngineProcess(daemon, token_env=config.feed.token_env)
+    engine = EngineProcess(_daemon_args(args), token_env=config.feed.token_env)
     app = FlowdeckApp(engine.control, engine=engine,
                       theme=args.theme or config.console.theme,
                       refresh=args.refresh or config.console.refresh,
                       keymap=config.console.keys)
     app.run()
     return app.return_code or EXIT_OK
+
+
+def _serve_web(args, config: Config) -> int:
+    """The console in a browser (textual-serve): one engine, each browser tab a console on it.
+
+    textual-serve runs a command per browser connection; here that command is
+    `flowdeck console --connect` to one engine (a child daemon, or the --connect one),
+    so every tab shows the same engine and none starts its own. textual-serve has no
+    authentication, so it only serves on loopback (reach it over SSH or a proxy)."""
+    import shlex
+
+    from flowdeck.pipeline.feed import FeedError, is_loopback, parse_bind
+
+    try:
+        host, port = parse_bind(args.web)
+    except FeedError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if not is_loopback(host):
+        raise CliError(f"--web {args.web}: the web console has no login of its own, so it "
+                       "serves on loopback only (e.g. 127.0.0.1:8000); reach it through an "
+                       "SSH tunnel or an authenticating reverse proxy", EXIT_USAGE)
+    from textual_serve.server import Server
+
+    from flowdeck.console.engine_process import EngineProcess
+
+    engine = None
+    token = args.token or os.environ.get(config.feed.token_env) or None
+    if args.connect:
+        target = args.connect
+    else:
+        _store(args, config).close()
+        engine = EngineProcess(_daemon_args(args), token_env=config.feed.token_env)
+        from flowdeck.console.remote import RemoteError
+
+        try:
+            asyncio.run(engine.start())
+        except RemoteError as exc:
+            raise CliError(str(exc)) from None
+        target, token = engine.control.url, engine.token
+    if token:  # to the consoles through the environment, never on a command line
+        os.environ[config.feed.token_env] = token
+    cmd = [sys.executable, "-m", "flowdeck.console.cli", "console", "--connect", target]
+    for flag in ("config", "theme", "refresh"):
+        if getattr(args, flag, None):
+            cmd += [f"--{flag}", str(getattr(args, flag))]
+    server = Server(shlex.join(cmd), host=host, port=port, title="flowdeck")
+    try:
+        server.serve()
+    finally:
+        if engine is not None:
+            asyncio.run(engine.stop())
+    return EXIT_OK
+
+
+def _daemon_args(args) -> list[str]:
+    """The `flowdeck daemon` arguments for a console's own engine, from the console's."""
+    daemon = ["--log-level", str(args.log_level), "daemon"]
+    for flag in ("config", "db", "simulator", "scenario"):
+        if getattr(args, flag, None):
+            daemon += [f"--{flag}", str(getattr(args, flag))]
+    return daemon + ["--seed", str(args.seed)]
 
 
 def cmd_simulate(args) -> int:
@@ -645,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --connect: the feed token (default: the variable named by the "
                         "config's feed.token_env, FLOWDECK_TOKEN)")
     _add_in_process(p)
+    p.add_argument("--web", nargs="?", const="127.0.0.1:8000", metavar="HOST:PORT",
+                   help="serve the console in a browser instead (textual-serve; default "
+                        "127.0.0.1:8000, loopback only): every tab attaches to one engine")
     p.set_defaults(fn=cmd_console)
 
     p = sub.add_parser("daemon", help="headless engine")
