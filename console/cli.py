@@ -128,7 +128,8 @@ def _feed_server(args, config: Config, engine):
     try:
         host, port = parse_bind(args.bind or config.feed.bind)
         return FeedServer(LocalControl(engine, actor=os.environ.get("USER") or "operator"),
-                          host=host, port=port, token=token, origins=config.feed.origins)
+                          host=host, port=port, token=token, origins=config.feed.origins,
+                          caches=engine.caches)
     except FeedError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 

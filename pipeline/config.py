@@ -252,14 +252,48 @@ class FlowConfig(Strict):
 
 
 class L1Config(Strict):
-    ttl: Duration = 30.0
+    """In-process cache: entries are fresh for ``ttl``, then served stale for ``stale``
+    more while one load refreshes them; at most ``size`` entries per flow (LRU)."""
+
+    ttl: Annotated[Duration, Field(gt=0)] = 30.0
     size: Annotated[int, Field(ge=1)] = 10000
+    stale: Annotated[Duration, Field(ge=0)] = 5.0
+
+
+class L2Config(Strict):
+    """Redis cache (when ``cache.redis_url`` is set): entry lifetime and per-call timeout."""
+
+    ttl: Annotated[Duration, Field(gt=0)] = 300.0
+    timeout: Annotated[Duration, Field(gt=0)] = 0.25
+
+
+class HttpCachePolicy(Strict):
+    """Cache-Control of one read-API endpoint (the L4 HTTP edge)."""
+
+    max_age: Annotated[Duration, Field(ge=0)]
+    stale_while_revalidate: Annotated[Duration, Field(ge=0)] = 0.0
+
+
+HTTP_ENDPOINTS = ("flows", "latest", "history", "issues", "actions")
+DEFAULT_HTTP_CACHE = {"flows": (1, 5), "latest": (1, 5), "history": (5, 30), "issues": (2, 10),
+                      "actions": (2, 10)}
 
 
 class CacheConfig(Strict):
     l1: L1Config = L1Config()
+    l2: L2Config = L2Config()
     redis_url: str | None = None
-    namespace: str = "flowdeck"
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "flowdeck"
+    http: dict[Literal["flows", "latest", "history", "issues", "actions"], HttpCachePolicy] = {}
+    prewarm: Annotated[int, Field(ge=0, le=10_000)] = 20  # hot keys per flow after each run
+    stats_interval: Annotated[Duration, Field(gt=0)] = 5.0
+
+    def http_policies(self) -> dict[str, tuple[float, float]]:
+        """(max-age, stale-while-revalidate) per endpoint: the defaults, then the config's."""
+        out = {k: (float(a), float(b)) for k, (a, b) in DEFAULT_HTTP_CACHE.items()}
+        for k, p in self.http.items():
+            out[k] = (p.max_age, p.stale_while_revalidate)
+        return out
 
 
 class FeedConfig(Strict):

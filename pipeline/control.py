@@ -64,7 +64,7 @@ class LocalControl:
                                         state=("open", "acknowledged", "muted"), limit=300)
         snap["actions"] = await self._db(self.store.actions, limit=200)
         snap["quarantine"] = await self._db(self.store.quarantined, None, "open", 300)
-        snap["latest"] = {name: await self._db(self.store.latest, name) for name in cfg.flows}
+        snap["latest"] = {name: await self.engine.caches.latest(name) for name in cfg.flows}
         snap["runs"] = await self._db(self.store.recent_runs, None, 200)
         snap["connection"] = self.description
         return _jsonable(snap)
@@ -149,6 +149,24 @@ class LocalControl:
         return {"message": f"replayed {summary.payloads} raw payload(s) of {flow}",
                 "run": summary.as_dict()}
 
+    async def _act_purge_cache(self, flow: str | None = None, key: str | None = None,
+                               layer: str | None = None) -> dict:
+        """Drop cached entries: one key of a flow, a flow, or everything; one layer or all."""
+        try:
+            counts = await self.engine.caches.purge(flow, key, layer)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        what = (f"{flow}/{key}" if key is not None else flow if flow is not None
+                else "every flow")
+        where = layer or "every layer"
+        done = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing cached"
+        return {"message": f"purged {what} from {where} ({done})", "counts": counts}
+
+    async def _act_prewarm(self, flow: str) -> dict:
+        n = await self.engine.caches.prewarm(flow)
+        return {"message": f"pre-warmed {flow}: its latest values and "
+                           f"{max(0, n - 1)} hot key(s) loaded"}
+
     async def _issue_state(self, verb: str, issue_id: int, seconds: float | None = None) -> dict:
         now = self.engine.clock.now_ms()
         until = now + int(seconds * 1000) if seconds else None
@@ -194,11 +212,13 @@ class LocalControl:
             return _jsonable(await self._db(s.actions, flow=params.get("flow"),
                                             limit=params.get("limit", 200)))
         if name == "latest":
-            return _jsonable(await self._db(s.latest, params["flow"]))
+            return await self.engine.caches.latest(params["flow"], params.get("key"))
         if name == "history":
-            return await self._db(s.history, params["flow"], params["key"], params["metric"],
-                                  params.get("since_ms", 0), params.get("step_ms"),
-                                  params.get("limit", 2000))
+            return await self.engine.caches.history(
+                params["flow"], params["key"], params["metric"], params.get("since_ms", 0),
+                params.get("step_ms"), params.get("limit", 2000))
+        if name == "caches":
+            return self.engine.caches.snapshot()
         if name == "lineage":
             try:
                 return _jsonable(await self._db(lineage, s, self.engine.config,

@@ -38,6 +38,7 @@ from flowdeck.pipeline.stages.quality import QualityCheck
 from flowdeck.pipeline.stages.resolve import Resolver
 from flowdeck.pipeline.stages.transform import Transformer
 from flowdeck.pipeline.stages.validate import Validator
+from flowdeck.storage.cache import Caches, CacheSettings
 from flowdeck.storage.store import BatchWrite, IssueDraft, Store
 
 log = logging.getLogger("flowdeck.engine")
@@ -104,6 +105,7 @@ class RunSummary:
     conflicts: int = 0
     anomalies: int = 0
     error: str | None = None
+    changed_keys: set[str] = field(default_factory=set)  # keys with new values stored
 
     def as_dict(self) -> dict:
         return {"flow": self.flow, "run_id": self.run_id, "trigger": self.trigger,
@@ -194,11 +196,17 @@ class Engine:
         self.simulator = None
         self.flows = {name: FlowRuntime(name, f, config) for name, f in config.flows.items()}
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="flowdeck-worker")
+        # Viewers' reads (through the caches) use their own threads, so a read never
+        # waits behind a batch being processed.
+        self.reader = ThreadPoolExecutor(2, thread_name_prefix="flowdeck-reader")
+        self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
+                             timer=self.clock.now, emit=self.emit, on_action=self._cache_action)
         self.http: httpx.AsyncClient | None = None
         self.alerter: Alerter | None = None
         self.scheduler = None
         self.started = False
         self._tasks: set[asyncio.Task] = set()
+        self._cache_ticks: asyncio.Task | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,6 +239,8 @@ class Engine:
                 rt.fetchers[src.name] = self._make_fetcher(src)
             await self._db(self._warm_detectors, rt)
             await self._db(self._load_recovery_state, rt)
+        await self.caches.start()
+        self._cache_ticks = loop.create_task(self._cache_stats())
         self.started = True
         if resume:
             await self.resume()
@@ -330,6 +340,10 @@ class Engine:
             for f in rt.fetchers.values():
                 if isinstance(f, WebsocketSource):
                     await f.stop()
+        if self._cache_ticks is not None:
+            self._cache_ticks.cancel()
+            self._cache_ticks = None
+        await self.caches.stop()
         if self.alerter is not None:
             await self.alerter.drain()
         if self.http is not None:
@@ -338,6 +352,7 @@ class Engine:
             await self.simulator.stop()
             self.simulator = None
         self.worker.shutdown(wait=True)
+        self.reader.shutdown(wait=True)
         self.started = False
 
     # ------------------------------------------------------------ events
@@ -387,6 +402,7 @@ class Engine:
                     payloads.append(Payload(raw_id, src.name, f.body, f.content_type,
                                             self.clock.now_ms(), f.truncated))
             await self._db(self._process, rt, payloads, summary, False)
+            await self._after_write(rt, summary)
             errors = [s for s, i in summary.sources.items() if "error" in i]
             answered = [s for s in results if not isinstance(results[s], FetchError)]
             if enabled and not answered:
@@ -406,6 +422,32 @@ class Engine:
         self._account(rt, summary)
         self.emit("run_finished", rt.name, **summary.as_dict())
         return summary
+
+    # ------------------------------------------------------------ caches
+
+    async def _after_write(self, rt: FlowRuntime, summary: RunSummary) -> None:
+        """New values stored: invalidate those keys in every cache layer, then pre-warm the
+        flow's hot keys so the next readers hit."""
+        if not summary.changed_keys:
+            return
+        await self.caches.invalidate(rt.name, summary.changed_keys,
+                                     l3_rows=len(summary.changed_keys))
+        if self.config.cache.prewarm:
+            await self.caches.prewarm(rt.name, self.config.cache.prewarm)
+
+    async def _cache_stats(self) -> None:
+        """Every stats interval: one point of per-layer hit rates, announced on the hub."""
+        while True:
+            await asyncio.sleep(self.config.cache.stats_interval)
+            try:
+                point = await self.caches.sample()
+            except Exception:  # statistics must never take the engine down
+                log.exception("cache statistics failed")
+                continue
+            self.emit("cache_stats", None, layers=self.caches.layer_stats(), point=point)
+
+    async def _cache_action(self, action: str, outcome: str, reason: str) -> None:
+        await self.auto_action(None, action, source="redis", outcome=outcome, reason=reason)
 
     # ------------------------------------------------------------ recovery
 
@@ -667,6 +709,7 @@ class Engine:
                 for source, pairs in seen_pairs.items():
                     rt.collector.forget(source, pairs)
             raise
+        summary.changed_keys.update(r["key"] for r in write.records)
         ss = st["store"]
         ss.records_in += len(write.records)
         ss.records_out += len(write.records)
@@ -772,6 +815,7 @@ class Engine:
                         if r["source"] in known]
             try:
                 await self._db(self._process, rt, payloads, summary, replay)
+                await self._after_write(rt, summary)
             except Exception as exc:
                 log.exception("%s of %s failed", trigger, rt.name)
                 summary.status = "failed"
@@ -802,5 +846,14 @@ class Engine:
                                      "breaker": rt.breakers[s.name].as_dict()}
                             for s in rt.cfg.sources},
             }
-        return {"ts": self.clock.now(), "flows": flows}
+        return {"ts": self.clock.now(), "flows": flows, "caches": self.caches.snapshot()}
+
+
+def cache_settings(config: Config) -> CacheSettings:
+    """The storage layer's cache settings from the ``cache:`` section of the config."""
+    c = config.cache
+    return CacheSettings(l1_ttl=c.l1.ttl, l1_size=c.l1.size, l1_stale=c.l1.stale,
+                         redis_url=c.redis_url, namespace=c.namespace, l2_ttl=c.l2.ttl,
+                         l2_timeout=c.l2.timeout, http=c.http_policies(),
+                         prewarm_keys=c.prewarm)
 

@@ -367,6 +367,7 @@ class FeedServer:
         token: str | None = None,
         origins: list[str] | tuple[str, ...] = (),
         limits: FeedLimits | None = None,
+        caches: Any = None,
     ) -> None:
         if token is not None and not token.strip():
             raise FeedError("the feed token is empty")
@@ -379,6 +380,10 @@ class FeedServer:
                 "(no token is needed on 127.0.0.1)"
             )
         self.control = control
+        # The engine's caches (flowdeck.storage.cache.Caches) when it runs in this process:
+        # the read API keeps encoded bodies there and counts the L4 (HTTP) layer.
+        self.caches = caches if caches is not None else getattr(
+            getattr(control, "engine", None), "caches", None)
         self.host = host
         self.port = port
         self.token = token
@@ -518,7 +523,9 @@ class FeedServer:
         """Scrape-time: open issues by flow and severity, breakers from a fresh snapshot."""
         rows = await self.control.query("issues", state=["open", "acknowledged"], limit=100_000)
         self.metrics.set_open_issues(rows, self.flows)
-        self.metrics.set_breakers(await self.snapshot(fresh_after=time.monotonic()))
+        snap = await self.snapshot(fresh_after=time.monotonic())
+        self.metrics.set_breakers(snap)
+        self.metrics.set_caches(snap.get("caches"))
 
     # ------------------------------------------------------------ events -> channels
 
@@ -964,10 +971,10 @@ class FeedServer:
             return ch.seq, {"events": list(self.recent)}
         if kind == "metrics":
             return ch.seq, self.metrics.channel_data(len(self.viewers))
-        if kind == "caches":
-            return ch.seq, {"layers": {}}
         snap, seqs = await self._snapshot_with_seqs(time.monotonic() if fresh else None)
         seq = seqs.get(ch.name, 0)
+        if kind == "caches":
+            return seq, snap.get("caches") or {"layers": {}, "history": [], "hot_keys": []}
         if kind == "flows":
             return seq, {"flows": snap["flows"]}
         if kind == "quality":

@@ -19,7 +19,7 @@ import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -37,7 +37,8 @@ JSON = "application/json"
 STEPS = {"raw": None, "1m": 60_000, "1h": 3_600_000}
 ISSUE_STATES = ("open", "acknowledged", "resolved", "muted")
 _FLOW_PATH = re.compile(r"^/api/flows/([^/]+)/(latest|history)$")
-# Seconds a response may be reused, then served stale while one request revalidates.
+# Seconds a response may be reused, then served stale while one request revalidates
+# (the defaults; `cache.http` in the config overrides them per endpoint).
 CACHE = {
     "flows": (1, 5),
     "latest": (1, 5),
@@ -234,12 +235,15 @@ class HttpApi:
             if flow not in server.flows:
                 raise BadRequest(f"no flow {flow!r} (flows: {', '.join(server.flows)})", 404)
             if m.group(2) == "latest":
-                rows = await server.control.query("latest", flow=flow)
                 key = _one(query, "key")
-                if key is not None:
-                    rows = [r for r in rows if r.get("key") == key]
-                return self._cached(request, "latest", {"flow": flow, "records": rows}, cors)
-            return self._cached(request, "history", await self._history(flow, query), cors)
+
+                async def latest() -> dict:
+                    rows = await server.control.query("latest", flow=flow, key=key)
+                    return {"flow": flow, "records": rows}
+
+                return await self._edge(request, "latest", flow, key, query, latest, cors)
+            return await self._edge(request, "history", flow, _one(query, "key"), query,
+                                    lambda: self._history(flow, query), cors)
         if path == "/api/issues":
             state = _one(query, "state")
             if state is None:
@@ -304,18 +308,46 @@ class HttpApi:
             "points": [list(p) for p in points],
         }
 
+    async def _edge(self, request: Request, kind: str, flow: str, key: str | None,
+                    query: dict[str, list[str]], build, cors: dict[str, str]) -> Response:
+        """A per-flow read whose encoded body and ETag are cached until its data changes.
+
+        With the engine in this process the body is kept in its L1 cache (invalidated with
+        the values it shows), so a repeated request, a 304 above all, costs a lookup.
+        """
+        caches = self.server.caches
+        if caches is None:
+            return self._cached(request, kind, await build(), cors)
+        variant = kind + "?" + urlencode(
+            sorted((k, v) for k, vs in query.items() if k != "token" for v in vs))
+
+        async def encoded() -> bytes:
+            return dumps(await build())
+
+        body, etag = await caches.http_response(flow, key, variant, encoded)
+        return self._respond(request, kind, body, etag, cors)
+
     def _cached(self, request: Request, kind: str, obj: Any, cors: dict[str, str]) -> Response:
         body = dumps(obj)
-        etag = etag_of(body)
-        max_age, swr = CACHE[kind]
+        return self._respond(request, kind, body, etag_of(body), cors)
+
+    def _respond(self, request: Request, kind: str, body: bytes, etag: str,
+                 cors: dict[str, str]) -> Response:
+        """200 with the body, or 304 when If-None-Match names its ETag (an L4 hit)."""
+        caches = self.server.caches
+        policy = caches.http_policy(kind) if caches is not None else None
+        max_age, swr = policy or CACHE[kind]
         scope = "private" if self.server.token else "public"
         headers = {
             "ETag": etag,
             "Vary": "Authorization, Origin",
-            "Cache-Control": f"{scope}, max-age={max_age}, stale-while-revalidate={swr}",
+            "Cache-Control": f"{scope}, max-age={max_age:g}, stale-while-revalidate={swr:g}",
             **cors,
         }
-        if matches(request.headers.get("If-None-Match"), etag):
+        not_modified = matches(request.headers.get("If-None-Match"), etag)
+        if caches is not None:
+            caches.count_http(not_modified)
+        if not_modified:
             return response(304, headers=headers)
         return response(200, body, JSON, headers)
 

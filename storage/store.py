@@ -311,6 +311,33 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
+    def rebuild_latest(self, flow: str | None = None, key: str | None = None) -> int:
+        """Redo the ``latest`` table (a flow's, one key's, or all) from the stored records.
+
+        ``latest`` is a materialised copy kept in step by ``write_batch``; this is the
+        operator's "purge L3": the records stay, their newest-per-key copy is rebuilt.
+        Returns the number of rows written.
+        """
+        r, lt = s.records, s.latest
+        newest = select(r.c.flow, r.c.key, func.max(r.c.ts_ms).label("ts_ms")).group_by(
+            r.c.flow, r.c.key)
+        scope_latest = []
+        if flow is not None:
+            newest = newest.where(r.c.flow == flow)
+            scope_latest.append(lt.c.flow == flow)
+        if key is not None:
+            newest = newest.where(r.c.key == key)
+            scope_latest.append(lt.c.key == key)
+        newest = newest.subquery()
+        cols = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous",
+                "flags", "sources", "updated_ms")
+        sel = select(*(r.c[c] for c in cols)).join(newest, and_(
+            r.c.flow == newest.c.flow, r.c.key == newest.c.key, r.c.ts_ms == newest.c.ts_ms))
+        with self.engine.begin() as conn:
+            conn.execute(delete(lt).where(*scope_latest))
+            res = conn.execute(insert(lt).from_select(list(cols), sel))
+            return max(res.rowcount, 0)
+
     def records_since(self, flow: str, since_ms: int | None = None, *, limit: int | None = None,
                       key: str | None = None) -> Iterable[dict]:
         q = select(s.records).where(s.records.c.flow == flow).order_by(s.records.c.ts_ms,
