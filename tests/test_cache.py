@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 from conftest import REQUIRE_SERVICES, need_service
-from feed_support import aget, free_port, rows_for, start_rig, write_config
+from feed_support import Client, aget, free_port, rows_for, start_rig, write_config
 
 from flowdeck.pipeline.clock import ManualClock
 from flowdeck.pipeline.config import ConfigError, parse_config
@@ -186,6 +186,27 @@ async def test_http_latest_200_then_304_then_a_new_etag_after_a_new_value(tmp_pa
         text = metrics.decode()
         assert 'flowdeck_cache_requests_total{layer="l4",result="hit"} 1.0' in text
         assert 'flowdeck_cache_invalidations_total{layer="l1"}' in text
+    finally:
+        await rig.close()
+
+
+async def test_the_caches_channel_sends_stats_then_invalidations(tmp_path):
+    rig = await start_rig(tmp_path, extra="cache: {stats_interval: 100ms}")
+    try:
+        viewer = await Client.open(rig.ws_url)
+        _, snap = await viewer.subscribe("caches")
+        assert set(snap["data"]["layers"]) == {"l1", "l2", "l3", "l4"}
+        assert snap["data"]["layers"]["l2"]["enabled"] is False
+        await rig.ingest("bench", rows_for(["AAAA"]))
+        inv = await viewer.expect("delta", "caches",
+                                  where=lambda m: m["data"]["type"] == "cache_invalidate")
+        assert inv["data"]["data"]["keys"] == ["AAAA"]
+        assert inv["data"]["data"]["layers"]["l3"] == 1
+        stats = await viewer.expect("delta", "caches",
+                                    where=lambda m: m["data"]["type"] == "cache_stats")
+        point = stats["data"]["data"]["point"]
+        assert set(point["rates"]) == {"l1", "l2", "l3", "l4"}
+        await viewer.close()
     finally:
         await rig.close()
 
