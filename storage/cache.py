@@ -353,23 +353,28 @@ class Caches:
             fut = self._refresh(flow, ek, load)
         return await asyncio.shield(fut)
 
-    def _refresh(self, flow: str, ek: EntryKey, load) -> asyncio.Future:
-        """Start the one load of an entry (single-flight); later callers share its future."""
+    def _refresh(self, flow: str, ek: EntryKey, load, shared: bool = True) -> asyncio.Future:
+        """Start the one load of an entry (single-flight); later callers share its future.
+
+        ``shared`` entries go through L2 and count as L3 reads; others stay in L1.
+        """
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._inflight[(flow, ek)] = fut
-        self._spawn(self._load(flow, ek, load, fut))
+        self._spawn(self._load(flow, ek, load, fut, shared))
         return fut
 
-    async def _load(self, flow: str, ek: EntryKey, load, fut: asyncio.Future) -> None:
+    async def _load(self, flow: str, ek: EntryKey, load, fut: asyncio.Future,
+                    shared: bool) -> None:
         generation = self._generation.get(flow, 0)
         try:
-            found, value = await self._l2_get(flow, ek)
+            found, value = await self._l2_get(flow, ek) if shared else (False, None)
             if not found:
                 value = await load()
-                self.stats["l3"].hits += 1 if value else 0
-                self.stats["l3"].misses += 0 if value else 1
-                await self._l2_put(flow, ek, value)
+                if shared:
+                    self.stats["l3"].hits += 1 if value else 0
+                    self.stats["l3"].misses += 0 if value else 1
+                    await self._l2_put(flow, ek, value)
             # An invalidation that arrived while loading means the value may predate it.
             if self._generation.get(flow, 0) == generation:
                 self.l1.put(flow, ek, value)
@@ -448,26 +453,9 @@ class Caches:
             return e.value
         self.stats["l1"].misses += 1
         fut = self._inflight.get((flow, ek))
-        if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
-            self._inflight[(flow, ek)] = fut
-            self._spawn(self._load_local(flow, ek, load, fut))
+        if fut is None:  # encoded bodies are cheap to rebuild: L1 only, not shared via Redis
+            fut = self._refresh(flow, ek, load, shared=False)
         return await asyncio.shield(fut)
-
-    async def _load_local(self, flow: str, ek: EntryKey, load, fut: asyncio.Future) -> None:
-        """A single-flight load kept in L1 only (encoded bodies are not shared via Redis)."""
-        generation = self._generation.get(flow, 0)
-        try:
-            value = await load()
-            if self._generation.get(flow, 0) == generation:
-                self.l1.put(flow, ek, value)
-            fut.set_result(value)
-        except Exception as exc:
-            fut.set_exception(exc)
-            fut.exception()
-        finally:
-            self._inflight.pop((flow, ek), None)
 
     def count_http(self, not_modified: bool) -> None:
         """One answered API request: a 304 is an L4 hit, a full body a miss."""
