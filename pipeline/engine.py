@@ -426,14 +426,14 @@ class Engine:
     # ------------------------------------------------------------ caches
 
     async def _after_write(self, rt: FlowRuntime, summary: RunSummary) -> None:
-        """New values stored: invalidate those keys in every cache layer, then pre-warm the
-        flow's hot keys so the next readers hit."""
+        """New values stored: invalidate those keys in every cache layer, then pre-warm what
+        readers used since the last run (hottest keys first) so the next readers hit."""
         if not summary.changed_keys:
             return
         await self.caches.invalidate(rt.name, summary.changed_keys,
                                      l3_rows=len(summary.changed_keys))
         if self.config.cache.prewarm:
-            await self.caches.prewarm(rt.name, self.config.cache.prewarm)
+            await self.caches.rewarm(rt.name, self.config.cache.prewarm)
 
     async def _cache_stats(self) -> None:
         """Every stats interval: one point of per-layer hit rates, announced on the hub."""

@@ -52,6 +52,7 @@ log = logging.getLogger("flowdeck.cache")
 
 LAYERS = ("l1", "l2", "l3", "l4")
 LAYER_NAMES = {"l1": "memory", "l2": "redis", "l3": "database", "l4": "http"}
+MAX_REWARM = 1000  # entries remembered per flow, between runs, for pre-warming
 FLOW_WIDE = None  # the "key" of entries that cover every key of a flow (all latest values)
 ALL_FLOWS = "*"  # the "flow" of entries that cover every flow
 
@@ -281,6 +282,8 @@ class Caches:
         self._mark = {layer: (0, 0) for layer in LAYERS}
         self._inflight: dict[tuple[str, EntryKey], asyncio.Future] = {}
         self._generation: dict[str, int] = {}
+        # What readers asked for since the flow's last run, and how to load it again.
+        self._read_since_run: dict[str, dict[EntryKey, Callable]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._reconnect: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
@@ -336,11 +339,15 @@ class Caches:
         ``hot`` counts the read towards the key's hotness (pre-warming does not).
         """
         ek = (kind, key, variant)
-        if hot and key is not None:
-            hot = self.hot.get(flow)
-            if hot is None:
-                hot = self.hot[flow] = Counter()
-            hot[key] += 1
+        if hot:
+            if key is not None:
+                counts = self.hot.get(flow)
+                if counts is None:
+                    counts = self.hot[flow] = Counter()
+                counts[key] += 1
+            recent = self._read_since_run.setdefault(flow, {})
+            if len(recent) < MAX_REWARM:
+                recent[ek] = load
         e = self.l1.get(flow, ek)
         if e is not None:
             self.stats["l1"].hits += 1
@@ -638,8 +645,29 @@ class Caches:
         c = self.hot.get(flow)
         return c.most_common(n or self.settings.prewarm_keys) if c else []
 
+    async def rewarm(self, flow: str, n: int | None = None) -> int:
+        """After a run: load again the entries readers used since the previous run (the
+        flow-wide ones first, then by how hot their key is), at most ``n`` + the flow-wide.
+
+        What nobody read is not reloaded, so a flow that runs ten times a second for a
+        viewer that looks once a second costs one load a second, not ten.
+        """
+        recent = self._read_since_run.pop(flow, None)
+        if not recent:
+            return 0
+        hot = self.hot.get(flow) or {}
+        wide = [(ek, ld) for ek, ld in recent.items() if ek[1] is FLOW_WIDE]
+        keyed = sorted(((ek, ld) for ek, ld in recent.items() if ek[1] is not FLOW_WIDE),
+                       key=lambda item: -hot.get(item[0][1], 0))
+        todo = wide + keyed[: self.settings.prewarm_keys if n is None else n]
+        jobs = [self.get(flow, ek[0], ek[1], ek[2], ld, hot=False) for ek, ld in todo
+                if self.l1.get(flow, ek) is None]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
     async def prewarm(self, flow: str, n: int | None = None) -> int:
-        """Load a flow's latest values and its hottest keys into L1 and L2 ahead of readers."""
+        """Load a flow's latest values and its hottest keys into L1 and L2 ahead of readers
+        (the operator's pre-warm)."""
         keys = [k for k, _ in self.hot_keys(flow, n)]
         jobs = [self.latest(flow, hot=False)] + [self.latest(flow, k, hot=False) for k in keys]
         results = await asyncio.gather(*jobs, return_exceptions=True)

@@ -120,6 +120,23 @@ async def test_invalidating_a_key_drops_it_and_the_flow_wide_entries_only():
     assert c.peek("g", "latest", None) == "other1"
 
 
+async def test_after_a_run_only_what_readers_used_is_loaded_again():
+    c = caches(ManualClock(), prewarm_keys=1)
+    loads = {name: Loads(name) for name in ("all", "a", "b", "c")}
+    for _ in range(3):
+        await c.get("f", "latest", "A", "", loads["a"])
+    await c.get("f", "latest", "B", "", loads["b"])
+    await c.get("f", "latest", None, "", loads["all"])
+    await c.invalidate("f", ["A", "B"])
+    assert await c.rewarm("f") == 2  # the flow-wide entry and the hottest key (1 allowed)
+    assert c.peek("f", "latest", None) == "all2"
+    assert c.peek("f", "latest", "A") == "a2"
+    assert c.peek("f", "latest", "B") is None
+    await c.invalidate("f", ["A"])
+    assert await c.rewarm("f") == 0  # nobody read anything since: nothing reloaded
+    assert loads["a"].calls == 2
+
+
 # ---------------------------------------------------------------- through the engine
 
 
