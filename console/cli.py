@@ -16,6 +16,8 @@ from flowdeck.pipeline.config import Config, ConfigError, load_config
 from flowdeck.pipeline.ops import iso, parse_since
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# Open issues of these kinds make `flowdeck status` say degraded (exit 1).
+DEGRADING_ISSUES = {"stale_source", "error_rate", "store_unavailable"}
 
 
 class CliError(Exception):
@@ -523,11 +525,13 @@ def cmd_status(args) -> int:
                 state = "healthy"
             breakers = {src: st.get("breaker", {}).get("state", "closed")
                         for (_f, src), st in store.source_states(name).items()}
-            incident = any(i["kind"] == "incident" for i in
-                           store.issues(flow=name, state=("open", "acknowledged")))
+            open_kinds = {i["kind"] for i in
+                          store.issues(flow=name, state=("open", "acknowledged"))}
+            incident = "incident" in open_kinds
             if incident:
                 state = "failing"
-            elif state == "healthy" and any(b != "closed" for b in breakers.values()):
+            elif state == "healthy" and (any(b != "closed" for b in breakers.values())
+                                         or open_kinds & DEGRADING_ISSUES):
                 state = "degraded"
             worst = max(worst, {"healthy": 0, "degraded": 1, "failing": 2}[state])
             last_stats = (last or {}).get("stats") or {}

@@ -73,6 +73,19 @@ class SourceHealth:
     last_error_ms: int | None = None
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     unchanged: int = 0
+    outcomes: deque = field(default_factory=deque)  # (ms, ok) over the error-rate window
+    first_ok_ms: int | None = None  # first answer since the engine started
+    newest_ts_ms: int | None = None  # newest record timestamp this source brought
+    stale: bool = False  # answers, but nothing newer than stale_after
+    error_rate_high: bool = False  # failures over the window at or above the threshold
+
+    def window_error_rate(self, now_ms: int, window_s: float) -> tuple[float, int]:
+        """(failure share, requests) over the last ``window_s`` seconds."""
+        lo = now_ms - int(window_s * 1000)
+        while self.outcomes and self.outcomes[0][0] < lo:
+            self.outcomes.popleft()
+        n = len(self.outcomes)
+        return (sum(1 for _, ok in self.outcomes if not ok) / n if n else 0.0), n
 
     def as_dict(self) -> dict:
         lat = sorted(self.latencies_ms)
@@ -83,7 +96,9 @@ class SourceHealth:
                 "last_ok_ms": self.last_ok_ms, "last_error": self.last_error,
                 "last_error_ms": self.last_error_ms, "latency_p50_ms": p(0.5),
                 "latency_p95_ms": p(0.95), "unchanged": self.unchanged,
-                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0}
+                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0,
+                "newest_ts_ms": self.newest_ts_ms, "stale": self.stale,
+                "error_rate_high": self.error_rate_high}
 
 
 @dataclass
@@ -167,6 +182,8 @@ class FlowRuntime:
         if self.incident or (enabled and len(down) == len(enabled)):
             return "failing"
         if down or (self.last_run and self.last_run.status != "ok"):
+            return "degraded"
+        if any(self.health[s].stale or self.health[s].error_rate_high for s in enabled):
             return "degraded"
         return "healthy"
 
@@ -487,6 +504,7 @@ class Engine:
         if primary:
             rt.primary = primary
         rt.active = sorted(answered, key=lambda s: prio[s])
+        await self._source_conditions(rt, answered)
         quiet = rt.cfg.issues.auto_resolve
         if answered and quiet is not None:
             now = self.clock.now_ms()
@@ -525,6 +543,73 @@ class Engine:
                                           "incident resolved")
             self.emit("flow_state", rt.name, state=rt.state(), stale=False)
 
+    async def _source_conditions(self, rt: FlowRuntime, answered: list[str]) -> None:
+        """Failures the breaker does not see: a source that answers with nothing new for
+        longer than the freshness target (stale), and a high error rate over a window."""
+        rec = rt.cfg.recovery
+        now = self.clock.now_ms()
+        stale_after = rec.stale_after if rec.stale_after is not None else rt.cfg.freshness
+        for src in rt.cfg.sources:
+            s, h = src.name, rt.health[src.name]
+            if not src.enabled:
+                continue
+            newest = max(rt.collector.sources[s].last_ts.values(), default=None)
+            if newest is not None:
+                h.newest_ts_ms = newest
+            if rec.stale and s in answered:
+                base = h.newest_ts_ms if h.newest_ts_ms is not None else h.first_ok_ms
+                age_s = (now - base) / 1000 if base is not None else 0.0
+                if age_s > stale_after and not h.stale:
+                    h.stale = True
+                    what = (f"its newest record is {age_s:.0f}s old" if h.newest_ts_ms
+                            is not None else f"it brought no record in {age_s:.0f}s")
+                    await self._condition(
+                        rt, s, "stale_source", "stale", True, "warning",
+                        f"{s} answers but {what} (freshness target {stale_after:g}s)",
+                        {"newest_ts_ms": h.newest_ts_ms, "stale_after_s": stale_after})
+                elif age_s <= stale_after and h.stale:
+                    h.stale = False
+                    await self._condition(rt, s, "stale_source", "fresh", False, "warning",
+                                          f"{s} brings new records again")
+            er = rec.error_rate
+            if er.threshold is None:
+                continue
+            rate, n = h.window_error_rate(now, er.window)
+            if n < er.min_requests:
+                continue
+            if rate >= er.threshold and not h.error_rate_high:
+                h.error_rate_high = True
+                await self._condition(
+                    rt, s, "error_rate", "error_rate", True,
+                    "error" if rate >= 0.8 else "warning",
+                    f"{s}: {rate:.0%} of {n} requests failed over the last {er.window:g}s "
+                    f"(threshold {er.threshold:.0%})",
+                    {"rate": round(rate, 3), "requests": n, "window_s": er.window})
+            elif rate < er.threshold and h.error_rate_high:
+                h.error_rate_high = False
+                await self._condition(rt, s, "error_rate", "error_rate_ok", False, "warning",
+                                      f"{s}: error rate back to {rate:.0%} of {n} requests")
+
+    async def _condition(self, rt: FlowRuntime, source: str, kind: str, action: str,
+                         raised: bool, severity: str, reason: str,
+                         detail: dict | None = None) -> None:
+        """Open (or close) a per-source issue and record the recovery action saying so."""
+        fingerprint = f"{kind}:{rt.name}:{source}"
+        now = self.clock.now_ms()
+        if raised:
+            opened, _ = await self._db(self.store.raise_issues, [IssueDraft(
+                flow=rt.name, kind=kind, severity=severity, title=reason,
+                fingerprint=fingerprint, source=source, detail=detail or {})], now)
+            for issue in opened:
+                if self.alerter is not None:
+                    self.alerter.notify(issue)
+            self.emit("issue", rt.name, kind=kind, severity=severity, title=reason, key=None,
+                      source=source)
+        else:
+            await self._db(self.store.resolve_by_fingerprint, rt.name, fingerprint, "auto", now)
+        await self.auto_action(rt.name, action, source=source, outcome="ok", reason=reason)
+        self.emit("flow_state", rt.name, state=rt.state())
+
     async def auto_action(self, flow: str, action: str, *, reason: str, outcome: str = "ok",
                           source: str | None = None, actor: str = "auto",
                           duration_ms: float | None = None, detail: dict | None = None) -> None:
@@ -550,8 +635,13 @@ class Engine:
         for (_flow, source), st in self.store.source_states(rt.name).items():
             if source in rt.breakers and "breaker" in st:
                 rt.breakers[source] = Breaker.from_dict(st["breaker"], rt.breaker_settings)
-        rt.incident = any(i["kind"] == "incident" for i in
-                          self.store.issues(flow=rt.name, state=("open", "acknowledged")))
+        open_issues = self.store.issues(flow=rt.name, state=("open", "acknowledged"))
+        rt.incident = any(i["kind"] == "incident" for i in open_issues)
+        for i in open_issues:  # conditions still open from before a restart close when clear
+            if i["source"] in rt.health and i["kind"] == "stale_source":
+                rt.health[i["source"]].stale = True
+            elif i["source"] in rt.health and i["kind"] == "error_rate":
+                rt.health[i["source"]].error_rate_high = True
 
     def _account(self, rt: FlowRuntime, summary: RunSummary) -> None:
         rt.runs += 1
@@ -575,6 +665,7 @@ class Engine:
             h.consecutive_failures += 1
             h.last_error = exc.message
             h.last_error_ms = self.clock.now_ms()
+            h.outcomes.append((h.last_error_ms, False))
             self.emit("fetch", rt.name, source=source, ok=False, error=exc.message,
                       kind=exc.kind)
             return exc
@@ -582,6 +673,9 @@ class Engine:
         h.latencies_ms.append(ms)
         h.consecutive_failures = 0
         h.last_ok_ms = self.clock.now_ms()
+        h.outcomes.append((h.last_ok_ms, True))
+        if h.first_ok_ms is None:
+            h.first_ok_ms = h.last_ok_ms
         self.emit("fetch", rt.name, source=source, ok=True, latency_ms=round(ms, 2),
                   payloads=len(out), bytes=sum(len(f.body) for f in out))
         return out
