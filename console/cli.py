@@ -41,7 +41,8 @@ def _store(args, config: Config | None = None, *, create: bool = True):
 
     url = resolve_url(getattr(args, "db", None), config.store.url if config else None)
     try:
-        return Store(url, create_if_empty=create)
+        return Store(url, create_if_empty=create,
+                     busy_timeout=config.store.busy_timeout if config else 30.0)
     except StoreError as exc:
         raise CliError(str(exc)) from None
 
@@ -114,6 +115,8 @@ def _format_run(s: dict) -> str:
         extra.append(f"{s['conflicts']} conflicts")
     if s["anomalies"]:
         extra.append(f"{s['anomalies']} anomalies")
+    if s.get("buffered"):
+        extra.append(f"{s['buffered']} buffered (store unavailable)")
     errs = [f"{n}: {i['error']}" for n, i in s["sources"].items() if "error" in i]
     if errs:
         extra.append("errors: " + "; ".join(errs))

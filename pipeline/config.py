@@ -286,6 +286,14 @@ class FeedConfig(Strict):
 
 class StoreConfig(Strict):
     url: str | None = None
+    # SQLite: how long a write waits for a lock held by another connection before the
+    # store counts as unavailable and fetched payloads go to the spool.
+    busy_timeout: Duration = 5.0
+    # Where payloads wait while the database is away (default: next to a SQLite file,
+    # else ./flowdeck-spool/<database>), how much per flow, and how often to retry.
+    spool_dir: str | None = None
+    spool_max: Size = 256 * 2**20
+    retry: Duration = 5.0
 
 
 class ConsoleConfig(Strict):
