@@ -202,10 +202,11 @@ def test_flapping_source_does_not_flap_the_breaker(daemons, tmp_path):
     d.wait(lambda: d.runs() >= 24, "24 runs (twelve seconds, six up-down cycles)")
     d.stop()
     names = d.names()
-    # Six cycles could flip the breaker twelve times; probes and doubling cooldowns
-    # keep metnet out for longer and longer instead.
-    assert 1 <= names.count("breaker_open") <= 4
-    assert names.count("breaker_close") <= names.count("breaker_open")
+    # Six up-down cycles would flip a plain breaker twelve times; two probes in a row to
+    # close and doubling cooldowns keep metnet out for longer and longer instead.
+    opens, closes = names.count("breaker_open"), names.count("breaker_close")
+    assert opens >= 1 and closes <= opens
+    assert opens + closes <= 6
     assert_every_station_every_minute_once(d)
 
 
@@ -247,8 +248,10 @@ def test_schema_drift_is_quarantined_with_an_issue_and_the_flow_goes_on(daemons,
     drift_runs = d.runs()
     d.wait(lambda: d.runs() >= drift_runs + 4, "more runs after the drift")
     d.stop()
-    issue = d.issues("quarantine")[0]
-    assert issue["state"] == "open" and issue["source"] == "metnet"
+    # (Inside a minute metnet's payload does not change, so the issue may already have
+    # resolved itself after 3 s of quiet; it reopens with the next minute's payload.)
+    issue = d.issues("quarantine")[-1]
+    assert issue["source"] == "metnet" and "quarantined from metnet" in issue["title"]
     messages = " ".join(r[0] for r in d.sql("select message from quarantine "
                                             "where source = 'metnet'"))
     assert "temperature" in messages
