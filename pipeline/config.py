@@ -210,12 +210,28 @@ class BreakerConfig(Strict):
     probes: Annotated[int, Field(ge=1, le=100)] = 2
 
 
+class ErrorRateConfig(Strict):
+    """A source whose fetches failed at or above ``threshold`` over the last ``window``
+    (counting only when at least ``min_requests`` were made) raises an ``error_rate`` issue;
+    it clears when, with as many requests in the window, the rate is below the threshold.
+    ``threshold: null`` turns the check off."""
+
+    window: Duration = 300.0
+    threshold: Annotated[float, Field(gt=0, le=1)] | None = 0.3
+    min_requests: Annotated[int, Field(ge=1)] = 5
+
+
 class RecoveryConfig(Strict):
     """merge: every healthy source each run, merged by resolve. failover: the best healthy
     source only, the next one by priority when it fails."""
 
     mode: Literal["merge", "failover"] = "merge"
     breaker: BreakerConfig = BreakerConfig()
+    # A source that answers but brings no record newer than this (default: the flow's
+    # freshness) is stale: a quality issue and a recovery action, the flow degraded.
+    stale: bool = True
+    stale_after: Duration | None = None
+    error_rate: ErrorRateConfig = ErrorRateConfig()
 
 
 class IssuesConfig(Strict):
@@ -304,6 +320,14 @@ class FeedConfig(Strict):
 
 class StoreConfig(Strict):
     url: str | None = None
+    # SQLite: how long a write waits for a lock held by another connection before the
+    # store counts as unavailable and fetched payloads go to the spool.
+    busy_timeout: Duration = 5.0
+    # Where payloads wait while the database is away (default: next to a SQLite file,
+    # else ./flowdeck-spool/<database>), how much per flow, and how often to retry.
+    spool_dir: str | None = None
+    spool_max: Size = 256 * 2**20
+    retry: Duration = 5.0
 
 
 class ConsoleConfig(Strict):

@@ -12,6 +12,7 @@ outcome, how long) and announced on the hub.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import time
 from typing import Any, Protocol
@@ -21,6 +22,9 @@ from flowdeck.pipeline.hub import Subscription
 from flowdeck.pipeline.ops import lineage
 
 ISSUE_STATES = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted", "reopen": "open"}
+# Who the action in progress is for: a remote operator named by the feed, else the control's.
+_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowdeck_actor",
+                                                                   default=None)
 
 
 class ControlError(Exception):
@@ -74,7 +78,19 @@ class LocalControl:
 
     # ------------------------------------------------------------ actions
 
-    async def act(self, name: str, **params: Any) -> dict:
+    @property
+    def current_actor(self) -> str:
+        return _ACTOR.get() or self.actor
+
+    async def act(self, name: str, *, actor: str | None = None, **params: Any) -> dict:
+        """Do an operator action; ``actor`` names who asked (default: this control's)."""
+        token = _ACTOR.set(actor)
+        try:
+            return await self._act(name, **params)
+        finally:
+            _ACTOR.reset(token)
+
+    async def _act(self, name: str, **params: Any) -> dict:
         fn = getattr(self, f"_act_{name}", None)
         if fn is None:
             raise ControlError(f"unknown action {name!r}")
@@ -98,10 +114,11 @@ class LocalControl:
     async def _record(self, action: str, flow: str | None, source: str | None, reason: str,
                       outcome: str, duration_ms: float, detail: dict) -> None:
         now = self.engine.clock.now_ms()
-        await self._db(self.store.add_action, ts_ms=now, action=action, actor=self.actor,
+        actor = self.current_actor
+        await self._db(self.store.add_action, ts_ms=now, action=action, actor=actor,
                        reason=reason, outcome=outcome, flow=flow, source=source,
                        duration_ms=round(duration_ms, 2), detail=detail or None)
-        self.engine.emit("action", flow, action=action, actor=self.actor, reason=reason,
+        self.engine.emit("action", flow, action=action, actor=actor, reason=reason,
                          outcome=outcome, source=source)
 
     async def _act_run_now(self, flow: str) -> dict:
@@ -171,11 +188,11 @@ class LocalControl:
         now = self.engine.clock.now_ms()
         until = now + int(seconds * 1000) if seconds else None
         row = await self._db(self.store.set_issue_state, int(issue_id), ISSUE_STATES[verb],
-                             self.actor, now, until)
+                             self.current_actor, now, until)
         if row is None:
             raise ControlError(f"no issue {issue_id}")
         self.engine.emit("issue_state", row["flow"], id=row["id"], state=row["state"],
-                         actor=self.actor, title=row["title"])
+                         actor=self.current_actor, title=row["title"])
         return {"message": f"issue {issue_id} {row['state']}", "issue": _jsonable(row)}
 
     async def _act_ack_issue(self, issue_id: int) -> dict:

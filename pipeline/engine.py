@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +34,7 @@ from flowdeck.pipeline.sources.base import Fetched, FetchError
 from flowdeck.pipeline.sources.file import FileSource
 from flowdeck.pipeline.sources.http import HttpSource
 from flowdeck.pipeline.sources.websocket import WebsocketSource
+from flowdeck.pipeline.spool import RawSpool
 from flowdeck.pipeline.stages.collect import Collector
 from flowdeck.pipeline.stages.detect import AnomalyDetector
 from flowdeck.pipeline.stages.enrich import Enricher
@@ -39,6 +43,7 @@ from flowdeck.pipeline.stages.resolve import Resolver
 from flowdeck.pipeline.stages.transform import Transformer
 from flowdeck.pipeline.stages.validate import Validator
 from flowdeck.storage.cache import Caches, CacheSettings
+from flowdeck.storage.db import UNAVAILABLE
 from flowdeck.storage.store import BatchWrite, IssueDraft, Store
 
 log = logging.getLogger("flowdeck.engine")
@@ -46,6 +51,12 @@ log = logging.getLogger("flowdeck.engine")
 
 # Issues whose condition can clear by itself (incidents close when a source answers).
 AUTO_RESOLVE_KINDS = ("conflict", "low_quality", "anomaly", "quarantine")
+MAX_DEFERRED = 10_000  # bookkeeping writes held while the store is away
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _iso(ms: int) -> str:
@@ -74,6 +85,19 @@ class SourceHealth:
     last_error_ms: int | None = None
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     unchanged: int = 0
+    outcomes: deque = field(default_factory=deque)  # (ms, ok) over the error-rate window
+    first_ok_ms: int | None = None  # first answer since the engine started
+    newest_ts_ms: int | None = None  # newest record timestamp this source brought
+    stale: bool = False  # answers, but nothing newer than stale_after
+    error_rate_high: bool = False  # failures over the window at or above the threshold
+
+    def window_error_rate(self, now_ms: int, window_s: float) -> tuple[float, int]:
+        """(failure share, requests) over the last ``window_s`` seconds."""
+        lo = now_ms - int(window_s * 1000)
+        while self.outcomes and self.outcomes[0][0] < lo:
+            self.outcomes.popleft()
+        n = len(self.outcomes)
+        return (sum(1 for _, ok in self.outcomes if not ok) / n if n else 0.0), n
 
     def as_dict(self) -> dict:
         lat = sorted(self.latencies_ms)
@@ -84,7 +108,9 @@ class SourceHealth:
                 "last_ok_ms": self.last_ok_ms, "last_error": self.last_error,
                 "last_error_ms": self.last_error_ms, "latency_p50_ms": p(0.5),
                 "latency_p95_ms": p(0.95), "unchanged": self.unchanged,
-                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0}
+                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0,
+                "newest_ts_ms": self.newest_ts_ms, "stale": self.stale,
+                "error_rate_high": self.error_rate_high}
 
 
 @dataclass
@@ -104,6 +130,7 @@ class RunSummary:
     issues_opened: int = 0
     conflicts: int = 0
     anomalies: int = 0
+    buffered: int = 0  # payloads spooled because the store was unavailable
     error: str | None = None
     changed_keys: set[str] = field(default_factory=set)  # keys with new values stored
 
@@ -115,6 +142,7 @@ class RunSummary:
                 "payloads": self.payloads, "quarantined": self.quarantined,
                 "issues_raised": self.issues_raised, "issues_opened": self.issues_opened,
                 "conflicts": self.conflicts, "anomalies": self.anomalies,
+                "buffered": self.buffered,
                 "stages": {k: v.as_dict() for k, v in self.stages.items()},
                 "sources": self.sources, "error": self.error}
 
@@ -154,6 +182,9 @@ class FlowRuntime:
         self.primary: str | None = None  # best source that answered in the last run
         self.active: list[str] = []  # sources that answered in the last run
         self.incident = False  # every source down: serving last-known-good, marked stale
+        self.store_down_since: int | None = None  # this flow met the store unavailable
+        self.resume_pending = False  # committed payloads left unprocessed by a store failure
+        self.spool_full_noted = False
 
     def stage_versions(self) -> dict[str, str]:
         return {st.name: st.version for st in (self.collector, self.validator, self.transformer,
@@ -168,7 +199,10 @@ class FlowRuntime:
                 or self.breakers[s].state != CLOSED]
         if self.incident or (enabled and len(down) == len(enabled)):
             return "failing"
-        if down or (self.last_run and self.last_run.status != "ok"):
+        if down or self.store_down_since is not None or (
+                self.last_run and self.last_run.status != "ok"):
+            return "degraded"
+        if any(self.health[s].stale or self.health[s].error_rate_high for s in enabled):
             return "degraded"
         return "healthy"
 
@@ -207,11 +241,180 @@ class Engine:
         self.started = False
         self._tasks: set[asyncio.Task] = set()
         self._cache_ticks: asyncio.Task | None = None
+        self.store_down_since: int | None = None  # the store is unavailable since then
+        self.store_error: str | None = None
+        self._deferred: deque = deque()  # bookkeeping writes waiting for the store, in order
+        self.deferred_dropped = 0
+        root = self._spool_root()
+        self.spools = {name: RawSpool(root / name if root else None, config.store.spool_max)
+                       for name in self.flows}
 
     # ------------------------------------------------------------ lifecycle
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def _spool_root(self) -> Path | None:
+        """store.spool_dir, else next to a SQLite file, else ./flowdeck-spool/<database>;
+        None (memory only) for an in-memory database."""
+        if self.config.store.spool_dir:
+            return Path(os.path.expanduser(self.config.store.spool_dir))
+        url = getattr(getattr(self.store, "engine", None), "url", None)
+        if url is None:
+            return None
+        if url.get_backend_name() == "sqlite":
+            db = url.database
+            if not db or db == ":memory:" or db.startswith("file:"):
+                return None
+            return Path(db + ".spool")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{url.host or 'local'}-{url.port or ''}-"
+                                                f"{url.database or ''}")
+        return Path("flowdeck-spool") / name
+
+    # ------------------------------------------------------------ store availability
+
+    def _store_failed(self, exc: BaseException) -> None:
+        self.store_error = _short(exc)
+        if self.store_down_since is None:
+            self.store_down_since = self.clock.now_ms()
+            log.warning("store unavailable: %s", self.store_error)
+            self.emit("log", None, message=f"store unavailable ({self.store_error}): raw "
+                                           "payloads are buffered until it answers")
+
+    async def _write(self, fn, *args, **kw):
+        """A bookkeeping write (actions, issues, source state, runs): while the store is
+        away it is held, in order, and written when the store answers again."""
+        call = functools.partial(fn, *args, **kw)
+        if self.store_down_since is None:
+            try:
+                return await self._db(call)
+            except UNAVAILABLE as exc:
+                self._store_failed(exc)
+        if len(self._deferred) >= MAX_DEFERRED:
+            self._deferred.popleft()
+            self.deferred_dropped += 1
+        self._deferred.append(call)
+        return None
+
+    async def _try(self, default, fn, *args, **kw):
+        """A store call that can be skipped while the store is away."""
+        if self.store_down_since is not None:
+            return default
+        try:
+            return await self._db(functools.partial(fn, *args, **kw))
+        except UNAVAILABLE as exc:
+            self._store_failed(exc)
+            return default
+
+    async def _flush_deferred(self) -> bool:
+        while self._deferred:
+            try:
+                await self._db(self._deferred[0])
+            except UNAVAILABLE as exc:
+                self._store_failed(exc)
+                return False
+            self._deferred.popleft()
+        return True
+
+    def _late_run(self, flow: str, trigger: str, started_ms: int, status: str, stats: dict,
+                  finished_ms: int, error: str | None) -> None:
+        """Record a run that happened while the store was away."""
+        self.store.finish_run(self.store.start_run(flow, trigger, started_ms), status, stats,
+                              finished_ms, error)
+
+    async def _drain_spool(self, rt: FlowRuntime) -> int:
+        """Commit the flow's spooled payloads to the raw store, oldest first."""
+        spool = self.spools[rt.name]
+        if not len(spool):
+            return 0
+        n = 0
+        for e in await self._db(spool.entries):
+            try:
+                await self._db(functools.partial(
+                    self.store.insert_raw, rt.name, e.source, e.body, e.fetched_ms,
+                    content_type=e.content_type, status_code=e.status_code,
+                    truncated=e.truncated))
+            except UNAVAILABLE as exc:
+                self._store_failed(exc)
+                break
+            await self._db(spool.remove, e)
+            n += 1
+        return n
+
+    async def _buffer(self, rt: FlowRuntime, source: str, f: Fetched, summary: RunSummary,
+                      fetched_ms: int) -> None:
+        spool = self.spools[rt.name]
+        kept = await self._db(functools.partial(
+            spool.add, source, f.body, fetched_ms, content_type=f.content_type,
+            status_code=f.status, truncated=f.truncated))
+        if kept:
+            summary.buffered += 1
+            return
+        if not rt.spool_full_noted:
+            rt.spool_full_noted = True
+            await self.auto_action(rt.name, "spool_full", source=source, outcome="failed",
+                                   reason=f"the raw spool is full ({spool.bytes} bytes, "
+                                          "store.spool_max): new payloads are dropped until "
+                                          "the store answers")
+
+    async def _note_outage(self, rt: FlowRuntime, summary: RunSummary) -> None:
+        if rt.store_down_since is None:
+            rt.store_down_since = self.store_down_since or self.clock.now_ms()
+            where = self.spools[rt.name].folder or "memory"
+            await self.auto_action(
+                rt.name, "store_unavailable", outcome="failed",
+                reason=f"database unavailable ({self.store_error}): fetched payloads are "
+                       f"buffered in {where}, retried every {self.config.store.retry:g}s")
+            self.emit("issue", rt.name, kind="store_unavailable", severity="error",
+                      title=f"database unavailable: {self.store_error}", key=None, source=None)
+            self.emit("flow_state", rt.name, state=rt.state())
+        if summary.status == "ok":
+            summary.status = "partial"
+        spooled = len(self.spools[rt.name])
+        summary.error = (f"store unavailable ({self.store_error}): {spooled} payload(s) "
+                         "buffered") + (f"; {summary.error}" if summary.error else "")
+
+    async def _outage_over(self, rt: FlowRuntime, committed: int) -> None:
+        """The store answers again and the flow's buffer is committed: say so, and record
+        the outage as an issue that is already closed."""
+        down, rt.store_down_since = rt.store_down_since, None
+        rt.spool_full_noted = False
+        now = self.clock.now_ms()
+        fp = f"store_unavailable:{rt.name}"
+        dropped = self.spools[rt.name].dropped
+        res = await self._write(self.store.raise_issues, [IssueDraft(
+            flow=rt.name, kind="store_unavailable", severity="error",
+            title=f"the database was unavailable for {(now - down) / 1000:.0f}s "
+                  f"({self.store_error}); {committed} buffered payload(s) committed",
+            fingerprint=fp, detail={"since_ms": down, "until_ms": now, "committed": committed,
+                                    "dropped": dropped})], down)
+        for issue in (res[0] if res else []):
+            if self.alerter is not None:
+                self.alerter.notify(issue)
+        await self._write(self.store.resolve_by_fingerprint, rt.name, fp, "auto", now)
+        await self.auto_action(rt.name, "store_recovered", outcome="ok",
+                               duration_ms=float(now - down),
+                               reason=f"database answers again after {(now - down) / 1000:.0f}s:"
+                                      f" {committed} buffered payload(s) committed"
+                                      + (f", {dropped} dropped (spool full)" if dropped else ""))
+        self.emit("flow_state", rt.name, state=rt.state())
+
+    async def _retry_store(self) -> None:
+        """The retry timer: commit buffered payloads even when no run is due."""
+        for rt in self.flows.values():
+            if rt.lock.locked():
+                continue
+            if len(self.spools[rt.name]) or rt.store_down_since is not None or rt.resume_pending:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._tasks.add(task)
+                try:
+                    await self.run_flow(rt.name, "spool", fetch=False)
+                except Exception:
+                    log.exception("spool retry of %s failed", rt.name)
+                finally:
+                    if task is not None:
+                        self._tasks.discard(task)
 
     async def start(self, *, schedule: bool = True, resume: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -278,6 +481,9 @@ class Engine:
                                    max_instances=1, coalesce=True,
                                    misfire_grace_time=max(1, int(sch.every or 60)),
                                    next_run_time=self.clock.utcnow())
+        self.scheduler.add_job(self._retry_store, IntervalTrigger(seconds=self.config.store.retry),
+                               id="flowdeck:store-retry", name="store retry", max_instances=1,
+                               coalesce=True)
         self.scheduler.start()
 
     async def _scheduled(self, name: str) -> None:
@@ -362,27 +568,43 @@ class Engine:
 
     # ------------------------------------------------------------ runs
 
-    async def run_flow(self, name: str, trigger: str = "manual") -> RunSummary:
+    async def run_flow(self, name: str, trigger: str = "manual", *,
+                       fetch: bool = True) -> RunSummary:
+        """One run. ``fetch=False`` only commits and processes what the store could not
+        take before (the spool retry)."""
         rt = self.flows[name]
         async with rt.lock:
             rt.running = True
             try:
-                return await self._run(rt, trigger)
+                return await self._run(rt, trigger, fetch)
             finally:
                 rt.running = False
 
     async def run_all_once(self) -> list[RunSummary]:
         return list(await asyncio.gather(*(self.run_flow(n, "once") for n in self.flows)))
 
-    async def _run(self, rt: FlowRuntime, trigger: str) -> RunSummary:
+    async def _run(self, rt: FlowRuntime, trigger: str, fetch: bool = True) -> RunSummary:
         started = self.clock.now_ms()
-        run_id = await self._db(self.store.start_run, rt.name, trigger, started)
+        try:  # the first write of a run: while the store is away, this is the probe
+            run_id = await self._db(self.store.start_run, rt.name, trigger, started)
+        except UNAVAILABLE as exc:
+            self._store_failed(exc)
+            run_id = None
         summary = RunSummary(rt.name, run_id, trigger, started)
         self.emit("run_started", rt.name, run_id=run_id, trigger=trigger)
         try:
+            backlog = False
+            if run_id is not None:  # the store answers: held writes first, then the spool
+                self.store_down_since = None
+                if await self._flush_deferred():
+                    committed = await self._drain_spool(rt)
+                    if self.store_down_since is None and rt.store_down_since is not None:
+                        await self._outage_over(rt, committed)
+                    backlog = committed > 0 or rt.resume_pending
             enabled = [s for s in rt.cfg.sources if s.enabled]
-            results = await self._fetch_sources(rt, summary)
+            results = await self._fetch_sources(rt, summary) if fetch else {}
             payloads: list[Payload] = []
+            spool = self.spools[rt.name]
             for src_name, fetched in results.items():
                 src = rt.cfg.sources[[s.name for s in rt.cfg.sources].index(src_name)]
                 info = summary.sources.setdefault(src.name, {"payloads": 0})
@@ -390,38 +612,72 @@ class Engine:
                     info["error"] = fetched.message
                     continue
                 for f in fetched:
-                    raw_id, new = await self._db(functools.partial(
-                        self.store.insert_raw, rt.name, src.name, f.body, self.clock.now_ms(),
-                        content_type=f.content_type, status_code=f.status,
-                        truncated=f.truncated, run_id=run_id))
-                    if not new and await self._db(self.store.raw_processed, raw_id):
+                    fetched_ms = self.clock.now_ms()
+                    if self.store_down_since is not None or len(spool):  # keep the order
+                        await self._buffer(rt, src.name, f, summary, fetched_ms)
+                        continue
+                    try:
+                        raw_id, new = await self._db(functools.partial(
+                            self.store.insert_raw, rt.name, src.name, f.body, fetched_ms,
+                            content_type=f.content_type, status_code=f.status,
+                            truncated=f.truncated, run_id=run_id))
+                    except UNAVAILABLE as exc:
+                        self._store_failed(exc)
+                        await self._buffer(rt, src.name, f, summary, fetched_ms)
+                        continue
+                    if not new and await self._try(False, self.store.raw_processed, raw_id):
                         rt.health[src.name].unchanged += 1
                         info["unchanged"] = info.get("unchanged", 0) + 1
                         continue
                     info["payloads"] += 1
                     payloads.append(Payload(raw_id, src.name, f.body, f.content_type,
-                                            self.clock.now_ms(), f.truncated))
-            await self._db(self._process, rt, payloads, summary, False)
-            await self._after_write(rt, summary)
+                                            fetched_ms, f.truncated))
+            if backlog and self.store_down_since is None:
+                # Everything committed and not yet processed, in order: what the spool just
+                # committed, what a store failure left half done, and this run's payloads.
+                rows = await self._try(None, self.store.pending_raw, rt.name)
+                if rows is not None:
+                    rt.resume_pending = False
+                    payloads = self._payloads(rt, rows)
+            if payloads and self.store_down_since is None:
+                try:
+                    await self._db(self._process, rt, payloads, summary, False)
+                    await self._after_write(rt, summary)
+                except UNAVAILABLE as exc:
+                    self._store_failed(exc)
+            if payloads and self.store_down_since is not None:
+                rt.resume_pending = True  # committed, not processed: the next good run does
             errors = [s for s, i in summary.sources.items() if "error" in i]
             answered = [s for s in results if not isinstance(results[s], FetchError)]
-            if enabled and not answered:
+            if fetch and enabled and not answered:
                 summary.status = "failed"
                 summary.error = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
                                           for s, i in summary.sources.items())
             elif errors:
                 summary.status = "partial"
-            await self._after_run(rt, answered, summary)
+            if self.store_down_since is not None:
+                await self._note_outage(rt, summary)
+            if fetch:
+                await self._after_run(rt, answered, summary)
         except Exception as exc:
             log.exception("run %s of %s failed", run_id, rt.name)
             summary.status = "failed"
             summary.error = f"{type(exc).__name__}: {exc}"
         summary.finished_ms = self.clock.now_ms()
-        await self._db(self.store.finish_run, run_id, summary.status, summary.as_dict(),
-                       summary.finished_ms, summary.error)
+        if run_id is not None:
+            await self._write(self.store.finish_run, run_id, summary.status, summary.as_dict(),
+                              summary.finished_ms, summary.error)
+        else:
+            await self._write(self._late_run, rt.name, trigger, started, summary.status,
+                              summary.as_dict(), summary.finished_ms, summary.error)
         self._account(rt, summary)
         self.emit("run_finished", rt.name, **summary.as_dict())
         return summary
+
+    def _payloads(self, rt: FlowRuntime, rows: list[dict]) -> list[Payload]:
+        known = {s.name for s in rt.cfg.sources}
+        return [Payload(r["id"], r["source"], r["body"], r["content_type"], r["fetched_ms"],
+                        r["truncated"]) for r in rows if r["source"] in known]
 
     # ------------------------------------------------------------ caches
 
@@ -509,8 +765,8 @@ class Engine:
                                    reason=f"{b.settings.probes} probes in a row answered: "
                                           f"{source} is back")
         if b.state != before or change:
-            await self._db(self.store.save_source_state, rt.name, source,
-                           {"breaker": b.as_dict()}, now)
+            await self._write(self.store.save_source_state, rt.name, source,
+                              {"breaker": b.as_dict()}, now)
             self.emit("breaker", rt.name, source=source, state=b.state, before=before)
 
     async def _after_run(self, rt: FlowRuntime, answered: list[str], summary: RunSummary) -> None:
@@ -529,11 +785,12 @@ class Engine:
         if primary:
             rt.primary = primary
         rt.active = sorted(answered, key=lambda s: prio[s])
+        await self._source_conditions(rt, answered)
         quiet = rt.cfg.issues.auto_resolve
         if answered and quiet is not None:
             now = self.clock.now_ms()
-            cleared = await self._db(self.store.auto_resolve, rt.name, AUTO_RESOLVE_KINDS,
-                                     now - int(quiet * 1000), now)
+            cleared = await self._try([], self.store.auto_resolve, rt.name, AUTO_RESOLVE_KINDS,
+                                      now - int(quiet * 1000), now)
             for row in cleared:
                 self.emit("issue_state", rt.name, id=row["id"], state="resolved", actor="auto",
                           title=row["title"])
@@ -548,33 +805,102 @@ class Engine:
             rt.incident = True
             why = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
                             for s, i in summary.sources.items())
-            opened, _ = await self._db(self.store.raise_issues, [IssueDraft(
+            res = await self._write(self.store.raise_issues, [IssueDraft(
                 flow=rt.name, kind="incident", severity="critical",
                 title=f"every source of {rt.name} is down: serving last-known-good values "
                       "marked stale",
                 fingerprint=f"incident:{rt.name}", detail={"sources": summary.sources})], now)
-            for issue in opened:
+            for issue in (res[0] if res else []):
                 self.alerter.notify(issue)
             await self.auto_action(rt.name, "incident", outcome="ok",
                                    reason=f"all sources down ({why}); serving stale data")
             self.emit("flow_state", rt.name, state="failing", stale=True)
         elif answered and rt.incident:
             rt.incident = False
-            await self._db(self.store.resolve_by_fingerprint, rt.name, f"incident:{rt.name}",
-                           "auto", now)
+            await self._write(self.store.resolve_by_fingerprint, rt.name,
+                              f"incident:{rt.name}", "auto", now)
             await self.auto_action(rt.name, "recovered", source=primary, outcome="ok",
                                    reason=f"{', '.join(answered)} answering again; "
                                           "incident resolved")
             self.emit("flow_state", rt.name, state=rt.state(), stale=False)
 
+    async def _source_conditions(self, rt: FlowRuntime, answered: list[str]) -> None:
+        """Failures the breaker does not see: a source that answers with nothing new for
+        longer than the freshness target (stale), and a high error rate over a window."""
+        rec = rt.cfg.recovery
+        now = self.clock.now_ms()
+        stale_after = rec.stale_after if rec.stale_after is not None else rt.cfg.freshness
+        for src in rt.cfg.sources:
+            s, h = src.name, rt.health[src.name]
+            if not src.enabled:
+                continue
+            newest = max(rt.collector.sources[s].last_ts.values(), default=None)
+            if newest is not None:
+                h.newest_ts_ms = newest
+            if rec.stale and s in answered:
+                base = h.newest_ts_ms if h.newest_ts_ms is not None else h.first_ok_ms
+                age_s = (now - base) / 1000 if base is not None else 0.0
+                if age_s > stale_after and not h.stale:
+                    h.stale = True
+                    what = (f"its newest record is {age_s:.0f}s old" if h.newest_ts_ms
+                            is not None else f"it brought no record in {age_s:.0f}s")
+                    await self._condition(
+                        rt, s, "stale_source", "stale", True, "warning",
+                        f"{s} answers but {what} (freshness target {stale_after:g}s)",
+                        {"newest_ts_ms": h.newest_ts_ms, "stale_after_s": stale_after})
+                elif age_s <= stale_after and h.stale:
+                    h.stale = False
+                    await self._condition(rt, s, "stale_source", "fresh", False, "warning",
+                                          f"{s} brings new records again")
+            er = rec.error_rate
+            if er.threshold is None:
+                continue
+            rate, n = h.window_error_rate(now, er.window)
+            if n < er.min_requests:
+                continue
+            if rate >= er.threshold and not h.error_rate_high:
+                h.error_rate_high = True
+                await self._condition(
+                    rt, s, "error_rate", "error_rate", True,
+                    "error" if rate >= 0.8 else "warning",
+                    f"{s}: {rate:.0%} of {n} requests failed over the last {er.window:g}s "
+                    f"(threshold {er.threshold:.0%})",
+                    {"rate": round(rate, 3), "requests": n, "window_s": er.window})
+            elif rate < er.threshold and h.error_rate_high:
+                h.error_rate_high = False
+                await self._condition(rt, s, "error_rate", "error_rate_ok", False, "warning",
+                                      f"{s}: error rate back to {rate:.0%} of {n} requests")
+
+    async def _condition(self, rt: FlowRuntime, source: str, kind: str, action: str,
+                         raised: bool, severity: str, reason: str,
+                         detail: dict | None = None) -> None:
+        """Open (or close) a per-source issue and record the recovery action saying so."""
+        fingerprint = f"{kind}:{rt.name}:{source}"
+        now = self.clock.now_ms()
+        if raised:
+            res = await self._write(self.store.raise_issues, [IssueDraft(
+                flow=rt.name, kind=kind, severity=severity, title=reason,
+                fingerprint=fingerprint, source=source, detail=detail or {})], now)
+            for issue in (res[0] if res else []):
+                if self.alerter is not None:
+                    self.alerter.notify(issue)
+            self.emit("issue", rt.name, kind=kind, severity=severity, title=reason, key=None,
+                      source=source)
+        else:
+            await self._write(self.store.resolve_by_fingerprint, rt.name, fingerprint, "auto",
+                              now)
+        await self.auto_action(rt.name, action, source=source, outcome="ok", reason=reason)
+        self.emit("flow_state", rt.name, state=rt.state())
+
     async def auto_action(self, flow: str, action: str, *, reason: str, outcome: str = "ok",
                           source: str | None = None, actor: str = "auto",
                           duration_ms: float | None = None, detail: dict | None = None) -> None:
-        """Record a recovery action (automatic or operator) and announce it."""
-        await self._db(functools.partial(
+        """Record a recovery action (automatic or operator) and announce it. While the store
+        is away the row is held and written, with its own time, when it answers."""
+        await self._write(
             self.store.add_action, ts_ms=self.clock.now_ms(), action=action, actor=actor,
             reason=reason, outcome=outcome, flow=flow, source=source, duration_ms=duration_ms,
-            detail=detail))
+            detail=detail)
         self.emit("action", flow, action=action, actor=actor, reason=reason, outcome=outcome,
                   source=source)
 
@@ -592,8 +918,13 @@ class Engine:
         for (_flow, source), st in self.store.source_states(rt.name).items():
             if source in rt.breakers and "breaker" in st:
                 rt.breakers[source] = Breaker.from_dict(st["breaker"], rt.breaker_settings)
-        rt.incident = any(i["kind"] == "incident" for i in
-                          self.store.issues(flow=rt.name, state=("open", "acknowledged")))
+        open_issues = self.store.issues(flow=rt.name, state=("open", "acknowledged"))
+        rt.incident = any(i["kind"] == "incident" for i in open_issues)
+        for i in open_issues:  # conditions still open from before a restart close when clear
+            if i["source"] in rt.health and i["kind"] == "stale_source":
+                rt.health[i["source"]].stale = True
+            elif i["source"] in rt.health and i["kind"] == "error_rate":
+                rt.health[i["source"]].error_rate_high = True
 
     def _account(self, rt: FlowRuntime, summary: RunSummary) -> None:
         rt.runs += 1
@@ -617,6 +948,7 @@ class Engine:
             h.consecutive_failures += 1
             h.last_error = exc.message
             h.last_error_ms = self.clock.now_ms()
+            h.outcomes.append((h.last_error_ms, False))
             self.emit("fetch", rt.name, source=source, ok=False, error=exc.message,
                       kind=exc.kind)
             return exc
@@ -624,6 +956,9 @@ class Engine:
         h.latencies_ms.append(ms)
         h.consecutive_failures = 0
         h.last_ok_ms = self.clock.now_ms()
+        h.outcomes.append((h.last_ok_ms, True))
+        if h.first_ok_ms is None:
+            h.first_ok_ms = h.last_ok_ms
         self.emit("fetch", rt.name, source=source, ok=True, latency_ms=round(ms, 2),
                   payloads=len(out), bytes=sum(len(f.body) for f in out))
         return out
@@ -786,6 +1121,7 @@ class Engine:
         """Process raw payloads that were committed but never processed (after a crash)."""
         out = []
         for rt in self.flows.values():
+            await self._drain_spool(rt)  # payloads buffered before a crash or a stop
             rows = await self._db(self.store.pending_raw, rt.name)
             if rows:
                 out.append(await self._reprocess(rt, rows, "resume", replay=False))
@@ -805,14 +1141,11 @@ class Engine:
 
     async def _reprocess(self, rt: FlowRuntime, rows: list[dict], trigger: str,
                          replay: bool) -> RunSummary:
-        known = {s.name for s in rt.cfg.sources}
         async with rt.lock:
             started = self.clock.now_ms()
             run_id = await self._db(self.store.start_run, rt.name, trigger, started)
             summary = RunSummary(rt.name, run_id, trigger, started)
-            payloads = [Payload(r["id"], r["source"], r["body"], r["content_type"],
-                                r["fetched_ms"], r["truncated"]) for r in rows
-                        if r["source"] in known]
+            payloads = self._payloads(rt, rows)
             try:
                 await self._db(self._process, rt, payloads, summary, replay)
                 await self._after_write(rt, summary)
@@ -841,6 +1174,11 @@ class Engine:
                 "throughput": list(rt.throughput),
                 "mode": rt.cfg.recovery.mode, "incident": rt.incident, "stale": rt.incident,
                 "primary": rt.primary, "pinned": rt.pinned, "active": rt.active,
+                "store": {"available": self.store_down_since is None,
+                          "down_since_ms": rt.store_down_since,
+                          "buffered": len(self.spools[name]),
+                          "buffered_bytes": self.spools[name].bytes,
+                          "dropped": self.spools[name].dropped},
                 "sources": {s.name: {"kind": s.kind, "priority": s.priority,
                                      "enabled": s.enabled, **rt.health[s.name].as_dict(),
                                      "breaker": rt.breakers[s.name].as_dict()}

@@ -61,6 +61,7 @@ from flowdeck.pipeline.feed_protocol import (
     channel_kind,
     envelope,
     merge_records,
+    remote_actor,
     route,
     slim_event,
 )
@@ -820,8 +821,9 @@ class FeedServer:
                 name, params = msg.get("name"), msg.get("params") or {}
                 if not isinstance(name, str) or not isinstance(params, dict):
                     raise ProtocolError("bad_request", f"{t} needs a name and params object")
+                actor = remote_actor(msg.get("actor")) if t == "action" else None
                 viewer.in_flight += 1
-                self._spawn(self._request(viewer, t, name, params, rid))
+                self._spawn(self._request(viewer, t, name, params, rid, actor))
             else:
                 raise ProtocolError(
                     "unknown_type",
@@ -830,11 +832,13 @@ class FeedServer:
         except ProtocolError as exc:
             viewer.reply("error", {"id": rid, "code": exc.code, "message": str(exc)})
 
-    async def _request(self, viewer: Viewer, kind: str, name: str, params: dict, rid: Any) -> None:
+    async def _request(self, viewer: Viewer, kind: str, name: str, params: dict, rid: Any,
+                       actor: str | None = None) -> None:
         """An action or query, answered with a ``result`` (or an ``error``) carrying ``id``."""
         try:
             if kind == "action":
-                result = await self.control.act(name, **params)
+                result = await self.control.act(name, **({"actor": actor} if actor else {}),
+                                                **params)
             elif name == "snapshot":
                 result = await self.snapshot()
             else:

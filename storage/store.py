@@ -72,9 +72,9 @@ class Store:
     """One database, SQLite or PostgreSQL, through the same code."""
 
     def __init__(self, url: str, *, engine: Engine | None = None, create_if_empty: bool = True,
-                 check: bool = True) -> None:
+                 check: bool = True, busy_timeout: float = 30.0) -> None:
         self.url = url
-        self.engine = engine or make_engine(url)
+        self.engine = engine or make_engine(url, busy_timeout)
         self.dialect = self.engine.dialect.name
         if check:
             check_schema(self.engine, create_if_empty=create_if_empty)
