@@ -12,6 +12,7 @@ outcome, how long) and announced on the hub.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import time
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.hub import Subscription
 from flowdeck.pipeline.ops import lineage
+from flowdeck.storage.db import UNAVAILABLE
 
 ISSUE_STATES = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted", "reopen": "open"}
 # Who the action in progress is for: a remote operator named by the feed, else the control's.
@@ -46,9 +48,43 @@ class LocalControl:
         self.store = engine.store
         self.actor = actor
         self.description = "local"
+        self._last: dict[str, Any] = {}  # the last snapshot parts read from the store
+        self._store_error: str | None = None
 
     async def _db(self, fn, *args, **kw):
+        """A write, on the engine's worker thread (the one writer)."""
         return await self.engine._db(functools.partial(fn, *args, **kw))
+
+    async def _read(self, fn, *args, **kw):
+        """A read, on the engine's reader threads: it never waits behind a batch."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.engine.reader, functools.partial(fn, *args, **kw))
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self._store_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+    async def _kept(self, part: str, fn, *args, **kw):
+        """A snapshot part read from the store; while the store is unavailable, the last
+        one read (the console keeps its picture, marked as not current)."""
+        try:
+            value = await self._read(fn, *args, **kw)
+        except UNAVAILABLE as exc:
+            self._unavailable(exc)
+            return self._last.get(part, [])
+        self._last[part] = value
+        return value
+
+    async def _kept_latest(self, flows) -> dict[str, list]:
+        """Every flow's latest values through the caches, the last ones when unavailable."""
+        last = self._last.setdefault("latest", {})
+        out = {}
+        for name in flows:
+            try:
+                out[name] = last[name] = await self.engine.caches.latest(name)
+            except UNAVAILABLE as exc:
+                self._unavailable(exc)
+                out[name] = last.get(name, [])
+        return out
 
     # ------------------------------------------------------------ state
 
@@ -64,12 +100,15 @@ class LocalControl:
             f["key_field"] = fc.key
             f["schedule"] = (f"every {fc.schedule.every:g}s" if fc.schedule.every is not None
                              else f"cron {fc.schedule.cron}")
-        snap["issues"] = await self._db(self.store.issues,
-                                        state=("open", "acknowledged", "muted"), limit=300)
-        snap["actions"] = await self._db(self.store.actions, limit=200)
-        snap["quarantine"] = await self._db(self.store.quarantined, None, "open", 300)
-        snap["latest"] = {name: await self.engine.caches.latest(name) for name in cfg.flows}
-        snap["runs"] = await self._db(self.store.recent_runs, None, 200)
+        self._store_error = None
+        snap["issues"] = await self._kept("issues", self.store.issues,
+                                          state=("open", "acknowledged", "muted"), limit=300)
+        snap["actions"] = await self._kept("actions", self.store.actions, limit=200)
+        snap["quarantine"] = await self._kept("quarantine", self.store.quarantined, None,
+                                              "open", 300)
+        snap["latest"] = await self._kept_latest(cfg.flows)
+        snap["runs"] = await self._kept("runs", self.store.recent_runs, None, 200)
+        snap["store_error"] = self._store_error  # None: every part above is current
         snap["connection"] = self.description
         return _jsonable(snap)
 
@@ -209,24 +248,24 @@ class LocalControl:
     async def query(self, name: str, **params: Any) -> Any:
         s = self.store
         if name == "issues":
-            return _jsonable(await self._db(s.issues, flow=params.get("flow"),
+            return _jsonable(await self._read(s.issues, flow=params.get("flow"),
                                             state=params.get("state"),
                                             limit=params.get("limit", 500)))
         if name == "issue":
-            row = await self._db(s.get_issue, int(params["issue_id"]))
+            row = await self._read(s.get_issue, int(params["issue_id"]))
             if row is None:
                 raise ControlError(f"no issue {params['issue_id']}")
             records = []
             for key, ts in row["record_ids"][-50:]:
-                records.extend(await self._db(self._record_at, row["flow"], key, ts))
-            raws = [await self._db(self._raw_summary, i) for i in row["raw_ids"][-20:]]
+                records.extend(await self._read(self._record_at, row["flow"], key, ts))
+            raws = [await self._read(self._raw_summary, i) for i in row["raw_ids"][-20:]]
             return _jsonable({"issue": row, "records": records, "raw": [r for r in raws if r]})
         if name == "quarantine":
-            return _jsonable(await self._db(s.quarantined, params.get("flow"),
+            return _jsonable(await self._read(s.quarantined, params.get("flow"),
                                             params.get("state", "open"),
                                             params.get("limit", 500)))
         if name == "actions":
-            return _jsonable(await self._db(s.actions, flow=params.get("flow"),
+            return _jsonable(await self._read(s.actions, flow=params.get("flow"),
                                             limit=params.get("limit", 200)))
         if name == "latest":
             return await self.engine.caches.latest(params["flow"], params.get("key"))
@@ -238,16 +277,16 @@ class LocalControl:
             return self.engine.caches.snapshot()
         if name == "lineage":
             try:
-                return _jsonable(await self._db(lineage, s, self.engine.config,
+                return _jsonable(await self._read(lineage, s, self.engine.config,
                                                 int(params["record_id"])))
             except LookupError as exc:
                 raise ControlError(str(exc)) from None
         if name == "record":
-            rows = await self._db(self._record_at, params["flow"], params["key"],
+            rows = await self._read(self._record_at, params["flow"], params["key"],
                                   int(params["ts_ms"]))
             return _jsonable(rows[0]) if rows else None
         if name == "raw":
-            row = await self._db(self._raw_summary, int(params["raw_id"]), full=True)
+            row = await self._read(self._raw_summary, int(params["raw_id"]), full=True)
             if row is None:
                 raise ControlError(f"no raw payload {params['raw_id']}")
             return row

@@ -213,3 +213,30 @@ async def test_the_retry_timer_commits_the_buffer_without_waiting_for_a_run(tmp_
     finally:
         await engine.stop()
         store.close()
+
+
+@pytest.mark.postgres
+async def test_the_snapshot_keeps_its_last_picture_while_the_store_is_away(pg_url, clock,
+                                                                         tmp_path):
+    from flowdeck.pipeline.control import LocalControl
+
+    store = Store(pg_url)
+    engine = Engine(fast_config(), store, clock=clock)
+    engine.spools["weather"].folder = tmp_path / "spool"
+    await engine.start(schedule=False)
+    control = LocalControl(engine)
+    try:
+        await engine.run_flow("weather")
+        before = await control.snapshot()
+        assert before["store_error"] is None and before["latest"]["weather"]
+        await engine.caches.purge(layer="l1")  # so the next read has to reach the database
+        with postgres_unavailable(pg_url):
+            during = await control.snapshot()
+        assert "OperationalError" in during["store_error"]
+        assert during["latest"]["weather"] == before["latest"]["weather"]
+        assert during["runs"] == before["runs"] and during["issues"] == before["issues"]
+        after = await control.snapshot()
+        assert after["store_error"] is None
+    finally:
+        await engine.stop()
+        store.close()
