@@ -648,8 +648,7 @@ class Engine:
                 v = r.data.get(m)
                 if isinstance(v, int | float) and not isinstance(v, bool) and v == v \
                         and abs(v) != float("inf"):
-                    write.series.append({"flow": rt.name, "key": r.key, "metric": m,
-                                         "ts_ms": r.ts, "value": float(v)})
+                    write.series.append((rt.name, r.key, m, r.ts, float(v)))
         if replay:
             keep = {(q.raw_id, q.item) for q in quarantine}
             replayed_raw = {p.raw_id for p in payloads}

@@ -9,6 +9,7 @@ from flowdeck.console.cli import main as cli_main
 from flowdeck.storage import schema as s
 from flowdeck.storage.db import (
     StoreError,
+    alembic_config,
     check_schema,
     current_revision,
     head_revision,
@@ -123,6 +124,39 @@ def test_db_upgrade_command_prints_the_revision_change(db_url, capsys):
         engine.dispose()
     st = Store(db_url, create_if_empty=False)  # the upgraded database is usable as is
     st.close()
+
+
+def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
+    """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
+    from alembic import command
+
+    engine = make_engine(db_url)
+    try:
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        with engine.begin() as conn:
+            conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
+                                             point("EURUSD", T + 20_000, 3.0)])
+            conn.execute(s.series_1m.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+                                                 "bucket_ms": T, "n": 2, "sum": 4.0,
+                                                 "min": 1.0, "max": 3.0}])
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="run: flowdeck db upgrade"):
+        Store(db_url)
+    assert cli_main(["db", "upgrade", "--db", db_url]) == 0
+    assert capsys.readouterr().out.strip() == f"schema 0001 -> {head_revision()}"
+    st = Store(db_url, create_if_empty=False)
+    try:
+        assert st.history("fx", "EURUSD", "rate") == [(T + 10_000, 1.0), (T + 20_000, 3.0)]
+        assert st.history("fx", "EURUSD", "rate", step_ms=MIN) == [(T, 2.0)]
+        st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 30_000, 5.0)]), T)
+        assert rollup(st, s.series_1m) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
+        assert rollup(st, s.series_1h) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
+    finally:
+        st.close()
 
 
 def test_db_upgrade_with_a_bad_url_is_one_line(capsys):
