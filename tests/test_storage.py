@@ -139,9 +139,10 @@ def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
         with engine.begin() as conn:
             conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
                                              point("EURUSD", T + 20_000, 3.0)])
-            conn.execute(s.series_1m.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
-                                                 "bucket_ms": T, "n": 2, "sum": 4.0,
-                                                 "min": 1.0, "max": 3.0}])
+            for table in (s.series_1m, s.series_1h):
+                conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+                                               "bucket_ms": T, "n": 2, "sum": 4.0,
+                                               "min": 1.0, "max": 3.0}])
     finally:
         engine.dispose()
     with pytest.raises(StoreError, match="run: flowdeck db upgrade"):
