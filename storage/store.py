@@ -133,6 +133,7 @@ class Store:
         if check:
             check_schema(self.engine, create_if_empty=create_if_empty)
         self._sql = _hot_sql(self.dialect)
+        self._upserts: dict[tuple, Any] = {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -146,11 +147,16 @@ class Store:
                 update_cols: Sequence[str]) -> None:
         if not rows:
             return
-        stmt = self._insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={c: getattr(stmt.excluded, c) for c in update_cols},
-        )
+        # Built once per shape: constructing an ON CONFLICT statement costs more than
+        # running it for a few rows (every batch upserts raw_status this way).
+        ck = (table.name, tuple(keys), tuple(update_cols))
+        stmt = self._upserts.get(ck)
+        if stmt is None:
+            stmt = self._insert(table)
+            stmt = self._upserts[ck] = stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={c: getattr(stmt.excluded, c) for c in update_cols},
+            )
         conn.execute(stmt, rows)
 
     def ping(self) -> bool:
@@ -271,13 +277,14 @@ class Store:
             return {}
         lo = min(t for _, t in wanted)
         hi = max(t for _, t in wanted)
-        q = select(s.records.c.key, s.records.c.ts_ms, s.records.c.contributions).where(
-            s.records.c.flow == flow, s.records.c.ts_ms >= lo, s.records.c.ts_ms <= hi)
         out = {}
+        # Driver SQL so that only the wanted rows' JSON is decoded (SQLite hands back
+        # text, PostgreSQL's driver already-decoded JSONB), not every row in the range.
         with self.engine.connect() as conn:
-            for key, ts, contrib in conn.execute(q):
+            for key, ts, contrib in conn.exec_driver_sql(self._sql["contributions"],
+                                                         (flow, lo, hi)):
                 if (key, ts) in wanted:
-                    out[(key, ts)] = contrib
+                    out[(key, ts)] = json.loads(contrib) if isinstance(contrib, str) else contrib
         return out
 
     def write_batch(self, batch: BatchWrite, now_ms: int) -> dict[str, int]:
@@ -672,6 +679,8 @@ def _hot_sql(dialect: str) -> dict[str, str]:
                 f'"max" = max({q(table)}."max", excluded."max")')
 
     return {
+        "contributions": ('SELECT "key", "ts_ms", "contributions" FROM "records" '
+                          f'WHERE "flow" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" <= {ph}'),
         "records": upsert("records", RECORD_COLS, ("flow", "key", "ts_ms")),
         "latest": upsert("latest", LATEST_COLS, ("flow", "key"),
                          ' WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
