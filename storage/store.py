@@ -368,21 +368,34 @@ class Store:
 
     def _add_rollups(self, conn: Connection, rows: list[tuple]) -> None:
         """Fold points that are all new into their minute and hour buckets."""
-        for width, sql in ((s.ROLLUP_1M, "add_1m"), (s.ROLLUP_1H, "add_1h")):
-            agg: dict[tuple, list] = {}
-            for flow, key, metric, ts, v in rows:
-                k = (flow, key, metric, ts - ts % width)
-                a = agg.get(k)
-                if a is None:
-                    agg[k] = [1, v, v, v]
-                else:
-                    a[0] += 1
-                    a[1] += v
-                    if v < a[2]:
-                        a[2] = v
-                    if v > a[3]:
-                        a[3] = v
-            conn.exec_driver_sql(self._sql[sql], [k + tuple(a) for k, a in agg.items()])
+        m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
+        minutes: dict[tuple, list] = {}
+        get = minutes.get
+        for flow, key, metric, ts, v in rows:  # rows are sorted: runs of one series
+            k = (flow, key, metric, ts - ts % m_w)
+            a = get(k)
+            if a is None:
+                minutes[k] = [1, v, v, v]
+            else:
+                a[0] += 1
+                a[1] += v
+                if v < a[2]:
+                    a[2] = v
+                elif v > a[3]:
+                    a[3] = v
+        hours: dict[tuple, list] = {}
+        for (flow, key, metric, b), (n, total, lo, hi) in minutes.items():
+            k = (flow, key, metric, b - b % h_w)
+            a = hours.get(k)
+            if a is None:
+                hours[k] = [n, total, lo, hi]
+            else:
+                a[0] += n
+                a[1] += total
+                a[2] = min(a[2], lo)
+                a[3] = max(a[3], hi)
+        conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
+        conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
     def _rollups(self, conn: Connection, rows: list[tuple]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
