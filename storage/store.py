@@ -335,9 +335,10 @@ class Store:
             data = r["data"]
             data_json = dumps(data)
             row = (r["flow"], r["key"], r["ts_ms"], data_json, r["quality"],
-                   r["anomaly_score"], bool(r["anomalous"]), small(r["flags"]),
-                   small(r["sources"]), codec.contributions(r["contributions"], data, data_json),
-                   small(r["raw_ids"]), r["version_id"], r["updated_ms"])
+                   r.get("anomaly_score", 0.0), bool(r.get("anomalous", False)),
+                   small(r["flags"]), small(r["sources"]),
+                   codec.contributions(r["contributions"], data, data_json),
+                   small(r["raw_ids"]), r.get("version_id"), r["updated_ms"])
             rows.append(row)
             k = (row[0], row[1])
             cur = newest.get(k)
