@@ -269,6 +269,30 @@ def test_records_are_upserted_and_latest_keeps_the_newest(store):
     assert store.count("latest", flow="fx") == 4
 
 
+def test_a_record_reads_back_exactly_as_the_stages_left_it(store):
+    """Lineage shows what was stored: values, flags and each source's contribution."""
+    data = {"pair": "EURUSD", "rate": 1.0842, "note": "Zürich \"quote\"", "bid": None,
+            "levels": [1, 2.5]}
+    one = {"fxquote": {"v": data, "ts": T + 1_500, "raw": 7, "q": 0.875, "f": ["clock_skew"]}}
+    two = {"fxquote": {"v": {"rate": 1.0}, "ts": T, "raw": 7, "q": 1.0, "f": []},
+           "ecbx": {"v": {"rate": 1.2}, "ts": T, "raw": 8, "q": 0.5, "f": ["out_of_order"]}}
+    rows = [{**rec("EURUSD", T), "data": data, "contributions": one, "flags": ["clock_skew"],
+             "raw_ids": [7], "anomalous": True, "anomaly_score": 0.93},
+            {**rec("GBPUSD", T), "contributions": two, "sources": ["fxquote", "ecbx"],
+             "raw_ids": [7, 8]}]
+    store.write_batch(BatchWrite("fx", records=rows), T)
+    got = {r["key"]: r for r in store.records_since("fx")}
+    assert got["EURUSD"]["data"] == data
+    assert got["EURUSD"]["contributions"] == one
+    assert got["EURUSD"]["flags"] == ["clock_skew"] and got["EURUSD"]["raw_ids"] == [7]
+    assert got["EURUSD"]["anomalous"] is True and got["EURUSD"]["anomaly_score"] == 0.93
+    assert got["GBPUSD"]["contributions"] == two
+    assert got["GBPUSD"]["sources"] == ["fxquote", "ecbx"]
+    assert store.contributions("fx", [("EURUSD", T), ("GBPUSD", T)]) == {
+        ("EURUSD", T): one, ("GBPUSD", T): two}
+    assert store.latest("fx", "EURUSD")[0]["data"] == data
+
+
 def test_series_rollups_hold_count_sum_min_max_and_survive_rewrites(store):
     pts = [
         point("EURUSD", T + 10_000, 1.0),
