@@ -576,6 +576,10 @@ def _action_params(args) -> dict:
         params["source"] = args.source
     if args.issue is not None:
         params["issue_id"] = args.issue
+    if args.key is not None:
+        params["key"] = args.key
+    if args.layer is not None:
+        params["layer"] = args.layer
     if args.since:
         try:
             params["since_ms"] = parse_since(args.since, _now_ms())
@@ -809,7 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send an operator action to a running daemon and print its result. "
                     "Actions: run_now, pause, resume, reset_breaker, force_failover (no "
                     "--source releases the pin), replay_quarantine, replay_raw, ack_issue, "
-                    "resolve_issue, mute_issue, and any other the daemon offers (pass its "
+                    "resolve_issue, mute_issue, purge_cache (--flow, --key, --layer: a key, a "
+                    "flow or everything; one layer or all), prewarm, and any other the daemon "
+                    "offers (pass its "
                     "parameters with --param). Each is recorded as a recovery action by "
                     "operator:<actor>. All but run_now, resume, ack_issue and prewarm ask "
                     "for confirmation unless --yes.")
@@ -819,6 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issue", type=int, metavar="N", help="ack_issue, resolve_issue, mute_issue")
     p.add_argument("--since", metavar="TS",
                    help="replay_raw: ISO-8601 time, a duration ago (2h), or epoch ms")
+    p.add_argument("--key", metavar="K", help="purge_cache: one series key of --flow")
+    p.add_argument("--layer", choices=("l1", "l2", "l3", "l4"),
+                   help="purge_cache: only this layer (l1 memory, l2 redis, l3 database, "
+                        "l4 http)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="another parameter, repeatable (VALUE is read as JSON if it can be)")
     p.add_argument("--connect", metavar="ws://HOST:PORT",

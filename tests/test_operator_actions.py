@@ -128,3 +128,22 @@ async def test_cli_act_errors_are_one_line(rig, capsys):
     assert "no source 'nope'" in capsys.readouterr().out
     assert await cli("act", "pause", "--param", "oops", "--connect", ws, "--yes") == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+async def test_cli_purges_a_cache_key_and_prewarms_over_the_feed(rig, capsys):
+    ws = rig.feed.feed_url
+    await rig.ingest("bench", rows_for(["KSFO", "KJFK"]))
+    caches = rig.engine.caches
+    for key in ("KSFO", "KJFK"):
+        await caches.latest("bench", key)
+    assert await cli("act", "purge_cache", "--flow", "bench", "--key", "KSFO", "--layer", "l1",
+                     "--connect", ws, "--yes", "--actor", "dave") == 0
+    # The key's own entry and the flow-wide list of latest values that shows it.
+    assert capsys.readouterr().out.strip() == "purged bench/KSFO from l1 (l1: 2)"
+    assert caches.peek("bench", "latest", "KSFO") is None
+    assert caches.peek("bench", "latest", "KJFK") is not None
+    assert await cli("act", "prewarm", "--flow", "bench", "--connect", ws, "--actor", "dave") == 0
+    assert "pre-warmed bench" in capsys.readouterr().out
+    assert caches.peek("bench", "latest", "KSFO") is not None
+    assert operator_rows(rig.store)[-2:] == [("purge_cache", "operator:dave", "ok"),
+                                             ("prewarm", "operator:dave", "ok")]
