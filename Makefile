@@ -33,4 +33,4 @@ format: $(STAMP)
 	$(BIN)/ruff format console pipeline storage tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache flowdeck.db flowdeck.db-wal flowdeck.db-shm
+	rm -rf $(VENV) .pytest_cache flowdeck.db flowdeck.db-wal flowdeck.db-shm flowdeck.db.spool

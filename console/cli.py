@@ -16,6 +16,8 @@ from flowdeck.pipeline.config import Config, ConfigError, load_config
 from flowdeck.pipeline.ops import iso, parse_since
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# Open issues of these kinds make `flowdeck status` say degraded (exit 1).
+DEGRADING_ISSUES = {"stale_source", "error_rate", "store_unavailable"}
 
 
 class CliError(Exception):
@@ -39,7 +41,8 @@ def _store(args, config: Config | None = None, *, create: bool = True):
 
     url = resolve_url(getattr(args, "db", None), config.store.url if config else None)
     try:
-        return Store(url, create_if_empty=create)
+        return Store(url, create_if_empty=create,
+                     busy_timeout=config.store.busy_timeout if config else 30.0)
     except StoreError as exc:
         raise CliError(str(exc)) from None
 
@@ -112,6 +115,8 @@ def _format_run(s: dict) -> str:
         extra.append(f"{s['conflicts']} conflicts")
     if s["anomalies"]:
         extra.append(f"{s['anomalies']} anomalies")
+    if s.get("buffered"):
+        extra.append(f"{s['buffered']} buffered (store unavailable)")
     errs = [f"{n}: {i['error']}" for n, i in s["sources"].items() if "error" in i]
     if errs:
         extra.append("errors: " + "; ".join(errs))
@@ -128,7 +133,8 @@ def _feed_server(args, config: Config, engine):
     try:
         host, port = parse_bind(args.bind or config.feed.bind)
         return FeedServer(LocalControl(engine, actor=os.environ.get("USER") or "operator"),
-                          host=host, port=port, token=token, origins=config.feed.origins)
+                          host=host, port=port, token=token, origins=config.feed.origins,
+                          caches=engine.caches)
     except FeedError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
@@ -608,11 +614,13 @@ def cmd_status(args) -> int:
                 state = "healthy"
             breakers = {src: st.get("breaker", {}).get("state", "closed")
                         for (_f, src), st in store.source_states(name).items()}
-            incident = any(i["kind"] == "incident" for i in
-                           store.issues(flow=name, state=("open", "acknowledged")))
+            open_kinds = {i["kind"] for i in
+                          store.issues(flow=name, state=("open", "acknowledged"))}
+            incident = "incident" in open_kinds
             if incident:
                 state = "failing"
-            elif state == "healthy" and any(b != "closed" for b in breakers.values()):
+            elif state == "healthy" and (any(b != "closed" for b in breakers.values())
+                                         or open_kinds & DEGRADING_ISSUES):
                 state = "degraded"
             worst = max(worst, {"healthy": 0, "degraded": 1, "failing": 2}[state])
             last_stats = (last or {}).get("stats") or {}
@@ -639,6 +647,107 @@ def cmd_status(args) -> int:
                   f"breakers {', '.join(open_b) or 'all closed'}, newest record "
                   f"{f['newest_record'] or '-'}, {issues}")
     return worst
+
+
+# Actions that change nothing an operator would want to undo: no confirmation asked.
+SAFE_ACTIONS = {"run_now", "resume", "ack_issue", "prewarm"}
+
+
+def _action_params(args) -> dict:
+    params: dict = {}
+    if args.flow:
+        params["flow"] = args.flow
+    if args.source:
+        params["source"] = args.source
+    if args.issue is not None:
+        params["issue_id"] = args.issue
+    if args.key is not None:
+        params["key"] = args.key
+    if args.layer is not None:
+        params["layer"] = args.layer
+    if args.since:
+        try:
+            params["since_ms"] = parse_since(args.since, _now_ms())
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+    for kv in args.param or []:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param takes KEY=VALUE, got {kv!r}", EXIT_USAGE)
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def _default_feed(config: Config) -> str:
+    from flowdeck.pipeline.feed import FeedError, parse_bind
+
+    try:
+        host, port = parse_bind(config.feed.bind)
+    except FeedError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"ws://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def cmd_act(args) -> int:
+    """An operator action on a running daemon, over its feed; printed result, exit 0/1."""
+    import re
+
+    from flowdeck.console.remote import RemoteError
+
+    config = _config(args)
+    params = _action_params(args)
+    what = " ".join([args.action] + [f"{k}={v}" for k, v in params.items()])
+    if args.action not in SAFE_ACTIONS and not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"{what}: confirm with --yes (no terminal to ask on)", EXIT_USAGE)
+        if input(f"{what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("flowdeck: cancelled", file=sys.stderr)
+            return EXIT_ERROR
+    url = args.connect or _default_feed(config)
+    token = args.token or os.environ.get(config.feed.token_env) or None
+    actor = args.actor or os.environ.get("USER") or "cli"
+    actor = re.sub(r"[^A-Za-z0-9_.@-]", "_", actor)[:64]
+    try:
+        result = asyncio.run(_act_remote(url, token, args.action, params, actor))
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        _print_json(result)
+    else:
+        print(result.get("message") or json.dumps(result, default=str))
+    return EXIT_OK if result.get("ok", True) else EXIT_ERROR
+
+
+async def _act_remote(url: str, token: str | None, name: str, params: dict, actor: str) -> dict:
+    from flowdeck.console.remote import REQUEST_TIMEOUT, RemoteError, feed_url, open_feed
+
+    url = feed_url(url)
+    ws = await open_feed(url, token)
+    try:
+        async def answer() -> dict:
+            async for raw in ws:
+                msg = json.loads(raw)
+                data = msg.get("data") or {}
+                if msg.get("type") == "hello":
+                    await ws.send(json.dumps({"type": "action", "id": 1, "name": name,
+                                              "params": params, "actor": actor}, default=str))
+                elif msg.get("type") == "result" and data.get("id") == 1:
+                    return data.get("result") or {}
+                elif msg.get("type") == "error" and data.get("id") in (1, None):
+                    raise CliError(data.get("message") or "the daemon refused the action")
+            raise RemoteError(f"{url}: the daemon closed the connection before answering")
+
+        try:
+            return await asyncio.wait_for(answer(), REQUEST_TIMEOUT["action"])
+        except TimeoutError:
+            raise RemoteError(f"{url}: no answer to {name!r}") from None
+    finally:
+        await ws.close()
 
 
 # ---------------------------------------------------------------- parser
@@ -796,6 +905,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_actions)
+
+    p = sub.add_parser(
+        "act", help="an operator action on a running daemon (over its feed)",
+        description="Send an operator action to a running daemon and print its result. "
+                    "Actions: run_now, pause, resume, reset_breaker, force_failover (no "
+                    "--source releases the pin), replay_quarantine, replay_raw, ack_issue, "
+                    "resolve_issue, mute_issue, purge_cache (--flow, --key, --layer: a key, a "
+                    "flow or everything; one layer or all), prewarm, and any other the daemon "
+                    "offers (pass its "
+                    "parameters with --param). Each is recorded as a recovery action by "
+                    "operator:<actor>. All but run_now, resume, ack_issue and prewarm ask "
+                    "for confirmation unless --yes.")
+    p.add_argument("action", metavar="ACTION", help="the action's name, e.g. pause")
+    p.add_argument("--flow", metavar="F")
+    p.add_argument("--source", metavar="S", help="reset_breaker, force_failover")
+    p.add_argument("--issue", type=int, metavar="N", help="ack_issue, resolve_issue, mute_issue")
+    p.add_argument("--since", metavar="TS",
+                   help="replay_raw: ISO-8601 time, a duration ago (2h), or epoch ms")
+    p.add_argument("--key", metavar="K", help="purge_cache: one series key of --flow")
+    p.add_argument("--layer", choices=("l1", "l2", "l3", "l4"),
+                   help="purge_cache: only this layer (l1 memory, l2 redis, l3 database, "
+                        "l4 http)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="another parameter, repeatable (VALUE is read as JSON if it can be)")
+    p.add_argument("--connect", metavar="ws://HOST:PORT",
+                   help="the daemon's feed (default: the config's feed.bind)")
+    p.add_argument("--token", metavar="T",
+                   help="the feed token (default: the variable named by feed.token_env)")
+    p.add_argument("--actor", metavar="NAME",
+                   help="who is acting, recorded as operator:NAME (default: $USER)")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--config", metavar="F", help="config file (for feed.bind, feed.token_env)")
+    p.set_defaults(fn=cmd_act)
 
     p = sub.add_parser("db", help="database schema")
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)

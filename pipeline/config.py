@@ -210,12 +210,28 @@ class BreakerConfig(Strict):
     probes: Annotated[int, Field(ge=1, le=100)] = 2
 
 
+class ErrorRateConfig(Strict):
+    """A source whose fetches failed at or above ``threshold`` over the last ``window``
+    (counting only when at least ``min_requests`` were made) raises an ``error_rate`` issue;
+    it clears when, with as many requests in the window, the rate is below the threshold.
+    ``threshold: null`` turns the check off."""
+
+    window: Duration = 300.0
+    threshold: Annotated[float, Field(gt=0, le=1)] | None = 0.3
+    min_requests: Annotated[int, Field(ge=1)] = 5
+
+
 class RecoveryConfig(Strict):
     """merge: every healthy source each run, merged by resolve. failover: the best healthy
     source only, the next one by priority when it fails."""
 
     mode: Literal["merge", "failover"] = "merge"
     breaker: BreakerConfig = BreakerConfig()
+    # A source that answers but brings no record newer than this (default: the flow's
+    # freshness) is stale: a quality issue and a recovery action, the flow degraded.
+    stale: bool = True
+    stale_after: Duration | None = None
+    error_rate: ErrorRateConfig = ErrorRateConfig()
 
 
 class IssuesConfig(Strict):
@@ -252,14 +268,48 @@ class FlowConfig(Strict):
 
 
 class L1Config(Strict):
-    ttl: Duration = 30.0
+    """In-process cache: entries are fresh for ``ttl``, then served stale for ``stale``
+    more while one load refreshes them; at most ``size`` entries per flow (LRU)."""
+
+    ttl: Annotated[Duration, Field(gt=0)] = 30.0
     size: Annotated[int, Field(ge=1)] = 10000
+    stale: Annotated[Duration, Field(ge=0)] = 5.0
+
+
+class L2Config(Strict):
+    """Redis cache (when ``cache.redis_url`` is set): entry lifetime and per-call timeout."""
+
+    ttl: Annotated[Duration, Field(gt=0)] = 300.0
+    timeout: Annotated[Duration, Field(gt=0)] = 0.25
+
+
+class HttpCachePolicy(Strict):
+    """Cache-Control of one read-API endpoint (the L4 HTTP edge)."""
+
+    max_age: Annotated[Duration, Field(ge=0)]
+    stale_while_revalidate: Annotated[Duration, Field(ge=0)] = 0.0
+
+
+HTTP_ENDPOINTS = ("flows", "latest", "history", "issues", "actions")
+DEFAULT_HTTP_CACHE = {"flows": (1, 5), "latest": (1, 5), "history": (5, 30), "issues": (2, 10),
+                      "actions": (2, 10)}
 
 
 class CacheConfig(Strict):
     l1: L1Config = L1Config()
+    l2: L2Config = L2Config()
     redis_url: str | None = None
-    namespace: str = "flowdeck"
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "flowdeck"
+    http: dict[Literal["flows", "latest", "history", "issues", "actions"], HttpCachePolicy] = {}
+    prewarm: Annotated[int, Field(ge=0, le=10_000)] = 20  # hot keys per flow after each run
+    stats_interval: Annotated[Duration, Field(gt=0)] = 5.0
+
+    def http_policies(self) -> dict[str, tuple[float, float]]:
+        """(max-age, stale-while-revalidate) per endpoint: the defaults, then the config's."""
+        out = {k: (float(a), float(b)) for k, (a, b) in DEFAULT_HTTP_CACHE.items()}
+        for k, p in self.http.items():
+            out[k] = (p.max_age, p.stale_while_revalidate)
+        return out
 
 
 class FeedConfig(Strict):
@@ -270,6 +320,14 @@ class FeedConfig(Strict):
 
 class StoreConfig(Strict):
     url: str | None = None
+    # SQLite: how long a write waits for a lock held by another connection before the
+    # store counts as unavailable and fetched payloads go to the spool.
+    busy_timeout: Duration = 5.0
+    # Where payloads wait while the database is away (default: next to a SQLite file,
+    # else ./flowdeck-spool/<database>), how much per flow, and how often to retry.
+    spool_dir: str | None = None
+    spool_max: Size = 256 * 2**20
+    retry: Duration = 5.0
 
 
 class ConsoleConfig(Strict):

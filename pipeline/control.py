@@ -12,6 +12,8 @@ outcome, how long) and announced on the hub.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import time
 from typing import Any, Protocol
@@ -19,8 +21,12 @@ from typing import Any, Protocol
 from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.hub import Subscription
 from flowdeck.pipeline.ops import lineage
+from flowdeck.storage.db import UNAVAILABLE
 
 ISSUE_STATES = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted", "reopen": "open"}
+# Who the action in progress is for: a remote operator named by the feed, else the control's.
+_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowdeck_actor",
+                                                                   default=None)
 
 
 class ControlError(Exception):
@@ -42,9 +48,43 @@ class LocalControl:
         self.store = engine.store
         self.actor = actor
         self.description = "local"
+        self._last: dict[str, Any] = {}  # the last snapshot parts read from the store
+        self._store_error: str | None = None
 
     async def _db(self, fn, *args, **kw):
+        """A write, on the engine's worker thread (the one writer)."""
         return await self.engine._db(functools.partial(fn, *args, **kw))
+
+    async def _read(self, fn, *args, **kw):
+        """A read, on the engine's reader threads: it never waits behind a batch."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.engine.reader, functools.partial(fn, *args, **kw))
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self._store_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+    async def _kept(self, part: str, fn, *args, **kw):
+        """A snapshot part read from the store; while the store is unavailable, the last
+        one read (the console keeps its picture, marked as not current)."""
+        try:
+            value = await self._read(fn, *args, **kw)
+        except UNAVAILABLE as exc:
+            self._unavailable(exc)
+            return self._last.get(part, [])
+        self._last[part] = value
+        return value
+
+    async def _kept_latest(self, flows) -> dict[str, list]:
+        """Every flow's latest values through the caches, the last ones when unavailable."""
+        last = self._last.setdefault("latest", {})
+        out = {}
+        for name in flows:
+            try:
+                out[name] = last[name] = await self.engine.caches.latest(name)
+            except UNAVAILABLE as exc:
+                self._unavailable(exc)
+                out[name] = last.get(name, [])
+        return out
 
     # ------------------------------------------------------------ state
 
@@ -60,12 +100,15 @@ class LocalControl:
             f["key_field"] = fc.key
             f["schedule"] = (f"every {fc.schedule.every:g}s" if fc.schedule.every is not None
                              else f"cron {fc.schedule.cron}")
-        snap["issues"] = await self._db(self.store.issues,
-                                        state=("open", "acknowledged", "muted"), limit=300)
-        snap["actions"] = await self._db(self.store.actions, limit=200)
-        snap["quarantine"] = await self._db(self.store.quarantined, None, "open", 300)
-        snap["latest"] = {name: await self._db(self.store.latest, name) for name in cfg.flows}
-        snap["runs"] = await self._db(self.store.recent_runs, None, 200)
+        self._store_error = None
+        snap["issues"] = await self._kept("issues", self.store.issues,
+                                          state=("open", "acknowledged", "muted"), limit=300)
+        snap["actions"] = await self._kept("actions", self.store.actions, limit=200)
+        snap["quarantine"] = await self._kept("quarantine", self.store.quarantined, None,
+                                              "open", 300)
+        snap["latest"] = await self._kept_latest(cfg.flows)
+        snap["runs"] = await self._kept("runs", self.store.recent_runs, None, 200)
+        snap["store_error"] = self._store_error  # None: every part above is current
         snap["connection"] = self.description
         return _jsonable(snap)
 
@@ -74,7 +117,19 @@ class LocalControl:
 
     # ------------------------------------------------------------ actions
 
-    async def act(self, name: str, **params: Any) -> dict:
+    @property
+    def current_actor(self) -> str:
+        return _ACTOR.get() or self.actor
+
+    async def act(self, name: str, *, actor: str | None = None, **params: Any) -> dict:
+        """Do an operator action; ``actor`` names who asked (default: this control's)."""
+        token = _ACTOR.set(actor)
+        try:
+            return await self._act(name, **params)
+        finally:
+            _ACTOR.reset(token)
+
+    async def _act(self, name: str, **params: Any) -> dict:
         fn = getattr(self, f"_act_{name}", None)
         if fn is None:
             raise ControlError(f"unknown action {name!r}")
@@ -98,10 +153,11 @@ class LocalControl:
     async def _record(self, action: str, flow: str | None, source: str | None, reason: str,
                       outcome: str, duration_ms: float, detail: dict) -> None:
         now = self.engine.clock.now_ms()
-        await self._db(self.store.add_action, ts_ms=now, action=action, actor=self.actor,
+        actor = self.current_actor
+        await self._db(self.store.add_action, ts_ms=now, action=action, actor=actor,
                        reason=reason, outcome=outcome, flow=flow, source=source,
                        duration_ms=round(duration_ms, 2), detail=detail or None)
-        self.engine.emit("action", flow, action=action, actor=self.actor, reason=reason,
+        self.engine.emit("action", flow, action=action, actor=actor, reason=reason,
                          outcome=outcome, source=source)
 
     async def _act_run_now(self, flow: str) -> dict:
@@ -149,15 +205,33 @@ class LocalControl:
         return {"message": f"replayed {summary.payloads} raw payload(s) of {flow}",
                 "run": summary.as_dict()}
 
+    async def _act_purge_cache(self, flow: str | None = None, key: str | None = None,
+                               layer: str | None = None) -> dict:
+        """Drop cached entries: one key of a flow, a flow, or everything; one layer or all."""
+        try:
+            counts = await self.engine.caches.purge(flow, key, layer)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        what = (f"{flow}/{key}" if key is not None else flow if flow is not None
+                else "every flow")
+        where = layer or "every layer"
+        done = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing cached"
+        return {"message": f"purged {what} from {where} ({done})", "counts": counts}
+
+    async def _act_prewarm(self, flow: str) -> dict:
+        n = await self.engine.caches.prewarm(flow)
+        return {"message": f"pre-warmed {flow}: its latest values and "
+                           f"{max(0, n - 1)} hot key(s) loaded"}
+
     async def _issue_state(self, verb: str, issue_id: int, seconds: float | None = None) -> dict:
         now = self.engine.clock.now_ms()
         until = now + int(seconds * 1000) if seconds else None
         row = await self._db(self.store.set_issue_state, int(issue_id), ISSUE_STATES[verb],
-                             self.actor, now, until)
+                             self.current_actor, now, until)
         if row is None:
             raise ControlError(f"no issue {issue_id}")
         self.engine.emit("issue_state", row["flow"], id=row["id"], state=row["state"],
-                         actor=self.actor, title=row["title"])
+                         actor=self.current_actor, title=row["title"])
         return {"message": f"issue {issue_id} {row['state']}", "issue": _jsonable(row)}
 
     async def _act_ack_issue(self, issue_id: int) -> dict:
@@ -174,43 +248,45 @@ class LocalControl:
     async def query(self, name: str, **params: Any) -> Any:
         s = self.store
         if name == "issues":
-            return _jsonable(await self._db(s.issues, flow=params.get("flow"),
+            return _jsonable(await self._read(s.issues, flow=params.get("flow"),
                                             state=params.get("state"),
                                             limit=params.get("limit", 500)))
         if name == "issue":
-            row = await self._db(s.get_issue, int(params["issue_id"]))
+            row = await self._read(s.get_issue, int(params["issue_id"]))
             if row is None:
                 raise ControlError(f"no issue {params['issue_id']}")
             records = []
             for key, ts in row["record_ids"][-50:]:
-                records.extend(await self._db(self._record_at, row["flow"], key, ts))
-            raws = [await self._db(self._raw_summary, i) for i in row["raw_ids"][-20:]]
+                records.extend(await self._read(self._record_at, row["flow"], key, ts))
+            raws = [await self._read(self._raw_summary, i) for i in row["raw_ids"][-20:]]
             return _jsonable({"issue": row, "records": records, "raw": [r for r in raws if r]})
         if name == "quarantine":
-            return _jsonable(await self._db(s.quarantined, params.get("flow"),
+            return _jsonable(await self._read(s.quarantined, params.get("flow"),
                                             params.get("state", "open"),
                                             params.get("limit", 500)))
         if name == "actions":
-            return _jsonable(await self._db(s.actions, flow=params.get("flow"),
+            return _jsonable(await self._read(s.actions, flow=params.get("flow"),
                                             limit=params.get("limit", 200)))
         if name == "latest":
-            return _jsonable(await self._db(s.latest, params["flow"]))
+            return await self.engine.caches.latest(params["flow"], params.get("key"))
         if name == "history":
-            return await self._db(s.history, params["flow"], params["key"], params["metric"],
-                                  params.get("since_ms", 0), params.get("step_ms"),
-                                  params.get("limit", 2000))
+            return await self.engine.caches.history(
+                params["flow"], params["key"], params["metric"], params.get("since_ms", 0),
+                params.get("step_ms"), params.get("limit", 2000))
+        if name == "caches":
+            return self.engine.caches.snapshot()
         if name == "lineage":
             try:
-                return _jsonable(await self._db(lineage, s, self.engine.config,
+                return _jsonable(await self._read(lineage, s, self.engine.config,
                                                 int(params["record_id"])))
             except LookupError as exc:
                 raise ControlError(str(exc)) from None
         if name == "record":
-            rows = await self._db(self._record_at, params["flow"], params["key"],
+            rows = await self._read(self._record_at, params["flow"], params["key"],
                                   int(params["ts_ms"]))
             return _jsonable(rows[0]) if rows else None
         if name == "raw":
-            row = await self._db(self._raw_summary, int(params["raw_id"]), full=True)
+            row = await self._read(self._raw_summary, int(params["raw_id"]), full=True)
             if row is None:
                 raise ControlError(f"no raw payload {params['raw_id']}")
             return row

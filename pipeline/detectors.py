@@ -55,7 +55,7 @@ O(w) list shift; MAD O(w) (linear merge of the two sorted halves around the medi
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -190,7 +190,12 @@ def sigma_sorted(values: list[float], center: float) -> float:
     """
     sigma = MAD_TO_SIGMA * mad_sorted(values, center)
     if sigma == 0.0:
-        sigma = MEAN_AD_TO_SIGMA * sum(abs(v - center) for v in values) / len(values)
+        # Sum of |v - center| from the sorted halves: two C-level slice sums, not a
+        # Python loop over the window (a flat series lands here on every point).
+        lo, hi = bisect_left(values, center), bisect_right(values, center)
+        total = (math.fsum(values[hi:]) - center * (len(values) - hi)
+                 + center * lo - math.fsum(values[:lo]))
+        sigma = MEAN_AD_TO_SIGMA * max(total, 0.0) / len(values)
     return max(sigma, epsilon(center))
 
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
+import os
+import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +35,7 @@ from flowdeck.pipeline.sources.base import Fetched, FetchError
 from flowdeck.pipeline.sources.file import FileSource
 from flowdeck.pipeline.sources.http import HttpSource
 from flowdeck.pipeline.sources.websocket import WebsocketSource
+from flowdeck.pipeline.spool import RawSpool
 from flowdeck.pipeline.stages.collect import Collector
 from flowdeck.pipeline.stages.detect import AnomalyDetector
 from flowdeck.pipeline.stages.enrich import Enricher
@@ -38,6 +43,8 @@ from flowdeck.pipeline.stages.quality import QualityCheck
 from flowdeck.pipeline.stages.resolve import Resolver
 from flowdeck.pipeline.stages.transform import Transformer
 from flowdeck.pipeline.stages.validate import Validator
+from flowdeck.storage.cache import Caches, CacheSettings
+from flowdeck.storage.db import UNAVAILABLE
 from flowdeck.storage.store import BatchWrite, IssueDraft, Store
 
 log = logging.getLogger("flowdeck.engine")
@@ -45,6 +52,31 @@ log = logging.getLogger("flowdeck.engine")
 
 # Issues whose condition can clear by itself (incidents close when a source answers).
 AUTO_RESOLVE_KINDS = ("conflict", "low_quality", "anomaly", "quarantine")
+MAX_DEFERRED = 10_000  # bookkeeping writes held while the store is away
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _gc_paused(fn):
+    """Run ``fn`` with the cyclic garbage collector paused (reference counting still frees).
+
+    A batch allocates a few objects per record and keeps them alive until it is stored,
+    so the collector would walk the whole growing batch again and again for nothing: it
+    cost about a third of the stages' time (bench/bench_throughput.py, 100k records).
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+    return wrapper
 
 
 def _iso(ms: int) -> str:
@@ -73,6 +105,19 @@ class SourceHealth:
     last_error_ms: int | None = None
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     unchanged: int = 0
+    outcomes: deque = field(default_factory=deque)  # (ms, ok) over the error-rate window
+    first_ok_ms: int | None = None  # first answer since the engine started
+    newest_ts_ms: int | None = None  # newest record timestamp this source brought
+    stale: bool = False  # answers, but nothing newer than stale_after
+    error_rate_high: bool = False  # failures over the window at or above the threshold
+
+    def window_error_rate(self, now_ms: int, window_s: float) -> tuple[float, int]:
+        """(failure share, requests) over the last ``window_s`` seconds."""
+        lo = now_ms - int(window_s * 1000)
+        while self.outcomes and self.outcomes[0][0] < lo:
+            self.outcomes.popleft()
+        n = len(self.outcomes)
+        return (sum(1 for _, ok in self.outcomes if not ok) / n if n else 0.0), n
 
     def as_dict(self) -> dict:
         lat = sorted(self.latencies_ms)
@@ -83,7 +128,9 @@ class SourceHealth:
                 "last_ok_ms": self.last_ok_ms, "last_error": self.last_error,
                 "last_error_ms": self.last_error_ms, "latency_p50_ms": p(0.5),
                 "latency_p95_ms": p(0.95), "unchanged": self.unchanged,
-                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0}
+                "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0,
+                "newest_ts_ms": self.newest_ts_ms, "stale": self.stale,
+                "error_rate_high": self.error_rate_high}
 
 
 @dataclass
@@ -103,7 +150,9 @@ class RunSummary:
     issues_opened: int = 0
     conflicts: int = 0
     anomalies: int = 0
+    buffered: int = 0  # payloads spooled because the store was unavailable
     error: str | None = None
+    changed_keys: set[str] = field(default_factory=set)  # keys with new values stored
 
     def as_dict(self) -> dict:
         return {"flow": self.flow, "run_id": self.run_id, "trigger": self.trigger,
@@ -113,6 +162,7 @@ class RunSummary:
                 "payloads": self.payloads, "quarantined": self.quarantined,
                 "issues_raised": self.issues_raised, "issues_opened": self.issues_opened,
                 "conflicts": self.conflicts, "anomalies": self.anomalies,
+                "buffered": self.buffered,
                 "stages": {k: v.as_dict() for k, v in self.stages.items()},
                 "sources": self.sources, "error": self.error}
 
@@ -152,6 +202,9 @@ class FlowRuntime:
         self.primary: str | None = None  # best source that answered in the last run
         self.active: list[str] = []  # sources that answered in the last run
         self.incident = False  # every source down: serving last-known-good, marked stale
+        self.store_down_since: int | None = None  # this flow met the store unavailable
+        self.resume_pending = False  # committed payloads left unprocessed by a store failure
+        self.spool_full_noted = False
 
     def stage_versions(self) -> dict[str, str]:
         return {st.name: st.version for st in (self.collector, self.validator, self.transformer,
@@ -166,7 +219,10 @@ class FlowRuntime:
                 or self.breakers[s].state != CLOSED]
         if self.incident or (enabled and len(down) == len(enabled)):
             return "failing"
-        if down or (self.last_run and self.last_run.status != "ok"):
+        if down or self.store_down_since is not None or (
+                self.last_run and self.last_run.status != "ok"):
+            return "degraded"
+        if any(self.health[s].stale or self.health[s].error_rate_high for s in enabled):
             return "degraded"
         return "healthy"
 
@@ -194,16 +250,191 @@ class Engine:
         self.simulator = None
         self.flows = {name: FlowRuntime(name, f, config) for name, f in config.flows.items()}
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="flowdeck-worker")
+        # Viewers' reads (through the caches) use their own threads, so a read never
+        # waits behind a batch being processed.
+        self.reader = ThreadPoolExecutor(2, thread_name_prefix="flowdeck-reader")
+        self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
+                             timer=self.clock.now, emit=self.emit, on_action=self._cache_action)
         self.http: httpx.AsyncClient | None = None
         self.alerter: Alerter | None = None
         self.scheduler = None
         self.started = False
         self._tasks: set[asyncio.Task] = set()
+        self._cache_ticks: asyncio.Task | None = None
+        self.store_down_since: int | None = None  # the store is unavailable since then
+        self.store_error: str | None = None
+        self._deferred: deque = deque()  # bookkeeping writes waiting for the store, in order
+        self.deferred_dropped = 0
+        root = self._spool_root()
+        self.spools = {name: RawSpool(root / name if root else None, config.store.spool_max)
+                       for name in self.flows}
 
     # ------------------------------------------------------------ lifecycle
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def _spool_root(self) -> Path | None:
+        """store.spool_dir, else next to a SQLite file, else ./flowdeck-spool/<database>;
+        None (memory only) for an in-memory database."""
+        if self.config.store.spool_dir:
+            return Path(os.path.expanduser(self.config.store.spool_dir))
+        url = getattr(getattr(self.store, "engine", None), "url", None)
+        if url is None:
+            return None
+        if url.get_backend_name() == "sqlite":
+            db = url.database
+            if not db or db == ":memory:" or db.startswith("file:"):
+                return None
+            return Path(db + ".spool")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{url.host or 'local'}-{url.port or ''}-"
+                                                f"{url.database or ''}")
+        return Path("flowdeck-spool") / name
+
+    # ------------------------------------------------------------ store availability
+
+    def _store_failed(self, exc: BaseException) -> None:
+        self.store_error = _short(exc)
+        if self.store_down_since is None:
+            self.store_down_since = self.clock.now_ms()
+            log.warning("store unavailable: %s", self.store_error)
+            self.emit("log", None, message=f"store unavailable ({self.store_error}): raw "
+                                           "payloads are buffered until it answers")
+
+    async def _write(self, fn, *args, **kw):
+        """A bookkeeping write (actions, issues, source state, runs): while the store is
+        away it is held, in order, and written when the store answers again."""
+        call = functools.partial(fn, *args, **kw)
+        if self.store_down_since is None:
+            try:
+                return await self._db(call)
+            except UNAVAILABLE as exc:
+                self._store_failed(exc)
+        if len(self._deferred) >= MAX_DEFERRED:
+            self._deferred.popleft()
+            self.deferred_dropped += 1
+        self._deferred.append(call)
+        return None
+
+    async def _try(self, default, fn, *args, **kw):
+        """A store call that can be skipped while the store is away."""
+        if self.store_down_since is not None:
+            return default
+        try:
+            return await self._db(functools.partial(fn, *args, **kw))
+        except UNAVAILABLE as exc:
+            self._store_failed(exc)
+            return default
+
+    async def _flush_deferred(self) -> bool:
+        while self._deferred:
+            try:
+                await self._db(self._deferred[0])
+            except UNAVAILABLE as exc:
+                self._store_failed(exc)
+                return False
+            self._deferred.popleft()
+        return True
+
+    def _late_run(self, flow: str, trigger: str, started_ms: int, status: str, stats: dict,
+                  finished_ms: int, error: str | None) -> None:
+        """Record a run that happened while the store was away."""
+        self.store.finish_run(self.store.start_run(flow, trigger, started_ms), status, stats,
+                              finished_ms, error)
+
+    async def _drain_spool(self, rt: FlowRuntime) -> int:
+        """Commit the flow's spooled payloads to the raw store, oldest first."""
+        spool = self.spools[rt.name]
+        if not len(spool):
+            return 0
+        n = 0
+        for e in await self._db(spool.entries):
+            try:
+                await self._db(functools.partial(
+                    self.store.insert_raw, rt.name, e.source, e.body, e.fetched_ms,
+                    content_type=e.content_type, status_code=e.status_code,
+                    truncated=e.truncated))
+            except UNAVAILABLE as exc:
+                self._store_failed(exc)
+                break
+            await self._db(spool.remove, e)
+            n += 1
+        return n
+
+    async def _buffer(self, rt: FlowRuntime, source: str, f: Fetched, summary: RunSummary,
+                      fetched_ms: int) -> None:
+        spool = self.spools[rt.name]
+        kept = await self._db(functools.partial(
+            spool.add, source, f.body, fetched_ms, content_type=f.content_type,
+            status_code=f.status, truncated=f.truncated))
+        if kept:
+            summary.buffered += 1
+            return
+        if not rt.spool_full_noted:
+            rt.spool_full_noted = True
+            await self.auto_action(rt.name, "spool_full", source=source, outcome="failed",
+                                   reason=f"the raw spool is full ({spool.bytes} bytes, "
+                                          "store.spool_max): new payloads are dropped until "
+                                          "the store answers")
+
+    async def _note_outage(self, rt: FlowRuntime, summary: RunSummary) -> None:
+        if rt.store_down_since is None:
+            rt.store_down_since = self.store_down_since or self.clock.now_ms()
+            where = self.spools[rt.name].folder or "memory"
+            await self.auto_action(
+                rt.name, "store_unavailable", outcome="failed",
+                reason=f"database unavailable ({self.store_error}): fetched payloads are "
+                       f"buffered in {where}, retried every {self.config.store.retry:g}s")
+            self.emit("issue", rt.name, kind="store_unavailable", severity="error",
+                      title=f"database unavailable: {self.store_error}", key=None, source=None)
+            self.emit("flow_state", rt.name, state=rt.state())
+        if summary.status == "ok":
+            summary.status = "partial"
+        spooled = len(self.spools[rt.name])
+        summary.error = (f"store unavailable ({self.store_error}): {spooled} payload(s) "
+                         "buffered") + (f"; {summary.error}" if summary.error else "")
+
+    async def _outage_over(self, rt: FlowRuntime, committed: int) -> None:
+        """The store answers again and the flow's buffer is committed: say so, and record
+        the outage as an issue that is already closed."""
+        down, rt.store_down_since = rt.store_down_since, None
+        rt.spool_full_noted = False
+        now = self.clock.now_ms()
+        fp = f"store_unavailable:{rt.name}"
+        dropped = self.spools[rt.name].dropped
+        res = await self._write(self.store.raise_issues, [IssueDraft(
+            flow=rt.name, kind="store_unavailable", severity="error",
+            title=f"the database was unavailable for {(now - down) / 1000:.0f}s "
+                  f"({self.store_error}); {committed} buffered payload(s) committed",
+            fingerprint=fp, detail={"since_ms": down, "until_ms": now, "committed": committed,
+                                    "dropped": dropped})], down)
+        for issue in (res[0] if res else []):
+            if self.alerter is not None:
+                self.alerter.notify(issue)
+        await self._write(self.store.resolve_by_fingerprint, rt.name, fp, "auto", now)
+        await self.auto_action(rt.name, "store_recovered", outcome="ok",
+                               duration_ms=float(now - down),
+                               reason=f"database answers again after {(now - down) / 1000:.0f}s:"
+                                      f" {committed} buffered payload(s) committed"
+                                      + (f", {dropped} dropped (spool full)" if dropped else ""))
+        self.emit("flow_state", rt.name, state=rt.state())
+
+    async def _retry_store(self) -> None:
+        """The retry timer: commit buffered payloads even when no run is due."""
+        for rt in self.flows.values():
+            if rt.lock.locked():
+                continue
+            if len(self.spools[rt.name]) or rt.store_down_since is not None or rt.resume_pending:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._tasks.add(task)
+                try:
+                    await self.run_flow(rt.name, "spool", fetch=False)
+                except Exception:
+                    log.exception("spool retry of %s failed", rt.name)
+                finally:
+                    if task is not None:
+                        self._tasks.discard(task)
 
     async def start(self, *, schedule: bool = True, resume: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -231,6 +462,8 @@ class Engine:
                 rt.fetchers[src.name] = self._make_fetcher(src)
             await self._db(self._warm_detectors, rt)
             await self._db(self._load_recovery_state, rt)
+        await self.caches.start()
+        self._cache_ticks = loop.create_task(self._cache_stats())
         self.started = True
         if resume:
             await self.resume()
@@ -268,6 +501,9 @@ class Engine:
                                    max_instances=1, coalesce=True,
                                    misfire_grace_time=max(1, int(sch.every or 60)),
                                    next_run_time=self.clock.utcnow())
+        self.scheduler.add_job(self._retry_store, IntervalTrigger(seconds=self.config.store.retry),
+                               id="flowdeck:store-retry", name="store retry", max_instances=1,
+                               coalesce=True)
         self.scheduler.start()
 
     async def _scheduled(self, name: str) -> None:
@@ -330,6 +566,10 @@ class Engine:
             for f in rt.fetchers.values():
                 if isinstance(f, WebsocketSource):
                     await f.stop()
+        if self._cache_ticks is not None:
+            self._cache_ticks.cancel()
+            self._cache_ticks = None
+        await self.caches.stop()
         if self.alerter is not None:
             await self.alerter.drain()
         if self.http is not None:
@@ -338,6 +578,7 @@ class Engine:
             await self.simulator.stop()
             self.simulator = None
         self.worker.shutdown(wait=True)
+        self.reader.shutdown(wait=True)
         self.started = False
 
     # ------------------------------------------------------------ events
@@ -347,27 +588,43 @@ class Engine:
 
     # ------------------------------------------------------------ runs
 
-    async def run_flow(self, name: str, trigger: str = "manual") -> RunSummary:
+    async def run_flow(self, name: str, trigger: str = "manual", *,
+                       fetch: bool = True) -> RunSummary:
+        """One run. ``fetch=False`` only commits and processes what the store could not
+        take before (the spool retry)."""
         rt = self.flows[name]
         async with rt.lock:
             rt.running = True
             try:
-                return await self._run(rt, trigger)
+                return await self._run(rt, trigger, fetch)
             finally:
                 rt.running = False
 
     async def run_all_once(self) -> list[RunSummary]:
         return list(await asyncio.gather(*(self.run_flow(n, "once") for n in self.flows)))
 
-    async def _run(self, rt: FlowRuntime, trigger: str) -> RunSummary:
+    async def _run(self, rt: FlowRuntime, trigger: str, fetch: bool = True) -> RunSummary:
         started = self.clock.now_ms()
-        run_id = await self._db(self.store.start_run, rt.name, trigger, started)
+        try:  # the first write of a run: while the store is away, this is the probe
+            run_id = await self._db(self.store.start_run, rt.name, trigger, started)
+        except UNAVAILABLE as exc:
+            self._store_failed(exc)
+            run_id = None
         summary = RunSummary(rt.name, run_id, trigger, started)
         self.emit("run_started", rt.name, run_id=run_id, trigger=trigger)
         try:
+            backlog = False
+            if run_id is not None:  # the store answers: held writes first, then the spool
+                self.store_down_since = None
+                if await self._flush_deferred():
+                    committed = await self._drain_spool(rt)
+                    if self.store_down_since is None and rt.store_down_since is not None:
+                        await self._outage_over(rt, committed)
+                    backlog = committed > 0 or rt.resume_pending
             enabled = [s for s in rt.cfg.sources if s.enabled]
-            results = await self._fetch_sources(rt, summary)
+            results = await self._fetch_sources(rt, summary) if fetch else {}
             payloads: list[Payload] = []
+            spool = self.spools[rt.name]
             for src_name, fetched in results.items():
                 src = rt.cfg.sources[[s.name for s in rt.cfg.sources].index(src_name)]
                 info = summary.sources.setdefault(src.name, {"payloads": 0})
@@ -375,37 +632,98 @@ class Engine:
                     info["error"] = fetched.message
                     continue
                 for f in fetched:
-                    raw_id, new = await self._db(functools.partial(
-                        self.store.insert_raw, rt.name, src.name, f.body, self.clock.now_ms(),
-                        content_type=f.content_type, status_code=f.status,
-                        truncated=f.truncated, run_id=run_id))
-                    if not new and await self._db(self.store.raw_processed, raw_id):
+                    fetched_ms = self.clock.now_ms()
+                    if self.store_down_since is not None or len(spool):  # keep the order
+                        await self._buffer(rt, src.name, f, summary, fetched_ms)
+                        continue
+                    try:
+                        raw_id, new = await self._db(functools.partial(
+                            self.store.insert_raw, rt.name, src.name, f.body, fetched_ms,
+                            content_type=f.content_type, status_code=f.status,
+                            truncated=f.truncated, run_id=run_id))
+                    except UNAVAILABLE as exc:
+                        self._store_failed(exc)
+                        await self._buffer(rt, src.name, f, summary, fetched_ms)
+                        continue
+                    if not new and await self._try(False, self.store.raw_processed, raw_id):
                         rt.health[src.name].unchanged += 1
                         info["unchanged"] = info.get("unchanged", 0) + 1
                         continue
                     info["payloads"] += 1
                     payloads.append(Payload(raw_id, src.name, f.body, f.content_type,
-                                            self.clock.now_ms(), f.truncated))
-            await self._db(self._process, rt, payloads, summary, False)
+                                            fetched_ms, f.truncated))
+            if backlog and self.store_down_since is None:
+                # Everything committed and not yet processed, in order: what the spool just
+                # committed, what a store failure left half done, and this run's payloads.
+                rows = await self._try(None, self.store.pending_raw, rt.name)
+                if rows is not None:
+                    rt.resume_pending = False
+                    payloads = self._payloads(rt, rows)
+            if payloads and self.store_down_since is None:
+                try:
+                    await self._db(self._process, rt, payloads, summary, False)
+                    await self._after_write(rt, summary)
+                except UNAVAILABLE as exc:
+                    self._store_failed(exc)
+            if payloads and self.store_down_since is not None:
+                rt.resume_pending = True  # committed, not processed: the next good run does
             errors = [s for s, i in summary.sources.items() if "error" in i]
             answered = [s for s in results if not isinstance(results[s], FetchError)]
-            if enabled and not answered:
+            if fetch and enabled and not answered:
                 summary.status = "failed"
                 summary.error = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
                                           for s, i in summary.sources.items())
             elif errors:
                 summary.status = "partial"
-            await self._after_run(rt, answered, summary)
+            if self.store_down_since is not None:
+                await self._note_outage(rt, summary)
+            if fetch:
+                await self._after_run(rt, answered, summary)
         except Exception as exc:
             log.exception("run %s of %s failed", run_id, rt.name)
             summary.status = "failed"
             summary.error = f"{type(exc).__name__}: {exc}"
         summary.finished_ms = self.clock.now_ms()
-        await self._db(self.store.finish_run, run_id, summary.status, summary.as_dict(),
-                       summary.finished_ms, summary.error)
+        if run_id is not None:
+            await self._write(self.store.finish_run, run_id, summary.status, summary.as_dict(),
+                              summary.finished_ms, summary.error)
+        else:
+            await self._write(self._late_run, rt.name, trigger, started, summary.status,
+                              summary.as_dict(), summary.finished_ms, summary.error)
         self._account(rt, summary)
         self.emit("run_finished", rt.name, **summary.as_dict())
         return summary
+
+    def _payloads(self, rt: FlowRuntime, rows: list[dict]) -> list[Payload]:
+        known = {s.name for s in rt.cfg.sources}
+        return [Payload(r["id"], r["source"], r["body"], r["content_type"], r["fetched_ms"],
+                        r["truncated"]) for r in rows if r["source"] in known]
+
+    # ------------------------------------------------------------ caches
+
+    async def _after_write(self, rt: FlowRuntime, summary: RunSummary) -> None:
+        """New values stored: invalidate those keys in every cache layer, then pre-warm what
+        readers used since the last run (hottest keys first) so the next readers hit."""
+        if not summary.changed_keys:
+            return
+        await self.caches.invalidate(rt.name, summary.changed_keys,
+                                     l3_rows=len(summary.changed_keys))
+        if self.config.cache.prewarm:
+            await self.caches.rewarm(rt.name, self.config.cache.prewarm)
+
+    async def _cache_stats(self) -> None:
+        """Every stats interval: one point of per-layer hit rates, announced on the hub."""
+        while True:
+            await asyncio.sleep(self.config.cache.stats_interval)
+            try:
+                point = await self.caches.sample()
+            except Exception:  # statistics must never take the engine down
+                log.exception("cache statistics failed")
+                continue
+            self.emit("cache_stats", None, layers=self.caches.layer_stats(), point=point)
+
+    async def _cache_action(self, action: str, outcome: str, reason: str) -> None:
+        await self.auto_action(None, action, source="redis", outcome=outcome, reason=reason)
 
     # ------------------------------------------------------------ recovery
 
@@ -467,8 +785,8 @@ class Engine:
                                    reason=f"{b.settings.probes} probes in a row answered: "
                                           f"{source} is back")
         if b.state != before or change:
-            await self._db(self.store.save_source_state, rt.name, source,
-                           {"breaker": b.as_dict()}, now)
+            await self._write(self.store.save_source_state, rt.name, source,
+                              {"breaker": b.as_dict()}, now)
             self.emit("breaker", rt.name, source=source, state=b.state, before=before)
 
     async def _after_run(self, rt: FlowRuntime, answered: list[str], summary: RunSummary) -> None:
@@ -487,11 +805,12 @@ class Engine:
         if primary:
             rt.primary = primary
         rt.active = sorted(answered, key=lambda s: prio[s])
+        await self._source_conditions(rt, answered)
         quiet = rt.cfg.issues.auto_resolve
         if answered and quiet is not None:
             now = self.clock.now_ms()
-            cleared = await self._db(self.store.auto_resolve, rt.name, AUTO_RESOLVE_KINDS,
-                                     now - int(quiet * 1000), now)
+            cleared = await self._try([], self.store.auto_resolve, rt.name, AUTO_RESOLVE_KINDS,
+                                      now - int(quiet * 1000), now)
             for row in cleared:
                 self.emit("issue_state", rt.name, id=row["id"], state="resolved", actor="auto",
                           title=row["title"])
@@ -506,33 +825,102 @@ class Engine:
             rt.incident = True
             why = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
                             for s, i in summary.sources.items())
-            opened, _ = await self._db(self.store.raise_issues, [IssueDraft(
+            res = await self._write(self.store.raise_issues, [IssueDraft(
                 flow=rt.name, kind="incident", severity="critical",
                 title=f"every source of {rt.name} is down: serving last-known-good values "
                       "marked stale",
                 fingerprint=f"incident:{rt.name}", detail={"sources": summary.sources})], now)
-            for issue in opened:
+            for issue in (res[0] if res else []):
                 self.alerter.notify(issue)
             await self.auto_action(rt.name, "incident", outcome="ok",
                                    reason=f"all sources down ({why}); serving stale data")
             self.emit("flow_state", rt.name, state="failing", stale=True)
         elif answered and rt.incident:
             rt.incident = False
-            await self._db(self.store.resolve_by_fingerprint, rt.name, f"incident:{rt.name}",
-                           "auto", now)
+            await self._write(self.store.resolve_by_fingerprint, rt.name,
+                              f"incident:{rt.name}", "auto", now)
             await self.auto_action(rt.name, "recovered", source=primary, outcome="ok",
                                    reason=f"{', '.join(answered)} answering again; "
                                           "incident resolved")
             self.emit("flow_state", rt.name, state=rt.state(), stale=False)
 
+    async def _source_conditions(self, rt: FlowRuntime, answered: list[str]) -> None:
+        """Failures the breaker does not see: a source that answers with nothing new for
+        longer than the freshness target (stale), and a high error rate over a window."""
+        rec = rt.cfg.recovery
+        now = self.clock.now_ms()
+        stale_after = rec.stale_after if rec.stale_after is not None else rt.cfg.freshness
+        for src in rt.cfg.sources:
+            s, h = src.name, rt.health[src.name]
+            if not src.enabled:
+                continue
+            newest = max(rt.collector.sources[s].last_ts.values(), default=None)
+            if newest is not None:
+                h.newest_ts_ms = newest
+            if rec.stale and s in answered:
+                base = h.newest_ts_ms if h.newest_ts_ms is not None else h.first_ok_ms
+                age_s = (now - base) / 1000 if base is not None else 0.0
+                if age_s > stale_after and not h.stale:
+                    h.stale = True
+                    what = (f"its newest record is {age_s:.0f}s old" if h.newest_ts_ms
+                            is not None else f"it brought no record in {age_s:.0f}s")
+                    await self._condition(
+                        rt, s, "stale_source", "stale", True, "warning",
+                        f"{s} answers but {what} (freshness target {stale_after:g}s)",
+                        {"newest_ts_ms": h.newest_ts_ms, "stale_after_s": stale_after})
+                elif age_s <= stale_after and h.stale:
+                    h.stale = False
+                    await self._condition(rt, s, "stale_source", "fresh", False, "warning",
+                                          f"{s} brings new records again")
+            er = rec.error_rate
+            if er.threshold is None:
+                continue
+            rate, n = h.window_error_rate(now, er.window)
+            if n < er.min_requests:
+                continue
+            if rate >= er.threshold and not h.error_rate_high:
+                h.error_rate_high = True
+                await self._condition(
+                    rt, s, "error_rate", "error_rate", True,
+                    "error" if rate >= 0.8 else "warning",
+                    f"{s}: {rate:.0%} of {n} requests failed over the last {er.window:g}s "
+                    f"(threshold {er.threshold:.0%})",
+                    {"rate": round(rate, 3), "requests": n, "window_s": er.window})
+            elif rate < er.threshold and h.error_rate_high:
+                h.error_rate_high = False
+                await self._condition(rt, s, "error_rate", "error_rate_ok", False, "warning",
+                                      f"{s}: error rate back to {rate:.0%} of {n} requests")
+
+    async def _condition(self, rt: FlowRuntime, source: str, kind: str, action: str,
+                         raised: bool, severity: str, reason: str,
+                         detail: dict | None = None) -> None:
+        """Open (or close) a per-source issue and record the recovery action saying so."""
+        fingerprint = f"{kind}:{rt.name}:{source}"
+        now = self.clock.now_ms()
+        if raised:
+            res = await self._write(self.store.raise_issues, [IssueDraft(
+                flow=rt.name, kind=kind, severity=severity, title=reason,
+                fingerprint=fingerprint, source=source, detail=detail or {})], now)
+            for issue in (res[0] if res else []):
+                if self.alerter is not None:
+                    self.alerter.notify(issue)
+            self.emit("issue", rt.name, kind=kind, severity=severity, title=reason, key=None,
+                      source=source)
+        else:
+            await self._write(self.store.resolve_by_fingerprint, rt.name, fingerprint, "auto",
+                              now)
+        await self.auto_action(rt.name, action, source=source, outcome="ok", reason=reason)
+        self.emit("flow_state", rt.name, state=rt.state())
+
     async def auto_action(self, flow: str, action: str, *, reason: str, outcome: str = "ok",
                           source: str | None = None, actor: str = "auto",
                           duration_ms: float | None = None, detail: dict | None = None) -> None:
-        """Record a recovery action (automatic or operator) and announce it."""
-        await self._db(functools.partial(
+        """Record a recovery action (automatic or operator) and announce it. While the store
+        is away the row is held and written, with its own time, when it answers."""
+        await self._write(
             self.store.add_action, ts_ms=self.clock.now_ms(), action=action, actor=actor,
             reason=reason, outcome=outcome, flow=flow, source=source, duration_ms=duration_ms,
-            detail=detail))
+            detail=detail)
         self.emit("action", flow, action=action, actor=actor, reason=reason, outcome=outcome,
                   source=source)
 
@@ -550,8 +938,13 @@ class Engine:
         for (_flow, source), st in self.store.source_states(rt.name).items():
             if source in rt.breakers and "breaker" in st:
                 rt.breakers[source] = Breaker.from_dict(st["breaker"], rt.breaker_settings)
-        rt.incident = any(i["kind"] == "incident" for i in
-                          self.store.issues(flow=rt.name, state=("open", "acknowledged")))
+        open_issues = self.store.issues(flow=rt.name, state=("open", "acknowledged"))
+        rt.incident = any(i["kind"] == "incident" for i in open_issues)
+        for i in open_issues:  # conditions still open from before a restart close when clear
+            if i["source"] in rt.health and i["kind"] == "stale_source":
+                rt.health[i["source"]].stale = True
+            elif i["source"] in rt.health and i["kind"] == "error_rate":
+                rt.health[i["source"]].error_rate_high = True
 
     def _account(self, rt: FlowRuntime, summary: RunSummary) -> None:
         rt.runs += 1
@@ -575,6 +968,7 @@ class Engine:
             h.consecutive_failures += 1
             h.last_error = exc.message
             h.last_error_ms = self.clock.now_ms()
+            h.outcomes.append((h.last_error_ms, False))
             self.emit("fetch", rt.name, source=source, ok=False, error=exc.message,
                       kind=exc.kind)
             return exc
@@ -582,12 +976,16 @@ class Engine:
         h.latencies_ms.append(ms)
         h.consecutive_failures = 0
         h.last_ok_ms = self.clock.now_ms()
+        h.outcomes.append((h.last_ok_ms, True))
+        if h.first_ok_ms is None:
+            h.first_ok_ms = h.last_ok_ms
         self.emit("fetch", rt.name, source=source, ok=True, latency_ms=round(ms, 2),
                   payloads=len(out), bytes=sum(len(f.body) for f in out))
         return out
 
     # ------------------------------------------------------------ processing (worker thread)
 
+    @_gc_paused
     def _process(self, rt: FlowRuntime, payloads: list[Payload], summary: RunSummary,
                  replay: bool) -> None:
         """Run the stages over a run's payloads and commit the result in one transaction."""
@@ -638,18 +1036,22 @@ class Engine:
             d.record_keys = [(k, rt.resolver.bucket(ts)) for k, ts in d.record_keys]
         issues.extend(merged.issues)
         write = BatchWrite(rt.name, raw_status=raw_status, quarantine=quarantine, issues=issues)
+        flow, version_id, metrics = rt.name, rt.version_id, rt.metrics
+        records, series = write.records, write.series
         for r in merged.records:
-            write.records.append({
-                "flow": rt.name, "key": r.key, "ts_ms": r.ts, "data": r.data,
+            data = r.data
+            records.append({
+                "flow": flow, "key": r.key, "ts_ms": r.ts, "data": data,
                 "quality": r.quality, "anomaly_score": r.anomaly, "anomalous": r.anomalous,
                 "flags": r.flags, "sources": r.sources, "contributions": r.contrib or {},
-                "raw_ids": r.raw_ids, "version_id": rt.version_id, "updated_ms": now})
-            for m in rt.metrics:
-                v = r.data.get(m)
-                if isinstance(v, int | float) and not isinstance(v, bool) and v == v \
-                        and abs(v) != float("inf"):
-                    write.series.append({"flow": rt.name, "key": r.key, "metric": m,
-                                         "ts_ms": r.ts, "value": float(v)})
+                "raw_ids": r.raw_ids, "version_id": version_id, "updated_ms": now})
+            for m in metrics:
+                v = data.get(m)
+                tv = type(v)
+                # Finite numbers only (v - v is NaN for NaN and inf); exact types first, cheap.
+                if tv is float or tv is int or (tv is not bool and isinstance(v, int | float)):
+                    if v - v == 0:
+                        series.append((flow, r.key, m, r.ts, float(v)))
         if replay:
             keep = {(q.raw_id, q.item) for q in quarantine}
             replayed_raw = {p.raw_id for p in payloads}
@@ -667,6 +1069,7 @@ class Engine:
                 for source, pairs in seen_pairs.items():
                     rt.collector.forget(source, pairs)
             raise
+        summary.changed_keys.update(r["key"] for r in write.records)
         ss = st["store"]
         ss.records_in += len(write.records)
         ss.records_out += len(write.records)
@@ -743,6 +1146,7 @@ class Engine:
         """Process raw payloads that were committed but never processed (after a crash)."""
         out = []
         for rt in self.flows.values():
+            await self._drain_spool(rt)  # payloads buffered before a crash or a stop
             rows = await self._db(self.store.pending_raw, rt.name)
             if rows:
                 out.append(await self._reprocess(rt, rows, "resume", replay=False))
@@ -762,16 +1166,14 @@ class Engine:
 
     async def _reprocess(self, rt: FlowRuntime, rows: list[dict], trigger: str,
                          replay: bool) -> RunSummary:
-        known = {s.name for s in rt.cfg.sources}
         async with rt.lock:
             started = self.clock.now_ms()
             run_id = await self._db(self.store.start_run, rt.name, trigger, started)
             summary = RunSummary(rt.name, run_id, trigger, started)
-            payloads = [Payload(r["id"], r["source"], r["body"], r["content_type"],
-                                r["fetched_ms"], r["truncated"]) for r in rows
-                        if r["source"] in known]
+            payloads = self._payloads(rt, rows)
             try:
                 await self._db(self._process, rt, payloads, summary, replay)
+                await self._after_write(rt, summary)
             except Exception as exc:
                 log.exception("%s of %s failed", trigger, rt.name)
                 summary.status = "failed"
@@ -797,10 +1199,24 @@ class Engine:
                 "throughput": list(rt.throughput),
                 "mode": rt.cfg.recovery.mode, "incident": rt.incident, "stale": rt.incident,
                 "primary": rt.primary, "pinned": rt.pinned, "active": rt.active,
+                "store": {"available": self.store_down_since is None,
+                          "down_since_ms": rt.store_down_since,
+                          "buffered": len(self.spools[name]),
+                          "buffered_bytes": self.spools[name].bytes,
+                          "dropped": self.spools[name].dropped},
                 "sources": {s.name: {"kind": s.kind, "priority": s.priority,
                                      "enabled": s.enabled, **rt.health[s.name].as_dict(),
                                      "breaker": rt.breakers[s.name].as_dict()}
                             for s in rt.cfg.sources},
             }
-        return {"ts": self.clock.now(), "flows": flows}
+        return {"ts": self.clock.now(), "flows": flows, "caches": self.caches.snapshot()}
+
+
+def cache_settings(config: Config) -> CacheSettings:
+    """The storage layer's cache settings from the ``cache:`` section of the config."""
+    c = config.cache
+    return CacheSettings(l1_ttl=c.l1.ttl, l1_size=c.l1.size, l1_stale=c.l1.stale,
+                         redis_url=c.redis_url, namespace=c.namespace, l2_ttl=c.l2.ttl,
+                         l2_timeout=c.l2.timeout, http=c.http_policies(),
+                         prewarm_keys=c.prewarm)
 

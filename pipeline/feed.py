@@ -61,6 +61,7 @@ from flowdeck.pipeline.feed_protocol import (
     channel_kind,
     envelope,
     merge_records,
+    remote_actor,
     route,
     slim_event,
 )
@@ -367,6 +368,7 @@ class FeedServer:
         token: str | None = None,
         origins: list[str] | tuple[str, ...] = (),
         limits: FeedLimits | None = None,
+        caches: Any = None,
     ) -> None:
         if token is not None and not token.strip():
             raise FeedError("the feed token is empty")
@@ -379,6 +381,10 @@ class FeedServer:
                 "(no token is needed on 127.0.0.1)"
             )
         self.control = control
+        # The engine's caches (flowdeck.storage.cache.Caches) when it runs in this process:
+        # the read API keeps encoded bodies there and counts the L4 (HTTP) layer.
+        self.caches = caches if caches is not None else getattr(
+            getattr(control, "engine", None), "caches", None)
         self.host = host
         self.port = port
         self.token = token
@@ -518,7 +524,9 @@ class FeedServer:
         """Scrape-time: open issues by flow and severity, breakers from a fresh snapshot."""
         rows = await self.control.query("issues", state=["open", "acknowledged"], limit=100_000)
         self.metrics.set_open_issues(rows, self.flows)
-        self.metrics.set_breakers(await self.snapshot(fresh_after=time.monotonic()))
+        snap = await self.snapshot(fresh_after=time.monotonic())
+        self.metrics.set_breakers(snap)
+        self.metrics.set_caches(snap.get("caches"))
 
     # ------------------------------------------------------------ events -> channels
 
@@ -813,8 +821,9 @@ class FeedServer:
                 name, params = msg.get("name"), msg.get("params") or {}
                 if not isinstance(name, str) or not isinstance(params, dict):
                     raise ProtocolError("bad_request", f"{t} needs a name and params object")
+                actor = remote_actor(msg.get("actor")) if t == "action" else None
                 viewer.in_flight += 1
-                self._spawn(self._request(viewer, t, name, params, rid))
+                self._spawn(self._request(viewer, t, name, params, rid, actor))
             else:
                 raise ProtocolError(
                     "unknown_type",
@@ -823,11 +832,13 @@ class FeedServer:
         except ProtocolError as exc:
             viewer.reply("error", {"id": rid, "code": exc.code, "message": str(exc)})
 
-    async def _request(self, viewer: Viewer, kind: str, name: str, params: dict, rid: Any) -> None:
+    async def _request(self, viewer: Viewer, kind: str, name: str, params: dict, rid: Any,
+                       actor: str | None = None) -> None:
         """An action or query, answered with a ``result`` (or an ``error``) carrying ``id``."""
         try:
             if kind == "action":
-                result = await self.control.act(name, **params)
+                result = await self.control.act(name, **({"actor": actor} if actor else {}),
+                                                **params)
             elif name == "snapshot":
                 result = await self.snapshot()
             else:
@@ -964,10 +975,10 @@ class FeedServer:
             return ch.seq, {"events": list(self.recent)}
         if kind == "metrics":
             return ch.seq, self.metrics.channel_data(len(self.viewers))
-        if kind == "caches":
-            return ch.seq, {"layers": {}}
         snap, seqs = await self._snapshot_with_seqs(time.monotonic() if fresh else None)
         seq = seqs.get(ch.name, 0)
+        if kind == "caches":
+            return seq, snap.get("caches") or {"layers": {}, "history": [], "hot_keys": []}
         if kind == "flows":
             return seq, {"flows": snap["flows"]}
         if kind == "quality":

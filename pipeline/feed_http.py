@@ -14,19 +14,20 @@ import asyncio
 import base64
 import email.utils
 import hashlib
+import json
 import re
 import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from flowdeck.pipeline.control import ControlError
 from flowdeck.pipeline.feed_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from flowdeck.pipeline.feed_protocol import dumps
+from flowdeck.pipeline.feed_protocol import ProtocolError, dumps, remote_actor
 from flowdeck.pipeline.ops import parse_since
 
 if TYPE_CHECKING:
@@ -37,7 +38,10 @@ JSON = "application/json"
 STEPS = {"raw": None, "1m": 60_000, "1h": 3_600_000}
 ISSUE_STATES = ("open", "acknowledged", "resolved", "muted")
 _FLOW_PATH = re.compile(r"^/api/flows/([^/]+)/(latest|history)$")
-# Seconds a response may be reused, then served stale while one request revalidates.
+_ACTION_PATH = re.compile(r"^/api/actions/([A-Za-z_][A-Za-z0-9_]{0,63})$")
+MAX_PARAMS = 8192  # characters of the ?params= JSON
+# Seconds a response may be reused, then served stale while one request revalidates
+# (the defaults; `cache.http` in the config overrides them per endpoint).
 CACHE = {
     "flows": (1, 5),
     "latest": (1, 5),
@@ -172,14 +176,19 @@ class HttpApi:
         authorized: bool,
         cors: dict[str, str],
     ) -> Response:
-        if request.method not in ("GET", "HEAD"):
+        action = _ACTION_PATH.match(path)
+        if action and request.method != "POST":
+            return error(405, "an action is a POST", {"Allow": "POST", **cors})
+        if request.method not in ("GET", "HEAD") and not action:
             return error(
                 405,
                 f"{request.method} is not supported: the API is read-only "
-                "(operator actions go over the websocket feed)",
+                "(operator actions: POST /api/actions/{name}, or the websocket feed)",
                 {"Allow": "GET, HEAD", **cors},
             )
         try:
+            if action:
+                return await self._act(request, action.group(1), query, authorized, cors)
             resp = await self._route(request, path, query, authorized, cors)
         except BadRequest as exc:
             resp = error(exc.status, str(exc), cors)
@@ -234,12 +243,15 @@ class HttpApi:
             if flow not in server.flows:
                 raise BadRequest(f"no flow {flow!r} (flows: {', '.join(server.flows)})", 404)
             if m.group(2) == "latest":
-                rows = await server.control.query("latest", flow=flow)
                 key = _one(query, "key")
-                if key is not None:
-                    rows = [r for r in rows if r.get("key") == key]
-                return self._cached(request, "latest", {"flow": flow, "records": rows}, cors)
-            return self._cached(request, "history", await self._history(flow, query), cors)
+
+                async def latest() -> dict:
+                    rows = await server.control.query("latest", flow=flow, key=key)
+                    return {"flow": flow, "records": rows}
+
+                return await self._edge(request, "latest", flow, key, query, latest, cors)
+            return await self._edge(request, "history", flow, _one(query, "key"), query,
+                                    lambda: self._history(flow, query), cors)
         if path == "/api/issues":
             state = _one(query, "state")
             if state is None:
@@ -261,6 +273,62 @@ class HttpApi:
             )
             return self._cached(request, "actions", {"actions": rows}, cors)
         return error(404, f"no such endpoint {path!r} (see docs/api.md)", cors)
+
+    async def _act(
+        self,
+        request: Request,
+        name: str,
+        query: dict[str, list[str]],
+        authorized: bool,
+        cors: dict[str, str],
+    ) -> Response:
+        """``POST /api/actions/{name}``: an operator action, as the feed's ``action`` message.
+
+        The HTTP parser of the feed's port takes no request body, so parameters come in
+        the query string: ``?params=<JSON object>``, and/or one ``?name=value`` each (a
+        value that reads as JSON, like ``600`` or ``true``, is taken as such). A foreign
+        Origin was already refused (CSRF); the token is required whenever one is set.
+        """
+        headers = {"Cache-Control": "no-store", **cors}
+        if not authorized:
+            return error(
+                401,
+                "missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token>",
+                {"WWW-Authenticate": 'Bearer realm="flowdeck"', **headers},
+            )
+        params: dict[str, Any] = {}
+        raw = _one(query, "params")
+        if raw is not None:
+            if len(raw) > MAX_PARAMS:
+                raise BadRequest(f"params is longer than {MAX_PARAMS} characters", 413)
+            try:
+                params = json.loads(raw)
+            except ValueError as exc:
+                raise BadRequest(f"params is not JSON: {exc}") from None
+            if not isinstance(params, dict):
+                raise BadRequest("params must be a JSON object")
+        for key, values in query.items():
+            if key in ("params", "token", "actor"):
+                continue
+            try:
+                params[key] = json.loads(values[-1])
+            except ValueError:
+                params[key] = values[-1]
+        try:
+            actor = remote_actor(request.headers.get("X-Flowdeck-Actor") or _one(query, "actor"))
+        except ProtocolError as exc:
+            raise BadRequest(str(exc)) from None
+        try:
+            result = await self.server.control.act(
+                name, **({"actor": actor} if actor else {}), **params)
+        except ControlError as exc:
+            status = 404 if str(exc).startswith(("unknown action", "no ")) else 400
+            return error(status, str(exc), headers)
+        except (TypeError, KeyError, ValueError) as exc:
+            what = f"missing parameter {exc}" if isinstance(exc, KeyError) else str(exc)
+            return error(400, f"action {name!r}: {what}", headers)
+        body = {"action": name, "ok": bool(result.get("ok", True)), "result": result}
+        return response(200 if body["ok"] else 409, dumps(body), JSON, headers)
 
     def _flow_param(self, query: dict[str, list[str]]) -> str | None:
         flow = _one(query, "flow")
@@ -304,18 +372,46 @@ class HttpApi:
             "points": [list(p) for p in points],
         }
 
+    async def _edge(self, request: Request, kind: str, flow: str, key: str | None,
+                    query: dict[str, list[str]], build, cors: dict[str, str]) -> Response:
+        """A per-flow read whose encoded body and ETag are cached until its data changes.
+
+        With the engine in this process the body is kept in its L1 cache (invalidated with
+        the values it shows), so a repeated request, a 304 above all, costs a lookup.
+        """
+        caches = self.server.caches
+        if caches is None:
+            return self._cached(request, kind, await build(), cors)
+        variant = kind + "?" + urlencode(
+            sorted((k, v) for k, vs in query.items() if k != "token" for v in vs))
+
+        async def encoded() -> bytes:
+            return dumps(await build())
+
+        body, etag = await caches.http_response(flow, key, variant, encoded)
+        return self._respond(request, kind, body, etag, cors)
+
     def _cached(self, request: Request, kind: str, obj: Any, cors: dict[str, str]) -> Response:
         body = dumps(obj)
-        etag = etag_of(body)
-        max_age, swr = CACHE[kind]
+        return self._respond(request, kind, body, etag_of(body), cors)
+
+    def _respond(self, request: Request, kind: str, body: bytes, etag: str,
+                 cors: dict[str, str]) -> Response:
+        """200 with the body, or 304 when If-None-Match names its ETag (an L4 hit)."""
+        caches = self.server.caches
+        policy = caches.http_policy(kind) if caches is not None else None
+        max_age, swr = policy or CACHE[kind]
         scope = "private" if self.server.token else "public"
         headers = {
             "ETag": etag,
             "Vary": "Authorization, Origin",
-            "Cache-Control": f"{scope}, max-age={max_age}, stale-while-revalidate={swr}",
+            "Cache-Control": f"{scope}, max-age={max_age:g}, stale-while-revalidate={swr:g}",
             **cors,
         }
-        if matches(request.headers.get("If-None-Match"), etag):
+        not_modified = matches(request.headers.get("If-None-Match"), etag)
+        if caches is not None:
+            caches.count_http(not_modified)
+        if not_modified:
             return response(304, headers=headers)
         return response(200, body, JSON, headers)
 

@@ -88,19 +88,33 @@ class FeedMetrics:
         )
         self.cache_requests = Counter(
             "flowdeck_cache_requests",
-            "Cache lookups per layer (l1..l4) and result (hit, "
-            "miss). Declared ahead of the caches, which land with the caching work: no "
-            "samples until then.",
+            "Cache lookups per layer (l1 memory, l2 redis, l3 database, l4 http) and "
+            "result (hit, miss). For l4 a hit is a 304 Not Modified.",
             ["layer", "result"],
             registry=r,
         )
         self.cache_invalidations = Counter(
             "flowdeck_cache_invalidations",
-            "Cache invalidations per layer. Declared ahead of "
-            "the caches, which land with the caching work: no samples until then.",
+            "Cache entries invalidated per layer (new values, purges, other daemons).",
             ["layer"],
             registry=r,
         )
+        self.cache_evictions = Counter(
+            "flowdeck_cache_evictions",
+            "Cache entries evicted per layer (LRU and expiry).",
+            ["layer"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "flowdeck_cache_errors",
+            "Failed cache operations per layer (Redis unreachable, timeouts).",
+            ["layer"],
+            registry=r,
+        )
+        self.cache_size = Gauge(
+            "flowdeck_cache_size", "Entries held per cache layer.", ["layer"], registry=r
+        )
+        self._cache_seen: dict[tuple[str, str], int] = {}
         self.feed_clients = Gauge(
             "flowdeck_feed_clients", "Websocket viewers connected to the feed.", registry=r
         )
@@ -147,6 +161,7 @@ class FeedMetrics:
     def seed(self, snapshot: dict) -> None:
         """Create every flow's series and set gauges from an engine snapshot."""
         self.set_breakers(snapshot)
+        self.set_caches(snapshot.get("caches"))
         for flow, f in snapshot.get("flows", {}).items():
             st = self._flow(flow)
             for stage in f.get("totals", {}):
@@ -224,9 +239,32 @@ class FeedMetrics:
         elif t == "breaker" and flow:
             code = BREAKER_CODES.get(d.get("state"), 0)
             self.breaker_state.labels(flow, d.get("source") or "-").set(code)
+        elif t == "cache_stats":
+            self.set_caches(d)
         elif t == "quarantine" and flow:
             self.quarantine.labels(flow, d.get("reason") or "unknown").inc()
             self._flow(flow)["quarantined"] += 1
+
+    def set_caches(self, caches: dict | None) -> None:
+        """Cache counters from the engine's cumulative per-layer statistics.
+
+        The engine counts; Prometheus counters only go up, so each is advanced by the
+        difference from the last value seen (a smaller value, an engine restart, resets it).
+        """
+        for layer, st in ((caches or {}).get("layers") or {}).items():
+            for metric, child in (
+                ("hits", self.cache_requests.labels(layer, "hit")),
+                ("misses", self.cache_requests.labels(layer, "miss")),
+                ("invalidations", self.cache_invalidations.labels(layer)),
+                ("evictions", self.cache_evictions.labels(layer)),
+                ("errors", self.cache_errors.labels(layer)),
+            ):
+                value = int(st.get(metric) or 0)
+                before = self._cache_seen.get((layer, metric), 0)
+                if value > before:
+                    child.inc(value - before)
+                self._cache_seen[(layer, metric)] = value
+            self.cache_size.labels(layer).set(st.get("size") or 0)
 
     def set_open_issues(self, rows: list[dict], flows: list[str]) -> None:
         """Open and acknowledged issues, counted by flow and severity (absent ones are 0)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -344,3 +345,18 @@ def merge_records(old: dict, new: dict) -> dict:
 FLOW_CHANGING = frozenset(
     {"run_started", "run_finished", "fetch", "flow_state", "action", "records", "breaker"}
 )
+
+
+_ACTOR_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def remote_actor(name: Any) -> str | None:
+    """The actor a remote operator's action is recorded under: ``operator:<name>``.
+
+    None when no name is given (the daemon's own actor is used). A name that is
+    not 1-64 letters, digits, ``_ . @ -`` is refused (ProtocolError)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _ACTOR_NAME.match(name):
+        raise ProtocolError("bad_request", "actor must be 1-64 letters, digits, _ . @ or -")
+    return f"operator:{name}"

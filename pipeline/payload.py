@@ -560,6 +560,7 @@ def compile_path(path: str) -> Callable[[Any], Any]:
                 except AttributeError:
                     return None
 
+            get_one.key = key  # a plain key: callers may read it from dicts directly
             return get_one
         if len(segments) == 2:
             first, second = segments

@@ -17,7 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -33,16 +34,23 @@ def resolve_url(url: str | None, config_url: str | None = None) -> str:
     return url or os.environ.get("FLOWDECK_DB") or config_url or DEFAULT_URL
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+# The database is away (locked past the busy timeout, unreachable, connections refused):
+# callers that can wait for it (the engine's raw spool) catch these.
+UNAVAILABLE = (OperationalError, InterfaceError, SATimeoutError)
 
 
-def make_engine(url: str) -> Engine:
+def _sqlite_pragmas(busy_timeout_ms: int):
+    def on_connect(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+    return on_connect
+
+
+def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
     try:
         u = make_url(url)
     except ArgumentError:
@@ -55,8 +63,9 @@ def make_engine(url: str) -> Engine:
                 raise StoreError(f"no such folder for the SQLite database: {parent}")
         # One connection per thread; the store writes from one thread at a time.
         engine = create_engine(u, poolclass=NullPool if db in (None, "", ":memory:") else None,
-                               connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+                               connect_args={"check_same_thread": False,
+                                             "timeout": busy_timeout})
+        event.listen(engine, "connect", _sqlite_pragmas(int(busy_timeout * 1000)))
         return engine
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":

@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from recovery_support import fast_config, fast_config_text, run_weather, sequence
 
 from flowdeck.pipeline.config import BUNDLED_CONFIG, parse_config
 from flowdeck.pipeline.control import ControlError, LocalControl
 from flowdeck.pipeline.engine import Engine
 from flowdeck.pipeline.recovery import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
-
-
-def fast_config_text() -> str:
-    """The demo flows with quick retries (the fault timing is what is under test)."""
-    return BUNDLED_CONFIG.read_text().replace("timeout: 3s", "timeout: 3s\n        backoff: 10ms")
-
-
-def fast_config():
-    return parse_config(fast_config_text(), str(BUNDLED_CONFIG))
-
-
-async def run_weather(engine, clock, seconds: float, step: float = 10.0) -> list:
-    out = []
-    t = 0.0
-    while t < seconds:
-        out.append(await engine.run_flow("weather", "schedule"))
-        clock.advance(step)
-        t += step
-    return out
-
-
-def sequence(store, flow="weather") -> list[tuple[str, str | None, str]]:
-    return [(a["action"], a["source"], a["outcome"]) for a in reversed(store.actions(flow))]
 
 
 def test_breaker_opens_on_failure_rate_probes_and_closes_with_hysteresis():

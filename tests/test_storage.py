@@ -9,6 +9,7 @@ from flowdeck.console.cli import main as cli_main
 from flowdeck.storage import schema as s
 from flowdeck.storage.db import (
     StoreError,
+    alembic_config,
     check_schema,
     current_revision,
     head_revision,
@@ -125,6 +126,40 @@ def test_db_upgrade_command_prints_the_revision_change(db_url, capsys):
     st.close()
 
 
+def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
+    """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
+    from alembic import command
+
+    engine = make_engine(db_url)
+    try:
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        with engine.begin() as conn:
+            conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
+                                             point("EURUSD", T + 20_000, 3.0)])
+            for table in (s.series_1m, s.series_1h):
+                conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+                                               "bucket_ms": T, "n": 2, "sum": 4.0,
+                                               "min": 1.0, "max": 3.0}])
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="run: flowdeck db upgrade"):
+        Store(db_url)
+    assert cli_main(["db", "upgrade", "--db", db_url]) == 0
+    assert capsys.readouterr().out.strip() == f"schema 0001 -> {head_revision()}"
+    st = Store(db_url, create_if_empty=False)
+    try:
+        assert st.history("fx", "EURUSD", "rate") == [(T + 10_000, 1.0), (T + 20_000, 3.0)]
+        assert st.history("fx", "EURUSD", "rate", step_ms=MIN) == [(T, 2.0)]
+        st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 30_000, 5.0)]), T)
+        assert rollup(st, s.series_1m) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
+        assert rollup(st, s.series_1h) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
+    finally:
+        st.close()
+
+
 def test_db_upgrade_with_a_bad_url_is_one_line(capsys):
     assert cli_main(["db", "upgrade", "--db", "mysql://x@127.0.0.1/db"]) == 1
     err = capsys.readouterr().err
@@ -232,6 +267,30 @@ def test_records_are_upserted_and_latest_keeps_the_newest(store):
     assert store.latest("fx", "USDJPY")[0]["data"]["rate"] == 151.0
     assert store.count("records", flow="fx") == 7
     assert store.count("latest", flow="fx") == 4
+
+
+def test_a_record_reads_back_exactly_as_the_stages_left_it(store):
+    """Lineage shows what was stored: values, flags and each source's contribution."""
+    data = {"pair": "EURUSD", "rate": 1.0842, "note": "Zürich \"quote\"", "bid": None,
+            "levels": [1, 2.5]}
+    one = {"fxquote": {"v": data, "ts": T + 1_500, "raw": 7, "q": 0.875, "f": ["clock_skew"]}}
+    two = {"fxquote": {"v": {"rate": 1.0}, "ts": T, "raw": 7, "q": 1.0, "f": []},
+           "ecbx": {"v": {"rate": 1.2}, "ts": T, "raw": 8, "q": 0.5, "f": ["out_of_order"]}}
+    rows = [{**rec("EURUSD", T), "data": data, "contributions": one, "flags": ["clock_skew"],
+             "raw_ids": [7], "anomalous": True, "anomaly_score": 0.93},
+            {**rec("GBPUSD", T), "contributions": two, "sources": ["fxquote", "ecbx"],
+             "raw_ids": [7, 8]}]
+    store.write_batch(BatchWrite("fx", records=rows), T)
+    got = {r["key"]: r for r in store.records_since("fx")}
+    assert got["EURUSD"]["data"] == data
+    assert got["EURUSD"]["contributions"] == one
+    assert got["EURUSD"]["flags"] == ["clock_skew"] and got["EURUSD"]["raw_ids"] == [7]
+    assert got["EURUSD"]["anomalous"] is True and got["EURUSD"]["anomaly_score"] == 0.93
+    assert got["GBPUSD"]["contributions"] == two
+    assert got["GBPUSD"]["sources"] == ["fxquote", "ecbx"]
+    assert store.contributions("fx", [("EURUSD", T), ("GBPUSD", T)]) == {
+        ("EURUSD", T): one, ("GBPUSD", T): two}
+    assert store.latest("fx", "EURUSD")[0]["data"] == data
 
 
 def test_series_rollups_hold_count_sum_min_max_and_survive_rewrites(store):

@@ -46,7 +46,7 @@ def timestamp_parser(fmt: str, tz: str) -> Callable[[Any], int]:
             return int(round(number(v) * 1000))
     elif fmt == "epoch_ms":
         def parse(v: Any) -> int:
-            return int(number(v))
+            return v if type(v) is int else int(number(v))
     elif fmt == "iso":
         def parse(v: Any) -> int:
             if not isinstance(v, str):
@@ -87,15 +87,21 @@ class SourceCollector:
             else:
                 getters.append((target, compile_path(spec), None))
         self.getters = getters
+        # Every field a plain top-level key without a value map (the common case): items
+        # that are dicts are mapped by one dict comprehension instead of a getter per field.
+        keys = [getattr(get, "key", None) for _t, get, vmap in getters if vmap is None]
+        self.plain = ([(t, k) for (t, _g, _m), k in zip(getters, keys, strict=True)]
+                      if len(keys) == len(getters) and None not in keys else None)
         self.parse_ts = timestamp_parser(src.timestamp.format, src.timestamp.tz)
         self.seen: OrderedDict[tuple[str, int], int | None] = OrderedDict()  # -> content hash
         self.seen_hashes: OrderedDict[int, None] = OrderedDict()
         self.last_ts: dict[str, int] = {}
 
-    def _remember(self, od: OrderedDict, item: Any, value: Any = None) -> None:
-        od[item] = value
-        if len(od) > SEEN_LIMIT:
-            od.popitem(last=False)
+    def trim(self) -> None:
+        """Forget the oldest pairs and hashes beyond SEEN_LIMIT."""
+        for od in (self.seen, self.seen_hashes):
+            for _ in range(len(od) - SEEN_LIMIT):
+                od.popitem(last=False)
 
 
 class Collector:
@@ -130,18 +136,23 @@ class Collector:
         skew = now_ms + int(checks.skew * 1000)
         min_ts = now_ms - int(checks.max_age * 1000) if checks.max_age else None
         ts_field, key_field = sc.ts_field, sc.key_field
+        plain = sc.plain
+        seen, seen_hashes, last_ts = sc.seen, sc.seen_hashes, sc.last_ts
         out = batch.records
         for idx, item in enumerate(batch.items):
             if isinstance(item, BadItem):
                 batch.reject(None, stage="collect", reason=item.reason, message=item.message,
                              item=item.index, record={"excerpt": item.text})
                 continue
-            data: dict[str, Any] = {}
-            for target, get, vmap in sc.getters:
-                v = get(item)
-                if vmap is not None and isinstance(v, str | int | float | bool):
-                    v = vmap.get(v, v)
-                data[target] = v
+            if plain is not None and type(item) is dict:
+                data = {target: item.get(k) for target, k in plain}
+            else:
+                data = {}
+                for target, get, vmap in sc.getters:
+                    v = get(item)
+                    if vmap is not None and isinstance(v, str | int | float | bool):
+                        v = vmap.get(v, v)
+                    data[target] = v
             raw_ts = data.pop(ts_field, None)
             key = data.get(key_field)
             if key is None or key == "":
@@ -170,27 +181,28 @@ class Collector:
                              message=f"timestamp {_iso(ts)} is older than {checks.max_age:g}s")
                 continue
             kt = (key, ts)
-            if kt in sc.seen:
+            if kt in seen:
                 batch.dropped["duplicate"] += 1
                 continue
             try:
                 h = hash((key, ts, tuple(data.values())))
             except TypeError:  # unhashable values (lists/dicts) are left to validation
                 h = None
-            if h is not None and h in sc.seen_hashes:
-                batch.dropped["duplicate"] += 1
-                continue
-            sc._remember(sc.seen, kt, h)
             if h is not None:
-                sc._remember(sc.seen_hashes, h)
+                if h in seen_hashes:
+                    batch.dropped["duplicate"] += 1
+                    continue
+                seen_hashes[h] = None
+            seen[kt] = h
             if ts > skew:
                 rec.flags.append("clock_skew")
-            last = sc.last_ts.get(key)
+            last = last_ts.get(key)
             if last is not None and ts < last:
                 rec.flags.append("out_of_order")
             else:
-                sc.last_ts[key] = ts
+                last_ts[key] = ts
             out.append(rec)
+        sc.trim()  # once per batch, not per record
 
     def forget(self, source: str, pairs: list[tuple[str, int]]) -> None:
         """Let a later payload bring these (key, ts) again (used when a batch fails to store)."""

@@ -8,6 +8,7 @@ stored instead of overwriting it: resolving is idempotent and order-free.
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.storage.store import IssueDraft
 
 VERSION = "resolve/1"
+_BY_TS_KEY = operator.attrgetter("ts", "key")
 
 
 def _num(v: Any) -> bool:
@@ -66,31 +68,45 @@ class Resolver:
 
     def run(self, batch: Batch, now_ms: int,
             stored: dict[tuple[str, int], dict] | None = None) -> None:
-        groups: dict[tuple[str, int], dict[str, dict]] = {}
-        flags: dict[tuple[str, int], set[str]] = {}
+        w = self.window_ms
+        # (key, window) -> [contributions by source, flags, the batch's record per source]
+        groups: dict[tuple[str, int], list] = {}
         for rec in batch.records:
-            gk = (rec.key, self.bucket(rec.ts))
-            contribs = groups.get(gk)
-            if contribs is None:
-                contribs = groups[gk] = dict(stored.get(gk, {})) if stored else {}
-                flags[gk] = set()
+            ts = rec.ts
+            gk = (rec.key, ts - ts % w if w > 0 else ts)
+            g = groups.get(gk)
+            if g is None:
+                base = stored.get(gk) if stored else None
+                g = groups[gk] = [dict(base) if base else {}, set(), {}]
+            contribs = g[0]
             prev = contribs.get(rec.source)
-            if prev is not None and prev["ts"] > rec.ts and prev["raw"] != rec.raw_id:
+            if prev is not None and prev["ts"] > ts and prev["raw"] != rec.raw_id:
                 continue  # an older reading of the same source in the same window
-            contribs[rec.source] = {"v": rec.data, "ts": rec.ts, "raw": rec.raw_id,
+            contribs[rec.source] = {"v": rec.data, "ts": ts, "raw": rec.raw_id,
                                     "q": rec.quality, "f": rec.flags}
-            flags[gk].update(rec.flags)
-        out: list[Rec] = []
-        for (key, ts), contribs in groups.items():
-            out.append(self._merge(batch, key, ts, contribs, flags[(key, ts)]))
-        out.sort(key=lambda r: (r.ts, r.key))
+            g[2][rec.source] = rec
+            if rec.flags:
+                g[1].update(rec.flags)
+        merge = self._merge
+        out = [merge(batch, key, ts, contribs, flags, recs)
+               for (key, ts), (contribs, flags, recs) in groups.items()]
+        out.sort(key=_BY_TS_KEY)
         batch.records = out
 
     def _merge(self, batch: Batch, key: str, ts: int, contribs: dict[str, dict],
-               flags: set[str]) -> Rec:
+               flags: set[str], recs: dict[str, Rec] | None = None) -> Rec:
         if len(contribs) == 1:  # one source: nothing to merge or disagree about
             (src, only), = contribs.items()
-            rec = Rec(key, ts, dict(only["v"]), src, only["raw"], -1)
+            rec = recs.get(src) if recs else None
+            if rec is not None and rec.data is only["v"]:
+                # The batch's own record becomes the merged one: no copy of its values
+                # (nothing downstream changes them) and no new object per record.
+                rec.ts = ts
+                rec.item = -1
+                rec.sources = [src]
+            else:
+                rec = Rec(key, ts, dict(only["v"]), src, only["raw"], -1)
+            rec.raw_id = only["raw"]
             rec.raw_ids = [only["raw"]] if only.get("raw") is not None else []
             rec.quality = only.get("q", 1.0)
             rec.contrib = contribs

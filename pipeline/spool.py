@@ -1,0 +1,127 @@
+"""The raw spool: fetched payloads the store could not take, kept in order until it can.
+
+When the database is locked or unreachable, a fetched payload cannot be
+committed to the raw store (DESIGN.md section 8: raw first). Rather than drop
+it, the engine hands it to its flow's spool: one file per payload in a folder
+per flow, written to a temporary name, flushed and renamed, so a crash while
+the database is away loses nothing either. Every later run (and the engine's
+retry timer) first commits the spooled payloads to the raw store, oldest
+first, and only then processes them; the raw store's content hash and the
+records' idempotent upsert make a payload committed twice (a crash between
+commit and unlink) harmless.
+
+The spool is bounded (``store.spool_max`` bytes per flow): past it a new
+payload is refused and counted, never allowed to fill the disk.
+
+File format: one JSON header line (source, fetched_ms, content_type,
+status_code, truncated, size), a newline, then the body bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("flowdeck.spool")
+
+_NAME = re.compile(r"^(\d{12})\.spool$")
+
+
+@dataclass
+class SpoolEntry:
+    seq: int
+    source: str
+    body: bytes
+    fetched_ms: int
+    content_type: str | None = None
+    status_code: int | None = None
+    truncated: bool = False
+    path: Path | None = None
+
+
+class RawSpool:
+    """One flow's buffer. ``folder=None`` keeps it in memory (an in-memory database)."""
+
+    def __init__(self, folder: Path | None, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self.dropped = 0
+        self._mem: list[SpoolEntry] = []
+        self._sizes: dict[int, int] = {}
+        self._seq = 0
+        if folder is not None and folder.is_dir():
+            for p in folder.iterdir():
+                m = _NAME.match(p.name)
+                if m:
+                    seq = int(m.group(1))
+                    self._sizes[seq] = p.stat().st_size
+                    self._seq = max(self._seq, seq)
+                elif p.name.endswith(".tmp"):  # a write cut short by a crash: never renamed
+                    p.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def add(self, source: str, body: bytes, fetched_ms: int, *, content_type: str | None = None,
+            status_code: int | None = None, truncated: bool = False) -> bool:
+        """Keep a payload. False (and counted in ``dropped``) when the spool is full."""
+        if self.bytes + len(body) > self.max_bytes:
+            self.dropped += 1
+            return False
+        self._seq += 1
+        entry = SpoolEntry(self._seq, source, body, fetched_ms, content_type, status_code,
+                           truncated)
+        if self.folder is None:
+            self._mem.append(entry)
+            self._sizes[entry.seq] = len(body)
+            return True
+        self.folder.mkdir(parents=True, exist_ok=True)
+        header = {"source": source, "fetched_ms": fetched_ms, "content_type": content_type,
+                  "status_code": status_code, "truncated": truncated, "size": len(body)}
+        final = self.folder / f"{entry.seq:012d}.spool"
+        tmp = final.with_name(final.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(header).encode() + b"\n" + body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self._sizes[entry.seq] = len(body)
+        return True
+
+    def entries(self) -> list[SpoolEntry]:
+        """Every kept payload, oldest first."""
+        if self.folder is None:
+            return list(self._mem)
+        out = []
+        for seq in sorted(self._sizes):
+            path = self.folder / f"{seq:012d}.spool"
+            try:
+                data = path.read_bytes()
+                head, _, body = data.partition(b"\n")
+                h = json.loads(head)
+                if len(body) != h["size"]:
+                    raise ValueError(f"{len(body)} bytes, header says {h['size']}")
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("spool file %s is unreadable (%s); set aside as .bad", path, exc)
+                path.rename(path.with_suffix(".bad"))
+                self._sizes.pop(seq, None)
+                continue
+            out.append(SpoolEntry(seq, h["source"], body, h["fetched_ms"], h.get("content_type"),
+                                  h.get("status_code"), bool(h.get("truncated")), path))
+        return out
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget a payload once the raw store holds it."""
+        self._sizes.pop(entry.seq, None)
+        if entry.path is not None:
+            entry.path.unlink(missing_ok=True)
+        else:
+            self._mem = [e for e in self._mem if e.seq != entry.seq]
