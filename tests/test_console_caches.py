@@ -2,18 +2,28 @@
 
 Rendering tests use the recorded fixture state (its caches part is fixed numbers,
 see tests/fixtures/make_console_state.py); the key tests check what the screen
-asks a Control to do, after confirmation where the action is destructive.
+asks a Control to do, after confirmation where the action is destructive; the
+last one does it against a real engine and store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
+import pytest
 from console_support import FixtureControl, fixture_state, make_app
 from rich.text import Text
 
+from flowdeck.console.app import FlowdeckApp
 from flowdeck.console.screens.caches import CachesScreen
+from flowdeck.console.state import ConsoleState
 from flowdeck.console.widgets import ConfirmScreen, DeckTable
+from flowdeck.pipeline.clock import ManualClock
+from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config
+from flowdeck.pipeline.control import LocalControl
+from flowdeck.pipeline.engine import Engine
+from flowdeck.storage.store import Store
 
 
 def screen_text(app) -> str:
@@ -164,3 +174,120 @@ async def test_purge_and_prewarm_from_the_command_palette():
         await pilot.press("enter")
         await settle(app, pilot)
         assert control.calls == [("prewarm", {"flow": "weather"})]
+
+
+# ---------------------------------------------------------------- a real engine
+
+
+async def wait_for(pilot, cond, what: str, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
+        await pilot.pause(0.05)
+
+
+@pytest.fixture
+async def engine_rig(tmp_path):
+    clock = ManualClock(1_795_521_630.0)
+    store = Store(f"sqlite:///{tmp_path / 'flowdeck.db'}")
+    engine = Engine(load_config(BUNDLED_CONFIG), store, clock=clock, scenario="chaos", seed=7)
+    await engine.start(schedule=False)
+    try:
+        for _ in range(2):
+            await engine.run_all_once()
+            clock.advance(30)
+        yield engine, store, clock
+    finally:
+        await engine.stop()
+        store.close()
+
+
+def cache_actions(store) -> list[tuple[str, str, str]]:
+    return [(a["action"], a["outcome"], a["reason"]) for a in store.actions(limit=50)
+            if a["action"] in ("purge_cache", "prewarm")]
+
+
+async def test_purge_and_prewarm_reach_the_engine_and_the_store(engine_rig):
+    engine, store, clock = engine_rig
+    control = LocalControl(engine, actor="carol")
+    for _ in range(3):  # an operator's reads make KSFO a hot key, cached in L1
+        await control.query("latest", flow="weather", key="KSFO")
+    await control.query("latest", flow="fx", key="EURUSD")
+    await engine.caches.sample()
+    app = FlowdeckApp(control, state=ConsoleState(), clock=clock, refresh=0.5)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        hot = screen.query_one("#cache-hot", DeckTable)
+        await wait_for(pilot, lambda: any(r["key"] == "KSFO" for r in hot.shown), "hot keys")
+        l1 = rows(screen.query_one("#cache-layers", DeckTable))[0]
+        assert l1[:2] == ["L1 memory", "● on"]
+        assert engine.caches.peek("weather", "latest", "KSFO") is not None
+
+        # x on the hot key, confirmed: gone from the engine's L1, recorded, on screen.
+        hot.focus()
+        for i, r in enumerate(hot.shown):
+            if r["key"] == "KSFO":
+                hot.move_cursor(row=i, animate=False)
+        await pilot.pause()
+        await pilot.press("x")
+        await pilot.pause()
+        assert "Purge weather/KSFO from every cache layer?" in screen_text(app)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: cache_actions(store), "the purge in the store")
+        action, outcome, reason = cache_actions(store)[0]
+        assert (action, outcome) == ("purge_cache", "ok") and "purged weather/KSFO" in reason
+        assert engine.caches.peek("weather", "latest", "KSFO") is None
+        assert any(n.message == reason for n in app._notifications)  # the toast
+        actions = screen.query_one("#cache-actions", DeckTable)
+        await wait_for(pilot, lambda: any(r["reason"] == reason for r in actions.shown),
+                       "the purge on screen")
+        assert store.actions(limit=1)[0]["actor"] == "carol"
+
+        # w pre-warms the selected key's flow: the hot key is loaded again.
+        await pilot.press("w")
+        await wait_for(pilot, lambda: cache_actions(store)[0][0] == "prewarm", "the pre-warm")
+        assert cache_actions(store)[0][1] == "ok"
+        assert engine.caches.peek("weather", "latest", "KSFO") is not None
+        await wait_for(pilot, lambda: any(r["action"] == "prewarm" for r in actions.shown),
+                       "the pre-warm on screen")
+
+        # x on the L1 row of the layers table, confirmed: the layer is emptied.
+        layers = screen.query_one("#cache-layers", DeckTable)
+        layers.focus()
+        layers.move_cursor(row=0, animate=False)
+        await pilot.pause()
+        await pilot.press("x", "y")
+        await wait_for(pilot, lambda: "from l1" in cache_actions(store)[0][2], "the layer purge")
+        assert cache_actions(store)[0][:2] == ("purge_cache", "ok")
+        assert engine.caches.peek("weather", "latest", "KSFO") is None
+        reason = cache_actions(store)[0][2]
+        await wait_for(pilot, lambda: any(r["reason"] == reason for r in actions.shown),
+                       "the layer purge on screen")
+
+
+async def test_a_layer_that_lost_its_server_says_so():
+    state = fixture_state()
+    l2 = state.snapshot["caches"]["layers"]["l2"]
+    l2.update(enabled=True, connected=False, error="ConnectionError: Connection refused")
+    app = make_app(state=state)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        await pilot.pause()
+        assert "✖ L2 redis down: ConnectionError: Connection refused" in screen_text(app)
+        layers = {r[0]: r for r in rows(app.screen.query_one("#cache-layers", DeckTable))}
+        assert layers["L2 redis"][1] == "✖ down"
+
+
+async def test_before_the_first_interval_the_chart_waits_for_requests():
+    state = fixture_state()
+    state.snapshot["caches"]["history"] = []  # a just-started engine
+    app = make_app(state=state)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await pilot.pause()
+        assert "no requests yet" in screen_text(app)
+        assert not app.screen.query_one("#cache-chart").display
+        assert rows(app.screen.query_one("#cache-layers", DeckTable))[0][0] == "L1 memory"

@@ -218,15 +218,24 @@ class CachesScreen(DeckScreen):
             if series.get(layer):
                 legend.append(f"  {i} {layer_name(layer, caches['layers'][layer])}",
                               style=f"bold {v.get(LAYER_COLOURS[layer], '')}")
-        caption.update(Text.assemble(
+        text = Text()
+        for k in CACHE_LAYERS:  # a layer that lost its server says why, in words, first
+            info = caches["layers"].get(k) or {}
+            if info.get("enabled") and info.get("connected") is False:
+                text.append(f"✖ {layer_name(k, info)} down: "
+                            f"{info.get('error') or 'not connected'}  ",
+                            style=f"bold {v.get('error', '')}")
+        text.append_text(Text.assemble(
             ("Hit rate per layer", "bold"), legend,
             (f"  · {span}" + (f" to {fmt_time(history[-1]['ts'] * 1000)}" if history else ""),
              "dim"),
             (f"  · off: {', '.join(off)}" if off else "", "dim"),
         ))
         if not any(series.values()):
+            text.append("  · no requests yet", style="dim")
+        caption.update(text)
+        if not any(series.values()):
             plot.display = False
-            caption.update(Text.assemble(caption.renderable, ("  · no requests yet", "dim")))
             return
         plot.display = True
         key = (self.app.theme, plot.size, tuple((k, tuple(v)) for k, v in series.items()))
@@ -246,10 +255,9 @@ class CachesScreen(DeckScreen):
         plt.yticks([0, 25, 50, 75, 100], ["0%", "25%", "50%", "75%", "100%"])
         xs = sorted({t for pts in series.values() for t, _ in pts})
         n = min(5, len(xs))
-        if n > 1:
-            idx = [round(i * (len(xs) - 1) / (n - 1)) for i in range(n)]
-            plt.xticks([xs[i] for i in idx], [fmt_time(xs[i] * 1000)[:5 if xs[-1] - xs[0] >= 600
-                                                                    else 8] for i in idx])
+        idx = [round(i * (len(xs) - 1) / (n - 1)) for i in range(n)] if n > 1 else [0]
+        cut = 5 if xs[-1] - xs[0] >= 600 else 8
+        plt.xticks([xs[i] for i in idx], [fmt_time(xs[i] * 1000)[:cut] for i in idx])
         plot.refresh()
 
     # ------------------------------------------------------------ actions
