@@ -163,6 +163,9 @@ class FlowdeckApp(App):
         if not self.screen_stack:  # starting or shutting down
             return
         screen = self.screen
+        if getattr(screen, "resuming", False):
+            self._dirty = True  # the screen redraws itself in a moment; this one waits
+            return
         if hasattr(screen, "refresh_view") and screen.is_mounted:
             screen.refresh_view()
             self.repaints += 1

@@ -68,6 +68,17 @@ async def test_console_attached_over_the_feed_shows_the_flows(rig):
             await wait_until(pilot, lambda: app.state.flows["bench"]["state"] == "paused")
             await pilot.press("8")  # the events screen shows the action, from the feed
             await wait_until(pilot, lambda: "pause by tester" in screen_text(app))
+            # The Caches screen: its part of the snapshot and its events come over the feed.
+            await pilot.press("4")
+            await wait_until(pilot, lambda: "L1 memory" in screen_text(app))
+            point = await rig.engine.caches.sample()
+            rig.engine.emit("cache_stats", None, layers=rig.engine.caches.layer_stats(),
+                            point=point)
+            await wait_until(pilot, lambda: point in app.state.caches()["history"])
+            app.operator_action("purge_cache", flow="bench", key=None, layer=None)
+            await wait_until(pilot, lambda: any(
+                r["action"] == "purge_cache" for r in app.screen.query_one(
+                    "#cache-actions").shown))
     finally:
         await control.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from textual import events
 from textual.app import ComposeResult
@@ -11,6 +12,8 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 from flowdeck.console.widgets import DeckTable, FilterBar, KeyBar, StatusHeader
+
+RESUME_REDRAW_S = 0.03  # after a screen switch, its redraw from the state waits this long
 
 
 class DeckScreen(Screen):
@@ -53,10 +56,19 @@ class DeckScreen(Screen):
         if styled_with == self._styled_with:
             event.refresh_styles = False
         self._styled_with = styled_with
-        # The screen is painted first as it was last drawn, and brought up to date right
-        # after: the key's repaint does not wait for a table of thousands of rows to be
-        # refilled from a state that moved on meanwhile.
-        self.call_after_refresh(self.refresh_view)
+        # The screen is painted first as it was last drawn, and brought up to date just
+        # after (a timer, so the first frame is written before): the key's repaint does
+        # not wait for a table of thousands of rows to be refilled from a state that
+        # moved on meanwhile.
+        self._resumed_at = time.monotonic()
+        self.set_timer(RESUME_REDRAW_S, self.refresh_view)
+
+    _resumed_at = 0.0
+
+    @property
+    def resuming(self) -> bool:
+        """Just switched to, its own redraw pending: the live loop's redraw can wait."""
+        return time.monotonic() - self._resumed_at < RESUME_REDRAW_S
 
     _last_table: DeckTable | None = None
 
