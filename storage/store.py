@@ -41,6 +41,18 @@ class QuarantineRow:
 
 
 @dataclass
+class RawDraft:
+    """A fetched payload to append to the raw store (see ``Store.insert_raws``)."""
+
+    source: str
+    body: bytes
+    fetched_ms: int
+    content_type: str | None = None
+    status_code: int | None = None
+    truncated: bool = False
+
+
+@dataclass
 class IssueDraft:
     """A quality issue as a stage raises it; the store merges it with an open one."""
 
@@ -217,20 +229,34 @@ class Store:
         The same bytes from the same source are stored once (content hash), so a
         re-fetch of an unchanged upstream is recognised and not processed twice.
         """
-        digest = content_hash(body)
+        return self.insert_raws(flow, [RawDraft(source, body, fetched_ms, content_type,
+                                                status_code, truncated)], run_id=run_id)[0]
+
+    def insert_raws(self, flow: str, drafts: Sequence[RawDraft], *,
+                    run_id: int | None = None) -> list[tuple[int, bool]]:
+        """Append a run's fetched payloads and commit them together, in order.
+
+        One transaction for all of them (they are still committed before anything is
+        done with them): a commit per payload cost more than the insert itself when
+        payloads arrive a hundred records at a time. Returns (raw_id, is_new) per
+        draft, as ``insert_raw`` does; if the store fails, nothing is committed.
+        """
+        if not drafts:
+            return []
+        out = []
+        sql_insert, sql_find = self._sql["raw_insert"], self._sql["raw_find"]
         with self.engine.begin() as conn:
-            stmt = self._insert(s.raw_payloads).values(
-                flow=flow, source=source, fetched_ms=fetched_ms, content_hash=digest,
-                content_type=content_type, status_code=status_code, size=len(body),
-                truncated=truncated, body=body, run_id=run_id,
-            ).on_conflict_do_nothing(index_elements=["flow", "source", "content_hash"])
-            row = conn.execute(stmt.returning(s.raw_payloads.c.id)).first()
-            if row is not None:
-                return row[0], True
-            raw_id = conn.execute(select(s.raw_payloads.c.id).where(
-                s.raw_payloads.c.flow == flow, s.raw_payloads.c.source == source,
-                s.raw_payloads.c.content_hash == digest)).scalar_one()
-        return raw_id, False
+            for d in drafts:
+                digest = content_hash(d.body)
+                row = conn.exec_driver_sql(sql_insert, (
+                    flow, d.source, d.fetched_ms, digest, d.content_type, d.status_code,
+                    len(d.body), bool(d.truncated), d.body, run_id)).first()
+                if row is not None:
+                    out.append((row[0], True))
+                    continue
+                row = conn.exec_driver_sql(sql_find, (flow, d.source, digest)).first()
+                out.append((row[0], False))
+        return out
 
     def raw_processed(self, raw_id: int) -> bool:
         with self.engine.connect() as conn:
@@ -719,7 +745,14 @@ def _hot_sql(dialect: str) -> dict[str, str]:
                 f'"min" = min({q(table)}."min", excluded."min"), '
                 f'"max" = max({q(table)}."max", excluded."max")')
 
+    raw_cols = ("flow", "source", "fetched_ms", "content_hash", "content_type", "status_code",
+                "size", "truncated", "body", "run_id")
     return {
+        "raw_insert": (f'INSERT INTO "raw_payloads" ({", ".join(map(q, raw_cols))}) '
+                       f'VALUES ({", ".join([ph] * len(raw_cols))}) '
+                       'ON CONFLICT ("flow", "source", "content_hash") DO NOTHING RETURNING "id"'),
+        "raw_find": ('SELECT "id" FROM "raw_payloads" '
+                     f'WHERE "flow" = {ph} AND "source" = {ph} AND "content_hash" = {ph}'),
         "contributions": ('SELECT "key", "ts_ms", "contributions" FROM "records" '
                           f'WHERE "flow" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" <= {ph}'),
         "records": upsert("records", RECORD_COLS, ("flow", "key", "ts_ms")),

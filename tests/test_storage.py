@@ -15,7 +15,7 @@ from flowdeck.storage.db import (
     head_revision,
     make_engine,
 )
-from flowdeck.storage.store import BatchWrite, IssueDraft, QuarantineRow, Store
+from flowdeck.storage.store import BatchWrite, IssueDraft, QuarantineRow, RawDraft, Store
 
 T = 1_795_521_600_000  # 2026-11-24T12:00:00Z, a whole hour
 MIN = 60_000
@@ -194,6 +194,26 @@ def test_insert_raw_reports_a_first_insert_as_new(store):
     assert is_new is True
     assert store.insert_raw("fx", "ecbx", body, T)[1] is True
     assert store.insert_raw("fx", "fxquote", body, T) == (raw_id, False)
+
+
+def test_a_runs_payloads_are_committed_together_in_order(store):
+    known = store.insert_raw("fx", "fxquote", b"old", T)[0]
+    out = store.insert_raws("fx", [
+        RawDraft("fxquote", b"a", T + 1, "application/json", 200),
+        RawDraft("fxquote", b"old", T + 2),  # already stored: recognised, not new
+        RawDraft("ecbx", b"a", T + 3, truncated=True),
+        RawDraft("fxquote", b"a", T + 4),  # twice in one run: stored once
+    ], run_id=7)
+    assert [new for _, new in out] == [True, False, True, False]
+    assert out[1][0] == known and out[3][0] == out[0][0]
+    assert out[0][0] < out[2][0]  # ids in fetch order
+    first, second = store.get_raw(out[0][0]), store.get_raw(out[2][0])
+    assert bytes(first["body"]) == b"a" and first["fetched_ms"] == T + 1
+    assert first["content_type"] == "application/json" and first["status_code"] == 200
+    assert first["run_id"] == 7 and first["truncated"] is False
+    assert second["source"] == "ecbx" and second["truncated"] is True
+    assert store.count("raw_payloads") == 3
+    assert store.insert_raws("fx", []) == []
 
 
 def test_pending_raw_lists_payloads_never_processed(store):
