@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from flowdeck.storage import schema as s
-from flowdeck.storage.db import check_schema, make_engine
+from flowdeck.storage.db import WalCheckpointer, check_schema, make_engine, sqlite_file
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
@@ -146,9 +147,19 @@ class Store:
             check_schema(self.engine, create_if_empty=create_if_empty)
         self._sql = _hot_sql(self.dialect)
         self._upserts: dict[tuple, Any] = {}
+        self._wal_file = sqlite_file(self.engine)
+        self._checkpointer: WalCheckpointer | None = None
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
+
+    def _start_checkpointer(self) -> None:
+        """On a SQLite file's first batch: WAL checkpoints move to their own thread."""
+        if self._wal_file is not None and self._checkpointer is None:
+            self._checkpointer = WalCheckpointer(self._wal_file)
+            weakref.finalize(self, self._checkpointer.stop)  # a store never closed
 
     # ------------------------------------------------------------ helpers
 
@@ -315,6 +326,8 @@ class Store:
 
     def write_batch(self, batch: BatchWrite, now_ms: int) -> dict[str, int]:
         """Commit one batch: records, latest, series, roll-ups, quarantine, issues, raw status."""
+        if self._checkpointer is None:
+            self._start_checkpointer()
         counts: dict[str, Any] = {"records": len(batch.records),
                                   "quarantined": len(batch.quarantine), "issues_opened": 0,
                                   "issues_updated": 0, "opened": []}
