@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import inspect, select, text
 
@@ -536,3 +538,20 @@ def test_actions_are_listed_newest_first_and_by_flow(store):
     assert fx[0]["detail"] == {"failures": 5}
     assert fx[1]["duration_ms"] == 12.5 and fx[1]["source"] == "fxquote"
     assert [a["id"] for a in store.actions(limit=1)] == [ids[-1]]
+
+
+def test_a_writing_store_checkpoints_its_wal_without_the_writer(sqlite_store, tmp_path):
+    # Committed batches reach the database file itself while the store stays open, long
+    # before the WAL grows to the automatic-checkpoint backstop (the writer never waits).
+    db_file = tmp_path / "flowdeck.db"
+    before = db_file.stat().st_size
+    for i in range(20):
+        batch = BatchWrite("fx", records=[rec(f"K{k:03d}", T + i * MIN, note="x" * 200)
+                                          for k in range(100)])
+        batch.series = [point(f"K{k:03d}", T + i * MIN, float(k)) for k in range(100)]
+        sqlite_store.write_batch(batch, T)
+    deadline = time.monotonic() + 10
+    while db_file.stat().st_size <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db_file.stat().st_size > before
+    assert sqlite_store.count("records") == 2000
