@@ -44,7 +44,7 @@ from flowdeck.pipeline.engine import Engine, Payload
 from flowdeck.pipeline.feed import FeedServer
 from flowdeck.pipeline.feed_protocol import envelope
 from flowdeck.pipeline.hub import Event
-from flowdeck.storage.store import Store
+from flowdeck.storage.store import RawDraft, Store
 
 CONFIG = """
 flows:
@@ -312,10 +312,11 @@ def _drain(engine: Engine, store: Store, arrived: list, waits: list, most: int =
     if not take:
         return  # an earlier run took them
     del arrived[: len(take)]
-    payloads = []
-    for _t, body in take:
-        raw_id, _ = store.insert_raw("bench", "feed", body, engine.clock.now_ms())
-        payloads.append(Payload(raw_id, "feed", body, None, engine.clock.now_ms()))
+    # Committed raw together first, as Engine._run commits a run's payloads.
+    now = engine.clock.now_ms()
+    ids = store.insert_raws("bench", [RawDraft("feed", body, now) for _t, body in take])
+    payloads = [Payload(raw_id, "feed", body, None, now)
+                for (raw_id, _), (_t, body) in zip(ids, take, strict=True)]
     engine.process_payloads("bench", payloads)
     waits.append(time.perf_counter() - take[0][0])
 

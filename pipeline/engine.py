@@ -45,7 +45,7 @@ from flowdeck.pipeline.stages.transform import Transformer
 from flowdeck.pipeline.stages.validate import Validator
 from flowdeck.storage.cache import Caches, CacheSettings
 from flowdeck.storage.db import UNAVAILABLE
-from flowdeck.storage.store import BatchWrite, IssueDraft, Store
+from flowdeck.storage.store import BatchWrite, IssueDraft, RawDraft, Store
 
 log = logging.getLogger("flowdeck.engine")
 
@@ -625,6 +625,7 @@ class Engine:
             results = await self._fetch_sources(rt, summary) if fetch else {}
             payloads: list[Payload] = []
             spool = self.spools[rt.name]
+            fetched_now: list[tuple[str, Fetched, int, dict]] = []  # in fetch order
             for src_name, fetched in results.items():
                 src = rt.cfg.sources[[s.name for s in rt.cfg.sources].index(src_name)]
                 info = summary.sources.setdefault(src.name, {"payloads": 0})
@@ -632,26 +633,31 @@ class Engine:
                     info["error"] = fetched.message
                     continue
                 for f in fetched:
-                    fetched_ms = self.clock.now_ms()
-                    if self.store_down_since is not None or len(spool):  # keep the order
-                        await self._buffer(rt, src.name, f, summary, fetched_ms)
-                        continue
-                    try:
-                        raw_id, new = await self._db(functools.partial(
-                            self.store.insert_raw, rt.name, src.name, f.body, fetched_ms,
-                            content_type=f.content_type, status_code=f.status,
-                            truncated=f.truncated, run_id=run_id))
-                    except UNAVAILABLE as exc:
-                        self._store_failed(exc)
-                        await self._buffer(rt, src.name, f, summary, fetched_ms)
-                        continue
+                    fetched_now.append((src.name, f, self.clock.now_ms(), info))
+            committed_ids = None
+            if fetched_now and self.store_down_since is None and not len(spool):
+                # All of the run's payloads in one transaction, committed before any
+                # processing (raw first); while the spool holds older ones, keep the order.
+                try:
+                    committed_ids = await self._db(functools.partial(
+                        self.store.insert_raws, rt.name,
+                        [RawDraft(name, f.body, ms, f.content_type, f.status, f.truncated)
+                         for name, f, ms, _ in fetched_now], run_id=run_id))
+                except UNAVAILABLE as exc:
+                    self._store_failed(exc)  # nothing of it was committed: spool it all
+            if committed_ids is None:
+                for name, f, ms, _ in fetched_now:
+                    await self._buffer(rt, name, f, summary, ms)
+            else:
+                for (name, f, ms, info), (raw_id, new) in zip(fetched_now, committed_ids,
+                                                              strict=True):
                     if not new and await self._try(False, self.store.raw_processed, raw_id):
-                        rt.health[src.name].unchanged += 1
+                        rt.health[name].unchanged += 1
                         info["unchanged"] = info.get("unchanged", 0) + 1
                         continue
                     info["payloads"] += 1
-                    payloads.append(Payload(raw_id, src.name, f.body, f.content_type,
-                                            fetched_ms, f.truncated))
+                    payloads.append(Payload(raw_id, name, f.body, f.content_type, ms,
+                                            f.truncated))
             if backlog and self.store_down_since is None:
                 # Everything committed and not yet processed, in order: what the spool just
                 # committed, what a store failure left half done, and this run's payloads.

@@ -446,6 +446,24 @@ def test_mad_sorted_matches_statistics(n: int) -> None:
         assert mad_sorted(values, center) == pytest.approx(expected)
 
 
+def test_mad_sorted_is_exact_with_ties_and_any_center() -> None:
+    # The same float as the median of every |v - center|, for windows full of repeated
+    # values and centers below, inside and above them.
+    rng = random.Random(7)
+    for trial in range(3000):
+        n = rng.randint(1, 61)
+        if trial % 3 == 0:
+            values = sorted(float(rng.randint(0, 3)) for _ in range(n))
+        elif trial % 3 == 1:
+            values = sorted(rng.choice([1e9, -1e-9, 0.1, 0.2, 0.3]) for _ in range(n))
+        else:
+            values = sorted(rng.gauss(0, 1) for _ in range(n))
+        for center in (median_sorted(values), values[0] - 1.0, values[-1] + 1.0,
+                       rng.gauss(0, 1)):
+            expected = statistics.median(sorted(abs(v - center) for v in values))
+            assert mad_sorted(values, center) == expected
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

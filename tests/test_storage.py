@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import inspect, select, text
 
@@ -15,7 +17,7 @@ from flowdeck.storage.db import (
     head_revision,
     make_engine,
 )
-from flowdeck.storage.store import BatchWrite, IssueDraft, QuarantineRow, Store
+from flowdeck.storage.store import BatchWrite, IssueDraft, QuarantineRow, RawDraft, Store
 
 T = 1_795_521_600_000  # 2026-11-24T12:00:00Z, a whole hour
 MIN = 60_000
@@ -194,6 +196,26 @@ def test_insert_raw_reports_a_first_insert_as_new(store):
     assert is_new is True
     assert store.insert_raw("fx", "ecbx", body, T)[1] is True
     assert store.insert_raw("fx", "fxquote", body, T) == (raw_id, False)
+
+
+def test_a_runs_payloads_are_committed_together_in_order(store):
+    known = store.insert_raw("fx", "fxquote", b"old", T)[0]
+    out = store.insert_raws("fx", [
+        RawDraft("fxquote", b"a", T + 1, "application/json", 200),
+        RawDraft("fxquote", b"old", T + 2),  # already stored: recognised, not new
+        RawDraft("ecbx", b"a", T + 3, truncated=True),
+        RawDraft("fxquote", b"a", T + 4),  # twice in one run: stored once
+    ], run_id=7)
+    assert [new for _, new in out] == [True, False, True, False]
+    assert out[1][0] == known and out[3][0] == out[0][0]
+    assert out[0][0] < out[2][0]  # ids in fetch order
+    first, second = store.get_raw(out[0][0]), store.get_raw(out[2][0])
+    assert bytes(first["body"]) == b"a" and first["fetched_ms"] == T + 1
+    assert first["content_type"] == "application/json" and first["status_code"] == 200
+    assert first["run_id"] == 7 and first["truncated"] is False
+    assert second["source"] == "ecbx" and second["truncated"] is True
+    assert store.count("raw_payloads") == 3
+    assert store.insert_raws("fx", []) == []
 
 
 def test_pending_raw_lists_payloads_never_processed(store):
@@ -516,3 +538,20 @@ def test_actions_are_listed_newest_first_and_by_flow(store):
     assert fx[0]["detail"] == {"failures": 5}
     assert fx[1]["duration_ms"] == 12.5 and fx[1]["source"] == "fxquote"
     assert [a["id"] for a in store.actions(limit=1)] == [ids[-1]]
+
+
+def test_a_writing_store_checkpoints_its_wal_without_the_writer(sqlite_store, tmp_path):
+    # Committed batches reach the database file itself while the store stays open, long
+    # before the WAL grows to the automatic-checkpoint backstop (the writer never waits).
+    db_file = tmp_path / "flowdeck.db"
+    before = db_file.stat().st_size
+    for i in range(20):
+        batch = BatchWrite("fx", records=[rec(f"K{k:03d}", T + i * MIN, note="x" * 200)
+                                          for k in range(100)])
+        batch.series = [point(f"K{k:03d}", T + i * MIN, float(k)) for k in range(100)]
+        sqlite_store.write_batch(batch, T)
+    deadline = time.monotonic() + 10
+    while db_file.stat().st_size <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db_file.stat().st_size > before
+    assert sqlite_store.count("records") == 2000
