@@ -361,7 +361,8 @@ class DataScreen(ViewScreen):
         since = max(0, int((ts_ms or self.app.state.now_ms) - HISTORY_WINDOW_MS))
         try:
             points = await self.app.control.query(
-                "history", flow=flow, key=key, metric=metric, since_ms=since, step_ms=None
+                # The 1-minute roll-ups (the L3 layer), not every raw point of six hours.
+                "history", flow=flow, key=key, metric=metric, since_ms=since, step_ms=60_000
             )
         except Exception as exc:  # shown in the caption, never raised into the app
             result = {"state": "error", "target": target, "error": str(exc)}
