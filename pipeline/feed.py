@@ -650,6 +650,12 @@ class FeedServer:
                 continue
             self.publish_summaries(snap)
 
+    async def flow_stale(self, flow: str) -> bool:
+        """Whether a flow serves last-known-good values (every source down), from the
+        shared snapshot (at most ``snapshot_ttl_s`` old)."""
+        snap = await self.snapshot()
+        return bool((snap["flows"].get(flow) or {}).get("stale"))
+
     def publish_summaries(self, snap: dict) -> None:
         now = time.time()
         for flow, summary in snap["flows"].items():

@@ -244,12 +244,15 @@ class HttpApi:
                 raise BadRequest(f"no flow {flow!r} (flows: {', '.join(server.flows)})", 404)
             if m.group(2) == "latest":
                 key = _one(query, "key")
+                # Every source down: these are the last-known-good values, and say so.
+                stale = await server.flow_stale(flow)
 
                 async def latest() -> dict:
                     rows = await server.control.query("latest", flow=flow, key=key)
-                    return {"flow": flow, "records": rows}
+                    return {"flow": flow, "stale": stale, "records": rows}
 
-                return await self._edge(request, "latest", flow, key, query, latest, cors)
+                return await self._edge(request, "latest", flow, key, query, latest, cors,
+                                        extra="stale" if stale else "")
             return await self._edge(request, "history", flow, _one(query, "key"), query,
                                     lambda: self._history(flow, query), cors)
         if path == "/api/issues":
@@ -373,7 +376,8 @@ class HttpApi:
         }
 
     async def _edge(self, request: Request, kind: str, flow: str, key: str | None,
-                    query: dict[str, list[str]], build, cors: dict[str, str]) -> Response:
+                    query: dict[str, list[str]], build, cors: dict[str, str],
+                    extra: str = "") -> Response:
         """A per-flow read whose encoded body and ETag are cached until its data changes.
 
         With the engine in this process the body is kept in its L1 cache (invalidated with
@@ -383,7 +387,7 @@ class HttpApi:
         if caches is None:
             return self._cached(request, kind, await build(), cors)
         variant = kind + "?" + urlencode(
-            sorted((k, v) for k, vs in query.items() if k != "token" for v in vs))
+            sorted((k, v) for k, vs in query.items() if k != "token" for v in vs)) + extra
 
         async def encoded() -> bytes:
             return dumps(await build())

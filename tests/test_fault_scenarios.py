@@ -182,7 +182,8 @@ def test_all_sources_down_serves_stale_then_recovers(daemons, tmp_path):
     flows = json.loads(http_get(d.url + "/api/flows")[2])["flows"]
     if "recovered" not in d.names():  # still inside the outage: served, marked stale
         assert flows["weather"]["stale"] is True and flows["weather"]["state"] == "failing"
-        assert json.loads(http_get(d.url + "/api/flows/weather/latest")[2])["records"]
+        latest = json.loads(http_get(d.url + "/api/flows/weather/latest")[2])
+        assert latest["records"] and latest["stale"] is True
         assert d.cli("status").returncode == 2
     d.wait(lambda: "recovered" in d.names(), "the recovery")
     d.stop()

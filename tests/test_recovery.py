@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
+from feed_support import aget
 from recovery_support import fast_config, fast_config_text, run_weather, sequence
 
 from flowdeck.pipeline.config import BUNDLED_CONFIG, parse_config
 from flowdeck.pipeline.control import ControlError, LocalControl
 from flowdeck.pipeline.engine import Engine
+from flowdeck.pipeline.feed import FeedServer
 from flowdeck.pipeline.recovery import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
 
 
@@ -83,12 +88,25 @@ async def test_breaker_state_survives_a_restart(sqlite_store, clock):
 async def test_all_sources_down_serves_stale_and_raises_an_incident(store, clock):
     engine = Engine(fast_config(), store, clock=clock, scenario="all-down")
     await engine.start(schedule=False)
+    feed = FeedServer(LocalControl(engine), host="127.0.0.1", port=0)
+    await feed.start()
+    url = feed.url + "/api/flows/weather/latest"
     try:
-        await run_weather(engine, clock, 150)  # healthy, then everything answers 503
+        await run_weather(engine, clock, 110)  # healthy: the outage starts at 2m
+        _, h, body = await aget(url)
+        assert json.loads(body)["stale"] is False
+        await run_weather(engine, clock, 40)  # everything answers 503
         latest_before = {r["key"]: r["ts_ms"] for r in store.latest("weather")}
         await run_weather(engine, clock, 90)
         snap = engine.snapshot()["flows"]["weather"]
         assert snap["state"] == "failing" and snap["stale"] is True
+        # The API says so too: same records, marked stale, so a new ETag.
+        await asyncio.sleep(feed.limits.snapshot_ttl_s)  # the feed's shared snapshot ages out
+        status, h2, body2 = await aget(url, {"If-None-Match": h["ETag"]})
+        assert status == 200 and h2["ETag"] != h["ETag"]
+        served = json.loads(body2)
+        assert served["stale"] is True
+        assert {r["key"]: r["ts_ms"] for r in served["records"]} == latest_before
         incidents = [
             i for i in store.issues(flow="weather", state="open") if i["kind"] == "incident"
         ]
@@ -99,6 +117,7 @@ async def test_all_sources_down_serves_stale_and_raises_an_incident(store, clock
         snap = engine.snapshot()["flows"]["weather"]
         assert snap["stale"] is False
     finally:
+        await feed.stop()
         await engine.stop()
     names = [a for a, _, _ in sequence(store)]
     assert "incident" in names and "recovered" in names
