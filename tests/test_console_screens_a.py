@@ -7,12 +7,9 @@ is asked to do (the real engine path is tested elsewhere).
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import json
-
 import pytest
-from console_support import FIXTURE, fixture_state, make_app
+from console_support import FixtureControl as FakeControl
+from console_support import fixture_state, make_app
 from rich.text import Text
 
 from flowdeck.console.widgets import ConfirmScreen, DeckTable
@@ -49,32 +46,6 @@ async def goto(pilot, key: str) -> None:
     await pilot.press(key)
     await pilot.pause()
     await pilot.pause()
-
-
-class _Never:
-    async def get(self):
-        await asyncio.Event().wait()
-
-
-class FakeControl:
-    """Stands in for the engine at the edge: records actions, serves the fixture snapshot."""
-
-    def __init__(self) -> None:
-        self.snap = json.loads(FIXTURE.read_text())["snapshot"]
-        self.calls: list[tuple[str, dict]] = []
-
-    async def snapshot(self) -> dict:
-        return copy.deepcopy(self.snap)
-
-    def subscribe(self, types=None) -> _Never:
-        return _Never()
-
-    async def act(self, name: str, **params) -> dict:
-        self.calls.append((name, params))
-        return {"ok": True, "message": f"{name} done"}
-
-    async def query(self, name: str, **params):
-        return None
 
 
 async def settle(app, pilot) -> None:
