@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,13 +69,19 @@ def web_console(tmp_path):
             pytest.fail("the web console did not start:\n" + (tmp_path / "web.log").read_text())
         time.sleep(0.2)
     yield url
+    running = (tmp_path / "web.log").read_text()
+    assert "Traceback" not in running, running  # nothing went wrong while it served
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     finally:
         log.close()
-    out = (tmp_path / "web.log").read_text()
-    assert "Traceback" not in out, out
+    out = (tmp_path / "web.log").read_text()[len(running):]
+    # At exit, asyncio may report a subprocess transport collected after textual-serve
+    # closed its loop ("Exception ignored in ...: Event loop is closed"): third-party
+    # shutdown noise, not an error of the console. Anything else fails the test.
+    noise = re.compile(r"Exception ignored in: .*?RuntimeError: Event loop is closed\n?", re.S)
+    assert "Traceback" not in noise.sub("", out), out
 
 
 def test_web_console_serves_its_page(web_console):
