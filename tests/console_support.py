@@ -59,3 +59,18 @@ class FixtureControl:
 
     async def query(self, name: str, **params):
         return None
+
+
+def screen_text(app) -> str:
+    """Exactly the characters on the terminal for the top screen."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def wait_for(pilot, cond, what: str, timeout: float = 15.0) -> None:
+    """Let the app run until ``cond()`` holds; fail with the screen's text if it never does."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
+        await pilot.pause(0.05)

@@ -8,11 +8,10 @@ last one does it against a real engine and store.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 
 import pytest
-from console_support import FixtureControl, fixture_state, make_app
+from console_support import FixtureControl, fixture_state, make_app, screen_text, wait_for
 from rich.text import Text
 
 from flowdeck.console.app import FlowdeckApp
@@ -24,10 +23,6 @@ from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config
 from flowdeck.pipeline.control import LocalControl
 from flowdeck.pipeline.engine import Engine
 from flowdeck.storage.store import Store
-
-
-def screen_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 def rows(table: DeckTable) -> list[list[str]]:
@@ -178,14 +173,6 @@ async def test_purge_and_prewarm_from_the_command_palette():
 
 # ---------------------------------------------------------------- a real engine
 
-
-async def wait_for(pilot, cond, what: str, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
 
 
 @pytest.fixture

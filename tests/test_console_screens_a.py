@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from console_support import FixtureControl as FakeControl
-from console_support import fixture_state, make_app
+from console_support import fixture_state, make_app, screen_text
 from rich.text import Text
 
 from flowdeck.console.widgets import ConfirmScreen, DeckTable
@@ -18,11 +18,6 @@ SOURCES = {"fx": ["fxquote", "ecbx", "slowfx"], "weather": ["metnet", "airnet", 
 
 
 # ------------------------------------------------------------ helpers
-
-
-def screen_text(app) -> str:
-    """The current screen as the terminal shows it, one line per row."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 def _plain(cell) -> str:

@@ -7,11 +7,10 @@ let the app poll it, press keys, and check both the screen and the store.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pytest
-from console_support import make_app
+from console_support import make_app, screen_text, wait_for
 from textual.widgets import Static
 
 from flowdeck.console.app import FlowdeckApp
@@ -28,23 +27,11 @@ from flowdeck.storage.store import Store
 START = 1_795_521_630.0  # 2026-11-24T12:00:30Z, as the fixture
 
 
-def screen_text(app) -> str:
-    """Exactly the characters on the terminal for the top screen."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
 
 def table_lines(table: DeckTable) -> list[str]:
     """Each shown row of a table as the words in its cells."""
     return [" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
 
-
-async def wait_for(pilot, cond, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}\n{screen_text(pilot.app)}")
-        await pilot.pause(0.05)
 
 
 def select_row(table: DeckTable, pred) -> dict:

@@ -13,15 +13,12 @@ import subprocess
 import time
 
 import pytest
+from console_support import screen_text
 from feed_support import FLOWDECK, Daemon, free_port, rows_for, start_rig
 
 from flowdeck.console.app import FlowdeckApp
 from flowdeck.console.remote import RemoteControl, RemoteError, feed_url
 from flowdeck.pipeline.control import ControlError
-
-
-def screen_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def wait_until(pilot, cond, timeout: float = 10.0) -> None:
