@@ -10,6 +10,7 @@ engine and a remote daemon show the same screens.
 from __future__ import annotations
 
 import asyncio
+import gc
 import tomllib
 from collections import deque
 from pathlib import Path
@@ -112,6 +113,10 @@ class FlowdeckApp(App):
         with self.batch_update():
             for mode in reversed(list(self.screen_specs)):
                 await self.switch_mode(mode)
+        # What exists now (modules, screens, widgets, styles) lives as long as the app:
+        # moved out of the collector's reach, a full collection no longer walks it. Those
+        # walks, over 100 ms each a few times a minute, were the slowest key-to-repaints.
+        gc.freeze()
         self.set_interval(1 / MAX_REPAINT_HZ, self._apply_updates)
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self._run_live()))
@@ -176,6 +181,26 @@ class FlowdeckApp(App):
         if self.engine is not None and (self.engine.started
                                         or getattr(self.engine, "spawned", False)):
             await self.engine.stop()
+
+    # ------------------------------------------------------------ screen switching
+
+    _switching = False
+
+    def switch_mode(self, mode: str):
+        """Switch screens without Textual's 50 ms hold on frames.
+
+        Textual's ``switch_mode`` calls ``delay_update()``: nothing is drawn for 50 ms, to
+        mask a screen being built. Every screen here is built at start-up (``on_mount``),
+        so there is nothing to mask, and the hold was over half of every key-to-repaint."""
+        self._switching = True
+        try:
+            return super().switch_mode(mode)
+        finally:
+            self._switching = False
+
+    def delay_update(self, delay: float = 0.05) -> None:
+        if not self._switching:
+            super().delay_update(delay)
 
     # ------------------------------------------------------------ actions
 

@@ -6,14 +6,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
+from textual.geometry import Size
+from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import Button, Input, Label, Static
 
 from flowdeck.console.state import fmt_time, symbol
 
@@ -164,18 +171,80 @@ class Col:
     priority: int = 5
 
 
-class DeckTable(DataTable):
-    """A DataTable that sorts by any column (arrow in the header), filters, and drops
-    low-priority columns to fit narrow terminals. Rows are dicts; ``_key`` identifies one."""
+class DeckTable(ScrollView, can_focus=True):
+    """A table of dict rows that sorts by any column (arrow in the header), filters, and
+    drops low-priority columns to fit narrow terminals. ``_key`` identifies a row.
+
+    Drawn with Textual's line API: only the rows on screen are rendered, each into one
+    strip kept until that row's cells, the cursor or the styles change. A live update
+    that changes a few cells redraws those rows and nothing else, and a table of
+    thousands of rows costs what its visible rows cost. (Textual's DataTable, used here
+    before, drops every cached cell on any change and renders each cell through Rich:
+    at ten updates a second that was most of the console's time and garbage.)
+
+    Keys: up/down, page up/down, home/end move the cursor; enter selects; ``s`` sorts
+    by the next column, ``S`` reverses. Mouse: a click on a header sorts by it (again
+    reverses), a click on a row moves the cursor there, a click on the cursor's row
+    selects it."""
+
+    COMPONENT_CLASSES = {
+        "deck-table--header", "deck-table--even-row", "deck-table--odd-row",
+        "deck-table--cursor", "deck-table--hover",
+    }
+
+    DEFAULT_CSS = """
+    DeckTable {
+        background: $surface; color: $foreground; height: auto; max-height: 100%;
+        overflow-x: hidden; overflow-y: auto;
+        &:focus { background-tint: $foreground 5%; }
+        & > .deck-table--header { text-style: bold; background: $panel; color: $foreground; }
+        & > .deck-table--even-row { background: $surface-lighten-1 50%; }
+        &:dark > .deck-table--even-row { background: $surface-darken-1 40%; }
+        & > .deck-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus > .deck-table--cursor {
+            background: $block-cursor-background; color: $block-cursor-foreground;
+            text-style: $block-cursor-text-style;
+        }
+        & > .deck-table--hover { background: $block-hover-background; }
+    }
+    """
 
     BINDINGS = [
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "first", "First", show=False),
+        Binding("end", "last", "Last", show=False),
+        Binding("enter", "select", "Select", show=False),
         Binding("s", "cycle_sort", "Sort", show=False),
         Binding("S", "reverse_sort", "Reverse", show=False),
     ]
 
+    class RowHighlighted(Message):
+        """The cursor moved to another row (or the rows under it changed)."""
+
+        def __init__(self, table: DeckTable, cursor_row: int) -> None:
+            super().__init__()
+            self.table = table
+            self.cursor_row = cursor_row
+
+        @property
+        def control(self) -> DeckTable:
+            return self.table
+
+    class RowSelected(RowHighlighted):
+        """Enter on the cursor's row, or a click on it."""
+
+    CELL_PAD = 1  # spaces either side of every cell
+
     def __init__(self, columns: list[Col], *, default_sort: str | None = None,
                  reverse: bool = False, **kw) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        super().__init__(**kw)
         self.cols = columns
         self.sort_key = default_sort
         self.sort_reverse = reverse
@@ -187,8 +256,54 @@ class DeckTable(DataTable):
         self._shown_theme = ""
         self._shown_keys: list[str] = []
         self._cells: list[list] = []
+        self._cursor = 0
+        self._highlighted_key: str | None = None
+        self._hover: int | None = None
+        # row index -> (its cells, cursor/hover/width, the strip drawn from them)
+        self._strips: dict[int, tuple[list, tuple, Strip]] = {}
+        self._styles: dict[str, Style] | None = None
+
+    # ---- what the table shows (used by screens and tests)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.shown)
+
+    @property
+    def cursor_row(self) -> int:
+        return self._cursor
+
+    def get_row_at(self, index: int) -> list:
+        """The cells of a shown row as drawn: strings and Rich Texts."""
+        return self._cells[index]
+
+    def labels(self) -> list[Text]:
+        """The header cells as drawn (the sort column carries its arrow)."""
+        return [self._label(c) for c in self._visible]
+
+    def column_x(self, label: str) -> int:
+        """The x offset, inside the table, of the middle of the column headed ``label``."""
+        x = 0
+        for c, text in zip(self._visible, self.labels(), strict=True):
+            w = self._width(c) + 2 * self.CELL_PAD
+            if text.plain.split(" ")[0] == label:
+                return x + w // 2
+            x += w
+        raise KeyError(label)
+
+    def columns_width(self) -> int:
+        """The width the shown columns take, their padding included."""
+        return sum(self._width(c) + 2 * self.CELL_PAD for c in self._visible)
+
+    def selected(self) -> dict | None:
+        if self.shown and 0 <= self._cursor < len(self.shown):
+            return self.shown[self._cursor]
+        return None
 
     # ---- layout
+
+    def _room(self) -> int:
+        return self.scrollable_content_region.width or self.size.width or 200
 
     def _fit(self) -> list[Col]:
         width = self.size.width or 200
@@ -201,19 +316,29 @@ class DeckTable(DataTable):
                 used += w
         return [c for c in self.cols if c in keep]
 
-    def on_resize(self, event: Resize) -> None:
-        self.set_rows(self.rows_data)
+    def _width(self, c: Col) -> int:
+        if c.width is not None:
+            return c.width
+        # A column without a width takes what the fixed ones leave.
+        fixed = sum((k.width or 0) + 2 * self.CELL_PAD for k in self._visible if k is not c)
+        return max(len(c.label) + 2, self._room() - fixed - 2 * self.CELL_PAD)
 
-    def _update_dimensions(self, new_rows) -> None:
-        """DataTable measures every cell of every added row (on the next idle) to size
-        auto-width columns: for the Data screen's 2,000 rows that was over half a second
-        on the event loop per refill. A column with a fixed width never reads those
-        measurements, and these rows have no labels and a height of 1, so when every
-        column is fixed only the virtual size is recomputed."""
-        if any(c.auto_width for c in self.columns.values()):
-            super()._update_dimensions(new_rows)
-        else:
-            super()._update_dimensions(())
+    def on_resize(self, event: Resize) -> None:
+        self._strips.clear()
+        self.set_rows(self.rows_data, force_columns=True)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles = None
+        self._strips.clear()
+
+    def on_focus(self, event: events.Focus) -> None:
+        self._strips.clear()
+        self.refresh()
+
+    def on_blur(self, event: events.Blur) -> None:
+        self._strips.clear()
+        self.refresh()
 
     # ---- sorting and filtering
 
@@ -222,14 +347,13 @@ class DeckTable(DataTable):
             return Text(f"{c.label} {'▼' if self.sort_reverse else '▲'}", style="bold")
         return Text(c.label)
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        key = str(event.column_key.value)
+    def sort_by(self, key: str) -> None:
+        """Sort by a column; by the same column again, the other way."""
         if key == self.sort_key:
             self.sort_reverse = not self.sort_reverse
         else:
             self.sort_key, self.sort_reverse = key, False
         self.set_rows(self.rows_data, force_columns=True)
-        event.stop()
 
     def action_cycle_sort(self) -> None:
         keys = [c.key for c in self._visible]
@@ -257,12 +381,11 @@ class DeckTable(DataTable):
 
     def set_rows(self, rows: list[dict], force_columns: bool = False) -> None:
         visible = self._fit()
-        same_columns = bool(self.columns) and [c.key for c in visible] == [
-            c.key for c in self._visible]
+        same_columns = [c.key for c in visible] == [c.key for c in self._visible]
         if (not force_columns and same_columns and rows == self.rows_data
                 and self._shown_filter == self.filter_text
                 and self._shown_theme == self.app.theme):
-            return  # nothing changed: rebuilding the table would only cost time
+            return  # nothing changed: nothing to draw
         self.rows_data = rows
         self._shown_filter = self.filter_text
         self._shown_theme = self.app.theme
@@ -283,40 +406,172 @@ class DeckTable(DataTable):
         keys = [str(r.get("_key", i)) for i, r in enumerate(shown)]
         cells = [[self._display(c, r) for c in visible] for r in shown]
         if not force_columns and same_columns and keys == self._shown_keys:
-            # The same rows in the same order (the usual live update): change only the
-            # cells that differ, keeping the rows, the cursor and the scroll position.
-            for key, new, old in zip(keys, cells, self._cells, strict=True):
-                for c, a, b in zip(visible, new, old, strict=True):
-                    if a != b:
-                        self.update_cell(key, c.key, a, update_width=c.width is None)
-            self.shown = shown
-            self._cells = cells
+            # The same rows in the same order (the usual live update): redraw the rows
+            # whose cells changed, keeping the cursor and the scroll position.
+            old = self._cells
+            for i, new in enumerate(cells):
+                if new == old[i]:
+                    cells[i] = old[i]  # the same list: its strip stays valid
+                else:
+                    self._strips.pop(i, None)
+                    self.refresh_line(i + 1)
+            self.shown, self._cells = shown, cells
+            self._highlight_changed()
             return
-        cursor_key = None
-        if self.shown and 0 <= self.cursor_row < len(self.shown):
-            cursor_key = self.shown[self.cursor_row].get("_key")
-        if force_columns or not same_columns:
-            self.clear(columns=True)
-            for c in visible:
-                self.add_column(self._label(c), width=c.width, key=c.key)
-            self._visible = visible
-        else:
-            self.clear()
-        self.shown = shown
-        self._shown_keys = keys
-        self._cells = cells
-        for key, row in zip(keys, cells, strict=True):
-            self.add_row(*row, key=key)
-        if cursor_key is not None:
-            for i, r in enumerate(shown):
-                if r.get("_key") == cursor_key:
-                    self.move_cursor(row=i, animate=False)
-                    break
+        # Other rows or another order: keep the cursor on the same row if it is still here.
+        cursor_key = self._highlighted_key
+        self._visible = visible
+        self.shown, self._shown_keys, self._cells = shown, keys, cells
+        self._strips.clear()
+        self.virtual_size = Size(min(self.columns_width(), self._room()), len(shown) + 1)
+        row = keys.index(cursor_key) if cursor_key in keys else self._cursor
+        self._cursor = max(0, min(row, len(shown) - 1))
+        self.refresh()
+        self._highlight_changed()
 
-    def selected(self) -> dict | None:
-        if self.shown and 0 <= self.cursor_row < len(self.shown):
-            return self.shown[self.cursor_row]
-        return None
+    def _highlight_changed(self) -> None:
+        """Tell the screen when the row under the cursor is another one."""
+        sel = self.selected()
+        key = None if sel is None else str(sel.get("_key", self._cursor))
+        if key != self._highlighted_key:
+            self._highlighted_key = key
+            if sel is not None:
+                self.post_message(self.RowHighlighted(self, self._cursor))
+
+    # ---- cursor
+
+    def move_cursor(self, row: int, animate: bool = False) -> None:
+        if not self.shown:
+            return
+        row = max(0, min(row, len(self.shown) - 1))
+        if row != self._cursor:
+            for i in (self._cursor, row):
+                self._strips.pop(i, None)
+                self.refresh_line(i + 1)
+            self._cursor = row
+        self._scroll_to_cursor(animate)
+        self._highlight_changed()
+
+    def _page(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    def _scroll_to_cursor(self, animate: bool = False) -> None:
+        top = round(self.scroll_y)
+        if self._cursor < top:
+            self.scroll_to(y=self._cursor, animate=animate, immediate=True)
+        elif self._cursor >= top + self._page():
+            self.scroll_to(y=self._cursor - self._page() + 1, animate=animate, immediate=True)
+
+    def action_cursor(self, step: int) -> None:
+        self.move_cursor(self._cursor + step)
+
+    def action_page(self, direction: int) -> None:
+        self.move_cursor(self._cursor + direction * self._page())
+
+    def action_first(self) -> None:
+        self.move_cursor(0)
+
+    def action_last(self) -> None:
+        self.move_cursor(len(self.shown) - 1)
+
+    def action_select(self) -> None:
+        if self.selected() is not None:
+            self.post_message(self.RowSelected(self, self._cursor))
+
+    # ---- mouse
+
+    def _row_at(self, y: int) -> int | None:
+        """The shown row at line ``y`` of the widget (0 is the header)."""
+        if y < 1:
+            return None
+        i = round(self.scroll_y) + y - 1
+        return i if 0 <= i < len(self.shown) else None
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        if offset.y == 0:
+            x = 0
+            for c in self._visible:
+                x += self._width(c) + 2 * self.CELL_PAD
+                if offset.x < x:
+                    self.sort_by(c.key)
+                    break
+            event.stop()
+            return
+        row = self._row_at(offset.y)
+        if row is None:
+            return
+        if row == self._cursor:
+            self.post_message(self.RowSelected(self, row))
+        else:
+            self.move_cursor(row)
+        event.stop()
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        offset = event.get_content_offset(self)
+        self._set_hover(None if offset is None else self._row_at(offset.y))
+
+    def on_leave(self, event: events.Leave) -> None:
+        self._set_hover(None)
+
+    def _set_hover(self, row: int | None) -> None:
+        if row != self._hover:
+            for i in (self._hover, row):
+                if i is not None:
+                    self._strips.pop(i, None)
+                    self.refresh_line(i + 1)
+            self._hover = row
+
+    # ---- drawing
+
+    def _style(self, name: str) -> Style:
+        if self._styles is None:
+            names = ("header", "even-row", "odd-row", "cursor", "hover")
+            self._styles = {n: self.get_component_styles(f"deck-table--{n}").rich_style
+                            for n in names}
+        return self._styles[name]
+
+    def _line(self, cells: list, style: Style, over: Style | None = None) -> Strip:
+        """One table line from its cells, each cropped (…) or padded to its column: the
+        cells' own styles on ``style``, and ``over`` (the cursor) on top of both."""
+        pad = " " * self.CELL_PAD
+        line = Text(no_wrap=True, end="")
+        for c, cell in zip(self._visible, cells, strict=True):
+            w = self._width(c)
+            line.append(pad)
+            if isinstance(cell, Text):
+                text = cell.copy()
+                text.truncate(w, overflow="ellipsis", pad=True)
+                line.append_text(text)
+            else:
+                s = str(cell)
+                if cell_len(s) > w:
+                    s = set_cell_size(s, max(0, w - 1)) + "…" if w else ""
+                line.append(set_cell_size(s, w))
+            line.append(pad)
+        segments = Segment.apply_style(line.render(self.app.console), style, over)
+        return Strip(segments, line.cell_len).adjust_cell_length(
+            self._room(), style + over if over else style)
+
+    def render_line(self, y: int) -> Strip:
+        if y == 0:
+            return self._line(self.labels(), self._style("header"))
+        i = round(self.scroll_y) + y - 1
+        if not 0 <= i < len(self.shown):
+            return Strip.blank(self._room())
+        cells = self._cells[i]
+        drawn_with = (i == self._cursor, i == self._hover, self._room())
+        cached = self._strips.get(i)
+        if cached is not None and cached[0] is cells and cached[1] == drawn_with:
+            return cached[2]
+        style = self._style("odd-row" if i % 2 else "even-row")
+        if i == self._hover:
+            style += self._style("hover")
+        strip = self._line(cells, style, self._style("cursor") if i == self._cursor else None)
+        self._strips[i] = (cells, drawn_with, strip)
+        return strip
 
 
 class FilterBar(Input):

@@ -174,7 +174,7 @@ class EventsScreen(DeckScreen):
         self._show_detail()
         super().refresh_view()
 
-    def on_data_table_row_highlighted(self, event) -> None:
+    def on_deck_table_row_highlighted(self, event) -> None:
         self._show_detail()
 
     def _show_detail(self) -> None:

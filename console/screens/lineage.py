@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.css.query import NoMatches
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from flowdeck.console.screens import DeckScreen
@@ -323,13 +323,13 @@ class DataScreen(ViewScreen):
         self._maybe_load_history()
         self._draw_history()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "latest":
+    def on_deck_table_row_highlighted(self, event: DeckTable.RowHighlighted) -> None:
+        if event.table.id == "latest":
             self._maybe_load_history()
             self._draw_history()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "latest":
+    def on_deck_table_row_selected(self, event: DeckTable.RowSelected) -> None:
+        if event.table.id == "latest":
             event.stop()
             self.action_open_lineage()
 

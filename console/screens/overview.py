@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,23 +14,46 @@ from flowdeck.pipeline.model import STAGE_TITLES, STAGES
 
 
 class StageChain(Static):
-    """The selected flow's stages left to right: in → out, rejected, rate."""
+    """The selected flow's stages left to right: in → out, rejected, rate.
 
-    DEFAULT_CSS = "StageChain { height: auto; padding: 0 1; }"
+    Drawn as lines of text in equal columns, not as a Rich table: a table is measured
+    and rendered again on every refresh, and on the live Overview (ten refreshes a
+    second) that was two fifths of the console's drawing. The height is fixed (title,
+    five rows, legend), so a refresh never needs a new layout."""
+
+    DEFAULT_CSS = "StageChain { height: 8; padding: 0 1; }"
+
+    _shown: Text | None = None
+    _flow: str | None = None
+
+    def on_resize(self) -> None:
+        self.show(self._flow)
+
+    def _row(self, cells: list[Text], width: int) -> Text:
+        n = len(cells)
+        gap = 1
+        colw = max(1, (width - gap * (n - 1)) // n)
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for i, cell in enumerate(cells):
+            w = colw if i < n - 1 else max(1, width - (colw + gap) * (n - 1))
+            cell = cell.copy()
+            cell.truncate(w, overflow="ellipsis", pad=True)
+            line.append_text(cell)
+            if i < n - 1:
+                line.append(" " * gap)
+        return line
 
     def show(self, name: str | None) -> None:
+        self._flow = name
         app = self.app
         state = app.state
         f = state.flows.get(name or "")
         if f is None:
-            self.update("")
+            self._set(Text("no flow selected", style="dim"))
             return
         rates = state.rates.get(name, {})
         last = (f.get("last_run") or {}).get("stages", {})
         v = app.theme_variables
-        grid = Table.grid(padding=(0, 1), expand=True)
-        for _ in STAGES:
-            grid.add_column(ratio=1, overflow="ellipsis", no_wrap=True)
         heads, totals, lasts, rejects, rate_row = [], [], [], [], []
         for st in STAGES:
             tot = f["totals"][st]
@@ -45,19 +67,21 @@ class StageChain(Static):
             rejects.append(Text(f"✖{fmt_num(bad)} ⇣{fmt_num(drop)}",
                                 style=v.get("error", "") if bad else "dim"))
             rate_row.append(Text(f"{rates.get(st, 0.0):.1f}/s"))
-        grid.add_row(*heads)
-        grid.add_row(*totals)
-        grid.add_row(*rejects)
-        grid.add_row(*rate_row)
-        grid.add_row(*lasts)
+        width = self.content_region.width or 100
         title = Text.assemble((f" {name} ", "bold reverse"), "  ",
                               f.get("description", ""), "  ", (f.get("schedule", ""), "dim"))
-        outer = Table.grid(expand=True)
-        outer.add_row(title)
-        outer.add_row(grid)
-        outer.add_row(Text("in→out · ✖ rejected+errors · ⇣ duplicates dropped · rate this "
-                           "interval · last run", style="dim"))
-        self.update(outer)
+        title.truncate(width, overflow="ellipsis")
+        legend = Text("in→out · ✖ rejected+errors · ⇣ duplicates dropped · rate this "
+                      "interval · last run", style="dim")
+        legend.truncate(width, overflow="ellipsis")
+        lines = [title] + [self._row(r, width) for r in
+                           (heads, totals, rejects, rate_row, lasts)] + [legend]
+        self._set(Text("\n").join(lines))
+
+    def _set(self, text: Text) -> None:
+        if text != self._shown:  # unchanged counts: nothing to draw
+            self._shown = text
+            self.update(text)
 
 
 class OverviewScreen(FlowActions, DeckScreen):
@@ -124,9 +148,9 @@ class OverviewScreen(FlowActions, DeckScreen):
             for i, e in enumerate(reversed(recent))])
         super().refresh_view()
 
-    def on_data_table_row_highlighted(self, event) -> None:
-        if event.data_table.id == "flows":
-            sel = event.data_table.selected()
+    def on_deck_table_row_highlighted(self, event) -> None:
+        if event.table.id == "flows":
+            sel = event.table.selected()
             self.query_one(StageChain).show(sel["flow"] if sel else None)
 
     def _selected_flow(self) -> str | None:

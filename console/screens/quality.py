@@ -17,7 +17,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import ContentSwitcher, DataTable, Static
+from textual.widgets import ContentSwitcher, Static
 
 from flowdeck.console.screens.lineage import (
     NOT_CONNECTED,
@@ -279,15 +279,15 @@ class QualityScreen(IssueActions, ViewScreen):
             )
             self.query_one("#issue-detail-text", Static).update(text)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id in ("issues", "quarantine"):
+    def on_deck_table_row_highlighted(self, event: DeckTable.RowHighlighted) -> None:
+        if event.table.id in ("issues", "quarantine"):
             self._draw_lower()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "issues":
+    def on_deck_table_row_selected(self, event: DeckTable.RowSelected) -> None:
+        if event.table.id == "issues":
             event.stop()
             self._open_issue()
-        elif event.data_table.id == "quarantine":
+        elif event.table.id == "quarantine":
             event.stop()
             self._open_raw()
 
@@ -486,8 +486,8 @@ class IssueScreen(IssueActions, QueryScreen):
                 t.append(f"    {line}\n", style="dim")
         self.query_one("#raw-text", Static).update(t)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "records":
+    def on_deck_table_row_selected(self, event: DeckTable.RowSelected) -> None:
+        if event.table.id == "records":
             event.stop()
             self.action_open_record()
 

@@ -215,8 +215,8 @@ class RecoveryScreen(FlowActions, DeckScreen):
         self._show_selected()
         super().refresh_view()
 
-    def on_data_table_row_highlighted(self, event) -> None:
-        if event.data_table is self.flows_table:
+    def on_deck_table_row_highlighted(self, event) -> None:
+        if event.table is self.flows_table:
             self._show_selected()
 
     def _show_selected(self) -> None:

@@ -186,7 +186,7 @@ class SourcesScreen(DeckScreen):
         self.query_one(SourceDetail).show(table.selected())
         super().refresh_view()
 
-    def on_data_table_row_highlighted(self, event) -> None:
+    def on_deck_table_row_highlighted(self, event) -> None:
         self.query_one(SourceDetail).show(self.query_one(DeckTable).selected())
 
     def action_run_now(self) -> None:
