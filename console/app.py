@@ -10,6 +10,7 @@ engine and a remote daemon show the same screens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import tomllib
 from collections import deque
@@ -94,6 +95,7 @@ class FlowdeckApp(App):
         self._buffer: deque[dict] = deque(maxlen=20_000)
         self._dirty = False
         self._tasks: list[asyncio.Task] = []
+        self._snapshot_now = asyncio.Event()
         self.repaints = 0  # counted for the responsiveness benchmark
         for mode, (key, title, _cls) in self.screen_specs.items():
             self._bindings.bind(key, f"switch_mode('{mode}')", title, show=False)
@@ -135,16 +137,30 @@ class FlowdeckApp(App):
         sub = self.control.subscribe()
         self._tasks.append(asyncio.create_task(self._pump(sub)))
         while True:
+            self._snapshot_now.clear()
             if not self.state.paused:
                 try:
-                    snap = await self.control.snapshot()
+                    snap = await self.control.snapshot(latest=self._latest_wanted())
                     self.state.update(snap, self.clock.now())
                     self.state.connected = True
                 except Exception as exc:  # a lost connection shows in the header
                     self.state.connected = False
                     self.state.connection = f"error: {exc}"
                 self._dirty = True
-            await asyncio.sleep(self.state.refresh_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._snapshot_now.wait(), self.state.refresh_s)
+
+    def _latest_wanted(self) -> list[str] | None:
+        """Whose latest values the next snapshot should carry: only the Data screen shows
+        them, one flow at a time (None, all of them, while it has not chosen one yet)."""
+        if self.current_mode != "data" or "data" not in self._screen_stacks:
+            return []
+        flow = self._screen_stacks["data"][0]._ensure_flow()
+        return [flow] if flow else None
+
+    def request_snapshot(self) -> None:
+        """Fetch a snapshot now rather than at the next refresh (a screen needs more)."""
+        self._snapshot_now.set()
 
     async def _pump(self, sub) -> None:
         while True:
@@ -197,6 +213,8 @@ class FlowdeckApp(App):
             return super().switch_mode(mode)
         finally:
             self._switching = False
+            if mode == "data":
+                self.request_snapshot()  # with the latest values it shows
 
     def delay_update(self, delay: float = 0.05) -> None:
         if not self._switching:

@@ -259,8 +259,9 @@ class RemoteControl:
 
     # ------------------------------------------------------------ the Control interface
 
-    async def snapshot(self) -> dict:
-        snap = await self._request("query", "snapshot", {})
+    async def snapshot(self, latest: list[str] | None = None) -> dict:
+        params = {} if latest is None else {"latest": list(latest)}
+        snap = await self._request("query", "snapshot", params)
         snap["connection"] = self.description
         return snap
 

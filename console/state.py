@@ -152,6 +152,12 @@ class ConsoleState:
                 hist.append(rates.get("store", 0.0))
         self._prev = (now, {n: copy.deepcopy(f.get("totals", {}))
                             for n, f in snap.get("flows", {}).items()})
+        # A snapshot may carry the latest values of some flows only (the console asks for
+        # those of the flow it shows): the others keep the last ones received.
+        kept = self.snapshot.get("latest", {})
+        if kept and "latest" in snap:
+            snap["latest"] = {**{f: rows for f, rows in kept.items()
+                                 if f in snap.get("flows", {})}, **snap["latest"]}
         self.snapshot = snap
         self.now = now
         self.connection = snap.get("connection", self.connection)
@@ -224,8 +230,7 @@ class ConsoleState:
     def sla(self, flow: str) -> dict[str, Any]:
         """Freshness and availability of a flow against its configured targets."""
         f = self.flows.get(flow, {})
-        latest = self.snapshot.get("latest", {}).get(flow, [])
-        newest = max((r["ts_ms"] for r in latest), default=None)
+        newest = self.latest_info(flow)["newest_ms"]
         age_s = (self.now_ms - newest) / 1000 if newest is not None else None
         runs = [r for r in self.snapshot.get("runs", []) if r.get("flow") == flow
                 and r.get("trigger") in ("schedule", "once", "manual")]
@@ -242,10 +247,19 @@ class ConsoleState:
             "runs": len(runs),
         }
 
-    def quality_trend(self, flow: str) -> list[float]:
-        """Mean quality of the latest values (one point per key, oldest first by time)."""
+    def latest_info(self, flow: str) -> dict:
+        """How many keys a flow has, its newest value's time, each key's quality (oldest
+        first): from the snapshot's summary, which covers flows whose values it left out."""
+        info = self.snapshot.get("latest_summary", {}).get(flow)
+        if info is not None:
+            return info
         rows = sorted(self.snapshot.get("latest", {}).get(flow, []), key=lambda r: r["ts_ms"])
-        return [r["quality"] for r in rows]
+        return {"keys": len(rows), "newest_ms": rows[-1]["ts_ms"] if rows else None,
+                "quality": [r["quality"] for r in rows]}
+
+    def quality_trend(self, flow: str) -> list[float]:
+        """Quality of the latest values (one point per key, oldest first by time)."""
+        return list(self.latest_info(flow)["quality"])
 
     def source_ranking(self) -> list[dict]:
         """Sources ranked by reliability seen so far: success rate, then latency."""

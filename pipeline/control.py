@@ -33,8 +33,34 @@ class ControlError(Exception):
     """An action or query that cannot be done (unknown flow, missing issue, bad argument)."""
 
 
+def latest_summary(latest: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per flow, what a viewer needs of the latest values without the values: how many
+    keys, the newest one's time, and each key's quality, oldest value first."""
+    out = {}
+    for flow, rows in latest.items():
+        by_time = sorted(rows, key=lambda r: r["ts_ms"])
+        out[flow] = {"keys": len(rows),
+                     "newest_ms": by_time[-1]["ts_ms"] if by_time else None,
+                     "quality": [r["quality"] for r in by_time]}
+    return out
+
+
+def trim_snapshot(snap: dict, latest: list[str] | None) -> dict:
+    """The snapshot with the latest values of only the flows in ``latest`` (None: all).
+
+    The latest values are most of a snapshot (a flow of 2,000 keys is ~0.5 MB of JSON),
+    and a viewer shows one flow's at a time, if any; ``latest_summary`` stays whole."""
+    if latest is None:
+        return snap
+    if not isinstance(latest, list) or not all(isinstance(f, str) for f in latest):
+        raise ValueError("'latest' must be a list of flow names")
+    keep = set(latest)
+    return {**snap, "latest": {f: rows for f, rows in snap.get("latest", {}).items()
+                               if f in keep}}
+
+
 class Control(Protocol):
-    async def snapshot(self) -> dict: ...
+    async def snapshot(self, latest: list[str] | None = None) -> dict: ...
     def subscribe(self, types: set[str] | None = None) -> Subscription: ...
     async def act(self, name: str, **params: Any) -> dict: ...
     async def query(self, name: str, **params: Any) -> Any: ...
@@ -88,7 +114,9 @@ class LocalControl:
 
     # ------------------------------------------------------------ state
 
-    async def snapshot(self) -> dict:
+    async def snapshot(self, latest: list[str] | None = None) -> dict:
+        """The engine's state for viewers; ``latest`` names the flows whose latest values
+        to include (None: every flow's; ``latest_summary`` always covers all)."""
         snap = self.engine.snapshot()
         cfg = self.engine.config
         for name, f in snap["flows"].items():
@@ -107,10 +135,11 @@ class LocalControl:
         snap["quarantine"] = await self._kept("quarantine", self.store.quarantined, None,
                                               "open", 300)
         snap["latest"] = await self._kept_latest(cfg.flows)
+        snap["latest_summary"] = latest_summary(snap["latest"])
         snap["runs"] = await self._kept("runs", self.store.recent_runs, None, 200)
         snap["store_error"] = self._store_error  # None: every part above is current
         snap["connection"] = self.description
-        return _jsonable(snap)
+        return _jsonable(trim_snapshot(snap, latest))
 
     def subscribe(self, types: set[str] | None = None) -> Subscription:
         return self.engine.hub.subscribe(types=types)

@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from flowdeck.pipeline.control import Control, ControlError
+from flowdeck.pipeline.control import Control, ControlError, trim_snapshot
 from flowdeck.pipeline.feed_http import HttpApi, error
 from flowdeck.pipeline.feed_metrics import FeedMetrics
 from flowdeck.pipeline.feed_protocol import (
@@ -846,7 +846,7 @@ class FeedServer:
                 result = await self.control.act(name, **({"actor": actor} if actor else {}),
                                                 **params)
             elif name == "snapshot":
-                result = await self.snapshot()
+                result = trim_snapshot(await self.snapshot(), params.get("latest"))
             else:
                 result = await self.control.query(name, **params)
             viewer.reply(

@@ -47,8 +47,11 @@ class FixtureControl:
         self.snap = json.loads(FIXTURE.read_text())["snapshot"]
         self.calls: list[tuple[str, dict]] = []
 
-    async def snapshot(self) -> dict:
-        return copy.deepcopy(self.snap)
+    async def snapshot(self, latest: list[str] | None = None) -> dict:
+        snap = copy.deepcopy(self.snap)
+        if latest is not None:
+            snap["latest"] = {f: rows for f, rows in snap["latest"].items() if f in latest}
+        return snap
 
     def subscribe(self, types=None) -> _Never:
         return _Never()

@@ -218,7 +218,7 @@ async def test_drilldowns_and_operator_actions_on_a_real_engine(live):
     app = live_app(engine, clock)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(
-            pilot, lambda: app.state.snapshot.get("latest", {}).get("weather"), "the first snapshot"
+            pilot, lambda: app.state.latest_info("weather")["keys"], "the first snapshot"
         )
 
         # Quality: enter on the quarantine issue shows its raw payload excerpts.

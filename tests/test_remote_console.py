@@ -118,6 +118,59 @@ async def test_remote_control_speaks_the_control_interface(rig):
         await control.close()
 
 
+async def test_snapshot_carries_the_latest_values_asked_for(rig):
+    """The latest values are most of a snapshot: a viewer names the flows it wants."""
+    await rig.ingest("bench", rows_for(["KAAA", "KBBB"]))
+    await rig.ingest("other", rows_for(["KCCC"]))
+    control = RemoteControl(rig.ws_url)
+    try:
+        deadline = time.monotonic() + 5  # the feed shares a snapshot for half a second
+        while True:
+            full = await control.snapshot()
+            if {f: len(r) for f, r in full["latest"].items()} == {"bench": 2, "other": 1}:
+                break
+            assert time.monotonic() < deadline, full["latest"]
+            await asyncio.sleep(0.1)
+        none = await control.snapshot(latest=[])
+        assert none["latest"] == {}
+        # ... while the summary still says how many keys and how fresh, for every flow
+        assert {f: s["keys"] for f, s in none["latest_summary"].items()} == {
+            "bench": 2, "other": 1}
+        newest = max(r["ts_ms"] for r in full["latest"]["bench"])
+        assert none["latest_summary"]["bench"]["newest_ms"] == newest
+        one = await control.snapshot(latest=["other"])
+        assert [r["key"] for r in one["latest"]["other"]] == ["KCCC"] and "bench" not in one[
+            "latest"]
+        with pytest.raises(ControlError, match="'latest' must be a list of flow names"):
+            await control._request("query", "snapshot", {"latest": "bench"})
+    finally:
+        await control.close()
+
+
+async def test_the_console_asks_for_latest_values_only_on_the_data_screen(rig):
+    await rig.ingest("bench", rows_for(["KAAA", "KBBB"]))
+    control = RemoteControl(rig.ws_url)
+    asked: list = []
+    snapshot = control.snapshot
+
+    async def recording(latest=None):
+        asked.append(latest)
+        return await snapshot(latest=latest)
+
+    control.snapshot = recording
+    app = FlowdeckApp(control, refresh=0.25)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: app.state.latest_info("bench")["keys"] == 2)
+            assert asked and all(a == [] for a in asked)  # Overview shows no latest values
+            assert "KAAA" not in str(app.state.snapshot["latest"])
+            await pilot.press("6")
+            await wait_until(pilot, lambda: "KBBB" in screen_text(app))
+            assert asked[-1] == [app.screen.flow] == ["bench"]
+    finally:
+        await control.close()
+
+
 async def test_remote_control_errors_are_one_line():
     with pytest.raises(RemoteError, match="cannot connect to ws://127.0.0.1:"):
         await RemoteControl(f"ws://127.0.0.1:{free_port()}", timeout=2).snapshot()

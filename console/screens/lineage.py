@@ -294,9 +294,9 @@ class DataScreen(ViewScreen):
         if f:
             t.append_text(status_text(f.get("state"), app))
             t.append("  ")
-        latest = state.snapshot.get("latest", {}).get(self.flow or "", [])
-        newest = max((r["ts_ms"] for r in latest), default=None)
-        t.append(f"{len(latest)} keys · newest {fmt_age(newest, state.now_ms)} ago", style="dim")
+        info = state.latest_info(self.flow or "")
+        t.append(f"{info['keys']} keys · newest {fmt_age(info['newest_ms'], state.now_ms)} ago",
+                 style="dim")
         t.append("   [ ] flow · k metric · enter lineage", style="dim")
         return t
 
@@ -448,6 +448,7 @@ class DataScreen(ViewScreen):
             return
         i = flows.index(self.flow) if self.flow in flows else 0
         self.flow = flows[(i + step) % len(flows)]
+        self.app.request_snapshot()  # this flow's latest values, now
         self.refresh_view()
 
     def action_cycle_metric(self) -> None:
