@@ -32,6 +32,24 @@ REFRESH_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 MAX_REPAINT_HZ = 10
 
 
+GC_THRESHOLDS = (10_000, 20, 100)  # young, middle, old (CPython's default: 700, 10, 10)
+
+
+def tune_gc() -> None:
+    """Keep the collector's pauses short while the console draws.
+
+    What exists once the screens are built (modules, screens, widgets, styles) lives as
+    long as the app: frozen, no collection walks it again. Drawing leaves reference
+    cycles behind (Textual's strips cache themselves), most of them dead within a second
+    or two; with larger young generations they die there, in collections of a few ms,
+    instead of reaching the old generation, whose full collections took 60-100 ms
+    several times a minute and were the slowest key-to-repaints (measured with gc
+    callbacks around bench/bench_console.py at 10,000 records/s)."""
+    gc.collect()  # garbage is not frozen with the rest
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def load_themes() -> list[Theme]:
     themes = []
     for path in sorted(THEMES_DIR.glob("*.toml")):
@@ -115,10 +133,7 @@ class FlowdeckApp(App):
         with self.batch_update():
             for mode in reversed(list(self.screen_specs)):
                 await self.switch_mode(mode)
-        # What exists now (modules, screens, widgets, styles) lives as long as the app:
-        # moved out of the collector's reach, a full collection no longer walks it. Those
-        # walks, over 100 ms each a few times a minute, were the slowest key-to-repaints.
-        gc.freeze()
+        tune_gc()
         self.set_interval(1 / MAX_REPAINT_HZ, self._apply_updates)
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self._run_live()))
