@@ -1086,12 +1086,25 @@ class Engine:
                 pair = (row["raw_id"], row["item"])
                 if row["raw_id"] in replayed_raw and pair not in keep:
                     write.replayed.append(pair)
+
+        def publish_records() -> None:
+            """Viewers see a run's values once they are committed (records and latest),
+            without waiting for its series, roll-ups and bookkeeping (docs/protocol.md)."""
+            newest = {}
+            for r in merged.records:
+                newest[r.key] = r
+            self.emit("records", rt.name, count=len(merged.records), latest=[
+                {"key": r.key, "ts_ms": r.ts, "data": r.data, "quality": r.quality,
+                 "anomaly_score": r.anomaly, "anomalous": r.anomalous, "flags": r.flags,
+                 "sources": r.sources} for r in newest.values()])
+
         t = time.perf_counter()
         try:
-            counts = self.store.write_batch(write, now)
+            counts = self.store.write_batch(write, now, stored=publish_records)
         except Exception:
-            # Nothing of this batch was stored: let the next fetch bring these records again
-            # (collect would otherwise drop them as duplicates of what it has seen).
+            # The batch is not complete in the store (its records may be, its raw status is
+            # not): let the next fetch bring these records again (collect would otherwise
+            # drop them as duplicates of what it has seen); every write repeats idempotently.
             if not replay:
                 for source, pairs in seen_pairs.items():
                     rt.collector.forget(source, pairs)
@@ -1115,14 +1128,6 @@ class Engine:
         for d in issues:
             self.emit("issue", rt.name, kind=d.kind, severity=d.severity, title=d.title,
                       key=d.key, source=d.source)
-        if merged.records:
-            newest = {}
-            for r in merged.records:
-                newest[r.key] = r
-            self.emit("records", rt.name, count=len(merged.records), latest=[
-                {"key": r.key, "ts_ms": r.ts, "data": r.data, "quality": r.quality,
-                 "anomaly_score": r.anomaly, "anomalous": r.anomalous, "flags": r.flags,
-                 "sources": r.sources} for r in newest.values()])
 
     def process_payloads(self, name: str, payloads: list[Payload],
                          trigger: str = "direct") -> RunSummary:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import operator
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring_ascii
 from typing import Any
@@ -353,15 +353,27 @@ class Store:
                     out[(key, ts)] = json.loads(contrib) if isinstance(contrib, str) else contrib
         return out
 
-    def write_batch(self, batch: BatchWrite, now_ms: int) -> dict[str, int]:
-        """Commit one batch: records, latest, series, roll-ups, quarantine, issues, raw status."""
+    def write_batch(self, batch: BatchWrite, now_ms: int,
+                    stored: Callable[[], None] | None = None) -> dict[str, int]:
+        """Commit one batch: records, latest, series, roll-ups, quarantine, issues, raw status.
+
+        One transaction; or, with ``stored``, two: the records and ``latest`` are committed
+        first and ``stored()`` is called (the engine publishes them to viewers), then the
+        rest, raw status last. A failure in the second leaves the payloads unprocessed (no
+        raw status), so they are processed again and every write repeats idempotently.
+        """
         if self._checkpointer is None:
             self._start_checkpointer()
         counts: dict[str, Any] = {"records": len(batch.records),
                                   "quarantined": len(batch.quarantine), "issues_opened": 0,
                                   "issues_updated": 0, "opened": []}
+        early = stored is not None and bool(batch.records)
+        if early:
+            with self.engine.begin() as conn:
+                self._write_records(conn, batch.records)
+            stored()
         with self.engine.begin() as conn:
-            if batch.records:
+            if batch.records and not early:
                 self._write_records(conn, batch.records)
             if batch.series:
                 self._write_series(conn, batch.series)
