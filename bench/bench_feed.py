@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -254,7 +255,9 @@ async def ingest_to_viewer(
         store = Store(f"sqlite:///{Path(d) / 'bench.db'}")
         engine = Engine(cfg, store, clock=SystemClock())
         loop = asyncio.get_running_loop()
-        engine.hub.bind(loop)
+        # The daemon's start-up (no schedule: the payloads below are the runs), so the
+        # engine runs as a started daemon's does (e.g. the start-up heap frozen for the GC).
+        await engine.start(schedule=False, resume=False)
         if bare:
             server, url, pump = await _bare_records_server(engine)
         else:
@@ -266,6 +269,7 @@ async def ingest_to_viewer(
         t0_ms = int(time.time() * 1000) - 3_600_000
         interval = 0.01 if engine_rate is None else batch / engine_rate
         batches = int(seconds / interval)
+        pauses = Pauses()
         start = time.perf_counter()
         pending = []
         arrived: list[tuple[float, bytes]] = []
@@ -289,6 +293,7 @@ async def ingest_to_viewer(
         await asyncio.gather(*pending)
         sustained = batches * (100 if engine_rate is None else batch) / (
             time.perf_counter() - start)
+        pauses.stop()
         await asyncio.sleep(0.5)
         if bare:
             pump.cancel()
@@ -297,9 +302,46 @@ async def ingest_to_viewer(
         else:
             await feed.stop()
         res = await clients.results()
-        engine.worker.shutdown()
+        await engine.stop()
         store.close()
-    return res["ingest"]["lat"], sustained, waits
+    return res["ingest"]["lat"], sustained, waits, pauses
+
+
+class Pauses:
+    """While a measurement runs: garbage-collection pauses per generation (any thread,
+    each holds the GIL) and the event loop's lag (how late a 5 ms sleep wakes up)."""
+
+    def __init__(self) -> None:
+        self.gc: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.lag: list[float] = []
+        self._t0 = 0.0
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.create_task(self._watch())
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.gc[info["generation"]].append(time.perf_counter() - self._t0)
+
+    async def _watch(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.lag.append(time.perf_counter() - t - 0.005)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+        self._task.cancel()
+
+    def line(self) -> str:
+        gens = "  ".join(
+            f"gen{g} {len(v)}x max {max(v, default=0) * 1000:.1f} ms" for g, v in self.gc.items()
+        )
+        return (
+            f"GC pauses: {gens}; event-loop lag p99 {pct(self.lag, 0.99) * 1000:.1f} ms, "
+            f"max {max(self.lag, default=0) * 1000:.1f} ms"
+        )
 
 
 def _publish(engine: Engine, i: int) -> None:
@@ -516,9 +558,9 @@ def listed(rows: list[dict], key: str, fmt: str = ",.0f") -> str:
 
 
 async def part1(args) -> None:
-    bare, _, _ = await ingest_to_viewer(args.seconds, bare=True)
-    ours, _, _ = await ingest_to_viewer(args.seconds, bare=False)
-    full, sustained, waits = await ingest_to_viewer(
+    bare, _, _, _ = await ingest_to_viewer(args.seconds, bare=True)
+    ours, _, _, _ = await ingest_to_viewer(args.seconds, bare=False)
+    full, sustained, waits, pauses = await ingest_to_viewer(
         args.seconds, bare=False, engine_rate=args.engine_rate, batch=args.engine_batch,
         coalesce=not args.one_run_per_payload,
     )
@@ -552,6 +594,7 @@ async def part1(args) -> None:
         f"p50 {pct(waits, 0.5) * 1000:6.1f} ms  p99 {pct(waits, 0.99) * 1000:6.1f} ms"
     )
     print(f"   ratio p99 full path/baseline: {pct(full, 0.99) / pct(bare, 0.99):6.2f}")
+    print(f"   during the full path, server process: {pauses.line()}")
 
 
 async def part23(args) -> None:

@@ -59,10 +59,12 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, history: int = 2000) -> None:
+    # No history is kept here: subscribers keep what they need (the feed its recent events,
+    # slimmed). A copy of the last 2,000 events, records batches included, was read by
+    # nobody and was most of what each full garbage collection had to walk.
+    def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self._seq = itertools.count(1)
-        self.recent: deque[Event] = deque(maxlen=history)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -87,6 +89,5 @@ class Hub:
 
     def _deliver(self, ev: Event) -> None:
         ev.seq = next(self._seq)
-        self.recent.append(ev)
         for sub in list(self._subs):
             sub._put(ev)

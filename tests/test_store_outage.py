@@ -240,3 +240,47 @@ async def test_the_snapshot_keeps_its_last_picture_while_the_store_is_away(pg_ur
     finally:
         await engine.stop()
         store.close()
+
+
+async def test_values_shown_before_a_failed_series_write_are_stored_and_completed_later(
+        tmp_path, clock):
+    """A run's values reach viewers once its records are committed, before its series: a
+    viewer is never shown a value the store does not have, and a failure after that
+    leaves the payloads unprocessed, so the next start completes the run once."""
+    db = tmp_path / "flowdeck.db"
+    store = Store(f"sqlite:///{db}")
+    engine = Engine(fast_config(), store, clock=clock)
+    shown = engine.hub.subscribe(types={"records"})
+    await engine.start(schedule=False)
+    try:
+        assert (await engine.run_flow("weather")).status == "ok"
+        clock.advance(60)
+        shown.drain()
+        con = sqlite3.connect(db)
+        con.execute("CREATE TRIGGER refuse_series BEFORE INSERT ON series "
+                    "BEGIN SELECT RAISE(ABORT, 'series refused'); END")
+        con.commit()
+        s = await engine.run_flow("weather")
+        assert s.status == "failed" and "series refused" in s.error
+    finally:
+        await engine.stop()
+    rows = [r for ev in shown.drain() for r in ev.data["latest"]]
+    assert rows, "the run's values were published"
+    latest = {r["key"]: r for r in store.latest("weather")}
+    for r in rows:  # every value shown is stored
+        assert latest[r["key"]]["ts_ms"] == r["ts_ms"]
+        assert latest[r["key"]]["data"] == r["data"]
+    key, ts = rows[0]["key"], rows[0]["ts_ms"]
+    assert ts not in dict(store.history("weather", key, "temperature"))
+    assert store.pending_raw("weather"), "the payloads wait to be processed again"
+
+    con.execute("DROP TRIGGER refuse_series")
+    con.commit()
+    con.close()
+    engine = Engine(fast_config(), store, clock=clock)
+    await engine.start(schedule=False)  # resumes what was committed and not processed
+    await engine.stop()
+    assert not store.pending_raw("weather")
+    assert ts in dict(store.history("weather", key, "temperature"))
+    assert_no_gap_no_duplicate(store)
+    store.close()
