@@ -255,7 +255,7 @@ class DeckTable(ScrollView, can_focus=True):
         self._shown_filter = ""
         self._shown_theme = ""
         self._shown_keys: list[str] = []
-        self._cells: list[list] = []
+        self._cells: dict[int, list] = {}  # shown row -> its cells, made when drawn
         self._cursor = 0
         self._highlighted_key: str | None = None
         self._hover: int | None = None
@@ -275,7 +275,11 @@ class DeckTable(ScrollView, can_focus=True):
 
     def get_row_at(self, index: int) -> list:
         """The cells of a shown row as drawn: strings and Rich Texts."""
-        return self._cells[index]
+        cells = self._cells.get(index)
+        if cells is None:
+            cells = self._cells[index] = [self._display(c, self.shown[index])
+                                          for c in self._visible]
+        return cells
 
     def labels(self) -> list[Text]:
         """The header cells as drawn (the sort column carries its arrow)."""
@@ -404,24 +408,27 @@ class DeckTable(ScrollView, can_focus=True):
                 present.sort(key=lambda r: str(r[k]), reverse=self.sort_reverse)
             shown = present + missing
         keys = [str(r.get("_key", i)) for i, r in enumerate(shown)]
-        cells = [[self._display(c, r) for c in visible] for r in shown]
         if not force_columns and same_columns and keys == self._shown_keys:
-            # The same rows in the same order (the usual live update): redraw the rows
-            # whose cells changed, keeping the cursor and the scroll position.
-            old = self._cells
-            for i, new in enumerate(cells):
-                if new == old[i]:
-                    cells[i] = old[i]  # the same list: its strip stays valid
+            # The same rows in the same order (the usual live update): redraw the rows on
+            # screen whose cells changed, keeping the cursor and the scroll position. Rows
+            # off screen get their cells when they are drawn: a table of thousands of rows
+            # costs what its visible rows cost.
+            old, self._cells = self._cells, {}
+            self.shown = shown
+            top = round(self.scroll_y)
+            for i in range(top, min(len(shown), top + self._page())):
+                new = self.get_row_at(i)
+                if new == old.get(i):
+                    self._cells[i] = old[i]  # the same list: its strip stays valid
                 else:
                     self._strips.pop(i, None)
                     self.refresh_line(i + 1)
-            self.shown, self._cells = shown, cells
             self._highlight_changed()
             return
         # Other rows or another order: keep the cursor on the same row if it is still here.
         cursor_key = self._highlighted_key
         self._visible = visible
-        self.shown, self._shown_keys, self._cells = shown, keys, cells
+        self.shown, self._shown_keys, self._cells = shown, keys, {}
         self._strips.clear()
         self.virtual_size = Size(min(self.columns_width(), self._room()), len(shown) + 1)
         row = keys.index(cursor_key) if cursor_key in keys else self._cursor
@@ -561,7 +568,7 @@ class DeckTable(ScrollView, can_focus=True):
         i = round(self.scroll_y) + y - 1
         if not 0 <= i < len(self.shown):
             return Strip.blank(self._room())
-        cells = self._cells[i]
+        cells = self.get_row_at(i)
         drawn_with = (i == self._cursor, i == self._hover, self._room())
         cached = self._strips.get(i)
         if cached is not None and cached[0] is cells and cached[1] == drawn_with:
