@@ -229,7 +229,9 @@ class FlowdeckApp(App):
         finally:
             self._switching = False
             if mode == "data":
-                self.request_snapshot()  # with the latest values it shows
+                # Its latest values, fetched once the switch has been drawn: decoding a
+                # flow of thousands of keys must not delay the key's repaint.
+                self.call_after_refresh(self.request_snapshot)
 
     def delay_update(self, delay: float = 0.05) -> None:
         if not self._switching:

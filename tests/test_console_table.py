@@ -77,3 +77,28 @@ async def test_the_cursor_stays_on_its_row_through_a_resort_and_reports_selectio
         await pilot.click(DeckTable, offset=(2, 3))
         await pilot.pause()
         assert app.events[-1] == ("selected", table.cursor_row)
+
+
+async def test_drawing_leaves_no_strips_in_reference_cycles():
+    """Every drawn line used to be a strip caching itself (see console/textual_fixes.py):
+    garbage only the cycle collector frees, in pauses that delayed key-to-repaints."""
+    import gc
+
+    from textual.strip import Strip
+
+    app = TableApp()
+    async with app.run_test(size=(60, 20)) as pilot:
+        table = app.query_one(DeckTable)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for n in range(20):  # twenty live updates, each redrawn
+                table.set_rows(rows(200, {i: n for i in range(0, 200, 3)}))
+                await pilot.pause()
+            gc.collect()
+            cyclic = [o for o in gc.garbage if isinstance(o, Strip)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert lines(app)[2].split() == ["k00001", "1"]
+        assert cyclic == []
