@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flowdeck.pipeline.feed_protocol import latest_summary
+
 FLOW_STATES = ("healthy", "degraded", "failing", "paused")
 CACHE_LAYERS = ("l1", "l2", "l3", "l4")
 CACHE_HISTORY = 120  # sampling intervals kept for the hit-rate chart
@@ -253,9 +255,7 @@ class ConsoleState:
         info = self.snapshot.get("latest_summary", {}).get(flow)
         if info is not None:
             return info
-        rows = sorted(self.snapshot.get("latest", {}).get(flow, []), key=lambda r: r["ts_ms"])
-        return {"keys": len(rows), "newest_ms": rows[-1]["ts_ms"] if rows else None,
-                "quality": [r["quality"] for r in rows]}
+        return latest_summary({flow: self.snapshot.get("latest", {}).get(flow, [])})[flow]
 
     def quality_trend(self, flow: str) -> list[float]:
         """Quality of the latest values (one point per key, oldest first by time)."""

@@ -166,9 +166,16 @@ class Col:
 
     key: str
     label: str
-    width: int | None = None
+    width: int | None = None  # None: whatever the other columns leave, at least min_width
     fmt: Callable[[Any, dict], Any] | None = None
     priority: int = 5
+    min_width: int = 0
+
+    @property
+    def least(self) -> int:
+        """The fewest cells it is shown in (without padding)."""
+        return self.width if self.width is not None else max(len(self.label) + 2,
+                                                              self.min_width)
 
 
 class DeckTable(ScrollView, can_focus=True):
@@ -285,19 +292,24 @@ class DeckTable(ScrollView, can_focus=True):
         """The header cells as drawn (the sort column carries its arrow)."""
         return [self._label(c) for c in self._visible]
 
+    def _spans(self):
+        """Each shown column with where it starts and ends on the line (padding included)."""
+        x = 0
+        for c in self._visible:
+            w = self._width(c) + 2 * self.CELL_PAD
+            yield c, x, x + w
+            x += w
+
     def column_x(self, label: str) -> int:
         """The x offset, inside the table, of the middle of the column headed ``label``."""
-        x = 0
-        for c, text in zip(self._visible, self.labels(), strict=True):
-            w = self._width(c) + 2 * self.CELL_PAD
-            if text.plain.split(" ")[0] == label:
-                return x + w // 2
-            x += w
+        for c, x0, x1 in self._spans():
+            if self._label(c).plain.split(" ")[0] == label:
+                return (x0 + x1) // 2
         raise KeyError(label)
 
     def columns_width(self) -> int:
         """The width the shown columns take, their padding included."""
-        return sum(self._width(c) + 2 * self.CELL_PAD for c in self._visible)
+        return sum(x1 - x0 for _c, x0, x1 in self._spans())
 
     def selected(self) -> dict | None:
         if self.shown and 0 <= self._cursor < len(self.shown):
@@ -314,7 +326,7 @@ class DeckTable(ScrollView, can_focus=True):
         chosen = sorted(self.cols, key=lambda c: -c.priority)
         used, keep = 0, []
         for c in chosen:
-            w = (c.width or len(c.label) + 2) + 2
+            w = c.least + 2 * self.CELL_PAD
             if used + w <= width or not keep:
                 keep.append(c)
                 used += w
@@ -325,11 +337,10 @@ class DeckTable(ScrollView, can_focus=True):
             return c.width
         # A column without a width takes what the fixed ones leave.
         fixed = sum((k.width or 0) + 2 * self.CELL_PAD for k in self._visible if k is not c)
-        return max(len(c.label) + 2, self._room() - fixed - 2 * self.CELL_PAD)
+        return max(c.least, self._room() - fixed - 2 * self.CELL_PAD)
 
     def on_resize(self, event: Resize) -> None:
-        self._strips.clear()
-        self.set_rows(self.rows_data, force_columns=True)
+        self.set_rows(self.rows_data, force_columns=True)  # columns refit, rows redrawn
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -499,10 +510,8 @@ class DeckTable(ScrollView, can_focus=True):
         if offset is None:
             return
         if offset.y == 0:
-            x = 0
-            for c in self._visible:
-                x += self._width(c) + 2 * self.CELL_PAD
-                if offset.x < x:
+            for c, _x0, x1 in self._spans():
+                if offset.x < x1:
                     self.sort_by(c.key)
                     break
             event.stop()

@@ -19,6 +19,7 @@ import time
 from typing import Any, Protocol
 
 from flowdeck.pipeline.engine import Engine
+from flowdeck.pipeline.feed_protocol import latest_summary, trim_snapshot
 from flowdeck.pipeline.hub import Subscription
 from flowdeck.pipeline.ops import lineage
 from flowdeck.storage.db import UNAVAILABLE
@@ -31,32 +32,6 @@ _ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowdeck_ac
 
 class ControlError(Exception):
     """An action or query that cannot be done (unknown flow, missing issue, bad argument)."""
-
-
-def latest_summary(latest: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per flow, what a viewer needs of the latest values without the values: how many
-    keys, the newest one's time, and each key's quality, oldest value first."""
-    out = {}
-    for flow, rows in latest.items():
-        by_time = sorted(rows, key=lambda r: r["ts_ms"])
-        out[flow] = {"keys": len(rows),
-                     "newest_ms": by_time[-1]["ts_ms"] if by_time else None,
-                     "quality": [r["quality"] for r in by_time]}
-    return out
-
-
-def trim_snapshot(snap: dict, latest: list[str] | None) -> dict:
-    """The snapshot with the latest values of only the flows in ``latest`` (None: all).
-
-    The latest values are most of a snapshot (a flow of 2,000 keys is ~0.5 MB of JSON),
-    and a viewer shows one flow's at a time, if any; ``latest_summary`` stays whole."""
-    if latest is None:
-        return snap
-    if not isinstance(latest, list) or not all(isinstance(f, str) for f in latest):
-        raise ValueError("'latest' must be a list of flow names")
-    keep = set(latest)
-    return {**snap, "latest": {f: rows for f, rows in snap.get("latest", {}).items()
-                               if f in keep}}
 
 
 class Control(Protocol):

@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from flowdeck.pipeline.control import Control, ControlError, trim_snapshot
+from flowdeck.pipeline.control import Control, ControlError
 from flowdeck.pipeline.feed_http import HttpApi, error
 from flowdeck.pipeline.feed_metrics import FeedMetrics
 from flowdeck.pipeline.feed_protocol import (
@@ -64,6 +64,7 @@ from flowdeck.pipeline.feed_protocol import (
     remote_actor,
     route,
     slim_event,
+    trim_snapshot,
 )
 
 log = logging.getLogger("flowdeck.feed")

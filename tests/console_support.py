@@ -10,6 +10,7 @@ from pathlib import Path
 from flowdeck.console.app import FlowdeckApp
 from flowdeck.console.state import ConsoleState
 from flowdeck.pipeline.clock import ManualClock
+from flowdeck.pipeline.feed_protocol import trim_snapshot
 
 FIXTURE = Path(__file__).parent / "fixtures" / "console_state.json"
 
@@ -48,10 +49,7 @@ class FixtureControl:
         self.calls: list[tuple[str, dict]] = []
 
     async def snapshot(self, latest: list[str] | None = None) -> dict:
-        snap = copy.deepcopy(self.snap)
-        if latest is not None:
-            snap["latest"] = {f: rows for f, rows in snap["latest"].items() if f in latest}
-        return snap
+        return trim_snapshot(copy.deepcopy(self.snap), latest)
 
     def subscribe(self, types=None) -> _Never:
         return _Never()

@@ -29,13 +29,19 @@ def write_readings(path, ts_ms: int) -> None:
                             for i in range(3)))
 
 
-async def test_a_source_that_answers_with_nothing_new_goes_stale_and_recovers(
-        tmp_path, sqlite_store, clock):
+async def started_meters(tmp_path, store, clock):
+    """The file flow with fresh readings, its config, and its engine, started unscheduled."""
     data = tmp_path / "meters.jsonl"
     write_readings(data, clock.now_ms())
     cfg = parse_config(FILE_FLOW.format(path=data), str(tmp_path / "flow.yaml"))
-    engine = Engine(cfg, sqlite_store, clock=clock)
+    engine = Engine(cfg, store, clock=clock)
     await engine.start(schedule=False)
+    return data, cfg, engine
+
+
+async def test_a_source_that_answers_with_nothing_new_goes_stale_and_recovers(
+        tmp_path, sqlite_store, clock):
+    data, cfg, engine = await started_meters(tmp_path, sqlite_store, clock)
     try:
         await engine.run_flow("meters")
         assert engine.snapshot()["flows"]["meters"]["state"] == "healthy"
@@ -64,11 +70,7 @@ async def test_a_source_that_answers_with_nothing_new_goes_stale_and_recovers(
 
 async def test_stale_condition_survives_a_restart_and_closes_when_data_comes(
         tmp_path, sqlite_store, clock):
-    data = tmp_path / "meters.jsonl"
-    write_readings(data, clock.now_ms())
-    cfg = parse_config(FILE_FLOW.format(path=data), str(tmp_path / "flow.yaml"))
-    engine = Engine(cfg, sqlite_store, clock=clock)
-    await engine.start(schedule=False)
+    data, cfg, engine = await started_meters(tmp_path, sqlite_store, clock)
     try:
         await engine.run_flow("meters")
         clock.advance(200)

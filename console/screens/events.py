@@ -14,7 +14,6 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.events import Resize
 from textual.widgets import Input, Static
 
 from flowdeck.console.screens import DeckScreen
@@ -40,26 +39,6 @@ def _haystack(ev: dict, ts_ms: float | None) -> str:
     ).lower()
 
 
-class LogTable(DeckTable):
-    """The log's table: the text column takes whatever width the other columns leave."""
-
-    TEXT_MIN = 20
-
-    def _fit(self) -> list[Col]:
-        text = next(c for c in self.cols if c.key == "text")
-        text.width = self.TEXT_MIN
-        keep = super()._fit()
-        if text in keep:
-            used = sum((c.width or len(c.label) + 2) + 2 for c in keep if c is not text)
-            # 2 for the cell padding, 2 for a vertical scrollbar
-            text.width = max(self.TEXT_MIN, (self.size.width or 200) - used - 4)
-        return keep
-
-    def on_resize(self, event: Resize) -> None:
-        event.prevent_default()  # the width of the text column changes: rebuild columns
-        self.set_rows(self.rows_data, force_columns=True)
-
-
 class EventsScreen(DeckScreen):
     TITLE = "Events"
     BINDINGS = [
@@ -82,7 +61,7 @@ class EventsScreen(DeckScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="events-status", classes="hint")
-        yield LogTable(
+        yield DeckTable(
             [
                 Col("time", "Time", 8, lambda v, r: fmt_time(r["_ts_ms"]), priority=9),
                 Col(
@@ -94,7 +73,7 @@ class EventsScreen(DeckScreen):
                 ),
                 Col("flow", "Flow", 9, priority=7),
                 Col("type", "Type", 12, priority=3),
-                Col("text", "Text", LogTable.TEXT_MIN, priority=8),
+                Col("text", "Text", None, priority=8, min_width=20),
             ],
             default_sort="time",
             reverse=True,
