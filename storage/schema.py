@@ -114,8 +114,8 @@ records = Table(
     Column("raw_ids", Json, nullable=False),
     Column("version_id", BigInteger),
     Column("updated_ms", BigInteger, nullable=False),
-    UniqueConstraint("flow", "key", "ts_ms", name="uq_records_flow_key_ts"),
-    Index("ix_records_flow_ts", "flow", "ts_ms"),
+    # In time order: a run's new rows append at the index's right edge (migration 0003).
+    UniqueConstraint("flow", "ts_ms", "key", name="uq_records_flow_ts_key"),
 )
 
 # L3 cache: the newest record per key, kept current in the same transaction.

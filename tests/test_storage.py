@@ -162,6 +162,45 @@ def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
         st.close()
 
 
+def test_upgrading_a_revision_0002_database_keeps_its_records(db_url, capsys):
+    """0003 rebuilds the records table on SQLite (new unique index): nothing is lost, and
+    the upsert still finds the constraint (a second write of the same record updates it)."""
+    from alembic import command
+
+    engine = make_engine(db_url)
+    try:
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0002")
+        with engine.begin() as conn:
+            conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0), rec("GBPUSD", T, rate=2.0)])
+    finally:
+        engine.dispose()
+    assert cli_main(["db", "upgrade", "--db", db_url]) == 0
+    assert capsys.readouterr().out.strip() == f"schema 0002 -> {head_revision()}"
+    st = Store(db_url, create_if_empty=False)
+    try:
+        assert [(r["key"], r["data"]["rate"]) for r in st.records_since("fx")] == [
+            ("EURUSD", 1.0), ("GBPUSD", 2.0)]
+        st.write_batch(BatchWrite("fx", records=[rec("EURUSD", T, rate=1.5)]), T)
+        assert [(r["key"], r["data"]["rate"]) for r in st.records_since("fx")] == [
+            ("EURUSD", 1.5), ("GBPUSD", 2.0)]
+        uniques = inspect(st.engine).get_unique_constraints("records")
+        assert [u["column_names"] for u in uniques] == [["flow", "ts_ms", "key"]]
+    finally:
+        st.close()
+
+
+def test_the_migrated_schema_is_the_one_the_code_declares(store):
+    """Migrations and schema.py describe the same tables, indexes and constraints."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), s.metadata) == []
+
+
 def test_db_upgrade_with_a_bad_url_is_one_line(capsys):
     assert cli_main(["db", "upgrade", "--db", "mysql://x@127.0.0.1/db"]) == 1
     err = capsys.readouterr().err
