@@ -328,6 +328,9 @@ class StoreConfig(Strict):
     spool_dir: str | None = None
     spool_max: Size = 256 * 2**20
     retry: Duration = 5.0
+    # How long a run's series, roll-ups and raw status may wait to be written together
+    # with the next runs' (records and `latest` never wait); 0: each run writes its own.
+    derived_delay: Duration = 0.25
 
 
 class ConsoleConfig(Strict):

@@ -263,13 +263,17 @@ class Caches:
     def __init__(self, settings: CacheSettings, *, store=None, reader: Executor | None = None,
                  timer: Callable[[], float] = time.time,
                  emit: Callable[..., None] | None = None,
-                 on_action: Callable[..., Awaitable[None]] | None = None) -> None:
+                 on_action: Callable[..., Awaitable[None]] | None = None,
+                 settle: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.reader = reader
         self.timer = timer
         self.emit = emit or (lambda *a, **k: None)
         self.on_action = on_action
+        # Awaited before a flow's history is loaded from the store: the engine writes the
+        # series that deferred runs still owe, so history has every value latest shows.
+        self.settle = settle
         self.node = uuid.uuid4().hex[:12]
         self.stats = {layer: LayerStats() for layer in LAYERS}
         self.l1 = MemoryCache(settings.l1_size, settings.l1_ttl, settings.l1_stale, timer,
@@ -437,7 +441,12 @@ class Caches:
         def load():
             return [list(p) for p in store.history(flow, key, metric, since_ms, step_ms, limit)]
 
-        return await self.get(flow, "history", key, variant, lambda: self._read(load))
+        async def settled():
+            if self.settle is not None:
+                await self.settle(flow)
+            return await self._read(load)
+
+        return await self.get(flow, "history", key, variant, settled)
 
     # ------------------------------------------------------------ L4: the HTTP edge
 

@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from recovery_support import fast_config, issues_of, sequence
+from recovery_support import fast_config, fast_config_text, issues_of, sequence
 from sqlalchemy import create_engine, text
 
 from flowdeck.pipeline.engine import Engine
@@ -246,10 +246,13 @@ async def test_values_shown_before_a_failed_series_write_are_stored_and_complete
         tmp_path, clock):
     """A run's values reach viewers once its records are committed, before its series: a
     viewer is never shown a value the store does not have, and a failure after that
-    leaves the payloads unprocessed, so the next start completes the run once."""
+    leaves the payloads unprocessed, so the next start completes the run once. Each run
+    writes its own series here (derived_delay 0); written for many runs at once, the same
+    failure is in test_deferred_series.py."""
     db = tmp_path / "flowdeck.db"
     store = Store(f"sqlite:///{db}")
-    engine = Engine(fast_config(), store, clock=clock)
+    config = fast_config(fast_config_text() + "store: {derived_delay: 0}\n")
+    engine = Engine(config, store, clock=clock)
     shown = engine.hub.subscribe(types={"records"})
     await engine.start(schedule=False)
     try:
@@ -277,7 +280,7 @@ async def test_values_shown_before_a_failed_series_write_are_stored_and_complete
     con.execute("DROP TRIGGER refuse_series")
     con.commit()
     con.close()
-    engine = Engine(fast_config(), store, clock=clock)
+    engine = Engine(config, store, clock=clock)
     await engine.start(schedule=False)  # resumes what was committed and not processed
     await engine.stop()
     assert not store.pending_raw("weather")
