@@ -256,11 +256,13 @@ class FlowRuntime:
         return [s.name for s in order if self.breakers[s.name].allows(now_ms)]
 
 
-# A run flushes what deferred batches owe once it is this many rows (series points and
-# raw status), even before store.derived_delay: a flush costs ~2 us per row, so this
-# bounds the pause a flush adds to the run that makes it (~10 ms), while most of the
-# gain (the same pages written once for many runs) is had by ten 100-record runs.
-DERIVED_FLUSH_ROWS = 4000
+# What deferred batches owe (series points, raw status: Store.write_batch) is written
+# once it is store.derived_delay old or this many rows, whichever comes first ...
+DERIVED_FLUSH_ROWS = 8000
+# ... in steps of at most this many series points, each its own transaction on the
+# worker, so a run that arrives meanwhile waits for one step (~2-6 ms), not for all
+# of it (a 4,000-point flush in one go took 23-30 ms in bench_feed and was its tail).
+DERIVED_STEP_ROWS = 1000
 
 
 class Engine:
@@ -296,7 +298,8 @@ class Engine:
         # written by a timer store.derived_delay after the first, or by the run that
         # finds them that old.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._derived_armed = False
+        self._derived_signalled = False  # the worker has asked the loop to look
+        self._derived_closed = False  # stopping: what is owed is written by _stop_derived
         self._derived_timer: asyncio.TimerHandle | None = None
         self._derived_flush: asyncio.Task | None = None
         self.deferred_dropped = 0
@@ -475,6 +478,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.hub.bind(loop)
         self._loop = loop
+        self._derived_closed = False
         self.http = httpx.AsyncClient(http2=False, follow_redirects=True,
                                       limits=httpx.Limits(max_connections=50))
         self.alerter = Alerter(self.config.alerts, self.http, self._alert_done)
@@ -1152,50 +1156,68 @@ class Engine:
     # ------------------------------------------------------------ deferred series
 
     def _derived_written(self) -> None:
-        """After a deferred batch (worker thread): flush what is owed once it is
-        store.derived_delay old, else make sure a timer will."""
+        """After a deferred batch (worker thread): have the loop flush or set a timer,
+        unless it already has been asked or a flush is running (which looks again when
+        it ends)."""
+        if self._derived_signalled or self._loop is None:
+            return
+        if self._derived_flush is not None and not self._derived_flush.done():
+            return
+        self._derived_signalled = True
+        self._loop.call_soon_threadsafe(self._derived_check)
+
+    def _derived_check(self) -> None:
+        """On the loop: flush now if what is owed is due, else when it will be."""
+        self._derived_signalled = False
+        if self._derived_closed or (self._derived_flush is not None
+                                    and not self._derived_flush.done()):
+            return
         rows, age = self.store.derived_owed()
         if age is None:
             return
-        if age >= self.config.store.derived_delay or rows >= DERIVED_FLUSH_ROWS:
-            self.store.flush_derived()  # a failure fails this run; all of it stays owed
-        elif not self._derived_armed and self._loop is not None:
-            self._derived_armed = True
-            self._loop.call_soon_threadsafe(self._arm_derived, self.config.store.derived_delay)
-
-    def _arm_derived(self, delay: float) -> None:
-        if self._derived_timer is None and self.started:
-            self._derived_timer = self._loop.call_later(delay, self._derived_due)
+        wait = 0.0 if rows >= DERIVED_FLUSH_ROWS else self.config.store.derived_delay - age
+        if wait <= 0:
+            if self._derived_timer is not None:
+                self._derived_timer.cancel()
+                self._derived_timer = None
+            self._derived_flush = self._loop.create_task(self._flush_derived())
+        elif self._derived_timer is None:
+            self._derived_timer = self._loop.call_later(wait, self._derived_due)
 
     def _derived_due(self) -> None:
         self._derived_timer = None
-        self._derived_armed = False  # a batch deferred from now on arms the next timer
-        if self._derived_flush is None or self._derived_flush.done():
-            self._derived_flush = self._loop.create_task(self._flush_derived())
+        self._derived_check()
 
-    async def _settle_history(self, flow: str) -> None:
-        """Before the caches load history from the store: write what deferred runs owe,
-        so a reader is never shown a value in latest that its history lacks. On the
-        worker, after the run in progress; if the store fails, the read goes on with
-        what is stored."""
-        if self.store.derived_owed()[0]:
-            try:
-                await self._db(self.store.flush_derived)
-            except Exception as exc:
-                log.debug("history read before deferred series were written: %s", exc)
+    async def _write_owed_until(self, target: int) -> None:
+        """Flush steps on the worker, other work between them, until every batch up to
+        ``target`` (Store.derived_seq) is written."""
+        while self.store.derived_seq()[1] < target:
+            await self._db(self.store.flush_step, DERIVED_STEP_ROWS)
 
     async def _flush_derived(self) -> None:
         try:
-            await self._db(self.store.flush_derived)
+            await self._write_owed_until(self.store.derived_seq()[0])
         except Exception as exc:  # still owed: try again later (the next run may first)
             log.warning("writing deferred series failed: %s: %s", type(exc).__name__, exc)
-            if self.started:
-                self._derived_armed = True
-                self._arm_derived(self.config.store.retry)
+            if not self._derived_closed and self._derived_timer is None:
+                self._derived_timer = self._loop.call_later(self.config.store.retry,
+                                                            self._derived_due)
+            return
+        self._derived_check()  # what runs owed meanwhile: now, or a timer
+
+    async def _settle_history(self, flow: str) -> None:
+        """Before the caches load history from the store: write what deferred runs owe,
+        so a reader is never shown a value in latest that its history lacks. If the
+        store fails, the read goes on with what is stored."""
+        try:
+            await self._write_owed_until(self.store.derived_seq()[0])
+        except Exception as exc:
+            log.debug("history read before deferred series were written: %s", exc)
 
     async def _stop_derived(self) -> None:
         """At stop: no more timers; what is owed is written (or, if the store fails,
         left to the next start's resume: those payloads have no raw status)."""
+        self._derived_closed = True
         if self._derived_timer is not None:
             self._derived_timer.cancel()
             self._derived_timer = None

@@ -93,11 +93,11 @@ class _Derived:
     """What runs whose records are committed still owe the store: their series points
     (the roll-ups follow from them) and the raw status that marks their payloads done.
 
-    Written for many runs in one transaction (``Store.flush_derived``): each run appends
-    one point to each of its (key, metric) series and updates the same roll-up rows, so
-    a transaction per run rewrote ~400 b-tree pages for 100 records, and a flush of N
-    runs rewrites about the same pages once. Kept per run, oldest first, so that runs
-    can be given up whole (see ``Store.MAX_DERIVED_ROWS``).
+    Written for many runs at once (``Store.flush_step``, ``Store.flush_derived``): each
+    run appends one point to each of its (key, metric) series and updates the same
+    roll-up rows, so a transaction per run rewrote ~400 b-tree pages for 100 records,
+    and a flush of N runs rewrites about the same pages once. Kept per run, oldest
+    first, so that runs can be given up whole (see ``Store.MAX_DERIVED_ROWS``).
     """
 
     def __init__(self) -> None:
@@ -105,17 +105,36 @@ class _Derived:
         self.raw_ids: set[int] = set()
         self.rows = 0
         self.since: float | None = None  # time.monotonic() of the oldest
+        self.seq = 0  # the store's count of deferred batches, at the newest of these
 
-    def add(self, series: list[tuple], raw_status: list[tuple]) -> None:
+    def add(self, series: list[tuple], raw_status: list[tuple], seq: int) -> None:
         if self.since is None:
             self.since = time.monotonic()
         self.runs.append((series, raw_status))
         self.raw_ids.update(r[0] for r in raw_status)
         self.rows += len(series) + len(raw_status)
+        self.seq = seq
 
-    def extend(self, later: _Derived) -> None:
-        for series, raw_status in later.runs:
-            self.add(series, raw_status)
+
+class _Flush:
+    """Owed runs being written in steps: their series points in key order, a slice per
+    transaction, then their raw status with the last slice. A slice covers a range of
+    series, so the steps together rewrite the pages one transaction would (a step that
+    fails is repeated; a crash between steps leaves the payloads unmarked, processed
+    again, and the points already written are recognised as such)."""
+
+    def __init__(self, owed: _Derived) -> None:
+        self.series = [p for run in owed.runs for p in run[0]]
+        self.series.sort(key=_SERIES_ORDER)  # stable: of two values for a point, the later last
+        self.raw_status = [r for run in owed.runs for r in run[1]]
+        self.raw_ids = owed.raw_ids
+        self.since = owed.since
+        self.seq = owed.seq
+        self.pos = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.series) - self.pos + len(self.raw_status)
 
 
 RECORD_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags",
@@ -212,7 +231,10 @@ class Store:
         self._upserts: dict[tuple, Any] = {}
         self._wal_file = sqlite_file(self.engine)
         self._checkpointer: WalCheckpointer | None = None
-        self._derived = _Derived()
+        self._derived = _Derived()  # owed by deferred batches, not being written yet
+        self._flushing: _Flush | None = None  # owed, being written in steps
+        self._deferred_seq = 0  # deferred batches so far
+        self._written_seq = 0  # ... of which every one up to this is written
         self._derived_lock = threading.RLock()
 
     # Past this many rows owed (series points + raw status), a flush that fails gives up
@@ -225,7 +247,7 @@ class Store:
             self.flush_derived()
         except Exception as exc:  # their payloads stay unprocessed: the next start resumes
             log.warning("series of %d payload(s) not written at close (%s); they are "
-                        "processed again at the next start", len(self._derived.raw_ids), exc)
+                        "processed again at the next start", len(self._unmarked()), exc)
         if self._checkpointer is not None:
             self._checkpointer.stop()
         self.engine.dispose()
@@ -347,7 +369,7 @@ class Store:
     def raw_processed(self, raw_id: int) -> bool:
         """Processed: marked so in the database, or owed by a deferred batch."""
         with self._derived_lock:
-            if raw_id in self._derived.raw_ids:
+            if raw_id in self._unmarked():
                 return True
             with self.engine.connect() as conn:
                 return conn.execute(select(s.raw_status.c.raw_id).where(
@@ -367,7 +389,7 @@ class Store:
         if flow:
             q = q.where(s.raw_payloads.c.flow == flow)
         with self._derived_lock:  # not those a deferred batch processed (their status is owed)
-            owed = self._derived.raw_ids
+            owed = self._unmarked()
             with self.engine.connect() as conn:
                 return [dict(r) for r in conn.execute(q).mappings() if r.id not in owed]
 
@@ -440,20 +462,20 @@ class Store:
                 with self.engine.begin() as conn:
                     self._write_bookkeeping(conn, batch, now_ms, counts)
             with self._derived_lock:
-                self._derived.add(series, raw_status)
+                self._deferred_seq += 1
+                self._derived.add(series, raw_status, self._deferred_seq)
             return counts
         with self._derived_lock:  # held while written: the owed set stays exact
-            owed = self._derived
             try:
                 with self.engine.begin() as conn:
                     if batch.records and not early:
                         self._write_records(conn, batch.records)
                     self._write_bookkeeping(conn, batch, now_ms, counts)
-                    self._write_derived(conn, owed, series, raw_status)  # raw status last
+                    self._write_owed(conn, series, raw_status)  # raw status last
             except Exception:
                 self._bound_derived()  # what was owed stays owed; this batch fails whole
                 raise
-            self._derived = _Derived()
+            self._all_written()
         return counts
 
     def _write_bookkeeping(self, conn: Connection, batch: BatchWrite, now_ms: int,
@@ -488,41 +510,102 @@ class Store:
             log.warning("gave up writing the series of %d payload(s) while the store fails; "
                         "they stay unprocessed and are processed again", len(given_up))
 
-    def _write_derived(self, conn: Connection, owed: _Derived, series: list[tuple] = (),
-                       raw_status: list[tuple] = ()) -> None:
-        """What is owed, then one batch's own series and raw status (the newest last)."""
-        series = [p for run in owed.runs for p in run[0]] + list(series)
+    def _unmarked(self) -> set[int]:
+        """Raw ids processed by deferred batches whose raw status is not written yet."""
+        if self._flushing is None:
+            return self._derived.raw_ids
+        return self._derived.raw_ids | self._flushing.raw_ids
+
+    def _write_series_and_status(self, conn: Connection, series: list[tuple],
+                                 raw_status: list[tuple]) -> None:
         if series:
             self._write_series(conn, series)
-        raw_status = [r for run in owed.runs for r in run[1]] + list(raw_status)
         if raw_status:
             # Every run writes it: driver SQL, as for the hot tables below (the Core
             # upsert's per-call compilation and parameter processing cost ~0.7 ms of a
             # run of one 100-record payload, more than SQLite's own work).
             conn.exec_driver_sql(self._sql["raw_status"], raw_status)
 
+    def _write_owed(self, conn: Connection, series: list[tuple] = (),
+                    raw_status: list[tuple] = ()) -> int:
+        """Everything owed (lock held), then one batch's own series and raw status, the
+        newest last (once committed, the caller calls ``_all_written``). Returns the
+        payloads marked."""
+        f, owed = self._flushing, self._derived
+        all_series, all_status = [], []
+        if f is not None:
+            all_series += f.series[f.pos:]
+            all_status += f.raw_status
+        for run_series, run_status in owed.runs:
+            all_series += run_series
+            all_status += run_status
+        all_series += series
+        all_status += raw_status
+        self._write_series_and_status(conn, all_series, all_status)
+        return len(all_status)
+
+    def _all_written(self) -> None:
+        self._flushing, self._derived = None, _Derived()
+        self._written_seq = self._deferred_seq
+
     def flush_derived(self) -> int:
-        """Write the series, roll-ups and raw status that deferred batches owe, in one
+        """Write everything deferred batches owe (series, roll-ups, raw status) in one
         transaction. Returns how many payloads it marked processed. If it fails, all of
         it stays owed (the next flush tries again) and the error is raised."""
         with self._derived_lock:
-            owed = self._derived
-            if not owed.runs:
+            if self._flushing is None and not self._derived.runs:
                 return 0
             try:
                 with self.engine.begin() as conn:
-                    self._write_derived(conn, owed)
+                    n = self._write_owed(conn)
             except Exception:
                 self._bound_derived()
                 raise
-            self._derived = _Derived()
-            return len(owed.raw_ids)
+            self._all_written()
+            return n
+
+    def flush_step(self, max_rows: int) -> bool:
+        """Write the next slice (at most ``max_rows`` series points, in key order) of what
+        deferred batches owe, in a transaction of its own, so that other writes can go
+        between the slices; the slice that ends a flush also marks its payloads processed.
+        A flush takes everything owed when it begins. Returns True once nothing taken is
+        left unwritten (``derived_seq`` tells what has been written). If a slice fails it
+        stays to be written and the error is raised."""
+        with self._derived_lock:
+            f = self._flushing
+            if f is None:
+                if not self._derived.runs:
+                    return True
+                f = self._flushing = _Flush(self._derived)
+                self._derived = _Derived()
+            end = f.pos + max_rows
+            last = end >= len(f.series)
+            try:
+                with self.engine.begin() as conn:
+                    self._write_series_and_status(conn, f.series[f.pos:end],
+                                                  f.raw_status if last else [])
+            except Exception:
+                self._bound_derived()
+                raise
+            f.pos = end
+            if last:
+                self._flushing = None
+                self._written_seq = f.seq
+            return last
 
     def derived_owed(self) -> tuple[int, float | None]:
         """(rows owed, seconds since the oldest was deferred or None when nothing is)."""
         with self._derived_lock:
-            d = self._derived
-            return d.rows, (None if d.since is None else time.monotonic() - d.since)
+            d, f = self._derived, self._flushing
+            rows = d.rows + (f.rows if f is not None else 0)
+            since = [t for t in (d.since, f.since if f is not None else None) if t is not None]
+            return rows, (time.monotonic() - min(since) if since else None)
+
+    def derived_seq(self) -> tuple[int, int]:
+        """(batches deferred so far, how many of the oldest of them are written): a
+        reader that has seen batch N's values has its series once the second is >= N."""
+        with self._derived_lock:
+            return self._deferred_seq, self._written_seq
 
     # The hot tables (records, latest, series, roll-ups) are written with driver-level
     # executemany of plain tuples and pre-encoded JSON: SQLAlchemy's per-row parameter

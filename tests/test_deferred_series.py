@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from sqlalchemy import func, select
 
 from flowdeck.pipeline.config import parse_config
@@ -98,6 +99,24 @@ def test_issues_of_a_deferred_run_are_committed_at_once(store):
     assert [i["title"] for i in store.issues(flow="fx")] == ["EURUSD differs"]
     assert store.history("fx", "EURUSD", "rate") == []  # its series still owed
     assert store.flush_derived() == 1
+
+
+def test_a_flush_in_steps_marks_its_payloads_with_its_last_step(store):
+    for i, rate in enumerate([1.0, 2.0, 4.0]):
+        store.write_batch(run_batch(store, i, rate), T, stored=lambda: None, defer=True)
+    assert store.derived_seq() == (3, 0)
+    assert store.flush_step(2) is False  # two of the three points; no payload marked yet
+    assert [v for _, v in store.history("fx", "EURUSD", "rate")] == [1.0, 2.0]
+    assert marked(store) == 0 and store.pending_raw("fx") == []
+    # A batch deferred now waits for the next flush: this one took what was owed before.
+    store.write_batch(run_batch(store, 3, 8.0), T, stored=lambda: None, defer=True)
+    assert store.flush_step(2) is True
+    assert marked(store) == 3 and store.derived_seq() == (4, 3)
+    assert minute(store) == (3, 7.0)
+    assert store.raw_processed(4) and store.pending_raw("fx") == []
+    assert store.flush_step(2) is True and store.derived_seq() == (4, 4)
+    assert minute(store) == (4, 15.0) and marked(store) == 4
+    assert store.flush_step(2) is True  # nothing owed
 
 
 def refuse_series(path) -> sqlite3.Connection:
@@ -290,24 +309,31 @@ CRASH = textwrap.dedent("""
         await engine.start(schedule=False, resume=False)
         for i in range(3):
             await engine._db(process, engine, store, i)
-        os._exit(9)  # dies with the series of three runs owed
+        for _ in range({steps}):
+            await engine._db(store.flush_step, 1)
+        os._exit(9)  # dies with (some of) the series of three runs owed
 
     asyncio.run(main())
 """)
 
 
+@pytest.mark.parametrize("steps", [0, 3], ids=["all owed", "mid-flush"])
 async def test_series_owed_when_the_process_dies_are_completed_by_the_next_start(
-        tmp_path, clock):
+        tmp_path, clock, steps):
+    """Dead with every point owed, or after a flush wrote three of its six points: the
+    next start processes the three payloads again and each point counts once."""
     url = f"sqlite:///{tmp_path / 'flowdeck.db'}"
     cfg = str(tmp_path / "f.yaml")
-    script = CRASH.format(tests=os.path.dirname(__file__), url=url, cfg=cfg)
+    script = CRASH.format(tests=os.path.dirname(__file__), url=url, cfg=cfg, steps=steps)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 9, proc.stderr
     store = Store(url)
     try:
         assert [r["data"]["rate"] for r in store.latest("fx")] == [3.0, 4.0]  # committed
-        assert store.history("fx", "EURUSD", "rate") == []
+        # series in key order: a flush's first three steps wrote EURUSD's, not GBPUSD's
+        assert len(store.history("fx", "EURUSD", "rate")) == steps
+        assert store.history("fx", "GBPUSD", "rate") == []
         assert len(store.pending_raw("fx")) == 3  # never marked processed
         engine = Engine(parse_config(FLOW % "1h", cfg), store, clock=clock)
         await engine.start(schedule=False)  # resume takes them up again
