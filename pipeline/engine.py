@@ -295,8 +295,8 @@ class Engine:
         self.store_error: str | None = None
         self._deferred: deque = deque()  # bookkeeping writes waiting for the store, in order
         # Series, roll-ups and raw status owed by deferred batches (Store.write_batch):
-        # written by a timer store.derived_delay after the first, or by the run that
-        # finds them that old.
+        # written in steps by a flush task once they are store.derived_delay old or
+        # DERIVED_FLUSH_ROWS, before history is read, and at stop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._derived_signalled = False  # the worker has asked the loop to look
         self._derived_closed = False  # stopping: what is owed is written by _stop_derived
@@ -1342,7 +1342,10 @@ class Engine:
                                      "breaker": rt.breakers[s.name].as_dict()}
                             for s in rt.cfg.sources},
             }
-        return {"ts": self.clock.now(), "flows": flows, "caches": self.caches.snapshot()}
+        rows, age = self.store.derived_owed()
+        return {"ts": self.clock.now(), "flows": flows, "caches": self.caches.snapshot(),
+                # series points and raw status that runs still owe the store (derived_delay)
+                "series_owed": {"rows": rows, "age_s": age}}
 
 
 def cache_settings(config: Config) -> CacheSettings:

@@ -522,12 +522,14 @@ class FeedServer:
         return snap, seqs
 
     async def refresh_metrics(self) -> None:
-        """Scrape-time: open issues by flow and severity, breakers from a fresh snapshot."""
+        """Scrape-time: open issues by flow and severity; breakers, caches and owed series
+        from a fresh snapshot."""
         rows = await self.control.query("issues", state=["open", "acknowledged"], limit=100_000)
         self.metrics.set_open_issues(rows, self.flows)
         snap = await self.snapshot(fresh_after=time.monotonic())
         self.metrics.set_breakers(snap)
         self.metrics.set_caches(snap.get("caches"))
+        self.metrics.set_series_owed(snap)
 
     # ------------------------------------------------------------ events -> channels
 

@@ -144,6 +144,17 @@ class FeedMetrics:
             ["flow"],
             registry=r,
         )
+        self.series_owed_rows = Gauge(
+            "flowdeck_series_owed_rows",
+            "Series points and raw-status marks of stored runs not yet written (they are "
+            "written for many runs at once, store.derived_delay; growing: writes fail).",
+            registry=r,
+        )
+        self.series_owed_age = Gauge(
+            "flowdeck_series_owed_age_seconds",
+            "How long the oldest of them has waited (0 when none).",
+            registry=r,
+        )
         for reason in ("conflated", "slow_viewer", "hub_overflow"):
             self.feed_dropped.labels(reason)
         self._sent_children: dict[str, Counter] = {}
@@ -161,6 +172,7 @@ class FeedMetrics:
     def seed(self, snapshot: dict) -> None:
         """Create every flow's series and set gauges from an engine snapshot."""
         self.set_breakers(snapshot)
+        self.set_series_owed(snapshot)
         self.set_caches(snapshot.get("caches"))
         for flow, f in snapshot.get("flows", {}).items():
             st = self._flow(flow)
@@ -181,6 +193,11 @@ class FeedMetrics:
             if last:
                 self.run_duration.labels(flow).set(last.get("duration_ms", 0) / 1000)
                 st["last_run_s"] = last.get("duration_ms", 0) / 1000
+
+    def set_series_owed(self, snapshot: dict) -> None:
+        owed = snapshot.get("series_owed") or {}
+        self.series_owed_rows.set(owed.get("rows") or 0)
+        self.series_owed_age.set(owed.get("age_s") or 0)
 
     def set_breakers(self, snapshot: dict) -> None:
         """Every source's breaker state as the engine has it now (0 closed, 1, 2 open)."""

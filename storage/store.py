@@ -438,8 +438,9 @@ class Store:
         raw status), so they are processed again and every write repeats idempotently.
 
         With ``defer`` (and ``stored``), the batch's series and raw status are left owed, to
-        be written with later batches' by ``flush_derived`` (the caller flushes: a moment
-        later, and at stop); its quarantine and issues are still committed at once. Until
+        be written with later batches' by ``flush_step`` or ``flush_derived`` (the caller
+        flushes: a moment later, and at stop); its quarantine and issues are still
+        committed at once. Until
         then its payloads count as processed here (``raw_processed``, ``pending_raw``)
         but not in the database: a crash leaves them to be processed again at resume.
         Any other write of series or raw status first writes what is owed, in order.
@@ -593,19 +594,21 @@ class Store:
                 self._written_seq = f.seq
             return last
 
+    # The two below read without the lock (the event loop calls them, and must not wait
+    # for a flush step to commit): a moment's inconsistency between the two parts only
+    # shifts when a flush starts or what a gauge shows.
+
     def derived_owed(self) -> tuple[int, float | None]:
         """(rows owed, seconds since the oldest was deferred or None when nothing is)."""
-        with self._derived_lock:
-            d, f = self._derived, self._flushing
-            rows = d.rows + (f.rows if f is not None else 0)
-            since = [t for t in (d.since, f.since if f is not None else None) if t is not None]
-            return rows, (time.monotonic() - min(since) if since else None)
+        d, f = self._derived, self._flushing
+        rows = d.rows + (f.rows if f is not None else 0)
+        since = [t for t in (d.since, f.since if f is not None else None) if t is not None]
+        return rows, (time.monotonic() - min(since) if since else None)
 
     def derived_seq(self) -> tuple[int, int]:
         """(batches deferred so far, how many of the oldest of them are written): a
         reader that has seen batch N's values has its series once the second is >= N."""
-        with self._derived_lock:
-            return self._deferred_seq, self._written_seq
+        return self._deferred_seq, self._written_seq
 
     # The hot tables (records, latest, series, roll-ups) are written with driver-level
     # executemany of plain tuples and pre-encoded JSON: SQLAlchemy's per-row parameter

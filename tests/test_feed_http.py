@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 
 import pytest
@@ -89,6 +90,40 @@ async def test_metrics_pass_promtool_and_follow_the_engine(rig):
         subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
     )
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
+def metric_value(text: str, name: str) -> float:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_metrics_show_series_that_cannot_be_written(tmp_path):
+    """While the store refuses series, the stored runs' points wait, and /metrics says so
+    (an operator can alert on it); once it accepts them they are written."""
+    rig = await start_rig(tmp_path, extra="store: {derived_delay: 50ms, retry: 100ms}")
+    con = sqlite3.connect(tmp_path / "feed.db")
+    try:
+        con.execute("CREATE TRIGGER refuse_series BEFORE INSERT ON series "
+                    "BEGIN SELECT RAISE(ABORT, 'series refused'); END")
+        con.commit()
+        await rig.ingest("bench", rows_for(["KAAA", "KBBB"]))
+        await asyncio.sleep(0.3)  # the timed write has been tried, and failed
+        _, _, body = await aget(rig.http_url + "/metrics")
+        text = body.decode()
+        assert metric_value(text, "flowdeck_series_owed_rows") == 5  # 2 x 2 points, 1 mark
+        assert metric_value(text, "flowdeck_series_owed_age_seconds") >= 0.25
+        con.execute("DROP TRIGGER refuse_series")
+        con.commit()
+        for _ in range(100):
+            _, _, body = await aget(rig.http_url + "/metrics")
+            if metric_value(body.decode(), "flowdeck_series_owed_rows") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert metric_value(body.decode(), "flowdeck_series_owed_age_seconds") == 0
+        assert len(rig.store.history("bench", "KAAA", "temperature")) == 1
+    finally:
+        con.close()
+        await rig.close()
 
 
 async def test_read_api_answers_304_to_a_repeated_request(rig):
