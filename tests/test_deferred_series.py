@@ -206,6 +206,23 @@ def payload_body(i: int) -> bytes:
             f'{{"p": "GBPUSD", "t": {T + i * 1000}, "r": {2 + i}}}').encode()
 
 
+async def started(tmp_path, clock, store_settings: str) -> tuple[Store, Engine]:
+    """A store and an engine started on it (no schedule: the tests make the runs)."""
+    store = Store(f"sqlite:///{tmp_path / 'flowdeck.db'}")
+    text = FLOW.replace("{derived_delay: %s}", "{" + store_settings + "}")
+    engine = Engine(parse_config(text, str(tmp_path / "f.yaml")), store, clock=clock)
+    await engine.start(schedule=False, resume=False)
+    return store, engine
+
+
+async def until(check, seconds: float = 5.0) -> None:
+    """Wait for something the engine does on its own (a timer), polling."""
+    for _ in range(int(seconds / 0.025)):
+        if check():
+            return
+        await asyncio.sleep(0.025)
+
+
 def process(engine: Engine, store: Store, i: int) -> None:
     body = payload_body(i)
     (raw_id, _), = store.insert_raws("fx", [RawDraft("q", body, T)])
@@ -214,15 +231,10 @@ def process(engine: Engine, store: Store, i: int) -> None:
 
 async def test_a_running_engine_writes_owed_series_a_moment_after_a_run(tmp_path, clock):
     """Without another run, a read or a stop: the timer writes them."""
-    store = Store(f"sqlite:///{tmp_path / 'flowdeck.db'}")
-    engine = Engine(parse_config(FLOW % "50ms", str(tmp_path / "f.yaml")), store, clock=clock)
-    await engine.start(schedule=False, resume=False)
+    store, engine = await started(tmp_path, clock, "derived_delay: 50ms")
     try:
         await engine._db(process, engine, store, 0)
-        for _ in range(200):
-            if store.history("fx", "EURUSD", "rate"):
-                break
-            await asyncio.sleep(0.025)
+        await until(lambda: store.history("fx", "EURUSD", "rate"))
         assert store.history("fx", "EURUSD", "rate") == [(T, 1.0)]
         assert store.derived_owed() == (0, None)
     finally:
@@ -233,9 +245,7 @@ async def test_a_running_engine_writes_owed_series_a_moment_after_a_run(tmp_path
 async def test_history_read_through_the_caches_has_every_value_latest_shows(tmp_path, clock):
     """A reader that sees a value in latest and asks for its history gets it, though the
     series would still wait an hour: the read writes what is owed first."""
-    store = Store(f"sqlite:///{tmp_path / 'flowdeck.db'}")
-    engine = Engine(parse_config(FLOW % "1h", str(tmp_path / "f.yaml")), store, clock=clock)
-    await engine.start(schedule=False, resume=False)
+    store, engine = await started(tmp_path, clock, "derived_delay: 1h")
     try:
         for i in range(2):
             await engine._db(process, engine, store, i)
@@ -251,26 +261,16 @@ async def test_history_read_through_the_caches_has_every_value_latest_shows(tmp_
 
 async def test_a_failed_timed_flush_is_tried_again_without_another_run(tmp_path, clock,
                                                                        caplog):
-    db = tmp_path / "flowdeck.db"
-    store = Store(f"sqlite:///{db}")
-    text = FLOW.replace("store: {derived_delay: %s}", "store: {derived_delay: 50ms, retry: 200ms}")
-    engine = Engine(parse_config(text, str(tmp_path / "f.yaml")), store, clock=clock)
-    await engine.start(schedule=False, resume=False)
-    con = refuse_series(db)
+    store, engine = await started(tmp_path, clock, "derived_delay: 50ms, retry: 200ms")
+    con = refuse_series(tmp_path / "flowdeck.db")
     try:
         await engine._db(process, engine, store, 0)
-        for _ in range(200):
-            if "writing deferred series failed" in caplog.text:
-                break
-            await asyncio.sleep(0.025)
+        await until(lambda: "writing deferred series failed" in caplog.text)
         assert "series refused" in caplog.text
         assert store.history("fx", "EURUSD", "rate") == [] and store.derived_owed()[0] == 3
         con.execute("DROP TRIGGER refuse_series")
         con.commit()
-        for _ in range(200):  # the retry, store.retry later
-            if store.history("fx", "EURUSD", "rate"):
-                break
-            await asyncio.sleep(0.025)
+        await until(lambda: store.history("fx", "EURUSD", "rate"))  # store.retry later
         assert store.history("fx", "EURUSD", "rate") == [(T, 1.0)]
         assert marked(store) == 1
     finally:
@@ -280,9 +280,7 @@ async def test_a_failed_timed_flush_is_tried_again_without_another_run(tmp_path,
 
 
 async def test_an_engine_stop_writes_what_is_owed(tmp_path, clock):
-    store = Store(f"sqlite:///{tmp_path / 'flowdeck.db'}")
-    engine = Engine(parse_config(FLOW % "1h", str(tmp_path / "f.yaml")), store, clock=clock)
-    await engine.start(schedule=False, resume=False)
+    store, engine = await started(tmp_path, clock, "derived_delay: 1h")
     try:
         for i in range(3):
             await engine._db(process, engine, store, i)

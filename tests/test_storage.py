@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -128,8 +129,10 @@ def test_db_upgrade_command_prints_the_revision_change(db_url, capsys):
     st.close()
 
 
-def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
-    """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
+@contextlib.contextmanager
+def database_at(db_url: str, revision: str):
+    """A database migrated only up to an older revision, as a user's might be; the block
+    writes into it (a connection in a transaction) what it held before upgrading."""
     from alembic import command
 
     engine = make_engine(db_url)
@@ -137,16 +140,22 @@ def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
         cfg = alembic_config(engine)
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+            command.upgrade(cfg, revision)
         with engine.begin() as conn:
-            conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
-                                             point("EURUSD", T + 20_000, 3.0)])
-            for table in (s.series_1m, s.series_1h):
-                conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
-                                               "bucket_ms": T, "n": 2, "sum": 4.0,
-                                               "min": 1.0, "max": 3.0}])
+            yield conn
     finally:
         engine.dispose()
+
+
+def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
+    """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
+    with database_at(db_url, "0001") as conn:
+        conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
+                                         point("EURUSD", T + 20_000, 3.0)])
+        for table in (s.series_1m, s.series_1h):
+            conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+                                           "bucket_ms": T, "n": 2, "sum": 4.0,
+                                           "min": 1.0, "max": 3.0}])
     with pytest.raises(StoreError, match="run: flowdeck db upgrade"):
         Store(db_url)
     assert cli_main(["db", "upgrade", "--db", db_url]) == 0
@@ -165,18 +174,8 @@ def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
 def test_upgrading_a_revision_0002_database_keeps_its_records(db_url, capsys):
     """0003 rebuilds the records table on SQLite (new unique index): nothing is lost, and
     the upsert still finds the constraint (a second write of the same record updates it)."""
-    from alembic import command
-
-    engine = make_engine(db_url)
-    try:
-        cfg = alembic_config(engine)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0002")
-        with engine.begin() as conn:
-            conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0), rec("GBPUSD", T, rate=2.0)])
-    finally:
-        engine.dispose()
+    with database_at(db_url, "0002") as conn:
+        conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0), rec("GBPUSD", T, rate=2.0)])
     assert cli_main(["db", "upgrade", "--db", db_url]) == 0
     assert capsys.readouterr().out.strip() == f"schema 0002 -> {head_revision()}"
     st = Store(db_url, create_if_empty=False)
