@@ -224,6 +224,9 @@ class FlowRuntime:
         self.incident = False  # every source down: serving last-known-good, marked stale
         self.store_down_since: int | None = None  # this flow met the store unavailable
         self.resume_pending = False  # committed payloads left unprocessed by a store failure
+        # L1 entries dropped just before a run's records event, reported by the run's
+        # invalidation (Engine._publish_stored)
+        self.dropped_early: dict[str, int] = {}
         self.spool_full_noted = False
 
     def stage_versions(self) -> dict[str, str]:
@@ -754,8 +757,9 @@ class Engine:
         readers used since the last run (hottest keys first) so the next readers hit."""
         if not summary.changed_keys:
             return
+        dropped, rt.dropped_early = rt.dropped_early, {}
         await self.caches.invalidate(rt.name, summary.changed_keys,
-                                     l3_rows=len(summary.changed_keys))
+                                     l3_rows=len(summary.changed_keys), dropped=dropped)
         if self.config.cache.prewarm:
             await self.caches.rewarm(rt.name, self.config.cache.prewarm)
 
@@ -1114,10 +1118,12 @@ class Engine:
             newest = {}
             for r in merged.records:
                 newest[r.key] = r
-            self.emit("records", rt.name, count=len(merged.records), latest=[
-                {"key": r.key, "ts_ms": r.ts, "data": r.data, "quality": r.quality,
-                 "anomaly_score": r.anomaly, "anomalous": r.anomalous, "flags": r.flags,
-                 "sources": r.sources} for r in newest.values()])
+            self._publish_stored(rt, Event(
+                type="records", ts=self.clock.now(), flow=rt.name,
+                data={"count": len(merged.records), "latest": [
+                    {"key": r.key, "ts_ms": r.ts, "data": r.data, "quality": r.quality,
+                     "anomaly_score": r.anomaly, "anomalous": r.anomalous, "flags": r.flags,
+                     "sources": r.sources} for r in newest.values()]}))
 
         t = time.perf_counter()
         defer = self.started and self.config.store.derived_delay > 0
@@ -1152,6 +1158,24 @@ class Engine:
         for d in issues:
             self.emit("issue", rt.name, kind=d.kind, severity=d.severity, title=d.title,
                       key=d.key, source=d.source)
+
+    def _publish_stored(self, rt: FlowRuntime, ev: Event) -> None:
+        """A run's stored values to viewers (from the worker): on the loop, right after
+        this process's L1 has dropped those keys, so a viewer that reads latest when the
+        event arrives is never answered from an entry older than it (the other layers
+        follow in the run's invalidation)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            self.hub.publish(ev)
+            return
+
+        def deliver() -> None:
+            dropped = self.caches.drop_local(rt.name, (r["key"] for r in ev.data["latest"]))
+            for layer, n in dropped.items():
+                rt.dropped_early[layer] = rt.dropped_early.get(layer, 0) + n
+            self.hub.publish(ev)
+
+        loop.call_soon_threadsafe(deliver)
 
     # ------------------------------------------------------------ deferred series
 

@@ -483,10 +483,15 @@ class Caches:
     # ------------------------------------------------------------ invalidation
 
     async def invalidate(self, flow: str, keys: Iterable[str] | None, *,
-                         reason: str = "new values", l3_rows: int = 0) -> dict[str, int]:
-        """New values for these keys (None: the whole flow): drop them from every layer."""
+                         reason: str = "new values", l3_rows: int = 0,
+                         dropped: dict[str, int] | None = None) -> dict[str, int]:
+        """New values for these keys (None: the whole flow): drop them from every layer.
+        ``dropped``: what ``drop_local`` already took from L1 for the same change (counted
+        there, reported here with the rest)."""
         keys = None if keys is None else sorted(set(keys))
         counts = self._drop_local(flow, keys)
+        for layer, n in (dropped or {}).items():
+            counts[layer] = counts.get(layer, 0) + n
         counts["l3"] = l3_rows  # rows of `latest` rewritten in the batch's own transaction
         self.stats["l3"].invalidations += l3_rows
         if self.l2 is not None and self.l2.up:
@@ -497,6 +502,12 @@ class Caches:
                 self._l2_failed(exc)
         self._announce(flow, keys, counts, reason)
         return counts
+
+    def drop_local(self, flow: str, keys: Iterable[str]) -> dict[str, int]:
+        """Drop these keys from this process's L1 at once, without waiting for the other
+        layers (the engine does this on the loop just before it tells viewers of new
+        values, then ``invalidate`` does the rest)."""
+        return self._drop_local(flow, sorted(set(keys)))
 
     def _drop_local(self, flow: str | None, keys: list[str] | None) -> dict[str, int]:
         """L1 (and the L4 bodies kept in it) for one flow, or every flow."""

@@ -1,9 +1,10 @@
-"""Series, roll-ups and raw status written for many runs at once (store.derived_delay).
+"""The order in which a run is stored and shown, and series written for many runs at once.
 
-A run's records and ``latest`` are committed (and shown) at once; its series points and
-the mark that its payloads are processed may wait, and are then written together with
-the following runs'. Nothing may be lost or counted twice on the way: not when the
-write fails, not when the process dies with them still owed.
+A run's records and ``latest`` are committed, then shown (and this daemon's cached
+values of those keys are gone by then); its series points and the mark that its
+payloads are processed may wait (store.derived_delay), and are then written together
+with the following runs'. Nothing may be lost or counted twice on the way: not when
+the write fails, not when the process dies with them still owed.
 """
 
 from __future__ import annotations
@@ -254,6 +255,30 @@ async def test_history_read_through_the_caches_has_every_value_latest_shows(tmp_
             history = await engine.caches.history("fx", "EURUSD", "rate")
             assert history[-1] == [latest[0]["ts_ms"], latest[0]["data"]["rate"]]
         assert history == [[T, 1.0], [T + 1000, 2.0]]
+    finally:
+        await engine.stop()
+        store.close()
+
+
+async def test_a_records_event_is_delivered_after_the_cached_values_it_replaces_are_gone(
+        tmp_path, clock):
+    """A viewer that reads latest through the daemon when told of new values is not
+    answered from the cache entry they replace."""
+    store, engine = await started(tmp_path, clock, "derived_delay: 1h")
+    try:
+        await engine._db(process, engine, store, 0)
+        assert (await engine.caches.latest("fx", "EURUSD"))[0]["data"]["rate"] == 1.0
+        assert engine.caches.peek("fx", "latest", "EURUSD") is not None  # cached
+        sub = engine.hub.subscribe(types={"records"})
+        cached_when_told = []
+        deliver = sub._put
+        sub._put = lambda ev: (cached_when_told.append(
+            engine.caches.peek("fx", "latest", "EURUSD")), deliver(ev))
+        await engine._db(process, engine, store, 1)
+        ev = await asyncio.wait_for(sub.get(), 5)
+        assert [r["data"]["rate"] for r in ev.data["latest"]] == [2.0, 3.0]
+        assert cached_when_told == [None]
+        assert (await engine.caches.latest("fx", "EURUSD"))[0]["data"]["rate"] == 2.0
     finally:
         await engine.stop()
         store.close()
