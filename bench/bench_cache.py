@@ -33,10 +33,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from flowdeck.pipeline.config import parse_config
-from flowdeck.pipeline.control import LocalControl
-from flowdeck.pipeline.engine import Engine
-from flowdeck.pipeline.feed import FeedServer
-from flowdeck.storage.cache import Caches, CacheSettings
+from flowdeck.pipeline.engine.engine import Engine
+from flowdeck.pipeline.serve.control import LocalControl
+from flowdeck.pipeline.serve.feed import FeedServer
+from flowdeck.storage.caches import Caches, CacheSettings
 from flowdeck.storage.store import Store
 
 REDIS = "redis://127.0.0.1:6379/0"

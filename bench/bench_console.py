@@ -30,10 +30,10 @@ from pathlib import Path
 from textual import events
 
 from flowdeck.console.app import FlowdeckApp
-from flowdeck.console.engine_process import EngineProcess
+from flowdeck.console.client.launcher import EngineProcess
 from flowdeck.pipeline.config import parse_config
-from flowdeck.pipeline.control import LocalControl
-from flowdeck.pipeline.engine import Engine
+from flowdeck.pipeline.engine.engine import Engine
+from flowdeck.pipeline.serve.control import LocalControl
 from flowdeck.storage.store import Store
 
 CONFIG = """

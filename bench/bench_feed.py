@@ -38,14 +38,15 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
-from flowdeck.pipeline.clock import SystemClock
 from flowdeck.pipeline.config import parse_config
-from flowdeck.pipeline.control import LocalControl
-from flowdeck.pipeline.engine import Engine, Payload
-from flowdeck.pipeline.feed import FeedServer
-from flowdeck.pipeline.feed_protocol import envelope
-from flowdeck.pipeline.hub import Event
-from flowdeck.storage.store import RawDraft, Store
+from flowdeck.pipeline.core.clock import SystemClock
+from flowdeck.pipeline.core.hub import Event
+from flowdeck.pipeline.engine.engine import Engine, Payload
+from flowdeck.pipeline.serve.control import LocalControl
+from flowdeck.pipeline.serve.feed import FeedServer
+from flowdeck.pipeline.serve.protocol import envelope
+from flowdeck.storage.model import RawDraft
+from flowdeck.storage.store import Store
 
 CONFIG = """
 flows:

@@ -25,9 +25,9 @@ from pathlib import Path
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from flowdeck.pipeline.clock import ManualClock
 from flowdeck.pipeline.config import parse_config
-from flowdeck.pipeline.engine import Engine, Payload
+from flowdeck.pipeline.core.clock import ManualClock
+from flowdeck.pipeline.engine.engine import Engine, Payload
 from flowdeck.storage import schema
 from flowdeck.storage.store import Store
 

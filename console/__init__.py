@@ -1,6 +1,3 @@
-"""The Textual console (see console/app.py). Importing it installs the one fix to
-Textual's drawing it relies on (console/textual_fixes.py)."""
-
-from flowdeck.console import textual_fixes
-
-textual_fixes.apply()
+"""The operator console: the command line (cli/), the link to a remote engine (client/)
+and the Textual app (app.py, screens/, widgets/). Importing this package loads no
+Textual; only a command that opens a console does."""

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import tomllib
 from collections import deque
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from textual.theme import Theme
 
 from flowdeck.console.state import ConsoleState
 from flowdeck.console.widgets import ConfirmScreen
-from flowdeck.pipeline.clock import Clock, SystemClock
+from flowdeck.pipeline.core.clock import Clock, SystemClock
 
-THEMES_DIR = Path(__file__).resolve().parents[1] / "themes"
+# The wheel carries the themes as the package flowdeck.themes (a folder on disk once installed).
+THEMES_DIR = Path(str(files("flowdeck.themes")))
 THEME_NAMES = {"dark": "flowdeck-dark", "light": "flowdeck-light",
                "high-contrast": "flowdeck-high-contrast"}
 REFRESH_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)

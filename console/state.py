@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flowdeck.pipeline.feed_protocol import latest_summary
+from flowdeck.pipeline.serve.protocol import latest_summary
 
 FLOW_STATES = ("healthy", "degraded", "failing", "paused")
 CACHE_LAYERS = ("l1", "l2", "l3", "l4")

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "sample_data"
+# The wheel carries sample_data/ as the package flowdeck.sample_data (a folder on disk once
+# installed), so the bundled config and its reference tables resolve outside a checkout too.
+BUNDLED_DIR = Path(str(files("flowdeck.sample_data")))
 BUNDLED_CONFIG = BUNDLED_DIR / "flows" / "demo.yaml"
 
 # ---------------------------------------------------------------- value types

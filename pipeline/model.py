@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowdeck.storage.store import IssueDraft, QuarantineRow
+from flowdeck.storage.model import IssueDraft, QuarantineRow
 
 STAGES = ("collect", "validate", "transform", "enrich", "quality", "resolve", "detect", "store")
 STAGE_TITLES = {

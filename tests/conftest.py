@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
-from pathlib import Path
 
 import pytest
+from support.services import PG_ADMIN_URL, need_service
 
-from flowdeck.pipeline.clock import ManualClock
 from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config
+from flowdeck.pipeline.core.clock import ManualClock
 from flowdeck.storage.store import Store
 
-REQUIRE_SERVICES = os.environ.get("FLOWDECK_REQUIRE_SERVICES") == "1"
-PG_ADMIN_URL = os.environ.get("FLOWDECK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def need_service(name: str, host: str, port: int) -> None:
-    """Skip with a reason when a service is absent; in CI (FLOWDECK_REQUIRE_SERVICES=1) fail."""
-    if _port_open(host, port):
-        return
-    msg = f"{name} is not reachable on {host}:{port}"
-    if REQUIRE_SERVICES:
-        pytest.fail(msg + " and FLOWDECK_REQUIRE_SERVICES=1")
-    pytest.skip(msg)
+def pytest_collection_modifyitems(config, items):
+    """tests/e2e/ runs real subprocesses (daemons, tmux, Chromium): all of it is slow, so
+    `make test-fast` (-m "not slow") leaves it out."""
+    for item in items:
+        if item.path.parent.name == "e2e":
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

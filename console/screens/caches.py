@@ -23,7 +23,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from flowdeck.console.screens import DeckScreen
+from flowdeck.console.screens.base import DeckScreen
 from flowdeck.console.state import CACHE_LAYERS, fmt_num, fmt_time
 from flowdeck.console.widgets import Col, DeckTable, status_text
 

@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Input, Static
 
-from flowdeck.console.screens import DeckScreen
+from flowdeck.console.screens.base import DeckScreen
 from flowdeck.console.state import fmt_time, symbol
 from flowdeck.console.widgets import Col, DeckTable, FilterBar, status_text
 

@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from flowdeck.console.screens import DeckScreen
+from flowdeck.console.screens.base import DeckScreen
 from flowdeck.console.state import fmt_num
 from flowdeck.console.widgets import Col, DeckTable, sparkline, status_text
 

@@ -23,7 +23,7 @@ from textual.css.query import NoMatches
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from flowdeck.console.screens import DeckScreen
+from flowdeck.console.screens.base import DeckScreen
 from flowdeck.console.state import fmt_age, fmt_time, symbol
 from flowdeck.console.widgets import Col, DeckTable, status_text
 
@@ -555,7 +555,7 @@ class LineageScreen(QueryScreen):
         if self.info is None:
             self.notify("nothing loaded to copy", severity="warning")
             return
-        from flowdeck.pipeline.ops import render_lineage
+        from flowdeck.pipeline.serve.queries import render_lineage
 
         text = render_lineage(self.info)
         self.app.copy_to_clipboard(text)

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
 
-from flowdeck.console.screens import DeckScreen, FlowActions
+from flowdeck.console.screens.base import DeckScreen, FlowActions
 from flowdeck.console.state import fmt_age, fmt_num, fmt_time
 from flowdeck.console.widgets import Col, DeckTable, sparkline, status_text
 from flowdeck.pipeline.model import STAGE_TITLES, STAGES

@@ -7,7 +7,7 @@ import math
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.detectors import Detector, DetectorSettings
 from flowdeck.pipeline.model import Batch
-from flowdeck.storage.store import IssueDraft
+from flowdeck.storage.model import IssueDraft
 
 VERSION = "detect/1"
 

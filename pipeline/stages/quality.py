@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.model import Batch
-from flowdeck.storage.store import IssueDraft
+from flowdeck.storage.model import IssueDraft
 
 VERSION = "quality/1"
 # Flags that make a record less trustworthy, and how much each costs its validity.

@@ -15,7 +15,7 @@ from typing import Any
 
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.model import Batch, Rec
-from flowdeck.storage.store import IssueDraft
+from flowdeck.storage.model import IssueDraft
 
 VERSION = "resolve/1"
 _BY_TS_KEY = operator.attrgetter("ts", "key")

@@ -1,0 +1,1 @@
+"""The demo: a loopback simulator of real public API shapes, with scriptable faults."""

@@ -1,0 +1,1018 @@
+"""The live feed and HTTP API: one port, one ``websockets`` server.
+
+``/feed`` is the websocket feed (protocol v1, ``docs/protocol.md``); every
+other path is plain HTTP answered through ``websockets``' ``process_request``
+hook (``feed_http``): ``/healthz``, ``/readyz``, ``/metrics``, the read API
+under ``/api/`` and the browser viewer at ``/``.
+
+How a message travels: the engine publishes an event on its hub; the feed's
+pump turns it into deltas on channels (``feed_protocol.route``), gives each a
+per-channel ``seq``, encodes it **once** and keeps it in the channel's bounded
+replay buffer; then every subscriber of the channel gets those same bytes
+(subscribers with filters share one encoding per distinct filter). A viewer
+that keeps up is written to directly, as ``websockets.broadcast`` does. A
+viewer whose socket is backed up gets a queue instead: newer messages with the
+same conflation key replace older ones (latest per key, records merged per
+series key), and past a bound the viewer is closed with code 1008. Nothing a
+slow viewer does costs the others more than a dictionary update.
+
+Security: on a loopback bind no token is needed (and Host must be a loopback
+name, against DNS rebinding); any other bind refuses to start without one.
+With a token, every request but ``/healthz``, ``/readyz`` and the static page
+must carry it (``Authorization: Bearer`` or ``?token=``): HTTP answers 401, the
+feed closes with 4401. A request with a foreign ``Origin`` gets 403. Inbound
+messages over ``max_inbound_bytes`` close the connection (1009).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from flowdeck.pipeline.serve.control import Control, ControlError
+from flowdeck.pipeline.serve.http_api import HttpApi, error
+from flowdeck.pipeline.serve.metrics import FeedMetrics
+from flowdeck.pipeline.serve.protocol import (
+    FLOW_CHANGING,
+    GLOBAL_CHANNELS,
+    MERGE_RECORDS,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    Filter,
+    ProtocolError,
+    all_channels,
+    channel_kind,
+    envelope,
+    merge_records,
+    remote_actor,
+    route,
+    slim_event,
+    trim_snapshot,
+)
+
+log = logging.getLogger("flowdeck.feed")
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_SLOW = 1008  # policy violation: the viewer did not keep up
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+class FeedError(Exception):
+    """The feed cannot start (bad bind address, missing token, port in use): one line."""
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """'HOST:PORT', '[::1]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or not port_text:
+            raise FeedError(f"cannot read bind address {text!r}: use HOST:PORT or [IPv6]:PORT")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise FeedError(
+                f"cannot read bind address {text!r}: use HOST:PORT, e.g. 127.0.0.1:8765"
+            )
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise FeedError(
+            f"cannot read bind address {text!r}: port {port_text!r} is not a number"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise FeedError(f"cannot read bind address {text!r}: port must be 0..65535")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind host (or a Host header's name) only reaches this machine."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host_header: str) -> str:
+    """The name part of a Host header ('127.0.0.1:8765' -> '127.0.0.1', '[::1]:80' -> '::1')."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0]
+    return host_header.rpartition(":")[0] if ":" in host_header else host_header
+
+
+@dataclass(frozen=True)
+class FeedLimits:
+    """Every bound the feed keeps. The defaults suit a daemon; tests shrink them."""
+
+    max_inbound_bytes: int = 64 * 1024  # a client message larger than this closes it (1009)
+    write_buffer_bytes: int = 512 * 1024  # per viewer socket buffer before it counts as slow
+    max_pending: int = 2000  # queued messages of a slow viewer before it is closed (1008)
+    max_pending_bytes: int = 16 * 1024 * 1024
+    replay_messages: int = 1000  # per channel, for resume_from
+    replay_bytes: int = 8 * 1024 * 1024  # per channel
+    ack_window: int = 256  # seqs a viewer with acks may be behind before it is paced
+    heartbeat_s: float = 15.0
+    metrics_interval_s: float = 1.0
+    flows_interval_s: float = 1.0  # at most one flow-summary refresh per interval
+    snapshot_ttl_s: float = 0.5  # engine snapshots are shared for this long
+    max_requests_in_flight: int = 8  # actions and queries per viewer
+    recent_events: int = 200  # what the events channel's snapshot holds
+    close_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class Message:
+    """One encoded server message; ``payload`` is what goes on the wire."""
+
+    channel: str | None
+    type: str
+    seq: int
+    ts: float
+    data: Any
+    ckey: Any  # conflation key, or None
+    payload: bytes
+    merge: bool = False
+
+    def content(self) -> Any:
+        """The data, decoded from the payload for messages kept as bytes only."""
+        return self.data if self.data is not None else json.loads(self.payload)["data"]
+
+
+@dataclass(slots=True)
+class Sub:
+    """One viewer's subscription to one channel."""
+
+    filter: Filter | None
+    ack: bool
+
+
+class Channel:
+    """A channel's sequence counter, subscribers and replay buffer."""
+
+    __slots__ = ("name", "kind", "flow", "seq", "subscribers", "buffer", "buffer_bytes", "label")
+
+    def __init__(self, name: str, kind: str, flow: str | None) -> None:
+        self.name = name
+        self.kind = kind
+        self.flow = flow
+        self.seq = 0
+        self.subscribers: dict[Viewer, Sub] = {}
+        self.buffer: deque[Message] = deque()
+        self.buffer_bytes = 0
+
+    def remember(self, msg: Message, limits: FeedLimits) -> None:
+        """Keep the encoded message for resume (bytes only: no parsed data to keep alive)."""
+        msg = Message(
+            msg.channel, msg.type, msg.seq, msg.ts, None, msg.ckey, msg.payload, msg.merge
+        )
+        self.buffer.append(msg)
+        self.buffer_bytes += len(msg.payload)
+        while self.buffer and (
+            len(self.buffer) > limits.replay_messages or self.buffer_bytes > limits.replay_bytes
+        ):
+            self.buffer_bytes -= len(self.buffer.popleft().payload)
+
+    def covers(self, after: int) -> bool:
+        """Whether every message after seq ``after`` is still in the replay buffer."""
+        if after < 0 or after > self.seq:
+            return False
+        if after == self.seq:
+            return True
+        return bool(self.buffer) and self.buffer[0].seq <= after + 1
+
+    def since(self, after: int) -> Iterator[Message]:
+        if not self.buffer or after >= self.seq:
+            return iter(())
+        start = max(0, after + 1 - self.buffer[0].seq)
+        return itertools.islice(self.buffer, start, None)
+
+
+class Viewer:
+    """One websocket connection: its subscriptions, and a queue only while it is slow."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, server: FeedServer, conn: ServerConnection) -> None:
+        self.id = next(self._ids)
+        self.server = server
+        self.conn = conn
+        self.subs: dict[str, Sub] = {}
+        self.pending: OrderedDict[Any, Message] = OrderedDict()
+        self.pending_bytes = 0
+        self.writer: asyncio.Task | None = None
+        self.closed = False
+        self.acks: dict[str, deque[int]] = {}  # channel -> seqs written, not yet acked
+        self._ack_wake = asyncio.Event()
+        self._uniq = itertools.count()
+        self.in_flight = 0
+
+    # ------------------------------------------------------------ sending
+
+    def deliver(self, m: Message) -> bool:
+        """Write now if the socket keeps up (True), else queue with conflation (False)."""
+        if self.closed:
+            return False
+        if self.pending or self.conn.paused or (self.acks and self._ack_blocked()):
+            self._enqueue(m)
+            return False
+        return self._write(m)
+
+    def _write(self, m: Message) -> bool:
+        conn = self.conn
+        if conn.protocol.state is not State.OPEN or conn.transport.is_closing():
+            self._lost()
+            return False
+        try:
+            conn.protocol.send_text(m.payload)
+            conn.send_data()
+        except Exception:  # a socket that fails under us: the handler sees it close
+            self._lost()
+            return False
+        if self.acks and m.seq and m.type == "delta":
+            unacked = self.acks.get(m.channel)
+            if unacked is not None:
+                unacked.append(m.seq)
+        return True
+
+    def _enqueue(self, m: Message) -> None:
+        if m.ckey is None:
+            key: Any = next(self._uniq)
+        else:
+            key = (m.channel, m.ckey)
+            old = self.pending.pop(key, None)
+            if old is not None:
+                self.pending_bytes -= len(old.payload)
+                self.server.metrics.drop("conflated")
+                if m.merge and old.merge and old.type == m.type == "delta":
+                    data = merge_records(old.content(), m.content())
+                    m = Message(
+                        m.channel,
+                        m.type,
+                        m.seq,
+                        m.ts,
+                        data,
+                        m.ckey,
+                        envelope(m.type, m.channel, m.seq, m.ts, data),
+                        True,
+                    )
+        self.pending[key] = m
+        self.pending_bytes += len(m.payload)
+        lim = self.server.limits
+        if len(self.pending) > lim.max_pending or self.pending_bytes > lim.max_pending_bytes:
+            self.close_slow()
+        elif self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Write the queue as the socket drains (and as acks arrive), oldest first."""
+        try:
+            while self.pending and not self.closed:
+                if self.conn.paused:
+                    await self.conn.drain()
+                    continue
+                if self.acks and self._ack_blocked():
+                    self._ack_wake.clear()
+                    await self._ack_wake.wait()
+                    continue
+                _, m = self.pending.popitem(last=False)
+                self.pending_bytes -= len(m.payload)
+                if self._write(m):
+                    self.server.metrics.sent(m.channel or "-", 1)
+        except Exception:  # connection lost while waiting: the handler cleans up
+            self._lost()
+        finally:
+            self.writer = None
+
+    def _ack_blocked(self) -> bool:
+        window = self.server.limits.ack_window
+        return any(len(unacked) >= window for unacked in self.acks.values())
+
+    def ack(self, channel: str, seq: int) -> None:
+        """The viewer has processed everything up to ``seq`` on ``channel``."""
+        unacked = self.acks.get(channel)
+        if unacked is None:
+            raise ProtocolError(
+                "bad_request", f'channel {channel!r} is not subscribed with "ack": true'
+            )
+        while unacked and unacked[0] <= seq:
+            unacked.popleft()
+        self._ack_wake.set()
+
+    def reply(self, type_: str, data: dict, channel: str | None = None) -> None:
+        """A reply, error or notice for this viewer only (never conflated)."""
+        now = time.time()
+        m = Message(channel, type_, 0, now, data, None, envelope(type_, channel, 0, now, data))
+        if self.deliver(m):
+            self.server.metrics.sent("-", 1)
+
+    # ------------------------------------------------------------ closing
+
+    def close_slow(self) -> None:
+        """Disconnect a viewer that fell too far behind: 1008 with the reason."""
+        n, size = len(self.pending), self.pending_bytes
+        self.server.metrics.drop("slow_viewer", n)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self._lost()
+        reason = f"viewer too slow: {n} messages ({size // 1024} KiB) queued"
+        log.warning("feed viewer %s at %s closed: %s", self.id, self.conn.remote_address, reason)
+        self.server._spawn(self.conn.close(CLOSE_TOO_SLOW, reason))
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.detach()
+            self._ack_wake.set()
+
+    def detach(self) -> None:
+        for name in list(self.subs):
+            ch = self.server.channels.get(name)
+            if ch is not None:
+                ch.subscribers.pop(self, None)
+        self.subs.clear()
+
+    def drop_pending(self, channel: str) -> None:
+        for key in [k for k, m in self.pending.items() if m.channel == channel]:
+            self.pending_bytes -= len(self.pending.pop(key).payload)
+
+
+class FeedServer:
+    """Serves a :class:`~flowdeck.pipeline.serve.control.Control` on one port (feed + HTTP)."""
+
+    def __init__(
+        self,
+        control: Control,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        token: str | None = None,
+        origins: list[str] | tuple[str, ...] = (),
+        limits: FeedLimits | None = None,
+        caches: Any = None,
+    ) -> None:
+        if token is not None and not token.strip():
+            raise FeedError("the feed token is empty")
+        self.loopback = is_loopback(host) if host else False
+        if not self.loopback and not token:
+            where = f"{host or '*'}:{port}"
+            raise FeedError(
+                f"refusing to serve the feed on {where} without a token: pass "
+                "--token or set the variable named by feed.token_env "
+                "(no token is needed on 127.0.0.1)"
+            )
+        self.control = control
+        # The engine's caches (flowdeck.storage.caches.Caches) when it runs in this process:
+        # the read API keeps encoded bodies there and counts the L4 (HTTP) layer.
+        self.caches = caches if caches is not None else getattr(
+            getattr(control, "engine", None), "caches", None)
+        self.host = host
+        self.port = port
+        self.token = token
+        self.origins = {o.rstrip("/") for o in origins}
+        self.limits = limits or FeedLimits()
+        self.epoch = uuid.uuid4().hex[:12]
+        self.metrics = FeedMetrics()
+        self.http = HttpApi(self)
+        self.flows: list[str] = []
+        self.channels: dict[str, Channel] = {}
+        self.viewers: set[Viewer] = set()
+        self.recent: deque[dict] = deque(maxlen=self.limits.recent_events)
+        self.server: Server | None = None
+        self._hub_sub = None
+        self._hub_dropped = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._flows_dirty = asyncio.Event()
+        self._last_summary: dict[str, Any] = {}
+        self._snap: tuple[dict, dict[str, int]] | None = None
+        self._snap_started = -1e18
+        self._snap_task: asyncio.Task | None = None
+        self._snap_task_started = -1e18
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else (self.host or "0.0.0.0")
+        return f"http://{host}:{self.port}"
+
+    @property
+    def feed_url(self) -> str:
+        return "ws" + self.url[4:] + "/feed"
+
+    async def start(self) -> None:
+        """Subscribe to the engine's events, then listen. FeedError if the port is taken."""
+        self._hub_sub = self.control.subscribe()
+        snap = await self.snapshot()
+        self.flows = list(snap["flows"])
+        for name in all_channels(self.flows):
+            kind, flow = channel_kind(name, self.flows)
+            self.channels[name] = Channel(name, kind, flow)
+        self.metrics.seed(snap)
+        self._last_summary = dict(snap["flows"])
+        try:
+            self.server = await serve(
+                self._handler,
+                self.host or None,
+                self.port,
+                process_request=self._process_request,
+                compression=None,
+                max_size=self.limits.max_inbound_bytes,
+                write_limit=self.limits.write_buffer_bytes,
+                max_queue=16,
+                close_timeout=self.limits.close_timeout_s,
+                ping_interval=20,
+                ping_timeout=20,
+                server_header="flowdeck",
+            )
+        except OSError as exc:
+            self._hub_sub.close()
+            raise FeedError(
+                f"cannot serve the feed on {self.host or '*'}:{self.port}: {exc.strerror or exc}"
+            ) from None
+        if self.port == 0:
+            self.port = self.server.sockets[0].getsockname()[1]
+        for coro in (
+            self._pump(),
+            self._refresh_flows(),
+            self._heartbeats(),
+            self._metrics_ticks(),
+        ):
+            self._spawn(coro)
+        log.info("feed serving on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every viewer (1001 going away), stop the tasks, release the port."""
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), self.limits.close_timeout_s)
+            self.server = None
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._hub_sub is not None:
+            self._hub_sub.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------ engine state
+
+    async def snapshot(self, fresh_after: float | None = None) -> dict:
+        """The engine's snapshot, shared by every viewer for ``snapshot_ttl_s`` (single-flight).
+
+        ``fresh_after`` (monotonic) asks for one whose fetch began at or after that time.
+        """
+        return (await self._snapshot_with_seqs(fresh_after))[0]
+
+    async def _snapshot_with_seqs(
+        self, fresh_after: float | None = None
+    ) -> tuple[dict, dict[str, int]]:
+        if fresh_after is None:
+            fresh_after = time.monotonic() - self.limits.snapshot_ttl_s
+        while True:
+            if self._snap is not None and self._snap_started >= fresh_after:
+                return self._snap
+            task = self._snap_task
+            if task is not None and not task.done():
+                if self._snap_task_started >= fresh_after:
+                    return await asyncio.shield(task)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
+                continue
+            started = time.monotonic()
+            seqs = {name: ch.seq for name, ch in self.channels.items()}
+            self._snap_task = asyncio.get_running_loop().create_task(
+                self._fetch_snapshot(started, seqs)
+            )
+            self._snap_task_started = started
+            return await asyncio.shield(self._snap_task)
+
+    async def _fetch_snapshot(
+        self, started: float, seqs: dict[str, int]
+    ) -> tuple[dict, dict[str, int]]:
+        snap = await self.control.snapshot()
+        if started >= self._snap_started:
+            self._snap, self._snap_started = (snap, seqs), started
+        return snap, seqs
+
+    async def refresh_metrics(self) -> None:
+        """Scrape-time: open issues by flow and severity; breakers, caches and owed series
+        from a fresh snapshot."""
+        rows = await self.control.query("issues", state=["open", "acknowledged"], limit=100_000)
+        self.metrics.set_open_issues(rows, self.flows)
+        snap = await self.snapshot(fresh_after=time.monotonic())
+        self.metrics.set_breakers(snap)
+        self.metrics.set_caches(snap.get("caches"))
+        self.metrics.set_series_owed(snap)
+
+    # ------------------------------------------------------------ events -> channels
+
+    async def _pump(self) -> None:
+        sub = self._hub_sub
+        while True:
+            ev = await sub.get()
+            batch = [ev, *sub.drain()]
+            for e in batch:
+                self._on_event(e.as_dict() if hasattr(e, "as_dict") else e)
+            if sub.dropped != self._hub_dropped:
+                lost = sub.dropped - self._hub_dropped
+                self._hub_dropped = sub.dropped
+                self.metrics.drop("hub_overflow", lost)
+                log.warning("feed fell behind the engine: %d events lost; resyncing viewers", lost)
+                self._resync(f"server overloaded: {lost} events lost")
+
+    def _on_event(self, ev: dict) -> None:
+        self.metrics.observe(ev)
+        self.recent.append(slim_event(ev))
+        for r in route(ev):
+            ch = self.channels.get(r.channel)
+            if ch is not None:
+                self.publish(ch, r.data, r.ckey)
+        if ev.get("type") in FLOW_CHANGING:
+            self._flows_dirty.set()
+
+    def publish(self, ch: Channel, data: Any, ckey: Any = None) -> Message:
+        """A delta on a channel: next seq, encoded once, remembered, fanned out."""
+        ch.seq += 1
+        now = time.time()
+        msg = Message(
+            ch.name,
+            "delta",
+            ch.seq,
+            now,
+            data,
+            ckey,
+            envelope("delta", ch.name, ch.seq, now, data),
+            ckey is MERGE_RECORDS,
+        )
+        ch.remember(msg, self.limits)
+        if ch.subscribers:
+            self._fanout(ch, msg)
+        return msg
+
+    def _fanout(self, ch: Channel, msg: Message) -> None:
+        filtered: dict[Filter, Message | None] = {}
+        written = 0
+        for viewer, sub in list(ch.subscribers.items()):
+            m: Message | None = msg
+            if sub.filter is not None:
+                if sub.filter in filtered:
+                    m = filtered[sub.filter]
+                else:
+                    m = filtered[sub.filter] = self._filtered(ch, msg, sub.filter)
+                if m is None:
+                    continue
+            if viewer.deliver(m):
+                written += 1
+        if written:
+            self.metrics.sent(ch.name, written)
+
+    @staticmethod
+    def _filtered(ch: Channel, msg: Message, flt: Filter) -> Message | None:
+        content = msg.content()
+        data = flt.delta(ch.kind, content)
+        if data is None:
+            return None
+        if data is content:
+            return msg
+        return Message(
+            msg.channel,
+            msg.type,
+            msg.seq,
+            msg.ts,
+            data,
+            msg.ckey,
+            envelope(msg.type, msg.channel, msg.seq, msg.ts, data),
+            msg.merge,
+        )
+
+    def _resync(self, reason: str) -> None:
+        """After lost events: every subscription gets a gap notice and a fresh snapshot."""
+        for viewer in list(self.viewers):
+            for name, sub in list(viewer.subs.items()):
+                ch = self.channels[name]
+                ch.subscribers.pop(viewer, None)  # back in after the snapshot, no duplicates
+                viewer.subs.pop(name, None)
+                viewer.drop_pending(name)
+                viewer.reply("gap", {"reason": reason, "seq": ch.seq}, name)
+                self._spawn(self._send_snapshot(viewer, ch, sub))
+
+    # ------------------------------------------------------------ periodic
+
+    def _flow_subscribers(self) -> bool:
+        return any(
+            ch.subscribers
+            for name, ch in self.channels.items()
+            if name == "flows" or ch.kind == "flow"
+        )
+
+    async def _refresh_flows(self) -> None:
+        """Flow summaries change with runs: refresh them (debounced) and publish what changed."""
+        last = 0.0
+        while True:
+            await self._flows_dirty.wait()
+            if not self._flow_subscribers():
+                self._flows_dirty.clear()
+                continue
+            wait = last + self.limits.flows_interval_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._flows_dirty.clear()
+            last = time.monotonic()
+            try:
+                snap = await self.snapshot(fresh_after=last)
+            except Exception as exc:  # the engine is busy or stopping: try again later
+                log.warning("feed could not refresh flow summaries: %s", exc)
+                self._flows_dirty.set()
+                continue
+            self.publish_summaries(snap)
+
+    async def flow_stale(self, flow: str) -> bool:
+        """Whether a flow serves last-known-good values (every source down), from the
+        shared snapshot (at most ``snapshot_ttl_s`` old)."""
+        snap = await self.snapshot()
+        return bool((snap["flows"].get(flow) or {}).get("stale"))
+
+    def publish_summaries(self, snap: dict) -> None:
+        now = time.time()
+        for flow, summary in snap["flows"].items():
+            if self._last_summary.get(flow) == summary:
+                continue
+            self._last_summary[flow] = summary
+            self.publish(self.channels["flows"], {"flow": flow, "summary": summary}, flow)
+            ch = self.channels.get(f"flow:{flow}")
+            if ch is not None:
+                self.publish(
+                    ch,
+                    {"type": "summary", "ts": now, "flow": flow, "seq": None, "data": summary},
+                    "summary",
+                )
+
+    async def _heartbeats(self) -> None:
+        """Every viewer hears from the server at least every ``heartbeat_s``."""
+        while True:
+            await asyncio.sleep(self.limits.heartbeat_s)
+            now = time.time()
+            data = {"channels": {name: ch.seq for name, ch in self.channels.items()}}
+            m = Message(
+                None,
+                "heartbeat",
+                0,
+                now,
+                data,
+                "heartbeat",
+                envelope("heartbeat", None, 0, now, data),
+            )
+            written = sum(1 for v in list(self.viewers) if v.deliver(m))
+            if written:
+                self.metrics.sent("-", written)
+
+    async def _metrics_ticks(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.metrics_interval_s)
+            self.metrics.tick()
+            data = self.metrics.channel_data(len(self.viewers))
+            ch = self.channels["metrics"]
+            if ch.subscribers:
+                self.publish(ch, data, "metrics")
+
+    # ------------------------------------------------------------ HTTP and handshake
+
+    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
+        if not self.token:
+            return True
+        given = None
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        elif query.get("token"):
+            given = query["token"][-1]
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _origin_allowed(self, origin: str, host: str | None) -> bool:
+        origin = origin.rstrip("/")
+        if origin in self.origins or "*" in self.origins:
+            return True
+        # The bundled viewer page talks to the server it came from.
+        return host is not None and origin in (f"http://{host}", f"https://{host}")
+
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        path, query = parts.path, parse_qs(parts.query)
+        try:
+            host = request.headers.get("Host")
+            origin = request.headers.get("Origin")
+        except Exception:  # repeated Host or Origin headers
+            return error(400, "repeated Host or Origin header")
+        if (
+            self.loopback
+            and not self.token
+            and host is not None
+            and not is_loopback(_host_name(host))
+        ):
+            return error(
+                403,
+                f"Host {host!r} is not a loopback name: this feed serves "
+                "loopback only (bind another address with a token)",
+            )
+        cors: dict[str, str] = {}
+        if origin is not None:
+            if not self._origin_allowed(origin, host):
+                return error(403, f"Origin {origin!r} is not allowed (config feed.origins)")
+            cors = {"Access-Control-Allow-Origin": origin.rstrip("/")}
+        authorized = self._authorized(request, query)
+        if path == "/feed":
+            conn.flowdeck_authorized = authorized  # the handler closes 4401 without it
+            return None
+        return await self.http.handle(request, path, query, authorized, cors)
+
+    # ------------------------------------------------------------ websocket
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        if not getattr(conn, "flowdeck_authorized", False):
+            await conn.close(CLOSE_UNAUTHORIZED, "missing or wrong token")
+            return
+        viewer = Viewer(self, conn)
+        self.viewers.add(viewer)
+        self.metrics.feed_clients.set(len(self.viewers))
+        viewer.reply(
+            "hello",
+            {
+                "server": "flowdeck",
+                "protocol": PROTOCOL_VERSION,
+                "epoch": self.epoch,
+                "flows": self.flows,
+                "channels": list(self.channels),
+                "heartbeat_s": self.limits.heartbeat_s,
+                "max_message_bytes": self.limits.max_inbound_bytes,
+                "requests": list(REQUEST_TYPES),
+            },
+        )
+        try:
+            async for raw in conn:
+                if viewer.closed:
+                    break
+                await self._on_message(viewer, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            viewer._lost()
+            if viewer.writer is not None:
+                viewer.writer.cancel()
+            self.viewers.discard(viewer)
+            self.metrics.feed_clients.set(len(self.viewers))
+
+    async def _on_message(self, viewer: Viewer, raw: str | bytes) -> None:
+        rid = None
+        try:
+            if isinstance(raw, bytes):
+                raise ProtocolError("bad_request", "send JSON in text frames")
+            try:
+                msg = json.loads(raw)
+            except ValueError as exc:
+                raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+            if not isinstance(msg, dict):
+                raise ProtocolError("bad_request", "a request is a JSON object with a type")
+            rid = msg.get("id")
+            t = msg.get("type")
+            if t == "subscribe":
+                await self._subscribe(viewer, msg, rid)
+            elif t == "unsubscribe":
+                name = msg.get("channel")
+                ch = self.channels.get(name) if isinstance(name, str) else None
+                if ch is None or name not in viewer.subs:
+                    raise ProtocolError("not_subscribed", f"not subscribed to {name!r}")
+                ch.subscribers.pop(viewer, None)
+                viewer.subs.pop(name, None)
+                viewer.acks.pop(name, None)
+                viewer.drop_pending(name)
+                viewer.reply("unsubscribed", {"id": rid, "channel": name}, name)
+            elif t == "ack":
+                seq = msg.get("seq")
+                if not isinstance(seq, int) or isinstance(seq, bool):
+                    raise ProtocolError("bad_request", "ack needs a channel and an integer seq")
+                viewer.ack(msg.get("channel"), seq)
+            elif t == "ping":
+                viewer.reply("pong", {"id": rid})
+            elif t in ("action", "query"):
+                if viewer.in_flight >= self.limits.max_requests_in_flight:
+                    raise ProtocolError(
+                        "busy",
+                        f"at most {self.limits.max_requests_in_flight}"
+                        " actions and queries at a time",
+                    )
+                name, params = msg.get("name"), msg.get("params") or {}
+                if not isinstance(name, str) or not isinstance(params, dict):
+                    raise ProtocolError("bad_request", f"{t} needs a name and params object")
+                actor = remote_actor(msg.get("actor")) if t == "action" else None
+                viewer.in_flight += 1
+                self._spawn(self._request(viewer, t, name, params, rid, actor))
+            else:
+                raise ProtocolError(
+                    "unknown_type",
+                    f"unknown message type {t!r} (known: {', '.join(REQUEST_TYPES)})",
+                )
+        except ProtocolError as exc:
+            viewer.reply("error", {"id": rid, "code": exc.code, "message": str(exc)})
+
+    async def _request(self, viewer: Viewer, kind: str, name: str, params: dict, rid: Any,
+                       actor: str | None = None) -> None:
+        """An action or query, answered with a ``result`` (or an ``error``) carrying ``id``."""
+        try:
+            if kind == "action":
+                result = await self.control.act(name, **({"actor": actor} if actor else {}),
+                                                **params)
+            elif name == "snapshot":
+                result = trim_snapshot(await self.snapshot(), params.get("latest"))
+            else:
+                result = await self.control.query(name, **params)
+            viewer.reply(
+                "result", {"id": rid, "kind": kind, "name": name, "ok": True, "result": result}
+            )
+        except ControlError as exc:
+            viewer.reply("error", {"id": rid, "code": f"{kind}_failed", "message": str(exc)})
+        except (TypeError, KeyError, ValueError) as exc:
+            what = f"missing parameter {exc}" if isinstance(exc, KeyError) else str(exc)
+            viewer.reply(
+                "error", {"id": rid, "code": "bad_params", "message": f"{kind} {name!r}: {what}"}
+            )
+        except Exception as exc:  # the engine failed: tell the viewer, keep the connection
+            log.exception("feed %s %s failed", kind, name)
+            viewer.reply(
+                "error",
+                {"id": rid, "code": f"{kind}_failed", "message": f"{type(exc).__name__}: {exc}"},
+            )
+        finally:
+            viewer.in_flight -= 1
+
+    async def _subscribe(self, viewer: Viewer, msg: dict, rid: Any) -> None:
+        name = msg.get("channel")
+        kind, _ = channel_kind(name, self.flows)
+        ch = self.channels[name]
+        flt = Filter.parse(kind, msg.get("filters"))
+        sub = Sub(flt, bool(msg.get("ack")))
+        resume = msg.get("resume_from")
+        if resume is not None and (not isinstance(resume, int) or isinstance(resume, bool)):
+            raise ProtocolError("bad_request", "resume_from must be an integer seq")
+        epoch = msg.get("epoch")
+        if name in viewer.subs:  # re-subscribing replaces filters and starts over
+            ch.subscribers.pop(viewer, None)
+            viewer.subs.pop(name)
+            viewer.drop_pending(name)
+        if sub.ack:
+            viewer.acks[name] = deque()
+        else:
+            viewer.acks.pop(name, None)
+        resumed = resume is not None and epoch in (None, self.epoch) and ch.covers(resume)
+        viewer.reply(
+            "subscribed",
+            {
+                "id": rid,
+                "channel": name,
+                "seq": ch.seq,
+                "epoch": self.epoch,
+                "resumed": resumed,
+                "filters": msg.get("filters") or {},
+            },
+            name,
+        )
+        if resumed:
+            self._replay(viewer, ch, sub, resume)
+            ch.subscribers[viewer] = sub
+            viewer.subs[name] = sub
+            return
+        if resume is not None:
+            if epoch not in (None, self.epoch):
+                reason = "server restarted"
+            elif resume > ch.seq:
+                reason = "unknown position"
+            else:
+                reason = "replay buffer exceeded"
+            oldest = ch.buffer[0].seq if ch.buffer else ch.seq + 1
+            viewer.reply(
+                "gap",
+                {"resume_from": resume, "oldest": oldest, "seq": ch.seq, "reason": reason},
+                name,
+            )
+        await self._send_snapshot(viewer, ch, sub)
+
+    async def _send_snapshot(self, viewer: Viewer, ch: Channel, sub: Sub) -> None:
+        """A channel snapshot, then whatever arrived while it was taken, then live deltas."""
+        try:
+            seq, data = await self._channel_snapshot(ch)
+            if not ch.covers(seq):  # older than the replay buffer reaches: take a fresh one
+                seq, data = await self._channel_snapshot(ch, fresh=True)
+        except Exception as exc:
+            viewer.reply(
+                "error",
+                {"code": "snapshot_failed", "message": f"{type(exc).__name__}: {exc}"},
+                ch.name,
+            )
+            return
+        if viewer.closed:
+            return
+        if not ch.covers(seq):  # more arrived meanwhile than the buffer holds
+            viewer.reply(
+                "error",
+                {
+                    "code": "snapshot_failed",
+                    "message": "the channel moves faster than its replay buffer; subscribe again",
+                },
+                ch.name,
+            )
+            return
+        if sub.filter is not None:
+            data = sub.filter.snapshot(ch.kind, data)
+        now = time.time()
+        viewer.deliver(
+            Message(
+                ch.name,
+                "snapshot",
+                seq,
+                now,
+                data,
+                None,
+                envelope("snapshot", ch.name, seq, now, data),
+            )
+        )
+        self._replay(viewer, ch, sub, seq)
+        ch.subscribers[viewer] = sub
+        viewer.subs[ch.name] = sub
+
+    def _replay(self, viewer: Viewer, ch: Channel, sub: Sub, after: int) -> None:
+        written = 0
+        for m in list(ch.since(after)):
+            fm = m if sub.filter is None else self._filtered(ch, m, sub.filter)
+            if fm is not None and viewer.deliver(fm):
+                written += 1
+        if written:
+            self.metrics.sent(ch.name, written)
+
+    async def _channel_snapshot(self, ch: Channel, fresh: bool = False) -> tuple[int, Any]:
+        """(seq, data): the data reflects at least every delta up to seq.
+
+        Engine-backed channels use the shared snapshot (``fresh`` asks for a new one).
+        """
+        kind = ch.kind
+        if kind == "events":
+            return ch.seq, {"events": list(self.recent)}
+        if kind == "metrics":
+            return ch.seq, self.metrics.channel_data(len(self.viewers))
+        snap, seqs = await self._snapshot_with_seqs(time.monotonic() if fresh else None)
+        seq = seqs.get(ch.name, 0)
+        if kind == "caches":
+            return seq, snap.get("caches") or {"layers": {}, "history": [], "hot_keys": []}
+        if kind == "flows":
+            return seq, {"flows": snap["flows"]}
+        if kind == "quality":
+            return seq, {"issues": snap["issues"], "quarantine": snap["quarantine"]}
+        if kind == "recovery":
+            return seq, {"actions": snap["actions"]}
+        flow = ch.flow
+        if kind == "records":
+            return seq, {"flow": flow, "records": snap["latest"].get(flow, [])}
+        return seq, {
+            "flow": flow,
+            "summary": snap["flows"].get(flow),
+            "latest": snap["latest"].get(flow, []),
+            "runs": [r for r in snap["runs"] if r.get("flow") == flow],
+            "issues": [r for r in snap["issues"] if r.get("flow") == flow],
+        }
+
+
+__all__ = [
+    "CLOSE_TOO_SLOW",
+    "CLOSE_UNAUTHORIZED",
+    "FeedError",
+    "FeedLimits",
+    "FeedServer",
+    "GLOBAL_CHANNELS",
+    "is_loopback",
+    "parse_bind",
+]

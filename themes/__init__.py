@@ -1,0 +1,1 @@
+"""Console stylesheets and colour themes (package data, read with importlib.resources)."""
