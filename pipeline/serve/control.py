@@ -18,6 +18,7 @@ import functools
 import time
 from typing import Any, Protocol
 
+from flowdeck.pipeline.core.durations import format_duration
 from flowdeck.pipeline.core.hub import Subscription
 from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.pipeline.serve.protocol import latest_summary, trim_snapshot
@@ -101,8 +102,8 @@ class LocalControl:
             f["availability_target"] = fc.availability
             f["metrics"] = fc.metrics()
             f["key_field"] = fc.key
-            f["schedule"] = (f"every {fc.schedule.every:g}s" if fc.schedule.every is not None
-                             else f"cron {fc.schedule.cron}")
+            f["schedule"] = (f"every {format_duration(fc.schedule.every)}"
+                             if fc.schedule.every is not None else f"cron {fc.schedule.cron}")
         self._store_error = None
         snap["issues"] = await self._kept("issues", self.store.issues,
                                           state=("open", "acknowledged", "muted"), limit=300)
