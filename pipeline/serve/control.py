@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from flowdeck.pipeline.core.durations import format_duration
 from flowdeck.pipeline.core.hub import Subscription
+from flowdeck.pipeline.core.shapes import ActionResult, LatestRow, ViewerSnapshot
 from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.pipeline.serve.protocol import latest_summary, trim_snapshot
 from flowdeck.pipeline.serve.queries import lineage
@@ -36,9 +37,9 @@ class ControlError(Exception):
 
 
 class Control(Protocol):
-    async def snapshot(self, latest: list[str] | None = None) -> dict: ...
+    async def snapshot(self, latest: list[str] | None = None) -> ViewerSnapshot: ...
     def subscribe(self, types: set[str] | None = None) -> Subscription: ...
-    async def act(self, name: str, **params: Any) -> dict: ...
+    async def act(self, name: str, **params: Any) -> ActionResult: ...
     async def query(self, name: str, **params: Any) -> Any: ...
 
 
@@ -76,7 +77,7 @@ class LocalControl:
         self._last[part] = value
         return value
 
-    async def _kept_latest(self, flows) -> dict[str, list]:
+    async def _kept_latest(self, flows) -> dict[str, list[LatestRow]]:
         """Every flow's latest values through the caches, the last ones when unavailable."""
         last = self._last.setdefault("latest", {})
         out = {}
@@ -90,7 +91,7 @@ class LocalControl:
 
     # ------------------------------------------------------------ state
 
-    async def snapshot(self, latest: list[str] | None = None) -> dict:
+    async def snapshot(self, latest: list[str] | None = None) -> ViewerSnapshot:
         """The engine's state for viewers; ``latest`` names the flows whose latest values
         to include (None: every flow's; ``latest_summary`` always covers all)."""
         snap = self.engine.snapshot()
@@ -126,7 +127,7 @@ class LocalControl:
     def current_actor(self) -> str:
         return _ACTOR.get() or self.actor
 
-    async def act(self, name: str, *, actor: str | None = None, **params: Any) -> dict:
+    async def act(self, name: str, *, actor: str | None = None, **params: Any) -> ActionResult:
         """Do an operator action; ``actor`` names who asked (default: this control's)."""
         token = _ACTOR.set(actor)
         try:
@@ -134,7 +135,7 @@ class LocalControl:
         finally:
             _ACTOR.reset(token)
 
-    async def _act(self, name: str, **params: Any) -> dict:
+    async def _act(self, name: str, **params: Any) -> ActionResult:
         fn = getattr(self, f"_act_{name}", None)
         if fn is None:
             raise ControlError(f"unknown action {name!r}")
