@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import cast
 
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.model import RUN_STAGES, SOURCE_STAGES, Batch, StageStats
@@ -58,12 +59,12 @@ class StageChain:
             name: STAGE_FACTORIES[name](flow_name, flow, config)
             for name in (*SOURCE_STAGES, *RUN_STAGES)}
         first, *rest = SOURCE_STAGES
-        self.collector: Collector = self.stages[first]  # type: ignore[assignment]
+        self.collector = cast(Collector, self.stages[first])
         self.source_stages: list[Stage] = [self.stages[n] for n in rest]
         first, *rest = RUN_STAGES
-        self.resolver: Resolver = self.stages[first]  # type: ignore[assignment]
+        self.resolver = cast(Resolver, self.stages[first])
         self.run_stages: list[Stage] = [self.stages[n] for n in rest]
-        self.detector: AnomalyDetector = self.stages["detect"]  # type: ignore[assignment]
+        self.detector = cast(AnomalyDetector, self.stages["detect"])
 
     def versions(self) -> dict[str, str]:
         """Every stage's version, in order (stored as the flow's pipeline version)."""
