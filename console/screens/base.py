@@ -1,4 +1,8 @@
-"""The console's screens. Each renders from the app's ConsoleState in ``refresh_view``."""
+"""What every screen shares: the frame (``DeckScreen``: header, body, filter bar, key bar),
+the flow actions, the bases of the drill-down screens (``ViewScreen``, ``QueryScreen``)
+and the text they format values with. Each screen renders from the app's ConsoleState in
+``refresh_view``; each has its own module, and its styles (if any) are in
+console/styles/<module>.tcss."""
 
 from __future__ import annotations
 
