@@ -41,7 +41,7 @@ from websockets.asyncio.server import broadcast, serve
 from flowdeck.pipeline.config import parse_config
 from flowdeck.pipeline.core.clock import SystemClock
 from flowdeck.pipeline.core.hub import Event
-from flowdeck.pipeline.engine.engine import Engine, Payload
+from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.pipeline.serve.control import LocalControl
 from flowdeck.pipeline.serve.feed import FeedServer
 from flowdeck.pipeline.serve.protocol import envelope
@@ -357,9 +357,10 @@ def _drain(engine: Engine, store: Store, arrived: list, waits: list, most: int =
     del arrived[: len(take)]
     # Committed raw together first, as Engine._run commits a run's payloads.
     now = engine.clock.now_ms()
-    ids = store.insert_raws("bench", [RawDraft("feed", body, now) for _t, body in take])
-    payloads = [Payload(raw_id, "feed", body, None, now)
-                for (raw_id, _), (_t, body) in zip(ids, take, strict=True)]
+    payloads = [RawDraft("feed", body, now) for _t, body in take]
+    ids = store.insert_raws("bench", payloads)
+    for payload, (raw_id, _) in zip(payloads, ids, strict=True):
+        payload.raw_id = raw_id
     engine.process_payloads("bench", payloads)
     waits.append(time.perf_counter() - take[0][0])
 

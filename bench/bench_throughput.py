@@ -27,8 +27,9 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from flowdeck.pipeline.config import parse_config
 from flowdeck.pipeline.core.clock import ManualClock
-from flowdeck.pipeline.engine.engine import Engine, Payload
+from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.storage import schema
+from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store
 
 CONFIG = """
@@ -135,8 +136,8 @@ def flowdeck_run(body: bytes, path: Path, t0_ms: int) -> tuple[float, dict]:
     engine = Engine(cfg, store, clock=clock)
     raw_id, _ = store.insert_raw("bench", "feed", body, clock.now_ms())
     t = time.perf_counter()
-    summary = engine.process_payloads("bench", [Payload(raw_id, "feed", body, None,
-                                                        clock.now_ms())])
+    summary = engine.process_payloads("bench", [RawDraft("feed", body, clock.now_ms(),
+                                                         raw_id=raw_id)])
     dt = time.perf_counter() - t
     engine.worker.shutdown()
     store.close()

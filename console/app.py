@@ -26,8 +26,10 @@ from flowdeck.console.state import ConsoleState
 from flowdeck.console.widgets import ConfirmScreen
 from flowdeck.pipeline.core.clock import Clock, SystemClock
 
-# The wheel carries the themes as the package flowdeck.themes (a folder on disk once installed).
+# The wheel carries the themes as the package flowdeck.themes (a folder on disk once installed)
+# and the console's stylesheets as package data of flowdeck.console.
 THEMES_DIR = Path(str(files("flowdeck.themes")))
+STYLES_DIR = Path(str(files("flowdeck.console").joinpath("styles")))
 THEME_NAMES = {"dark": "flowdeck-dark", "light": "flowdeck-light",
                "high-contrast": "flowdeck-high-contrast"}
 REFRESH_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -61,42 +63,64 @@ def load_themes() -> list[Theme]:
     return themes
 
 
+# mode -> (key, title): the screens in the order of their keys. Each key is the binding
+# ``screen.<mode>``, rebindable from ``console.keys`` like every other binding.
+SCREEN_KEYS = {
+    "overview": ("1", "Overview"), "sources": ("2", "Sources"), "quality": ("3", "Quality"),
+    "caches": ("4", "Caches"), "recovery": ("5", "Recovery"), "data": ("6", "Data"),
+    "insights": ("7", "Insights"), "events": ("8", "Events"),
+}
+
+# The stylesheets, in the order they are read (a later rule wins a tie): the shared widgets
+# and dialogs, the app-wide layout (themes/flowdeck.tcss, which may override a widget's
+# own sizes), then one per screen. Every selector names its widget or screen type first,
+# so a screen's rules apply on that screen only.
+STYLESHEETS = [
+    STYLES_DIR / "widgets.tcss", STYLES_DIR / "confirm.tcss", STYLES_DIR / "screen_menu.tcss",
+    THEMES_DIR / "flowdeck.tcss",
+    *(STYLES_DIR / f"{name}.tcss" for name in (
+        "caches", "data", "events", "help", "insights", "issue", "lineage", "quality", "raw",
+        "recovery")),
+]
+
+
 def _screens() -> dict[str, tuple[str, str, Any]]:
     """mode -> (key, title, screen class). Imported late to keep start-up light."""
     from flowdeck.console.screens.caches import CachesScreen
+    from flowdeck.console.screens.data import DataScreen
     from flowdeck.console.screens.events import EventsScreen
     from flowdeck.console.screens.insights import InsightsScreen
-    from flowdeck.console.screens.lineage import DataScreen
     from flowdeck.console.screens.overview import OverviewScreen
     from flowdeck.console.screens.quality import QualityScreen
     from flowdeck.console.screens.recovery import RecoveryScreen
     from flowdeck.console.screens.sources import SourcesScreen
 
-    return {
-        "overview": ("1", "Overview", OverviewScreen),
-        "sources": ("2", "Sources", SourcesScreen),
-        "quality": ("3", "Quality", QualityScreen),
-        "caches": ("4", "Caches", CachesScreen),
-        "recovery": ("5", "Recovery", RecoveryScreen),
-        "data": ("6", "Data", DataScreen),
-        "insights": ("7", "Insights", InsightsScreen),
-        "events": ("8", "Events", EventsScreen),
-    }
+    classes = {"overview": OverviewScreen, "sources": SourcesScreen, "quality": QualityScreen,
+               "caches": CachesScreen, "recovery": RecoveryScreen, "data": DataScreen,
+               "insights": InsightsScreen, "events": EventsScreen}
+    return {mode: (key, title, classes[mode]) for mode, (key, title) in SCREEN_KEYS.items()}
 
 
 class FlowdeckApp(App):
     TITLE = "flowdeck"
-    CSS_PATH = str(THEMES_DIR / "flowdeck.tcss")
+    CSS_PATH = [str(path) for path in STYLESHEETS]
     ENABLE_COMMAND_PALETTE = True
 
     BINDINGS = [
-        Binding("question_mark", "help", "Help", id="help"),
-        Binding("p", "toggle_pause", "Pause", id="pause"),
-        Binding("plus,equals_sign", "faster", "Faster", show=False, id="faster"),
-        Binding("minus", "slower", "Slower", show=False, id="slower"),
-        Binding("t", "next_theme", "Theme", show=False, id="theme"),
-        Binding("escape", "back", "Back", show=False, id="back"),
-        Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("p", "toggle_pause", "Pause", id="app.pause"),
+        Binding("plus,equals_sign", "faster", "Faster", show=False, id="app.faster"),
+        Binding("minus", "slower", "Slower", show=False, id="app.slower"),
+        Binding("t", "next_theme", "Theme", show=False, id="app.theme"),
+        Binding("escape", "back", "Back", show=False, id="app.back"),
+        Binding("q", "quit", "Quit", id="app.quit"),
+        *(Binding(key, f"switch_mode('{mode}')", title, show=False, id=f"screen.{mode}")
+          for mode, (key, title) in SCREEN_KEYS.items()),
+        # Textual's own palette binding has no id; this one (which it then does not add)
+        # is the same with an id, so it can be rebound too.
+        Binding(App.COMMAND_PALETTE_BINDING, "command_palette", "palette", show=False,
+                key_display=App.COMMAND_PALETTE_DISPLAY, priority=True,
+                tooltip="Open the command palette", id="app.palette"),
     ]
 
     def __init__(self, control=None, *, state: ConsoleState | None = None,
@@ -111,14 +135,12 @@ class FlowdeckApp(App):
         self.state.refresh_s = refresh
         self.clock = clock or SystemClock()
         self._theme_name = THEME_NAMES.get(theme, theme)
-        self._keymap = keymap or {}
+        self.key_config = dict(keymap or {})  # console.keys: binding id -> key(s)
         self._buffer: deque[dict] = deque(maxlen=20_000)
         self._dirty = False
         self._tasks: list[asyncio.Task] = []
         self._snapshot_now = asyncio.Event()
         self.repaints = 0  # counted for the responsiveness benchmark
-        for mode, (key, title, _cls) in self.screen_specs.items():
-            self._bindings.bind(key, f"switch_mode('{mode}')", title, show=False)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -127,8 +149,14 @@ class FlowdeckApp(App):
             self.register_theme(theme)
         self.theme = self._theme_name if self._theme_name in self.available_themes \
             else "flowdeck-dark"
-        if self._keymap:
-            self.set_keymap(self._keymap)
+        if self.key_config:
+            from flowdeck.console.screens.help import binding_ids
+
+            self.set_keymap(self.key_config)
+            unknown = sorted(set(self.key_config) - binding_ids(type(self)))
+            if unknown:
+                self.notify(f"console.keys: no binding with id {', '.join(unknown)}",
+                            severity="warning")
         # Every screen is built now, while the engine starts, and Overview shown last:
         # the first visit of a screen then costs what any visit costs (building one,
         # its CSS parsed into the stylesheet, took up to seconds on a busy machine).
@@ -280,8 +308,15 @@ class FlowdeckApp(App):
             if mode:
                 self.call_later(self.switch_mode, mode)
 
-        self.push_screen(ScreenMenu([(m, k, t) for m, (k, t, _c) in self.screen_specs.items()],
+        self.push_screen(ScreenMenu([(m, self.key_of(f"screen.{m}"), t)
+                                     for m, (_k, t, _c) in self.screen_specs.items()],
                                     self.current_mode), chosen)
+
+    def key_of(self, binding_id: str) -> str:
+        """The key of one of the app's bindings as shown, ``console.keys`` applied."""
+        from flowdeck.console.screens.help import key_display
+
+        return key_display(self, next(b for b in self.BINDINGS if b.id == binding_id))
 
     def action_help(self) -> None:
         from flowdeck.console.screens.help import HelpScreen
@@ -298,13 +333,17 @@ class FlowdeckApp(App):
         from textual.app import SystemCommand
 
         yield from super().get_system_commands(screen)
-        for mode, (key, title, _cls) in self.screen_specs.items():
-            yield SystemCommand(f"Go to {title}", f"Show the {title} screen (key {key})",
+        for mode, (_key, title, _cls) in self.screen_specs.items():
+            yield SystemCommand(f"Go to {title}",
+                                f"Show the {title} screen (key {self.key_of('screen.' + mode)})",
                                 lambda m=mode: self.switch_mode(m))
-        yield SystemCommand("Pause / resume live updates", "Key p", self.action_toggle_pause)
-        yield SystemCommand("Next theme", "Dark, light, high contrast (key t)",
+        yield SystemCommand("Pause / resume live updates", f"Key {self.key_of('app.pause')}",
+                            self.action_toggle_pause)
+        yield SystemCommand("Next theme",
+                            f"Dark, light, high contrast (key {self.key_of('app.theme')})",
                             self.action_next_theme)
-        yield SystemCommand("Help", "Every key (key ?)", self.action_help)
+        yield SystemCommand("Help", f"Every key (key {self.key_of('app.help')})",
+                            self.action_help)
         for flow in self.state.flows:
             yield SystemCommand(f"Run {flow} now", "Fetch and process once",
                                 lambda f=flow: self.operator_action("run_now", flow=f))

@@ -8,7 +8,12 @@ from typing import Any
 
 from flowdeck.storage.model import IssueDraft, QuarantineRow
 
-STAGES = ("collect", "validate", "transform", "enrich", "quality", "resolve", "detect", "store")
+# The stage order, written here only (stages/chain.py runs it, the console shows it):
+# per payload, from its bytes to scored records of one source ...
+SOURCE_STAGES = ("collect", "validate", "transform", "enrich", "quality")
+# ... then once per run, over every source's records together; then they are stored.
+RUN_STAGES = ("resolve", "detect")
+STAGES = (*SOURCE_STAGES, *RUN_STAGES, "store")
 STAGE_TITLES = {
     "collect": "Collector",
     "validate": "Validator",

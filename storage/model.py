@@ -26,16 +26,23 @@ class QuarantineRow:
     record: Any = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RawDraft:
-    """A fetched payload to append to the raw store (see ``Store.insert_raws``)."""
+    """One raw payload, the same object from fetch to store: a source returns it (with
+    ``fetched_ms`` left 0, stamped by the engine's clock when the fetch returns), the
+    spool keeps it while the store is away, ``Store.insert_raws`` appends it to the raw
+    store and sets nothing on it; the engine sets ``raw_id`` once it is committed and
+    hands it to the stages."""
 
     source: str
     body: bytes
-    fetched_ms: int
+    fetched_ms: int = 0
     content_type: str | None = None
     status_code: int | None = None
     truncated: bool = False
+    raw_id: int | None = None  # the raw store's id, once committed
+    origin: str = ""  # URL or file path it came from, for the log
+    spool_seq: int | None = None  # its place in the raw spool while it is kept there
 
 
 @dataclass

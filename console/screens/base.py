@@ -1,13 +1,22 @@
-"""The console's screens. Each renders from the app's ConsoleState in ``refresh_view``."""
+"""What every screen shares: the frame (``DeckScreen``: header, body, filter bar, key bar),
+the flow actions, the bases of the drill-down screens (``ViewScreen``, ``QueryScreen``)
+and the text they format values with. Each screen renders from the app's ConsoleState in
+``refresh_view``; each has its own module, and its styles (if any) are in
+console/styles/<module>.tcss."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from contextlib import suppress
+from typing import Any
 
+from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Input
 
@@ -21,8 +30,8 @@ class DeckScreen(Screen):
 
     TITLE = ""
     BINDINGS = [
-        Binding("slash", "open_filter", "Filter", id="filter"),
-        Binding("y", "copy", "Copy", id="copy"),
+        Binding("slash", "open_filter", "Filter", id="table.filter"),
+        Binding("y", "copy", "Copy", id="table.copy"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -135,3 +144,116 @@ class FlowActions:
         else:
             self.app.operator_action(
                 "pause", flow=flow, confirm=f"Pause flow {flow}? It stops fetching until resumed.")
+
+
+class ViewScreen(DeckScreen):
+    """A DeckScreen that draws in ``draw()``; ``refresh_view`` skips a redraw that arrives
+    before the screen has composed its widgets (the live loop can redraw a screen the
+    moment it becomes current), since ``on_mount`` draws it again."""
+
+    def draw(self) -> None:
+        pass
+
+    def refresh_view(self) -> None:
+        try:
+            self.draw()
+        except NoMatches:
+            return
+        super().refresh_view()
+
+
+class QueryScreen(ViewScreen):
+    """A drill-down screen whose content is asked of the engine (``control.query``) in a
+    worker; ``r`` reloads. Subclasses implement ``fetch()`` (the query) and ``loaded()``
+    (keep the value); ``render_loaded()`` fills widgets once the answer is in. While it
+    loads, ``loading`` is true; a failed query leaves its message in ``error``."""
+
+    loading = False
+    error: str | None = None
+
+    async def fetch(self):
+        """The query; may raise. Returns the loaded value."""
+        return None
+
+    def loaded(self, value) -> None:
+        """Keep a successfully fetched value."""
+
+    def failed(self) -> None:
+        """What a failed query leaves behind (default: the previous value stays)."""
+
+    def render_loaded(self) -> None:
+        """Fill widgets from the loaded value (skipped if the screen went away)."""
+
+    def on_mount(self) -> None:
+        # Textual runs each class's on_mount in the MRO itself: no super() call here
+        # (or below), or the query would start twice.
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        if self.app.control is None:
+            self.refresh_view()
+            return
+        self.loading = True
+        self.refresh_view()
+        self.run_worker(self._load(), exclusive=True, group=type(self).__name__)
+
+    async def _load(self) -> None:
+        try:
+            self.loaded(await self.fetch())
+            self.error = None
+        except Exception as exc:  # shown in the screen's header, never a crash
+            self.failed()
+            self.error = str(exc)
+        self.loading = False
+        with suppress(NoMatches):  # the screen went away while the query ran
+            self.render_loaded()
+        self.refresh_view()
+
+
+# ---------------------------------------------------------------- text the screens share
+
+NOT_CONNECTED = "✖ not connected"
+
+
+def fmt_value(v: Any) -> str:
+    """A field value, compactly: floats to six significant digits, lists joined."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.6g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(fmt_value(x) for x in v) or "-"
+    if isinstance(v, dict):
+        return json.dumps(v, default=str, separators=(", ", ": "))
+    return str(v)
+
+
+def data_text(data: dict | None, skip: tuple = (), first: list | tuple = ()) -> str:
+    """A record's fields on one line: ``temperature=7.3 pressure=1015.3 …``.
+
+    Fields named in ``first`` (a flow's metrics) lead; fields in ``skip`` are left out."""
+    data = data or {}
+    order = [k for k in first if k in data] + [k for k in data if k not in first]
+    return " ".join(f"{k}={fmt_value(data[k])}" for k in order if k not in skip)
+
+
+def excerpt_lines(text: str | None, lines: int = 4, width: int = 160) -> list[str]:
+    """The first lines of a payload, each cut to ``width`` characters."""
+    out = []
+    for line in (text or "").splitlines()[:lines]:
+        out.append(line if len(line) <= width else line[: width - 1] + "…")
+    return out
+
+
+def anomaly_text(score: float | None, anomalous: bool | None, app=None) -> Text:
+    """The anomaly score, marked ⚠ with the word when the detector called it anomalous."""
+    if score is None:
+        return Text("-")
+    if anomalous:
+        colour = app.theme_variables.get("warning", "") if app is not None else ""
+        return Text(f"⚠ {score:.2f} anomalous", style=colour)
+    return Text(f"{score:.2f}")

@@ -71,22 +71,10 @@ def interval_stats(history: list[dict]) -> tuple[dict, dict, float | None]:
 class CachesScreen(DeckScreen):
     TITLE = "Caches"
     BINDINGS = [
-        Binding("x", "purge", "Purge", id="purge_cache"),
-        Binding("X", "purge_flow", "Purge flow", id="purge_flow"),
-        Binding("w", "prewarm", "Pre-warm", id="prewarm"),
+        Binding("x", "purge", "Purge", id="caches.purge"),
+        Binding("X", "purge_flow", "Purge flow", id="caches.purge_flow"),
+        Binding("w", "prewarm", "Pre-warm", id="caches.prewarm"),
     ]
-
-    CSS = """
-    CachesScreen #cache-chart { height: 3fr; min-height: 6; max-height: 18; }
-    CachesScreen #cache-caption { height: 1; padding: 0 1; text-wrap: nowrap;
-                                  text-overflow: ellipsis; }
-    CachesScreen #cache-layers { height: auto; max-height: 5; overflow-x: hidden; }
-    CachesScreen #cache-lower { height: 2fr; min-height: 4; }
-    CachesScreen #cache-lower > Vertical { width: 1fr; }
-    CachesScreen .panel-title { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    CachesScreen #cache-hot { height: 1fr; }
-    CachesScreen #cache-actions { height: 1fr; }
-    """
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)

@@ -42,14 +42,9 @@ def _haystack(ev: dict, ts_ms: float | None) -> str:
 class EventsScreen(DeckScreen):
     TITLE = "Events"
     BINDINGS = [
-        Binding("l", "cycle_level", "Min level", id="cycle_level"),
-        Binding("f", "toggle_freeze", "Freeze log", id="freeze_log"),
+        Binding("l", "cycle_level", "Min level", id="events.cycle_level"),
+        Binding("f", "toggle_freeze", "Freeze log", id="events.freeze"),
     ]
-
-    CSS = """
-    EventsScreen #events-status { height: 1; }
-    EventsScreen #events-detail { height: auto; max-height: 3; }
-    """
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)

@@ -62,12 +62,6 @@ class InsightsScreen(DeckScreen):
     TITLE = "Insights"
     BINDINGS = []
 
-    CSS = """
-    InsightsScreen #insights-flows, InsightsScreen #insights-sla {
-        height: auto; max-height: 12;
-    }
-    """
-
     def compose_body(self) -> ComposeResult:
         app = lambda: self.app  # noqa: E731
         yield Static("Throughput and quality", classes="panel-title")

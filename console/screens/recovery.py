@@ -42,19 +42,14 @@ def _paused_text(paused: bool) -> Text:
 class RecoveryScreen(FlowActions, DeckScreen):
     TITLE = "Recovery"
     BINDINGS = [
-        Binding("r", "run_now", "Retry now", id="run_now"),
-        Binding("space", "toggle_flow", "Pause/resume", id="toggle_flow"),
-        Binding("R", "replay_quarantine", "Replay quarantine", id="replay_quarantine"),
-        Binding("b", "reset_breaker", "Reset breaker", id="reset_breaker"),
-        Binding("f", "force_failover", "Force failover", id="force_failover"),
-        Binding("F", "release_failover", "Release failover", show=False, id="release_failover"),
+        Binding("r", "run_now", "Retry now", id="recovery.run_now"),
+        Binding("space", "toggle_flow", "Pause/resume", id="recovery.toggle_flow"),
+        Binding("R", "replay_quarantine", "Replay quarantine", id="recovery.replay_quarantine"),
+        Binding("b", "reset_breaker", "Reset breaker", id="recovery.reset_breaker"),
+        Binding("f", "force_failover", "Force failover", id="recovery.force_failover"),
+        Binding("F", "release_failover", "Release failover", show=False,
+                id="recovery.release_failover"),
     ]
-
-    CSS = """
-    RecoveryScreen #recovery-flows { height: auto; max-height: 30%; }
-    RecoveryScreen #recovery-breakers { height: auto; max-height: 30%; }
-    RecoveryScreen #recovery-selected { height: auto; max-height: 3; }
-    """
 
     def compose_body(self) -> ComposeResult:
         now = lambda: self.app.state.now_ms  # noqa: E731

@@ -14,7 +14,9 @@ The spool is bounded (``store.spool_max`` bytes per flow): past it a new
 payload is refused and counted, never allowed to fill the disk.
 
 File format: one JSON header line (source, fetched_ms, content_type,
-status_code, truncated, size), a newline, then the body bytes.
+status_code, truncated, size), a newline, then the body bytes. The spool keeps
+``RawDraft``s, the one raw-payload type from fetch to store; ``spool_seq`` is a
+payload's place in it (the file name).
 """
 
 from __future__ import annotations
@@ -23,24 +25,14 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+
+from flowdeck.storage.model import RawDraft
 
 log = logging.getLogger("flowdeck.spool")
 
 _NAME = re.compile(r"^(\d{12})\.spool$")
-
-
-@dataclass
-class SpoolEntry:
-    seq: int
-    source: str
-    body: bytes
-    fetched_ms: int
-    content_type: str | None = None
-    status_code: int | None = None
-    truncated: bool = False
-    path: Path | None = None
 
 
 class RawSpool:
@@ -50,7 +42,7 @@ class RawSpool:
         self.folder = folder
         self.max_bytes = max_bytes
         self.dropped = 0
-        self._mem: list[SpoolEntry] = []
+        self._mem: list[RawDraft] = []
         self._sizes: dict[int, int] = {}
         self._seq = 0
         if folder is not None and folder.is_dir():
@@ -70,39 +62,42 @@ class RawSpool:
     def bytes(self) -> int:
         return sum(self._sizes.values())
 
-    def add(self, source: str, body: bytes, fetched_ms: int, *, content_type: str | None = None,
-            status_code: int | None = None, truncated: bool = False) -> bool:
+    def _path(self, seq: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{seq:012d}.spool"
+
+    def add(self, draft: RawDraft) -> bool:
         """Keep a payload. False (and counted in ``dropped``) when the spool is full."""
+        body = draft.body
         if self.bytes + len(body) > self.max_bytes:
             self.dropped += 1
             return False
         self._seq += 1
-        entry = SpoolEntry(self._seq, source, body, fetched_ms, content_type, status_code,
-                           truncated)
         if self.folder is None:
-            self._mem.append(entry)
-            self._sizes[entry.seq] = len(body)
+            self._mem.append(replace(draft, raw_id=None, spool_seq=self._seq))
+            self._sizes[self._seq] = len(body)
             return True
         self.folder.mkdir(parents=True, exist_ok=True)
-        header = {"source": source, "fetched_ms": fetched_ms, "content_type": content_type,
-                  "status_code": status_code, "truncated": truncated, "size": len(body)}
-        final = self.folder / f"{entry.seq:012d}.spool"
+        header = {"source": draft.source, "fetched_ms": draft.fetched_ms,
+                  "content_type": draft.content_type, "status_code": draft.status_code,
+                  "truncated": draft.truncated, "size": len(body)}
+        final = self._path(self._seq)
         tmp = final.with_name(final.name + ".tmp")
         with open(tmp, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n" + body)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        self._sizes[entry.seq] = len(body)
+        self._sizes[self._seq] = len(body)
         return True
 
-    def entries(self) -> list[SpoolEntry]:
+    def entries(self) -> list[RawDraft]:
         """Every kept payload, oldest first."""
         if self.folder is None:
             return list(self._mem)
         out = []
         for seq in sorted(self._sizes):
-            path = self.folder / f"{seq:012d}.spool"
+            path = self._path(seq)
             try:
                 data = path.read_bytes()
                 head, _, body = data.partition(b"\n")
@@ -114,14 +109,15 @@ class RawSpool:
                 path.rename(path.with_suffix(".bad"))
                 self._sizes.pop(seq, None)
                 continue
-            out.append(SpoolEntry(seq, h["source"], body, h["fetched_ms"], h.get("content_type"),
-                                  h.get("status_code"), bool(h.get("truncated")), path))
+            out.append(RawDraft(h["source"], body, h["fetched_ms"], h.get("content_type"),
+                                h.get("status_code"), bool(h.get("truncated")), spool_seq=seq))
         return out
 
-    def remove(self, entry: SpoolEntry) -> None:
-        """Forget a payload once the raw store holds it."""
-        self._sizes.pop(entry.seq, None)
-        if entry.path is not None:
-            entry.path.unlink(missing_ok=True)
+    def remove(self, draft: RawDraft) -> None:
+        """Forget a payload (one ``entries`` returned) once the raw store holds it."""
+        seq = draft.spool_seq
+        self._sizes.pop(seq, None)
+        if self.folder is not None:
+            self._path(seq).unlink(missing_ok=True)
         else:
-            self._mem = [e for e in self._mem if e.seq != entry.seq]
+            self._mem = [e for e in self._mem if e.spool_seq != seq]

@@ -12,7 +12,8 @@ from typing import Any
 
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.core.durations import parse_duration
-from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.chain import StageChain
+from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store
 
 
@@ -82,8 +83,6 @@ def lineage(store: Store, config: Config, record_id: int) -> dict[str, Any]:
     trail is rebuilt by re-running the stored payload through the *stored*
     version of the flow's config, one stage at a time, and comparing.
     """
-    from flowdeck.pipeline.engine.engine import FlowRuntime
-
     rec = store.get_record(record_id)
     if rec is None:
         raise LookupError(f"no record with id {record_id}")
@@ -96,7 +95,7 @@ def lineage(store: Store, config: Config, record_id: int) -> dict[str, Any]:
     else:
         raise LookupError(f"flow {flow!r} is neither in the config nor in the stored versions")
     cfg = config.model_copy(update={"flows": {flow: flow_cfg}})
-    rt = FlowRuntime(flow, flow_cfg, cfg)
+    chain = StageChain(flow, flow_cfg, cfg)
     out: dict[str, Any] = {
         "record": {"id": rec["id"], "flow": flow, "key": rec["key"], "ts": iso(rec["ts_ms"]),
                    "data": rec["data"], "quality": rec["quality"],
@@ -114,53 +113,57 @@ def lineage(store: Store, config: Config, record_id: int) -> dict[str, Any]:
                            "sha256": raw["content_hash"], "size": raw["size"],
                            "content_type": raw["content_type"],
                            "excerpt": raw["body"][:400].decode("utf-8", "replace")})
-        out["stages"].extend(_trace(rt, raw, rec))
+        out["stages"].extend(_trace(chain, flow_cfg, raw, rec))
     contrib = rec["contributions"] or {}
-    out["stages"].append({"stage": "resolve", "version": rt.resolver.version,
+    out["stages"].append({"stage": "resolve", "version": chain.resolver.version,
                           "strategy": flow_cfg.resolve.strategy,
                           "inputs": {s: c.get("v") for s, c in contrib.items()},
                           "output": rec["data"]})
-    out["stages"].append({"stage": "detect", "version": rt.detector.version,
+    out["stages"].append({"stage": "detect", "version": chain.detector.version,
                           "anomaly_score": rec["anomaly_score"], "anomalous": rec["anomalous"],
                           "flags": [f for f in rec["flags"] if f.startswith("anomaly:")]})
     return out
 
 
-def _trace(rt, raw: dict, rec: dict) -> list[dict]:
+def _trace(chain: StageChain, flow_cfg: FlowConfig, raw: dict, rec: dict) -> list[dict]:
     """Re-run one payload stage by stage; report the matching record's data after each."""
     source = raw["source"]
-    if source not in rt.collector.sources:
+    collector, resolver = chain.collector, chain.resolver
+    if source not in collector.sources:
         return [{"stage": "collect", "source": source, "note": "source no longer configured"}]
-    batch = Batch(rt.name, source, raw["id"], raw["fetched_ms"])
-    rt.collector.decode(batch, raw["body"], raw["content_type"])
-    rt.collector.run(batch, raw["fetched_ms"], replay=True)
+    payload = RawDraft(source, raw["body"], raw["fetched_ms"], raw["content_type"],
+                       truncated=raw["truncated"], raw_id=raw["id"])
+    batch, _ = chain.collect(payload, raw["fetched_ms"], replay=True)
 
     def find() -> dict | None:
         for r in batch.records:
-            if r.key == rec["key"] and rt.resolver.bucket(r.ts) == rec["ts_ms"]:
+            if r.key == rec["key"] and resolver.bucket(r.ts) == rec["ts_ms"]:
                 return dict(r.data, ts=iso(r.ts))
         return None
 
     steps = []
     cur = find()
-    steps.append({"stage": "collect", "source": source, "version": rt.collector.version,
+    steps.append({"stage": "collect", "source": source, "version": collector.version,
                   "output": cur})
-    for stage in (rt.validator, rt.transformer, rt.enricher, rt.quality):
-        stage.run(batch, raw["fetched_ms"])
+
+    def after(stage, batch) -> None:
+        nonlocal cur
         nxt = find()
         step = {"stage": stage.name, "source": source, "version": stage.version,
                 "changed": _diff(cur, nxt)}
         if stage.name == "transform":
-            src_cfg = rt.collector.sources[source].src
-            step["units"] = {f: [u, rt.cfg.fields[f].unit] for f, u in src_cfg.units.items()
-                             if rt.cfg.fields[f].unit and rt.cfg.fields[f].unit != u}
+            src_cfg = collector.sources[source].src
+            step["units"] = {f: [u, flow_cfg.fields[f].unit] for f, u in src_cfg.units.items()
+                             if flow_cfg.fields[f].unit and flow_cfg.fields[f].unit != u}
             if src_cfg.invert:
                 step["inverted"] = list(src_cfg.invert)
         if stage.name == "quality":
             step["quality"] = next((r.quality for r in batch.records if r.key == rec["key"]
-                                    and rt.resolver.bucket(r.ts) == rec["ts_ms"]), None)
+                                    and resolver.bucket(r.ts) == rec["ts_ms"]), None)
         steps.append(step)
         cur = nxt
+
+    chain.refine(batch, raw["fetched_ms"], after=after)
     return steps
 
 

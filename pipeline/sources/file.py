@@ -7,22 +7,28 @@ import glob
 import os
 
 from flowdeck.pipeline.config import SourceConfig
-from flowdeck.pipeline.sources.base import Fetched, FetchError
+from flowdeck.pipeline.sources.base import FetchError, Source, SourceContext, register
+from flowdeck.storage.model import RawDraft
 
 _TYPES = {"json": "application/json", "geojson": "application/geo+json",
           "jsonl": "application/x-ndjson", "csv": "text/csv"}
 
 
 class FileSource:
+    last_attempts = 1  # no retries: a file that cannot be read is read again next run
+
     def __init__(self, src: SourceConfig, path: str) -> None:
         self.src = src
         self.pattern = path
         self.seen: dict[str, tuple[float, int]] = {}
 
-    async def fetch(self) -> list[Fetched]:
+    async def fetch(self) -> list[RawDraft]:
         return await asyncio.to_thread(self._scan)
 
-    def _scan(self) -> list[Fetched]:
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _scan(self) -> list[RawDraft]:
         paths = sorted(glob.glob(self.pattern)) if glob.has_magic(self.pattern) else [self.pattern]
         if not paths or (len(paths) == 1 and not os.path.exists(paths[0])):
             if glob.has_magic(self.pattern):
@@ -44,11 +50,16 @@ class FileSource:
                 continue
             seen[p] = sig
             truncated = len(body) > self.src.max_bytes
-            out.append(Fetched(body=body[:self.src.max_bytes] if truncated else body,
-                               content_type=_TYPES[self.src.format], truncated=truncated,
-                               origin=p))
+            out.append(RawDraft(self.src.name, body[:self.src.max_bytes] if truncated else body,
+                                content_type=_TYPES[self.src.format], truncated=truncated,
+                                origin=p))
         # Only files actually handed over count as seen: a failure loses nothing.
         self.seen.update(seen)
         if errors and not out:
             raise FetchError("io", "; ".join(errors))
         return out
+
+
+@register("file")
+async def open_file(src: SourceConfig, ctx: SourceContext) -> Source:
+    return FileSource(src, str(ctx.config.resolve_path(src.path)))

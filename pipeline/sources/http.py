@@ -11,7 +11,8 @@ from tenacity import (
 )
 
 from flowdeck.pipeline.config import SourceConfig
-from flowdeck.pipeline.sources.base import Fetched, FetchError
+from flowdeck.pipeline.sources.base import FetchError, Source, SourceContext, register
+from flowdeck.storage.model import RawDraft
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -32,7 +33,7 @@ class HttpSource:
         self.backoff = backoff
         self.last_attempts = 0  # attempts the last fetch took (1 = no retry)
 
-    async def fetch(self) -> list[Fetched]:
+    async def fetch(self) -> list[RawDraft]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.src.retries + 1),
             wait=wait_exponential_jitter(multiplier=self.backoff, max=self.backoff * 20,
@@ -45,7 +46,10 @@ class HttpSource:
                 return await self._once()
         raise AssertionError("unreachable")  # tenacity either returns or re-raises
 
-    async def _once(self) -> list[Fetched]:
+    async def close(self) -> None:
+        """Nothing to release: the client is the engine's."""
+
+    async def _once(self) -> list[RawDraft]:
         headers = dict(self.src.headers)
         if self.etag:
             headers["If-None-Match"] = self.etag
@@ -74,11 +78,18 @@ class HttpSource:
                 body = b"".join(chunks)
                 self.etag = resp.headers.get("etag")
                 self.last_modified = resp.headers.get("last-modified")
-                return [Fetched(body=body, content_type=resp.headers.get("content-type"),
-                                status=resp.status_code, truncated=truncated, origin=self.url)]
+                return [RawDraft(self.src.name, body,
+                                 content_type=resp.headers.get("content-type"),
+                                 status_code=resp.status_code, truncated=truncated,
+                                 origin=self.url)]
         except httpx.TimeoutException:
             raise FetchError("timeout", f"timed out after {self.src.timeout:g}s") from None
         except httpx.ConnectError as exc:
             raise FetchError("connect", f"cannot connect: {exc}") from None
         except httpx.HTTPError as exc:
             raise FetchError("protocol", f"{type(exc).__name__}: {exc}") from None
+
+
+@register("http")
+async def open_http(src: SourceConfig, ctx: SourceContext) -> Source:
+    return HttpSource(src, ctx.http, src.url, backoff=src.backoff)

@@ -11,13 +11,16 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from flowdeck.pipeline.config import SourceConfig
-from flowdeck.pipeline.sources.base import Fetched, FetchError
+from flowdeck.pipeline.sources.base import FetchError, Source, SourceContext, register
+from flowdeck.storage.model import RawDraft
 
 BUFFER_LIMIT = 100_000  # messages kept between runs; the oldest go first past it
 
 
 class WebsocketSource:
     """Each run takes the messages received since the last one as one JSON-lines payload."""
+
+    last_attempts = 1  # the subscription reconnects by itself; a fetch never retries
 
     def __init__(self, src: SourceConfig, url: str) -> None:
         self.src = src
@@ -32,7 +35,8 @@ class WebsocketSource:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ws:{self.url}")
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
+        """End the subscription."""
         if self.task:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -61,7 +65,7 @@ class WebsocketSource:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 30.0)
 
-    async def fetch(self) -> list[Fetched]:
+    async def fetch(self) -> list[RawDraft]:
         self.start()
         if not self.buffer:
             if not self.connected and self.last_error:
@@ -70,5 +74,10 @@ class WebsocketSource:
         lines = []
         while self.buffer:
             lines.append(self.buffer.popleft().strip())
-        return [Fetched(body=b"\n".join(lines), content_type="application/x-ndjson",
-                        origin=self.url)]
+        return [RawDraft(self.src.name, b"\n".join(lines),
+                         content_type="application/x-ndjson", origin=self.url)]
+
+
+@register("websocket")
+async def open_websocket(src: SourceConfig, ctx: SourceContext) -> Source:
+    return WebsocketSource(src, src.url)

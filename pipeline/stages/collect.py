@@ -12,6 +12,7 @@ from typing import Any
 from flowdeck.pipeline.config import FieldSource, FlowConfig, SourceConfig
 from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.payload import BadItem, PayloadError, compile_path, parse_payload
+from flowdeck.pipeline.stages.base import register
 
 VERSION = "collect/1"
 SEEN_LIMIT = 200_000  # (key, ts) pairs remembered per source for de-duplication
@@ -104,6 +105,7 @@ class SourceCollector:
                 od.popitem(last=False)
 
 
+@register("collect")
 class Collector:
     name = "collect"
     version = VERSION

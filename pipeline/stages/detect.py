@@ -7,11 +7,13 @@ import math
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.detectors import Detector, DetectorSettings
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
 VERSION = "detect/1"
 
 
+@register("detect")
 class AnomalyDetector:
     name = "detect"
     version = VERSION

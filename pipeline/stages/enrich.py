@@ -8,6 +8,7 @@ from typing import Any
 
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.base import register
 
 VERSION = "enrich/1"
 
@@ -31,6 +32,7 @@ def load_table(path: Path, key: str, columns: list[str]) -> dict[str, dict[str, 
                 for row in csv.DictReader(fh) if row.get(key)}
 
 
+@register("enrich", needs_config=True)
 class Enricher:
     name = "enrich"
     version = VERSION

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
 VERSION = "quality/1"
@@ -11,6 +12,7 @@ VERSION = "quality/1"
 FLAG_PENALTY = {"clock_skew": 0.5, "out_of_order": 0.25, "unenriched": 0.25, "conflict": 0.25}
 
 
+@register("quality")
 class QualityCheck:
     name = "quality"
     version = VERSION

@@ -15,6 +15,7 @@ from typing import Any
 
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.model import Batch, Rec
+from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
 VERSION = "resolve/1"
@@ -25,6 +26,7 @@ def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+@register("resolve")
 class Resolver:
     name = "resolve"
     version = VERSION

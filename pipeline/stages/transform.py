@@ -5,6 +5,7 @@ from __future__ import annotations
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.expr import compile_expr
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.base import register
 from flowdeck.pipeline.units import affine
 
 VERSION = "transform/1"
@@ -35,6 +36,7 @@ def to_flow_units(data: dict, conversions, inverts) -> dict:
     return out
 
 
+@register("transform")
 class Transformer:
     name = "transform"
     version = VERSION

@@ -16,6 +16,7 @@ from typing_extensions import TypedDict
 from flowdeck.pipeline.config import FieldSpec, FlowConfig, SourceConfig
 from flowdeck.pipeline.expr import compile_expr
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.stages.base import register
 from flowdeck.pipeline.stages.transform import source_conversions, to_flow_units
 from flowdeck.pipeline.units import affine
 
@@ -74,6 +75,7 @@ def build_model(flow: FlowConfig, src: SourceConfig) -> TypeAdapter:
     return TypeAdapter(list[td])
 
 
+@register("validate")
 class Validator:
     name = "validate"
     version = VERSION

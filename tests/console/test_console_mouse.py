@@ -8,7 +8,8 @@ from support.console import FixtureControl, make_app
 from textual.widgets import OptionList
 
 from flowdeck.console.screens.caches import CachesScreen
-from flowdeck.console.screens.quality import IssueScreen, QualityScreen
+from flowdeck.console.screens.issue import IssueScreen
+from flowdeck.console.screens.quality import QualityScreen
 from flowdeck.console.widgets import ConfirmScreen, DeckTable, KeyBar, ScreenMenu, StatusHeader
 
 

@@ -14,8 +14,11 @@ from support.console import make_app, screen_text, wait_for
 from textual.widgets import Static
 
 from flowdeck.console.app import FlowdeckApp
-from flowdeck.console.screens.lineage import DataScreen, LineageScreen
-from flowdeck.console.screens.quality import IssueScreen, QualityScreen, RawScreen
+from flowdeck.console.screens.data import DataScreen
+from flowdeck.console.screens.issue import IssueScreen
+from flowdeck.console.screens.lineage import LineageScreen
+from flowdeck.console.screens.quality import QualityScreen
+from flowdeck.console.screens.raw import RawScreen
 from flowdeck.console.state import ConsoleState
 from flowdeck.console.widgets import DeckTable
 from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config

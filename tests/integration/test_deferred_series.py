@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from flowdeck.pipeline.config import parse_config
-from flowdeck.pipeline.engine.engine import Engine, Payload
+from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.storage import schema as s
 from flowdeck.storage.model import BatchWrite, IssueDraft, RawDraft
 from flowdeck.storage.store import Store
@@ -227,8 +227,9 @@ async def until(check, seconds: float = 5.0) -> None:
 
 def process(engine: Engine, store: Store, i: int) -> None:
     body = payload_body(i)
-    (raw_id, _), = store.insert_raws("fx", [RawDraft("q", body, T)])
-    engine.process_payloads("fx", [Payload(raw_id, "q", body, None, T)])
+    draft = RawDraft("q", body, T)
+    (draft.raw_id, _), = store.insert_raws("fx", [draft])
+    engine.process_payloads("fx", [draft])
 
 
 async def test_a_running_engine_writes_owed_series_a_moment_after_a_run(tmp_path, clock):

@@ -15,10 +15,11 @@ import pytest
 from flowdeck.pipeline.config import SourceConfig, parse_config
 from flowdeck.pipeline.demo.simulator import PAIRS, Scenario, Simulator
 from flowdeck.pipeline.engine.engine import Engine
-from flowdeck.pipeline.sources.base import Fetched, FetchError
+from flowdeck.pipeline.sources.base import FetchError
 from flowdeck.pipeline.sources.file import FileSource
 from flowdeck.pipeline.sources.http import HttpSource
 from flowdeck.pipeline.sources.websocket import WebsocketSource
+from flowdeck.storage.model import RawDraft
 
 FX_PATH = "/fx/fxquote/rates"
 
@@ -81,8 +82,8 @@ async def test_http_first_fetch_returns_payload_with_content_type(clock):
         out = await source.fetch()
     assert len(out) == 1
     f = out[0]
-    assert isinstance(f, Fetched)
-    assert f.status == 200
+    assert isinstance(f, RawDraft)
+    assert f.status_code == 200
     assert f.content_type == "application/json"
     assert f.truncated is False
     assert f.origin == sim.base_url + FX_PATH
@@ -109,7 +110,7 @@ async def test_http_unchanged_upstream_costs_a_304_and_returns_nothing(clock):
 
         clock.advance(60)  # a new minute: the upstream changed, so a full body again
         third = await source.fetch()
-        assert len(third) == 1 and third[0].status == 200
+        assert len(third) == 1 and third[0].status_code == 200
         assert third[0].body != first[0].body
         assert source.etag != etag
         assert sim.request_counts["fxquote"] == 3
@@ -260,7 +261,7 @@ def ws_src(url: str, **kw) -> SourceConfig:
     )
 
 
-async def fetch_or_none(source: WebsocketSource) -> list[Fetched] | None:
+async def fetch_or_none(source: WebsocketSource) -> list[RawDraft] | None:
     """fetch(), with a connection error while the upstream is away counted as "not yet"."""
     try:
         return await source.fetch()
@@ -269,7 +270,7 @@ async def fetch_or_none(source: WebsocketSource) -> list[Fetched] | None:
         return None
 
 
-def quotes(fetched: list[Fetched]) -> list[dict]:
+def quotes(fetched: list[RawDraft]) -> list[dict]:
     assert len(fetched) == 1
     f = fetched[0]
     assert f.content_type == "application/x-ndjson"
@@ -307,7 +308,7 @@ async def test_websocket_buffers_quotes_and_reconnects_after_restart(clock):
         assert sim.request_counts["fxstream"] == 2  # one handshake per connection
     finally:
         task = source.task
-        await source.stop()
+        await source.close()
         await sim.stop()
     assert source.task is None
     assert task is not None and task.done()
@@ -324,7 +325,7 @@ async def test_websocket_reports_connect_errors_while_down():
         assert info.value.kind == "connect"
     finally:
         task = source.task
-        await source.stop()
+        await source.close()
     assert task.done()
 
 
@@ -348,7 +349,7 @@ async def test_websocket_against_a_plain_server_keeps_binary_and_text():
             got = quotes(await source.fetch())
         finally:
             release.set()
-            await source.stop()
+            await source.close()
     assert [q["pair"] for q in got] == ["EURUSD", "GBPUSD"]
 
 

@@ -8,6 +8,7 @@ PostgreSQL: the test's own database refuses connections and its sessions are end
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from support.recovery import fast_config, fast_config_text, issues_of, sequence
 
 from flowdeck.pipeline.demo.simulator import NETWORKS
 from flowdeck.pipeline.engine.engine import Engine
+from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store
 
 STATIONS = set().union(*NETWORKS.values())
@@ -64,7 +66,7 @@ def assert_no_gap_no_duplicate(store: Store, flow: str = "weather") -> list[int]
 
 async def outage_scenario(store: Store, clock, outage, spool_dir: Path) -> None:
     engine = Engine(fast_config(), store, clock=clock)
-    engine.spools["weather"].folder = spool_dir  # where the test can look
+    engine.guard.spools["weather"].folder = spool_dir  # where the test can look
     await engine.start(schedule=False)
     try:
         for _ in range(2):
@@ -150,14 +152,43 @@ def test_a_full_spool_refuses_and_counts(tmp_path):
     from flowdeck.pipeline.engine.spool import RawSpool
 
     spool = RawSpool(tmp_path / "s", max_bytes=1000)
-    assert spool.add("a", b"x" * 400, 1)
-    assert not spool.add("a", b"y" * 700, 2)
+    assert spool.add(RawDraft("a", b"x" * 400, 1))
+    assert not spool.add(RawDraft("a", b"y" * 700, 2))
     assert spool.dropped == 1 and len(spool) == 1
     reopened = RawSpool(tmp_path / "s", max_bytes=1000)  # what a restart finds
     (entry,) = reopened.entries()
     assert entry.body == b"x" * 400 and entry.fetched_ms == 1 and entry.source == "a"
-    assert reopened.add("a", b"z", 3)
-    assert [e.seq for e in reopened.entries()] == [1, 2]
+    assert reopened.add(RawDraft("a", b"z", 3))
+    assert [e.spool_seq for e in reopened.entries()] == [1, 2]
+
+
+def test_a_spool_file_in_the_format_of_before_is_read(tmp_path):
+    """The on-disk format is one JSON header line, a newline, the body: a file an older
+    flowdeck left behind (written by hand here, byte for byte) is read and removed."""
+    from flowdeck.pipeline.engine.spool import RawSpool
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    body = b'{"station": "A", "t": 1}'
+    header = {"source": "metnet", "fetched_ms": 1795521600000,
+              "content_type": "application/json", "status_code": 200, "truncated": False,
+              "size": len(body)}
+    (folder / "000000000007.spool").write_bytes(json.dumps(header).encode() + b"\n" + body)
+    spool = RawSpool(folder, max_bytes=10_000)
+    assert len(spool) == 1 and spool.bytes == len(json.dumps(header)) + 1 + len(body)
+    (entry,) = spool.entries()
+    assert (entry.source, entry.body, entry.fetched_ms, entry.content_type,
+            entry.status_code, entry.truncated, entry.spool_seq) == (
+        "metnet", body, 1795521600000, "application/json", 200, False, 7)
+    assert spool.add(RawDraft("metnet", b"[]", 2, "application/json", 200))
+    again = RawSpool(folder, max_bytes=10_000).entries()
+    assert [(e.spool_seq, e.body) for e in again] == [(7, body), (8, b"[]")]
+    head = (folder / "000000000008.spool").read_bytes().partition(b"\n")[0]
+    assert json.loads(head) == {"source": "metnet", "fetched_ms": 2,
+                                "content_type": "application/json", "status_code": 200,
+                                "truncated": False, "size": 2}
+    spool.remove(entry)
+    assert not (folder / "000000000007.spool").exists() and len(spool) == 1
 
 
 @pytest.fixture(autouse=True)
@@ -208,7 +239,7 @@ async def test_the_retry_timer_commits_the_buffer_without_waiting_for_a_run(tmp_
                 break
             await asyncio.sleep(0.1)
         assert store.count("records", flow="meters") == 2
-        assert len(engine.spools["meters"]) == 0
+        assert len(engine.guard.spools["meters"]) == 0
         assert "store_recovered" in [a for a, _, _ in sequence(store, "meters")]
     finally:
         await engine.stop()
@@ -222,7 +253,7 @@ async def test_the_snapshot_keeps_its_last_picture_while_the_store_is_away(pg_ur
 
     store = Store(pg_url)
     engine = Engine(fast_config(), store, clock=clock)
-    engine.spools["weather"].folder = tmp_path / "spool"
+    engine.guard.spools["weather"].folder = tmp_path / "spool"
     await engine.start(schedule=False)
     control = LocalControl(engine)
     try:

@@ -1,0 +1,77 @@
+"""`flowdeck status`: each flow's state, last run, breakers and open issues, read from the
+store; the exit code is the worst state (0 healthy, 1 degraded, 2 failing)."""
+
+from __future__ import annotations
+
+from flowdeck.console.cli import common
+
+# Open issues of these kinds make `flowdeck status` say degraded (exit 1).
+DEGRADING_ISSUES = {"stale_source", "error_rate", "store_unavailable"}
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("status", help="flows and open issues; exit 0 healthy, 1 degraded, "
+                                      "2 failing")
+    common.add_common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+
+def cmd_status(args) -> int:
+    """Flows, last run, open issues; exit 0 healthy, 1 degraded, 2 failing."""
+    from flowdeck.pipeline.serve.queries import iso
+
+    config = common.config(args)
+    store = common.store(args, config, create=False)
+    try:
+        counts = store.open_issue_counts()
+        out = {}
+        worst = 0
+        now = common.now_ms()
+        for name, flow in config.flows.items():
+            runs = store.recent_runs(name, limit=1)
+            last = runs[0] if runs else None
+            latest = store.latest(name)
+            newest = max((r["ts_ms"] for r in latest), default=None)
+            stale = newest is None or now - newest > flow.freshness * 1000
+            if last is None or last["status"] == "failed":
+                state = "failing"
+            elif last["status"] == "partial" or stale:
+                state = "degraded"
+            else:
+                state = "healthy"
+            breakers = {src: st.get("breaker", {}).get("state", "closed")
+                        for (_f, src), st in store.source_states(name).items()}
+            open_kinds = {i["kind"] for i in
+                          store.issues(flow=name, state=("open", "acknowledged"))}
+            incident = "incident" in open_kinds
+            if incident:
+                state = "failing"
+            elif state == "healthy" and (any(b != "closed" for b in breakers.values())
+                                         or open_kinds & DEGRADING_ISSUES):
+                state = "degraded"
+            worst = max(worst, {"healthy": 0, "degraded": 1, "failing": 2}[state])
+            last_stats = (last or {}).get("stats") or {}
+            active = [s for s, i in last_stats.get("sources", {}).items()
+                      if "error" not in i and "skipped" not in i]
+            out[name] = {"state": state, "active_sources": active,
+                         "breakers": {s.name: breakers.get(s.name, "closed")
+                                      for s in flow.sources},
+                         "incident": incident,
+                         "last_run": iso(last["started_ms"]) if last else None,
+                         "last_status": last["status"] if last else None,
+                         "newest_record": iso(newest), "stale": stale,
+                         "issues_open": {sev: n for (f, sev), n in counts.items() if f == name}}
+    finally:
+        store.close()
+    if args.json:
+        common.print_json({"flows": out, "exit": worst})
+    else:
+        for name, f in out.items():
+            issues = ", ".join(f"{n} {s}" for s, n in f["issues_open"].items()) or "no issues"
+            open_b = [f"{s} {b}" for s, b in f["breakers"].items() if b != "closed"]
+            print(f"{name:<10} {f['state']:<9} last run {f['last_run'] or 'never'} "
+                  f"({f['last_status'] or '-'}), active {', '.join(f['active_sources']) or '-'}, "
+                  f"breakers {', '.join(open_b) or 'all closed'}, newest record "
+                  f"{f['newest_record'] or '-'}, {issues}")
+    return worst

@@ -1,0 +1,215 @@
+"""The store guard: notices when the database is away, holds the engine's bookkeeping
+writes until it answers, buffers fetched payloads in each flow's raw spool (spool.py)
+meanwhile, and commits them, oldest first, once it answers again (DESIGN.md section 8:
+raw first, nothing lost)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowdeck.pipeline.config import Config
+from flowdeck.pipeline.core.clock import Clock
+from flowdeck.pipeline.engine.spool import RawSpool
+from flowdeck.storage.db import UNAVAILABLE
+from flowdeck.storage.model import IssueDraft, RawDraft
+
+if TYPE_CHECKING:
+    from flowdeck.pipeline.engine.flow import FlowRuntime, RunSummary
+    from flowdeck.storage.store import Store
+
+log = logging.getLogger("flowdeck.engine")
+
+MAX_HELD = 10_000  # bookkeeping writes held while the store is away
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def spool_root(config: Config, store: Store) -> Path | None:
+    """store.spool_dir, else next to a SQLite file, else ./flowdeck-spool/<database>;
+    None (memory only) for an in-memory database."""
+    if config.store.spool_dir:
+        return Path(os.path.expanduser(config.store.spool_dir))
+    url = getattr(getattr(store, "engine", None), "url", None)
+    if url is None:
+        return None
+    if url.get_backend_name() == "sqlite":
+        db = url.database
+        if not db or db == ":memory:" or db.startswith("file:"):
+            return None
+        return Path(db + ".spool")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{url.host or 'local'}-{url.port or ''}-"
+                                            f"{url.database or ''}")
+    return Path("flowdeck-spool") / name
+
+
+class StoreGuard:
+    """Whether the store answers, the writes held while it does not, and the spools."""
+
+    def __init__(self, config: Config, store: Store, clock: Clock,
+                 db: Callable[..., Awaitable[Any]], emit: Callable[..., None],
+                 action: Callable[..., Awaitable[None]], notify: Callable[[dict], None],
+                 flows: Iterable[str]) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.db = db  # runs a store call on the engine's worker thread
+        self.emit = emit
+        self.action = action  # Engine.auto_action
+        self.notify = notify  # an issue just opened, to the alerter
+        self.down_since: int | None = None  # the store is unavailable since then
+        self.error: str | None = None
+        self._held: deque = deque()  # bookkeeping writes waiting for the store, in order
+        self.held_dropped = 0
+        root = spool_root(config, store)
+        self.spools = {name: RawSpool(root / name if root else None, config.store.spool_max)
+                       for name in flows}
+
+    def failed(self, exc: BaseException) -> None:
+        """A store call met the store unavailable."""
+        self.error = _short(exc)
+        if self.down_since is None:
+            self.down_since = self.clock.now_ms()
+            log.warning("store unavailable: %s", self.error)
+            self.emit("log", None, message=f"store unavailable ({self.error}): raw "
+                                           "payloads are buffered until it answers")
+
+    async def write(self, fn, *args, **kw):
+        """A bookkeeping write (actions, issues, source state, runs): while the store is
+        away it is held, in order, and written when the store answers again."""
+        call = functools.partial(fn, *args, **kw)
+        if self.down_since is None:
+            try:
+                return await self.db(call)
+            except UNAVAILABLE as exc:
+                self.failed(exc)
+        if len(self._held) >= MAX_HELD:
+            self._held.popleft()
+            self.held_dropped += 1
+        self._held.append(call)
+        return None
+
+    async def attempt(self, default, fn, *args, **kw):
+        """A store call that can be skipped while the store is away."""
+        if self.down_since is not None:
+            return default
+        try:
+            return await self.db(functools.partial(fn, *args, **kw))
+        except UNAVAILABLE as exc:
+            self.failed(exc)
+            return default
+
+    async def flush_held(self) -> bool:
+        """The held writes, in order; False if the store fails again."""
+        while self._held:
+            try:
+                await self.db(self._held[0])
+            except UNAVAILABLE as exc:
+                self.failed(exc)
+                return False
+            self._held.popleft()
+        return True
+
+    def late_run(self, flow: str, trigger: str, started_ms: int, status: str, stats: dict,
+                 finished_ms: int, error: str | None) -> None:
+        """Record a run that happened while the store was away."""
+        self.store.finish_run(self.store.start_run(flow, trigger, started_ms), status, stats,
+                              finished_ms, error)
+
+    async def drain_spool(self, rt: FlowRuntime) -> int:
+        """Commit the flow's spooled payloads to the raw store, oldest first."""
+        spool = self.spools[rt.name]
+        if not len(spool):
+            return 0
+        n = 0
+        for e in await self.db(spool.entries):
+            try:
+                await self.db(functools.partial(
+                    self.store.insert_raw, rt.name, e.source, e.body, e.fetched_ms,
+                    content_type=e.content_type, status_code=e.status_code,
+                    truncated=e.truncated))
+            except UNAVAILABLE as exc:
+                self.failed(exc)
+                break
+            await self.db(spool.remove, e)
+            n += 1
+        return n
+
+    async def buffer(self, rt: FlowRuntime, draft: RawDraft, summary: RunSummary) -> None:
+        """Keep a fetched payload the store could not take in the flow's spool."""
+        spool = self.spools[rt.name]
+        if await self.db(spool.add, draft):
+            summary.buffered += 1
+            return
+        if not rt.spool_full_noted:
+            rt.spool_full_noted = True
+            await self.action(rt.name, "spool_full", source=draft.source, outcome="failed",
+                              reason=f"the raw spool is full ({spool.bytes} bytes, "
+                                     "store.spool_max): new payloads are dropped until "
+                                     "the store answers")
+
+    async def note_outage(self, rt: FlowRuntime, summary: RunSummary) -> None:
+        """A run met the store away: say so once per outage, and in the run's summary."""
+        if rt.store_down_since is None:
+            rt.store_down_since = self.down_since or self.clock.now_ms()
+            where = self.spools[rt.name].folder or "memory"
+            await self.action(
+                rt.name, "store_unavailable", outcome="failed",
+                reason=f"database unavailable ({self.error}): fetched payloads are "
+                       f"buffered in {where}, retried every {self.config.store.retry:g}s")
+            self.emit("issue", rt.name, kind="store_unavailable", severity="error",
+                      title=f"database unavailable: {self.error}", key=None, source=None)
+            self.emit("flow_state", rt.name, state=rt.state())
+        if summary.status == "ok":
+            summary.status = "partial"
+        spooled = len(self.spools[rt.name])
+        summary.error = (f"store unavailable ({self.error}): {spooled} payload(s) "
+                         "buffered") + (f"; {summary.error}" if summary.error else "")
+
+    async def outage_over(self, rt: FlowRuntime, committed: int) -> None:
+        """The store answers again and the flow's buffer is committed: say so, and record
+        the outage as an issue that is already closed."""
+        down, rt.store_down_since = rt.store_down_since, None
+        rt.spool_full_noted = False
+        now = self.clock.now_ms()
+        fp = f"store_unavailable:{rt.name}"
+        dropped = self.spools[rt.name].dropped
+        res = await self.write(self.store.raise_issues, [IssueDraft(
+            flow=rt.name, kind="store_unavailable", severity="error",
+            title=f"the database was unavailable for {(now - down) / 1000:.0f}s "
+                  f"({self.error}); {committed} buffered payload(s) committed",
+            fingerprint=fp, detail={"since_ms": down, "until_ms": now, "committed": committed,
+                                    "dropped": dropped})], down)
+        for issue in (res[0] if res else []):
+            self.notify(issue)
+        await self.write(self.store.resolve_by_fingerprint, rt.name, fp, "auto", now)
+        await self.action(rt.name, "store_recovered", outcome="ok",
+                          duration_ms=float(now - down),
+                          reason=f"database answers again after {(now - down) / 1000:.0f}s:"
+                                 f" {committed} buffered payload(s) committed"
+                                 + (f", {dropped} dropped (spool full)" if dropped else ""))
+        self.emit("flow_state", rt.name, state=rt.state())
+
+    async def retry(self, flows: Iterable[FlowRuntime],
+                    run: Callable[[str], Awaitable[Any]]) -> None:
+        """The retry timer: commit buffered payloads even when no run is due. ``run`` is
+        a run of a flow that only commits and processes (no fetch)."""
+        for rt in flows:
+            if rt.lock.locked():
+                continue
+            if len(self.spools[rt.name]) or rt.store_down_since is not None or rt.resume_pending:
+                try:
+                    await run(rt.name)
+                except Exception:
+                    log.exception("spool retry of %s failed", rt.name)
+
+

@@ -1,0 +1,98 @@
+"""The schedule: one APScheduler job per flow (its ``every`` or ``cron``) and the store's
+retry timer; pausing and resuming a flow's job, its next run, and waiting for the runs
+in progress at stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from flowdeck.pipeline.config import Config
+from flowdeck.pipeline.core.clock import Clock
+
+if TYPE_CHECKING:
+    from flowdeck.pipeline.engine.flow import FlowRuntime
+
+log = logging.getLogger("flowdeck.engine")
+
+
+class Scheduler:
+    def __init__(self, config: Config, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.aps = None  # the AsyncIOScheduler while started
+        self._tasks: set[asyncio.Task] = set()  # scheduled runs in progress
+
+    async def tracked(self, run: Awaitable[Any]) -> Any:
+        """Await ``run`` as a run that ``stop`` waits for."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            return await run
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    def start(self, flows: Iterable[FlowRuntime], run: Callable[[str], Awaitable[Any]],
+              retry: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run(flow name)`` on each flow's schedule (from now) and ``retry()``
+        every store.retry seconds."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        self.aps = AsyncIOScheduler(timezone="UTC")
+        runtimes = {rt.name: rt for rt in flows}
+
+        async def scheduled(name: str) -> None:
+            if runtimes[name].paused:
+                return
+            try:
+                await self.tracked(run(name))
+            except Exception:  # a run must never kill the scheduler
+                log.exception("run of %s failed", name)
+
+        for name, rt in runtimes.items():
+            sch = rt.cfg.schedule
+            if sch.every is not None:
+                trigger = IntervalTrigger(seconds=sch.every, jitter=sch.jitter or None)
+            else:
+                trigger = CronTrigger.from_crontab(sch.cron, timezone="UTC")
+            self.aps.add_job(scheduled, trigger, args=[name], id=name, name=name,
+                             max_instances=1, coalesce=True,
+                             misfire_grace_time=max(1, int(sch.every or 60)),
+                             next_run_time=self.clock.utcnow())
+        self.aps.add_job(retry, IntervalTrigger(seconds=self.config.store.retry),
+                         id="flowdeck:store-retry", name="store retry", max_instances=1,
+                         coalesce=True)
+        self.aps.start()
+
+    def pause(self, name: str) -> None:
+        if self.aps is not None and self.aps.get_job(name):
+            self.aps.pause_job(name)
+
+    def resume(self, name: str) -> None:
+        if self.aps is not None and self.aps.get_job(name):
+            self.aps.resume_job(name)
+
+    def next_run_ms(self, name: str) -> int | None:
+        if self.aps is None:
+            return None
+        job = self.aps.get_job(name)
+        if job is None or job.next_run_time is None:
+            return None
+        return int(job.next_run_time.timestamp() * 1000)
+
+    async def stop(self) -> None:
+        """No new runs; let the ones in progress finish (shutting the scheduler down
+        first would cancel them mid-batch), then stop it."""
+        if self.aps is None:
+            return
+        self.aps.pause()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self.aps.shutdown(wait=False)
+        self.aps = None
