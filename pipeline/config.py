@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from flowdeck.pipeline.core.durations import parse_duration
+
 # The wheel carries sample_data/ as the package flowdeck.sample_data (a folder on disk once
 # installed), so the bundled config and its reference tables resolve outside a checkout too.
 BUNDLED_DIR = Path(str(files("flowdeck.sample_data")))
@@ -34,26 +36,9 @@ BUNDLED_CONFIG = BUNDLED_DIR / "flows" / "demo.yaml"
 
 # ---------------------------------------------------------------- value types
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9,
                "gib": 2**30, None: 1}
-
-
-def parse_duration(value: Any) -> float:
-    """'10s', '2m', '1h', '250ms' or a number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like '10s', '2m' or '1h'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"expected a duration like '10s', '2m' or '1h', got {value!r}")
 
 
 def parse_size(value: Any) -> int:
@@ -68,6 +53,7 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"expected a size like '16MiB' or a number of bytes, got {value!r}")
 
 
+# Seconds, written in the one duration grammar (flowdeck.pipeline.core.durations).
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"

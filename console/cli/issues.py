@@ -83,7 +83,7 @@ def cmd_issues(args) -> int:
             now = common.now_ms()
             until = None
             if args.action == "mute":
-                from flowdeck.pipeline.config import parse_duration
+                from flowdeck.pipeline.core.durations import parse_duration
 
                 until = now + int(parse_duration(args.duration) * 1000)
             row = store.set_issue_state(args.id, state, os.environ.get("USER", "operator"), now,

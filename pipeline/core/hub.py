@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowdeck.pipeline.core.shapes import HubEvent
+
 
 @dataclass(slots=True)
 class Event:
@@ -22,7 +24,7 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> HubEvent:
         return {"type": self.type, "ts": self.ts, "flow": self.flow, "seq": self.seq,
                 "data": self.data}
 

@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ from websockets.http11 import Request, Response
 
 from flowdeck.pipeline.config import BUNDLED_DIR
 from flowdeck.pipeline.core.clock import Clock, SystemClock
+from flowdeck.pipeline.core.durations import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -356,30 +356,6 @@ FaultKind = Literal[
 
 # --------------------------------------------------------------------------- scenarios
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float | None:
-    """``"30s"``, ``"5m"``, ``"1h"``, ``"1m30s"``, ``"-10m"`` or a number of seconds."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        sign = -1.0 if text.startswith("-") else 1.0
-        text = text.lstrip("+-")
-        with contextlib.suppress(ValueError):
-            return sign * float(text)
-        parts = _DURATION_PART.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h or seconds)")
-
-
 def _parse_amount(value: float | str) -> tuple[float, bool]:
     """``8`` -> (8.0, absolute); ``"1.5%"`` -> (0.015, relative)."""
     if isinstance(value, str):
@@ -456,7 +432,9 @@ class Fault(BaseModel):
     @field_validator("start", "duration", "every", "at", "delay", "offset", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        return parse_duration(v)
+        # Scenario times may be negative (a clock skew's offset: -3m); start >= 0 is
+        # checked below.
+        return None if v is None else parse_duration(v, signed=True)
 
     @model_validator(mode="after")
     def _check(self) -> Fault:

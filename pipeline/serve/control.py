@@ -18,7 +18,9 @@ import functools
 import time
 from typing import Any, Protocol
 
+from flowdeck.pipeline.core.durations import format_duration
 from flowdeck.pipeline.core.hub import Subscription
+from flowdeck.pipeline.core.shapes import ActionResult, LatestRow, ViewerSnapshot
 from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.pipeline.serve.protocol import latest_summary, trim_snapshot
 from flowdeck.pipeline.serve.queries import lineage
@@ -35,9 +37,9 @@ class ControlError(Exception):
 
 
 class Control(Protocol):
-    async def snapshot(self, latest: list[str] | None = None) -> dict: ...
+    async def snapshot(self, latest: list[str] | None = None) -> ViewerSnapshot: ...
     def subscribe(self, types: set[str] | None = None) -> Subscription: ...
-    async def act(self, name: str, **params: Any) -> dict: ...
+    async def act(self, name: str, **params: Any) -> ActionResult: ...
     async def query(self, name: str, **params: Any) -> Any: ...
 
 
@@ -75,7 +77,7 @@ class LocalControl:
         self._last[part] = value
         return value
 
-    async def _kept_latest(self, flows) -> dict[str, list]:
+    async def _kept_latest(self, flows) -> dict[str, list[LatestRow]]:
         """Every flow's latest values through the caches, the last ones when unavailable."""
         last = self._last.setdefault("latest", {})
         out = {}
@@ -89,7 +91,7 @@ class LocalControl:
 
     # ------------------------------------------------------------ state
 
-    async def snapshot(self, latest: list[str] | None = None) -> dict:
+    async def snapshot(self, latest: list[str] | None = None) -> ViewerSnapshot:
         """The engine's state for viewers; ``latest`` names the flows whose latest values
         to include (None: every flow's; ``latest_summary`` always covers all)."""
         snap = self.engine.snapshot()
@@ -101,8 +103,8 @@ class LocalControl:
             f["availability_target"] = fc.availability
             f["metrics"] = fc.metrics()
             f["key_field"] = fc.key
-            f["schedule"] = (f"every {fc.schedule.every:g}s" if fc.schedule.every is not None
-                             else f"cron {fc.schedule.cron}")
+            f["schedule"] = (f"every {format_duration(fc.schedule.every)}"
+                             if fc.schedule.every is not None else f"cron {fc.schedule.cron}")
         self._store_error = None
         snap["issues"] = await self._kept("issues", self.store.issues,
                                           state=("open", "acknowledged", "muted"), limit=300)
@@ -125,7 +127,7 @@ class LocalControl:
     def current_actor(self) -> str:
         return _ACTOR.get() or self.actor
 
-    async def act(self, name: str, *, actor: str | None = None, **params: Any) -> dict:
+    async def act(self, name: str, *, actor: str | None = None, **params: Any) -> ActionResult:
         """Do an operator action; ``actor`` names who asked (default: this control's)."""
         token = _ACTOR.set(actor)
         try:
@@ -133,7 +135,7 @@ class LocalControl:
         finally:
             _ACTOR.reset(token)
 
-    async def _act(self, name: str, **params: Any) -> dict:
+    async def _act(self, name: str, **params: Any) -> ActionResult:
         fn = getattr(self, f"_act_{name}", None)
         if fn is None:
             raise ControlError(f"unknown action {name!r}")

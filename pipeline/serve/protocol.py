@@ -15,6 +15,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flowdeck.pipeline.core.shapes import HubEvent, LatestRow, LatestSummary, ViewerSnapshot
+
 PROTOCOL_VERSION = 1
 
 # Channels every server has; per-flow channels are ``flow:<name>`` and ``records:<name>``.
@@ -195,7 +197,7 @@ class Filter:
 
     # ------------------------------------------------------------ matching
 
-    def _event(self, ev: dict) -> bool:
+    def _event(self, ev: HubEvent) -> bool:
         if self.flow is not None and ev.get("flow") != self.flow:
             return False
         d = ev.get("data") or {}
@@ -280,7 +282,7 @@ class Route:
     ckey: Hashable | None  # conflation key: a newer delta with the same key supersedes it
 
 
-def slim_event(ev: dict) -> dict:
+def slim_event(ev: HubEvent) -> HubEvent:
     """An event for the log-like channels: a records event without its (large) record list."""
     if ev.get("type") == "records":
         d = ev.get("data") or {}
@@ -288,7 +290,7 @@ def slim_event(ev: dict) -> dict:
     return ev
 
 
-def _flow_ckey(ev: dict) -> Hashable | None:
+def _flow_ckey(ev: HubEvent) -> Hashable | None:
     t = ev.get("type")
     if t in ("run_started", "run_finished"):
         return "run"
@@ -303,7 +305,7 @@ def _flow_ckey(ev: dict) -> Hashable | None:
     return None
 
 
-def route(ev: dict) -> list[Route]:
+def route(ev: HubEvent) -> list[Route]:
     """The deltas one hub event (``Event.as_dict()``) becomes, channel by channel."""
     t = ev.get("type") or ""
     flow = ev.get("flow")
@@ -365,7 +367,7 @@ def remote_actor(name: Any) -> str | None:
 # ---------------------------------------------------------------- snapshots
 
 
-def latest_summary(latest: dict[str, list[dict]]) -> dict[str, dict]:
+def latest_summary(latest: dict[str, list[LatestRow]]) -> dict[str, LatestSummary]:
     """Per flow, what a viewer needs of the latest values without the values: how many
     keys, the newest one's time, and each key's quality, oldest value first."""
     out = {}
@@ -377,7 +379,7 @@ def latest_summary(latest: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def trim_snapshot(snap: dict, latest: list[str] | None) -> dict:
+def trim_snapshot(snap: ViewerSnapshot, latest: list[str] | None) -> ViewerSnapshot:
     """The snapshot with the latest values of only the flows in ``latest`` (None: all).
 
     The latest values are most of a snapshot (a flow of 2,000 keys is ~0.5 MB of JSON),

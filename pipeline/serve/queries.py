@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flowdeck.pipeline.config import Config, FlowConfig, parse_duration
+from flowdeck.pipeline.config import Config, FlowConfig
+from flowdeck.pipeline.core.durations import parse_duration
 from flowdeck.pipeline.stages.chain import StageChain
 from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store
@@ -23,13 +24,15 @@ def iso(ms: int | None) -> str | None:
 
 
 def parse_since(text: str | None, now_ms: int) -> int | None:
-    """'2026-11-24T10:00:00Z', '2026-11-24', '15m' / '2h' ago, or epoch milliseconds."""
+    """'2026-11-24T10:00:00Z', '2026-11-24', a duration ago ('15m', '2h', '1h30m'), or
+    epoch milliseconds. A duration needs its unit here: a bare number is epoch ms."""
     if not text:
         return None
     if text.isdigit():
         return int(text)
-    if re.fullmatch(r"\d+(\.\d+)?(s|m|h|d)", text):
-        return now_ms - int(parse_duration(text) * 1000)
+    if text.rstrip()[-1:].isalpha():
+        with contextlib.suppress(ValueError):  # not a duration: perhaps a time
+            return now_ms - int(parse_duration(text) * 1000)
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

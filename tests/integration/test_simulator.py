@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from flowdeck.pipeline.core.clock import ManualClock
+from flowdeck.pipeline.core.durations import parse_duration
 from flowdeck.pipeline.demo.simulator import (
     ECBX_SYMBOLS,
     HUGE_BYTES,
@@ -32,7 +33,6 @@ from flowdeck.pipeline.demo.simulator import (
     Scenario,
     Simulator,
     available_scenarios,
-    parse_duration,
     serve,
 )
 
@@ -671,7 +671,9 @@ def test_scenario_errors(tmp_path):
         "name: mine\ndescription: d\nfaults:\n  - {kind: outage, source: ecbx, start: 90}\n"
     )
     assert Scenario.load(path).faults[0].start == 90
-    assert [parse_duration(x) for x in ("30s", "5m", "1h", "1m30s", "-10m", 12, "500ms")] == [
+    # Scenario times read the one duration grammar, signed (a clock skew's offset: -3m).
+    assert [parse_duration(x, signed=True)
+            for x in ("30s", "5m", "1h", "1m30s", "-10m", 12, "500ms")] == [
         30,
         300,
         3600,

@@ -594,3 +594,29 @@ def test_a_writing_store_checkpoints_its_wal_without_the_writer(sqlite_store, tm
         time.sleep(0.05)
     assert db_file.stat().st_size > before
     assert sqlite_store.count("records") == 2000
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def test_each_store_method_is_written_once_in_the_repository_of_its_concern():
+    # Store is mixins over one engine: a method defined in two repositories would be
+    # shadowed silently by the first in the MRO, so no name may be defined twice.
+    from flowdeck.storage.derived import DerivedSeries
+    from flowdeck.storage.issues import Issues
+    from flowdeck.storage.raw import RawPayloads
+    from flowdeck.storage.records import Records
+    from flowdeck.storage.repository import Repository
+    from flowdeck.storage.runs import Runs
+
+    repos = (Store, Runs, RawPayloads, Records, DerivedSeries, Issues, Repository)
+    assert set(Store.__mro__) >= set(repos)
+    seen: dict[str, str] = {}
+    for cls in repos:
+        for name, value in vars(cls).items():
+            if callable(value) and not name.startswith("__"):
+                assert name not in seen, f"{name} in both {seen[name]} and {cls.__name__}"
+                seen[name] = cls.__name__
+    assert seen["write_batch"] == "Store" and seen["flush_step"] == "DerivedSeries"
+    assert seen["pending_raw"] == "RawPayloads" and seen["raise_issues"] == "Issues"
+    assert Store.MAX_DERIVED_ROWS == DerivedSeries.MAX_DERIVED_ROWS == 1_000_000

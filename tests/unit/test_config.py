@@ -12,9 +12,9 @@ from flowdeck.pipeline.config import (
     ConfigError,
     load_config,
     parse_config,
-    parse_duration,
     parse_size,
 )
+from flowdeck.pipeline.core.durations import parse_duration
 
 HERE = Path(__file__).parents[1] / "support" / "configs"
 

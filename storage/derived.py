@@ -1,0 +1,294 @@
+"""Derived data: series points and their minute/hour roll-ups, and what deferred
+batches still owe the store (their series and raw status, ``Store.write_batch(defer=True)``).
+
+The owed state (``_Derived``, then ``_Flush`` while it is written in steps) is this
+repository's own; the engine drives it only through ``flush_step``, ``flush_derived``,
+``derived_owed`` and ``derived_seq``.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy.engine import Connection
+
+from flowdeck.storage import schema as s
+from flowdeck.storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+_SERIES_ORDER = operator.itemgetter(0, 1, 2, 3)
+
+
+class _Derived:
+    """What runs whose records are committed still owe the store: their series points
+    (the roll-ups follow from them) and the raw status that marks their payloads done.
+
+    Written for many runs at once (``Store.flush_step``, ``Store.flush_derived``): each
+    run appends one point to each of its (key, metric) series and updates the same
+    roll-up rows, so a transaction per run rewrote ~400 b-tree pages for 100 records,
+    and a flush of N runs rewrites about the same pages once. Kept per run, oldest
+    first, so that runs can be given up whole (see ``Store.MAX_DERIVED_ROWS``).
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[list[tuple], list[tuple]]] = []  # (series rows, raw status)
+        self.raw_ids: set[int] = set()
+        self.rows = 0
+        self.since: float | None = None  # time.monotonic() of the oldest
+        self.seq = 0  # the store's count of deferred batches, at the newest of these
+
+    def add(self, series: list[tuple], raw_status: list[tuple], seq: int) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.runs.append((series, raw_status))
+        self.raw_ids.update(r[0] for r in raw_status)
+        self.rows += len(series) + len(raw_status)
+        self.seq = seq
+
+
+class _Flush:
+    """Owed runs being written in steps: their series points in key order, a slice per
+    transaction, then their raw status with the last slice. A slice covers a range of
+    series, so the steps together rewrite the pages one transaction would (a step that
+    fails is repeated; a crash between steps leaves the payloads unmarked, processed
+    again, and the points already written are recognised as such)."""
+
+    def __init__(self, owed: _Derived) -> None:
+        self.series = [p for run in owed.runs for p in run[0]]
+        self.series.sort(key=_SERIES_ORDER)  # stable: of two values for a point, the later last
+        self.raw_status = [r for run in owed.runs for r in run[1]]
+        self.raw_ids = owed.raw_ids
+        self.since = owed.since
+        self.seq = owed.seq
+        self.pos = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.series) - self.pos + len(self.raw_status)
+
+
+class DerivedSeries(Repository):
+    """``series``, ``series_1m``, ``series_1h`` and ``raw_status`` written, now or owed."""
+
+    _derived: _Derived  # owed by deferred batches, not being written yet
+    _flushing: _Flush | None  # owed, being written in steps
+    _deferred_seq: int  # deferred batches so far
+    _written_seq: int  # ... of which every one up to this is written
+    _derived_lock: threading.RLock  # held while the owed set changes or is written
+
+    # Past this many rows owed (series points + raw status), a flush that fails gives up
+    # the oldest runs: their payloads stay unprocessed (no raw status) and are processed
+    # again by the next run's backlog or the next start's resume, so nothing is lost.
+    MAX_DERIVED_ROWS = 1_000_000
+
+    def _init_derived(self) -> None:
+        self._derived = _Derived()
+        self._flushing = None
+        self._deferred_seq = 0
+        self._written_seq = 0
+        self._derived_lock = threading.RLock()
+
+    def _defer(self, series: list[tuple], raw_status: list[tuple]) -> None:
+        """Leave one batch's series and raw status owed (its records are committed)."""
+        with self._derived_lock:
+            self._deferred_seq += 1
+            self._derived.add(series, raw_status, self._deferred_seq)
+
+    def _write_with_owed(self, write: Callable[[Connection], None], series: list[tuple],
+                         raw_status: list[tuple]) -> None:
+        """One transaction: ``write(conn)``, then everything owed, then one batch's own
+        series and raw status (raw status last). The lock is held while written, so the
+        owed set stays exact; if it fails, what was owed stays owed and this batch fails
+        whole."""
+        with self._derived_lock:
+            try:
+                with self.engine.begin() as conn:
+                    write(conn)
+                    self._write_owed(conn, series, raw_status)
+            except Exception:
+                self._bound_derived()
+                raise
+            self._all_written()
+
+    def _bound_derived(self) -> None:
+        """After a failed write (lock held): past the bound, give up the oldest runs."""
+        owed = self._derived
+        given_up = []
+        while owed.rows > self.MAX_DERIVED_ROWS and len(owed.runs) > 1:
+            series, raw_status = owed.runs.pop(0)
+            owed.rows -= len(series) + len(raw_status)
+            given_up.extend(r[0] for r in raw_status)
+        if given_up:
+            owed.raw_ids.difference_update(given_up)
+            log.warning("gave up writing the series of %d payload(s) while the store fails; "
+                        "they stay unprocessed and are processed again", len(given_up))
+
+    def _unmarked(self) -> set[int]:
+        """Raw ids processed by deferred batches whose raw status is not written yet."""
+        if self._flushing is None:
+            return self._derived.raw_ids
+        return self._derived.raw_ids | self._flushing.raw_ids
+
+    def _write_series_and_status(self, conn: Connection, series: list[tuple],
+                                 raw_status: list[tuple]) -> None:
+        if series:
+            self._write_series(conn, series)
+        if raw_status:
+            # Every run writes it: driver SQL, as for the hot tables below (the Core
+            # upsert's per-call compilation and parameter processing cost ~0.7 ms of a
+            # run of one 100-record payload, more than SQLite's own work).
+            conn.exec_driver_sql(self._sql["raw_status"], raw_status)
+
+    def _write_owed(self, conn: Connection, series: list[tuple] = (),
+                    raw_status: list[tuple] = ()) -> int:
+        """Everything owed (lock held), then one batch's own series and raw status, the
+        newest last (once committed, the caller calls ``_all_written``). Returns the
+        payloads marked."""
+        f, owed = self._flushing, self._derived
+        all_series, all_status = [], []
+        if f is not None:
+            all_series += f.series[f.pos:]
+            all_status += f.raw_status
+        for run_series, run_status in owed.runs:
+            all_series += run_series
+            all_status += run_status
+        all_series += series
+        all_status += raw_status
+        self._write_series_and_status(conn, all_series, all_status)
+        return len(all_status)
+
+    def _all_written(self) -> None:
+        self._flushing, self._derived = None, _Derived()
+        self._written_seq = self._deferred_seq
+
+    def flush_derived(self) -> int:
+        """Write everything deferred batches owe (series, roll-ups, raw status) in one
+        transaction. Returns how many payloads it marked processed. If it fails, all of
+        it stays owed (the next flush tries again) and the error is raised."""
+        with self._derived_lock:
+            if self._flushing is None and not self._derived.runs:
+                return 0
+            try:
+                with self.engine.begin() as conn:
+                    n = self._write_owed(conn)
+            except Exception:
+                self._bound_derived()
+                raise
+            self._all_written()
+            return n
+
+    def flush_step(self, max_rows: int) -> bool:
+        """Write the next slice (at most ``max_rows`` series points, in key order) of what
+        deferred batches owe, in a transaction of its own, so that other writes can go
+        between the slices; the slice that ends a flush also marks its payloads processed.
+        A flush takes everything owed when it begins. Returns True once nothing taken is
+        left unwritten (``derived_seq`` tells what has been written). If a slice fails it
+        stays to be written and the error is raised."""
+        with self._derived_lock:
+            f = self._flushing
+            if f is None:
+                if not self._derived.runs:
+                    return True
+                f = self._flushing = _Flush(self._derived)
+                self._derived = _Derived()
+            end = f.pos + max_rows
+            last = end >= len(f.series)
+            try:
+                with self.engine.begin() as conn:
+                    self._write_series_and_status(conn, f.series[f.pos:end],
+                                                  f.raw_status if last else [])
+            except Exception:
+                self._bound_derived()
+                raise
+            f.pos = end
+            if last:
+                self._flushing = None
+                self._written_seq = f.seq
+            return last
+
+    # The two below read without the lock (the event loop calls them, and must not wait
+    # for a flush step to commit): a moment's inconsistency between the two parts only
+    # shifts when a flush starts or what a gauge shows.
+
+    def derived_owed(self) -> tuple[int, float | None]:
+        """(rows owed, seconds since the oldest was deferred or None when nothing is)."""
+        d, f = self._derived, self._flushing
+        rows = d.rows + (f.rows if f is not None else 0)
+        since = [t for t in (d.since, f.since if f is not None else None) if t is not None]
+        return rows, (time.monotonic() - min(since) if since else None)
+
+    def derived_seq(self) -> tuple[int, int]:
+        """(batches deferred so far, how many of the oldest of them are written): a
+        reader that has seen batch N's values has its series once the second is >= N."""
+        return self._deferred_seq, self._written_seq
+
+    # Series and roll-ups go through driver SQL (flowdeck.storage.codec), as the records do.
+
+    def _write_series(self, conn: Connection, rows: list[tuple]) -> None:
+        # In primary-key order the b-tree is written leaf after leaf instead of jumping
+        # between every series for every timestamp: about 2x faster inserts on SQLite.
+        # Stable on the key: of two values for one point (a corrected or replayed one),
+        # the later batch's is written last and wins.
+        rows.sort(key=_SERIES_ORDER)
+        if self.dialect == "sqlite":
+            # Streaming data only appends: insert without overwriting and count. If every
+            # point was new, the roll-ups are exact by adding the batch's own aggregates
+            # (no re-read of the series); a replay or a corrected value takes the
+            # recompute below. sqlite3 sums executemany's rowcount over all rows.
+            new = conn.exec_driver_sql(self._sql["series_new"], rows).rowcount
+            if new == len(rows):
+                self._add_rollups(conn, rows)
+                return
+        conn.exec_driver_sql(self._sql["series"], rows)
+        self._rollups(conn, rows)
+
+    def _add_rollups(self, conn: Connection, rows: list[tuple]) -> None:
+        """Fold points that are all new into their minute and hour buckets."""
+        m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
+        minutes: dict[tuple, list] = {}
+        get = minutes.get
+        for flow, key, metric, ts, v in rows:  # rows are sorted: runs of one series
+            k = (flow, key, metric, ts - ts % m_w)
+            a = get(k)
+            if a is None:
+                minutes[k] = [1, v, v, v]
+            else:
+                a[0] += 1
+                a[1] += v
+                if v < a[2]:
+                    a[2] = v
+                elif v > a[3]:
+                    a[3] = v
+        hours: dict[tuple, list] = {}
+        for (flow, key, metric, b), (n, total, lo, hi) in minutes.items():
+            k = (flow, key, metric, b - b % h_w)
+            a = hours.get(k)
+            if a is None:
+                hours[k] = [n, total, lo, hi]
+            else:
+                a[0] += n
+                a[1] += total
+                a[2] = min(a[2], lo)
+                a[3] = max(a[3], hi)
+        conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
+        conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
+
+    def _rollups(self, conn: Connection, rows: list[tuple]) -> None:
+        """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
+
+        Each touched (key, metric, minute) is re-aggregated from the series (an index
+        range scan), then each touched hour from its minutes, so the work follows the
+        batch, not the size of the table.
+        """
+        m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
+        minutes = {(flow, key, metric, ts - ts % m_w) for flow, key, metric, ts, _v in rows}
+        conn.exec_driver_sql(self._sql["rollup_1m"], [
+            (b, flow, key, metric, b, b + m_w) for flow, key, metric, b in minutes])
+        hours = {(flow, key, metric, b - b % h_w) for flow, key, metric, b in minutes}
+        conn.exec_driver_sql(self._sql["rollup_1h"], [
+            (b, flow, key, metric, b, b + h_w) for flow, key, metric, b in hours])

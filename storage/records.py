@@ -1,0 +1,157 @@
+"""Records and ``latest`` (the newest record per key), and the reads over records and
+series: history, recent values, per-source contributions."""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Iterable
+
+from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from flowdeck.storage import schema as s
+from flowdeck.storage.codec import JsonCodec
+from flowdeck.storage.repository import Repository
+
+_RECORD_ORDER = operator.itemgetter(0, 1, 2)
+
+
+class Records(Repository):
+    """``records`` and ``latest`` written and read; ``series`` and its roll-ups read."""
+
+    def contributions(self, flow: str, keys_ts: Iterable[tuple[str, int]]) -> dict[tuple, dict]:
+        """Stored per-source contributions for (key, ts) pairs, so late sources merge in."""
+        wanted = set(keys_ts)
+        if not wanted:
+            return {}
+        lo = min(t for _, t in wanted)
+        hi = max(t for _, t in wanted)
+        out = {}
+        # Driver SQL so that only the wanted rows' JSON is decoded (SQLite hands back
+        # text, PostgreSQL's driver already-decoded JSONB), not every row in the range.
+        with self.engine.connect() as conn:
+            for key, ts, contrib in conn.exec_driver_sql(self._sql["contributions"],
+                                                         (flow, lo, hi)):
+                if (key, ts) in wanted:
+                    out[(key, ts)] = json.loads(contrib) if isinstance(contrib, str) else contrib
+        return out
+
+    # The hot tables (records, latest, series, roll-ups) are written with driver-level
+    # executemany of plain tuples and pre-encoded JSON: SQLAlchemy's per-row parameter
+    # processing cost more than SQLite's own work. Same columns, same upsert semantics
+    # as the Core statements everywhere else; the SQL is in flowdeck.storage.codec.
+
+    def _write_records(self, conn: Connection, records: list[dict]) -> None:
+        """Upsert records (idempotent on flow, key, ts) and keep `latest` current."""
+        codec = JsonCodec()
+        dumps, small = codec.dumps, codec.small_list
+        rows = []
+        newest: dict[tuple[str, str], tuple] = {}
+        for r in records:
+            data = r["data"]
+            data_json = dumps(data)
+            row = (r["flow"], r["key"], r["ts_ms"], data_json, r["quality"],
+                   r.get("anomaly_score", 0.0), bool(r.get("anomalous", False)),
+                   small(r["flags"]), small(r["sources"]),
+                   codec.contributions(r["contributions"], data, data_json),
+                   small(r["raw_ids"]), r.get("version_id"), r["updated_ms"])
+            rows.append(row)
+            k = (row[0], row[1])
+            cur = newest.get(k)
+            if cur is None or row[2] >= cur[2]:
+                newest[k] = row
+        rows.sort(key=_RECORD_ORDER)  # index order: fewer b-tree pages touched (see series)
+        conn.exec_driver_sql(self._sql["records"], rows)
+        # latest: the newest record per key of this batch, only if newer than the stored one
+        conn.exec_driver_sql(self._sql["latest"], [r[:9] + r[12:] for r in newest.values()])
+
+    def latest(self, flow: str, key: str | None = None) -> list[dict]:
+        q = select(s.latest).where(s.latest.c.flow == flow).order_by(s.latest.c.key)
+        if key is not None:
+            q = q.where(s.latest.c.key == key)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def rebuild_latest(self, flow: str | None = None, key: str | None = None) -> int:
+        """Redo the ``latest`` table (a flow's, one key's, or all) from the stored records.
+
+        ``latest`` is a materialised copy kept in step by ``write_batch``; this is the
+        operator's "purge L3": the records stay, their newest-per-key copy is rebuilt.
+        Returns the number of rows written.
+        """
+        r, lt = s.records, s.latest
+        newest = select(r.c.flow, r.c.key, func.max(r.c.ts_ms).label("ts_ms")).group_by(
+            r.c.flow, r.c.key)
+        scope_latest = []
+        if flow is not None:
+            newest = newest.where(r.c.flow == flow)
+            scope_latest.append(lt.c.flow == flow)
+        if key is not None:
+            newest = newest.where(r.c.key == key)
+            scope_latest.append(lt.c.key == key)
+        newest = newest.subquery()
+        cols = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous",
+                "flags", "sources", "updated_ms")
+        sel = select(*(r.c[c] for c in cols)).join(newest, and_(
+            r.c.flow == newest.c.flow, r.c.key == newest.c.key, r.c.ts_ms == newest.c.ts_ms))
+        with self.engine.begin() as conn:
+            conn.execute(delete(lt).where(*scope_latest))
+            res = conn.execute(insert(lt).from_select(list(cols), sel))
+            return max(res.rowcount, 0)
+
+    def records_since(self, flow: str, since_ms: int | None = None, *, limit: int | None = None,
+                      key: str | None = None) -> Iterable[dict]:
+        q = select(s.records).where(s.records.c.flow == flow).order_by(s.records.c.ts_ms,
+                                                                       s.records.c.key)
+        if since_ms is not None:
+            q = q.where(s.records.c.ts_ms >= since_ms)
+        if key is not None:
+            q = q.where(s.records.c.key == key)
+        if limit:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=1000).execute(q).mappings():
+                yield dict(row)
+
+    def get_record(self, record_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.records).where(
+                s.records.c.id == record_id)).mappings().first()
+        return dict(row) if row else None
+
+    def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
+                step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:
+        """A metric's values; with a step of 1m or 1h the roll-up is read instead."""
+        if step_ms in s.ROLLUPS:
+            t = s.ROLLUPS[step_ms]
+            q = (select(t.c.bucket_ms, t.c.sum / t.c.n).where(
+                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
+                t.c.bucket_ms >= since_ms).order_by(t.c.bucket_ms.desc()).limit(limit))
+        else:
+            t = s.series
+            q = (select(t.c.ts_ms, t.c.value).where(
+                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
+                t.c.ts_ms >= since_ms).order_by(t.c.ts_ms.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            rows = [(int(a), float(b)) for a, b in conn.execute(q)]
+        rows.reverse()
+        return rows
+
+    def recent_values(self, flow: str, metric: str, per_series: int,
+                      before_ms: int | None = None) -> dict[str, list[tuple[int, float]]]:
+        """The newest values of every key for a metric (to warm up detectors after a restart)."""
+        t = s.series
+        q = select(t.c.key, t.c.ts_ms, t.c.value).where(t.c.flow == flow, t.c.metric == metric)
+        if before_ms is not None:
+            q = q.where(t.c.ts_ms < before_ms)
+        q = q.order_by(t.c.key, t.c.ts_ms.desc())
+        out: dict[str, list] = {}
+        with self.engine.connect() as conn:
+            for key, ts, value in conn.execute(q):
+                lst = out.setdefault(key, [])
+                if len(lst) < per_series:
+                    lst.append((ts, value))
+        for lst in out.values():
+            lst.reverse()
+        return out
