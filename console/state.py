@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flowdeck.pipeline.core.shapes import (
+    CacheStatsData,
+    HubEvent,
+    IssueRow,
+    LatestSummary,
+    ViewerFlow,
+    ViewerSnapshot,
+)
 from flowdeck.pipeline.serve.protocol import latest_summary
 
 FLOW_STATES = ("healthy", "degraded", "failing", "paused")
@@ -68,7 +76,7 @@ def fmt_num(x: float | int | None, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
-def describe_event(ev: dict) -> tuple[str, str]:
+def describe_event(ev: HubEvent) -> tuple[str, str]:
     """(level, one line of text) for the events log."""
     t = ev.get("type")
     d = ev.get("data", {})
@@ -138,7 +146,7 @@ class ConsoleState:
 
     # ------------------------------------------------------------ input
 
-    def update(self, snap: dict, now: float) -> None:
+    def update(self, snap: ViewerSnapshot, now: float) -> None:
         """Take a new snapshot; per-interval rates come from the change since the last one."""
         if self._prev is not None:
             t0, prev = self._prev
@@ -164,7 +172,7 @@ class ConsoleState:
         self.now = now
         self.connection = snap.get("connection", self.connection)
 
-    def add_events(self, events: list[dict]) -> None:
+    def add_events(self, events: list[HubEvent]) -> None:
         for ev in events:
             if ev.get("type") == "cache_stats":
                 self._apply_cache_stats(ev.get("data") or {})
@@ -173,7 +181,7 @@ class ConsoleState:
                                 "flow": ev.get("flow"), "level": level, "text": text,
                                 "seq": ev.get("seq")})
 
-    def _apply_cache_stats(self, data: dict) -> None:
+    def _apply_cache_stats(self, data: CacheStatsData) -> None:
         """A sampling interval's cache counters: newer than the last snapshot's, so they
         show at once instead of at the next snapshot."""
         caches = self.snapshot.get("caches")
@@ -201,7 +209,7 @@ class ConsoleState:
         return self.now * 1000
 
     @property
-    def flows(self) -> dict[str, dict]:
+    def flows(self) -> dict[str, ViewerFlow]:
         return self.snapshot.get("flows", {})
 
     def flow_counts(self) -> dict[str, int]:
@@ -222,7 +230,7 @@ class ConsoleState:
                 out.append({"flow": fname, "source": sname, "state": state, **s})
         return out
 
-    def issues(self) -> list[dict]:
+    def issues(self) -> list[IssueRow]:
         return self.snapshot.get("issues", [])
 
     def throughput_series(self, flow: str) -> list[float]:
@@ -249,7 +257,7 @@ class ConsoleState:
             "runs": len(runs),
         }
 
-    def latest_info(self, flow: str) -> dict:
+    def latest_info(self, flow: str) -> LatestSummary:
         """How many keys a flow has, its newest value's time, each key's quality (oldest
         first): from the snapshot's summary, which covers flows whose values it left out."""
         info = self.snapshot.get("latest_summary", {}).get(flow)

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowdeck.pipeline.core.shapes import StageCounts
 from flowdeck.storage.model import IssueDraft, QuarantineRow
 
 # The stage order, written here only (stages/chain.py runs it, the console shows it):
@@ -110,7 +111,7 @@ class StageStats:
         self.errors += other.errors
         self.seconds += other.seconds
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> StageCounts:
         return {"in": self.records_in, "out": self.records_out, "rejected": self.rejected,
                 "dropped": self.dropped, "errors": self.errors,
                 "ms": round(self.seconds * 1000, 3)}

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from flowdeck.pipeline.core.shapes import ActionResult, HubEvent, ViewerSnapshot
 from flowdeck.pipeline.serve.control import ControlError
 
 REQUEST_TIMEOUT = {"query": 60.0, "action": 600.0}
@@ -95,12 +96,12 @@ class RemoteSubscription:
 
     def __init__(self, owner: RemoteControl, maxsize: int, types: set[str] | None) -> None:
         self.owner = owner
-        self.queue: deque[dict] = deque(maxlen=maxsize)
+        self.queue: deque[HubEvent] = deque(maxlen=maxsize)
         self.types = types
         self.dropped = 0
         self._wake = asyncio.Event()
 
-    def _put(self, ev: dict) -> None:
+    def _put(self, ev: HubEvent) -> None:
         if self.types is not None and ev.get("type") not in self.types:
             return
         if len(self.queue) == self.queue.maxlen:
@@ -108,13 +109,13 @@ class RemoteSubscription:
         self.queue.append(ev)
         self._wake.set()
 
-    async def get(self) -> dict:
+    async def get(self) -> HubEvent:
         while not self.queue:
             self._wake.clear()
             await self._wake.wait()
         return self.queue.popleft()
 
-    def drain(self) -> list[dict]:
+    def drain(self) -> list[HubEvent]:
         out = list(self.queue)
         self.queue.clear()
         return out
@@ -227,7 +228,7 @@ class RemoteControl:
             self._events_seq = m.get("seq")
             self._hand_out(data)
 
-    def _hand_out(self, ev: dict) -> None:
+    def _hand_out(self, ev: HubEvent) -> None:
         seq = ev.get("seq") or 0
         if seq and seq <= self._last_event:
             return  # already handed out (a snapshot after a gap overlaps what we had)
@@ -259,7 +260,7 @@ class RemoteControl:
 
     # ------------------------------------------------------------ the Control interface
 
-    async def snapshot(self, latest: list[str] | None = None) -> dict:
+    async def snapshot(self, latest: list[str] | None = None) -> ViewerSnapshot:
         params = {} if latest is None else {"latest": list(latest)}
         snap = await self._request("query", "snapshot", params)
         snap["connection"] = self.description
@@ -270,7 +271,7 @@ class RemoteControl:
         self._subs.add(sub)
         return sub
 
-    async def act(self, name: str, **params: Any) -> dict:
+    async def act(self, name: str, **params: Any) -> ActionResult:
         return await self._request("action", name, params)
 
     async def query(self, name: str, **params: Any) -> Any:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from flowdeck.pipeline.core.shapes import BreakerSnapshot
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 BREAKER_CODES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
@@ -90,7 +92,7 @@ class Breaker:
         self.opened_ms = self.retry_at_ms = self.cooldown_s = None
         self.probe_successes = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> BreakerSnapshot:
         return {"state": self.state, "outcomes": list(self.outcomes), "opened_ms": self.opened_ms,
                 "retry_at_ms": self.retry_at_ms, "cooldown_s": self.cooldown_s,
                 "probe_successes": self.probe_successes, "opens": self.opens,

@@ -30,6 +30,7 @@ import httpx
 from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core.clock import Clock, SystemClock
 from flowdeck.pipeline.core.hub import Event, Hub
+from flowdeck.pipeline.core.shapes import EngineSnapshot
 from flowdeck.pipeline.engine.alerts import Alerter
 from flowdeck.pipeline.engine.deferred import DeferredSeries
 from flowdeck.pipeline.engine.failover import Failover
@@ -589,7 +590,7 @@ class Engine:
 
     # ------------------------------------------------------------ state for viewers
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> EngineSnapshot:
         """A plain picture of the engine (flows, stages, sources) for the console and status."""
         flows = {}
         for name, rt in self.flows.items():

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from flowdeck.pipeline.config import Config, FlowConfig
+from flowdeck.pipeline.core.shapes import RunSource, RunSummaryDict
 from flowdeck.pipeline.engine.breakers import CLOSED, Breaker, BreakerSettings
 from flowdeck.pipeline.engine.failover import SourceHealth
 from flowdeck.pipeline.model import STAGES, StageStats
@@ -25,7 +26,7 @@ class RunSummary:
     status: str = "ok"
     stages: dict[str, StageStats] = field(default_factory=lambda: {s: StageStats()
                                                                    for s in STAGES})
-    sources: dict[str, dict] = field(default_factory=dict)
+    sources: dict[str, RunSource] = field(default_factory=dict)
     payloads: int = 0
     quarantined: int = 0
     issues_raised: int = 0
@@ -36,7 +37,7 @@ class RunSummary:
     error: str | None = None
     changed_keys: set[str] = field(default_factory=set)  # keys with new values stored
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> RunSummaryDict:
         return {"flow": self.flow, "run_id": self.run_id, "trigger": self.trigger,
                 "status": self.status, "started_ms": self.started_ms,
                 "finished_ms": self.finished_ms,

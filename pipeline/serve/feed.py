@@ -46,6 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from flowdeck.pipeline.core.shapes import HubEvent, ViewerFlow, ViewerSnapshot
 from flowdeck.pipeline.serve.control import Control, ControlError
 from flowdeck.pipeline.serve.http_api import HttpApi, error
 from flowdeck.pipeline.serve.metrics import FeedMetrics
@@ -397,14 +398,14 @@ class FeedServer:
         self.flows: list[str] = []
         self.channels: dict[str, Channel] = {}
         self.viewers: set[Viewer] = set()
-        self.recent: deque[dict] = deque(maxlen=self.limits.recent_events)
+        self.recent: deque[HubEvent] = deque(maxlen=self.limits.recent_events)
         self.server: Server | None = None
         self._hub_sub = None
         self._hub_dropped = 0
         self._tasks: set[asyncio.Task] = set()
         self._flows_dirty = asyncio.Event()
-        self._last_summary: dict[str, Any] = {}
-        self._snap: tuple[dict, dict[str, int]] | None = None
+        self._last_summary: dict[str, ViewerFlow] = {}
+        self._snap: tuple[ViewerSnapshot, dict[str, int]] | None = None
         self._snap_started = -1e18
         self._snap_task: asyncio.Task | None = None
         self._snap_task_started = -1e18
@@ -483,7 +484,7 @@ class FeedServer:
 
     # ------------------------------------------------------------ engine state
 
-    async def snapshot(self, fresh_after: float | None = None) -> dict:
+    async def snapshot(self, fresh_after: float | None = None) -> ViewerSnapshot:
         """The engine's snapshot, shared by every viewer for ``snapshot_ttl_s`` (single-flight).
 
         ``fresh_after`` (monotonic) asks for one whose fetch began at or after that time.
@@ -547,7 +548,7 @@ class FeedServer:
                 log.warning("feed fell behind the engine: %d events lost; resyncing viewers", lost)
                 self._resync(f"server overloaded: {lost} events lost")
 
-    def _on_event(self, ev: dict) -> None:
+    def _on_event(self, ev: HubEvent) -> None:
         self.metrics.observe(ev)
         self.recent.append(slim_event(ev))
         for r in route(ev):
@@ -659,7 +660,7 @@ class FeedServer:
         snap = await self.snapshot()
         return bool((snap["flows"].get(flow) or {}).get("stale"))
 
-    def publish_summaries(self, snap: dict) -> None:
+    def publish_summaries(self, snap: ViewerSnapshot) -> None:
         now = time.time()
         for flow, summary in snap["flows"].items():
             if self._last_summary.get(flow) == summary:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from flowdeck.pipeline.core.shapes import CacheSnapshot, HubEvent, ViewerSnapshot
 from flowdeck.pipeline.engine.breakers import BREAKER_CODES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -194,12 +195,12 @@ class FeedMetrics:
                 self.run_duration.labels(flow).set(last.get("duration_ms", 0) / 1000)
                 st["last_run_s"] = last.get("duration_ms", 0) / 1000
 
-    def set_series_owed(self, snapshot: dict) -> None:
+    def set_series_owed(self, snapshot: ViewerSnapshot) -> None:
         owed = snapshot.get("series_owed") or {}
         self.series_owed_rows.set(owed.get("rows") or 0)
         self.series_owed_age.set(owed.get("age_s") or 0)
 
-    def set_breakers(self, snapshot: dict) -> None:
+    def set_breakers(self, snapshot: ViewerSnapshot) -> None:
         """Every source's breaker state as the engine has it now (0 closed, 1, 2 open)."""
         for flow, f in snapshot.get("flows", {}).items():
             for source, s in f.get("sources", {}).items():
@@ -222,7 +223,7 @@ class FeedMetrics:
 
     # ------------------------------------------------------------ events
 
-    def observe(self, ev: dict) -> None:
+    def observe(self, ev: HubEvent) -> None:
         """Account one hub event (``Event.as_dict()``)."""
         t = ev.get("type")
         flow = ev.get("flow")
@@ -262,7 +263,7 @@ class FeedMetrics:
             self.quarantine.labels(flow, d.get("reason") or "unknown").inc()
             self._flow(flow)["quarantined"] += 1
 
-    def set_caches(self, caches: dict | None) -> None:
+    def set_caches(self, caches: CacheSnapshot | None) -> None:
         """Cache counters from the engine's cumulative per-layer statistics.
 
         The engine counts; Prometheus counters only go up, so each is advanced by the
