@@ -117,6 +117,8 @@ TAIL_SHARE = 0.02
 """Top share of a statistic's history that the exponential tail is fitted to."""
 TAIL_MIN = 5
 """Fewest top values to fit the tail to."""
+TAIL_REFIT = 10
+"""A full tail is refitted after this many new statistics (one rarely moves it)."""
 CUSUM_CLIP = 3.0
 """Standardised deviations are clipped to this before they enter the CUSUM."""
 
@@ -358,28 +360,38 @@ class _Tail:
     one pseudo-count) inside their range; beyond the top :data:`TAIL_SHARE` it is the
     exponential tail fitted to those top values: ``k / (n + 1) * exp(-(s - u) / m)``, ``u``
     the largest value below the top ``k`` and ``m`` their mean excess over ``u`` (at least
-    ``min_excess``).
+    ``min_excess``). While the history fills, the fit follows every new statistic; once
+    it is full, every :data:`TAIL_REFIT` statistics.
     """
 
-    __slots__ = ("window", "min_excess")
+    __slots__ = ("window", "min_excess", "fit", "stale")
 
     def __init__(self, size: int, min_excess: float) -> None:
         self.window = RollingWindow(size)
         self.min_excess = min_excess
+        self.fit: list | None = None  # [n, k, u, m], refitted every TAIL_REFIT additions
+        self.stale = 0
 
     def __len__(self) -> int:
         return len(self.window)
 
     def add(self, stat: float) -> None:
         self.window.add(stat)
+        self.stale += 1
+        if self.stale >= TAIL_REFIT or len(self.window) < self.window._fifo.maxlen:
+            self.fit = None
 
-    def _fit(self) -> tuple[int, int, float, float]:
+    def _fit(self) -> list:
+        if self.fit is not None:
+            return self.fit
         values = self.window.sorted_values
         n = len(values)
         k = min(max(TAIL_MIN, int(TAIL_SHARE * n)), n - 1)
         u = values[n - k - 1]
         m = max(math.fsum(values[n - k:]) / k - u, self.min_excess, epsilon(u))
-        return n, k, u, m
+        self.fit = [n, k, u, m]
+        self.stale = 0
+        return self.fit
 
     def p(self, stat: float) -> float:
         values = self.window.sorted_values
@@ -454,7 +466,7 @@ class _Seasonal:
         self.n = 0
         self.since_check = 0
         self.residuals = RollingWindow(window)
-        self._memo: tuple[int, int, float | None] | None = None
+        self._memo: tuple[int, dict[int, float | None]] | None = None
 
     # -- bins and the period
 
@@ -487,6 +499,7 @@ class _Seasonal:
                 period = DAY
         if period != self.period:
             self.period = period
+            self._memo = None
             self.residuals = RollingWindow(self.residuals._fifo.maxlen)
 
     def _bin(self, index: int) -> float | None:
@@ -500,14 +513,16 @@ class _Seasonal:
     def _profile(self, index: int) -> float | None:
         """Median of the bins one to :data:`SEASON_HISTORY` periods before bin ``index``."""
         memo = self._memo
-        if memo is not None and memo[0] == index and memo[1] == self.current:
-            return memo[2]
+        if memo is None or memo[0] != self.current:
+            memo = self._memo = (self.current, {})
+        if index in memo[1]:
+            return memo[1][index]
         lag = round(self.period / self.width)
         seen = sorted(v for j in range(1, SEASON_HISTORY + 1)
                       if (v := self._bin(index - j * lag)) is not None)
         result = median_sorted(seen) if len(seen) >= 2 else None
-        if all(index - j * lag < self.current for j in range(1, SEASON_HISTORY + 1)):
-            self._memo = (index, self.current, result)
+        if index - lag < self.current:  # only closed bins: fixed until the next one closes
+            memo[1][index] = result
         return result
 
     def expected(self, ts: float) -> float | None:
@@ -693,6 +708,7 @@ class SeriesDetector:
         self._cusum = (_Cusum(settings.cusum_k, settings.cusum_h, settings.window // 2)
                        if "level_shift" in methods else None)
         self._run = 0  # flatline: points in a row repeating the previous value
+        self._window_memo: tuple[int, float, float] | None = None
         self._tails: dict[str, _Tail] = {
             m: _Tail(settings.calibration_window, 1.0 if m == "flatline" else 0.0)
             for m in methods} if settings.calibrate else {}
@@ -882,8 +898,8 @@ class SeriesDetector:
             # ends, so a stuck stretch does not teach it that a long run is normal.
             self._tails["flatline"].add(float(self._run))
         if self._cusum is not None and self._values:
-            center = self._values.median()
-            self._cusum.add((value - center) / sigma_sorted(self._values.sorted_values, center))
+            center, spread = self._center_spread()
+            self._cusum.add((value - center) / spread)
         if self._values is not None:
             self._values.add(value)
         if self._ewma is not None:
@@ -899,12 +915,21 @@ class SeriesDetector:
 
     # ---- methods: each returns (method, statistic, expected, spread) or None when inactive
 
-    def _m_robust_z(self, ts: float, value: float) -> Measure | None:
-        if not self._values:
-            return None
+    def _center_spread(self) -> tuple[float, float]:
+        """Median and robust sigma of the value window, computed once per state."""
+        memo = self._window_memo
+        if memo is not None and memo[0] == self.count:
+            return memo[1], memo[2]
         values = self._values.sorted_values
         center = median_sorted(values)
         spread = sigma_sorted(values, center)
+        self._window_memo = (self.count, center, spread)
+        return center, spread
+
+    def _m_robust_z(self, ts: float, value: float) -> Measure | None:
+        if not self._values:
+            return None
+        center, spread = self._center_spread()
         return "robust_z", abs(value - center) / spread, center, spread
 
     def _m_ewma(self, ts: float, value: float) -> Measure | None:
@@ -938,9 +963,7 @@ class SeriesDetector:
     def _m_level_shift(self, ts: float, value: float) -> Measure | None:
         if not self._values:
             return None
-        values = self._values.sorted_values
-        center = median_sorted(values)
-        spread = sigma_sorted(values, center)
+        center, spread = self._center_spread()
         return "level_shift", self._cusum.measure((value - center) / spread), center, None
 
     def _m_flatline(self, ts: float, value: float) -> Measure | None:
