@@ -157,7 +157,7 @@ class DetectorSettings:
     """Configuration shared by every series of a :class:`Detector`."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
-    window: int = 60  # values kept for robust_z (and learned rates, seasonal residuals)
+    window: int = 120  # values kept for robust_z (and learned rates, seasonal residuals)
     z_threshold: float = 4.0  # raw mode only: a statistic above this is anomalous
     ewma_alpha: float = 0.1
     rate_threshold: float | None = None  # max |change per second|; None = learn it
