@@ -47,13 +47,15 @@ import csv
 import json
 import math
 import os
+import random
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flowdeck.pipeline.detectors import Detector, DetectorSettings
+from flowdeck.pipeline.detectors import METHODS, Detector, DetectorSettings
 
 PROBATION = 0.15
 """Share of each file, from its start, in which nothing is counted."""
@@ -374,3 +376,53 @@ def detector_scorer(settings: DetectorSettings | None = None) -> Scorer:
         return out
 
     return scorer
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def compare_methods(data: Path, settings: DetectorSettings | None = None) -> str:
+    """A table of the windowed score, precision and recall of every method alone, of the
+    ensemble of ``settings`` (the defaults) and of all methods together, on the corpus at
+    ``data`` (``labels.json`` inside it)."""
+    settings = settings or DetectorSettings()
+    labels = load_labels(data / "labels.json")
+    rows = [f"{'detector':28} {'score':>7} {'prec':>6} {'recall':>6} {'tp':>4} {'fp':>4}"
+            f" {'fn':>4}"]
+    runs = [(m, replace(settings, methods=(m,))) for m in METHODS]
+    runs.append(("ensemble", settings))
+    if settings.methods != METHODS:
+        runs.append(("all six", replace(settings, methods=METHODS)))
+    for label, run in runs:
+        r = evaluate(data, labels, detector_scorer(run))
+        rows.append(f"{label[:28]:28} {r.score:7.2f} {r.precision:6.3f} {r.recall:6.3f}"
+                    f" {r.true_positives:4d} {r.false_positives:4d} {r.false_negatives:4d}")
+    return "\n".join(rows)
+
+
+def clean_flag_rate(data: Path, settings: DetectorSettings | None = None) -> tuple[int, int]:
+    """(flags, points) over the corpus files whose label list is empty."""
+    labels = load_labels(data / "labels.json")
+    scorer = detector_scorer(settings)
+    flags = points = 0
+    for name, path in find_series(data):
+        if labels.get(name):
+            continue
+        series = read_series(path, name)
+        results = scorer(name, series.timestamps, series.values)
+        flags += sum(flag for _, flag in results)
+        points += len(results)
+    return flags, points
+
+
+def cost_per_point(settings: DetectorSettings | None = None, n: int = 20_000) -> float:
+    """Microseconds per :meth:`Detector.score` call on a 5-minute daily-rhythm series."""
+    rng = random.Random(1)
+    items = [(("k", "m"), 1.4e9 + 300.0 * i,
+              50 + 10 * math.sin(2 * math.pi * (300.0 * i % 86400) / 86400) + rng.gauss(0, 1))
+             for i in range(n)]
+    detector = Detector(settings or DetectorSettings())
+    start = time.perf_counter()
+    for series, ts, value in items:
+        detector.score(series, ts, value)
+    return (time.perf_counter() - start) / n * 1e6
