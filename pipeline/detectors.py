@@ -64,7 +64,8 @@ their number (Bonferroni), is the point's probability ``p``, and
 
 so the score is 0.5 exactly where ``p = flag_probability`` on every series, and 1 at
 ``flag_probability ** 2``. No method flags before it has ``warmup`` calibrated statistics
-(the probation): a new series raises nothing.
+(the probation): a new series raises nothing. The statistics of a point scoring 0.5 or more
+stay out of the tails (as in SPOT), so an anomaly does not teach them that it is normal.
 
 Episodes: an in-order point at or above 0.5 that is not already inside an episode opens one: it is
 the only flagged (``anomalous``) point of the episode and carries a new ``episode`` id;
