@@ -8,8 +8,9 @@ windows (an empty list: the file has no anomaly).
 A *scorer* is any callable ``scorer(name, timestamps, values) -> [(anomaly_score, flag)]``
 that returns one pair per input row, in input order; it sees the rows as they come
 (duplicates and out-of-order rows included) and must be causal. :func:`detector_scorer`
-builds one from :class:`~flowdeck.pipeline.detectors.Detector` settings; the CLI passes
-the real detect stage instead.
+builds one from :class:`~flowdeck.pipeline.detectors.Detector` settings (for measuring
+one method alone); :func:`stage_scorer` runs the pipeline's detect stage itself, which is
+what ``flowdeck evaluate`` uses.
 
 The windowed score
 ------------------
@@ -55,7 +56,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flowdeck.pipeline.config import DetectSpec, FlowConfig
 from flowdeck.pipeline.detectors import METHODS, Detector, DetectorSettings
+from flowdeck.pipeline.model import Batch, Rec
+from flowdeck.pipeline.stages.detect import AnomalyDetector
 
 PROBATION = 0.15
 """Share of each file, from its start, in which nothing is counted."""
@@ -373,6 +377,47 @@ def detector_scorer(settings: DetectorSettings | None = None) -> Scorer:
         for ts, value in zip(timestamps, values, strict=True):
             result = detector.score(key, ts, value)
             out.append((result.score, result.anomalous))
+        return out
+
+    return scorer
+
+
+EVAL_FLOW = "evaluate"
+"""The flow name the detect stage sees when :func:`stage_scorer` runs a file through it."""
+
+
+def detect_flow(spec: DetectSpec | None = None) -> FlowConfig:
+    """A one-metric flow (``series`` key, ``value`` metric) whose only detect entry has the
+    settings of ``spec`` (its metric renamed to ``value``), or the defaults."""
+    settings = {} if spec is None else spec.model_dump(exclude={"metric"})
+    return FlowConfig.model_validate({
+        "key": "series",
+        "sources": [{"name": "csv", "kind": "file", "path": "-"}],
+        "fields": {"series": {"type": "str"}, "value": {"type": "float"}},
+        "detect": [{**settings, "metric": "value"}],
+    })
+
+
+def stage_scorer(spec: DetectSpec | None = None) -> Scorer:
+    """A scorer that runs each file through a fresh detect stage of the pipeline
+    (:class:`~flowdeck.pipeline.stages.detect.AnomalyDetector`), the code a flow runs.
+
+    Each row is one record in a batch of its own, in input order (so a duplicate or
+    out-of-order row is scored as it comes, the way a late record is); its
+    ``anomaly_score`` is the record's ``anomaly`` and its flag ``anomalous`` (the first
+    point of an episode, the one that raises an issue)."""
+    flow = detect_flow(spec)
+
+    def scorer(name: str, timestamps: Sequence[float], values: Sequence[float]
+               ) -> list[tuple[float, bool]]:
+        stage = AnomalyDetector(EVAL_FLOW, flow)
+        out = []
+        for i, (ts, value) in enumerate(zip(timestamps, values, strict=True)):
+            ts_ms = round(ts * 1000)
+            rec = Rec(name, ts_ms, {"series": name, "value": value}, "csv", 0, i)
+            batch = Batch(EVAL_FLOW, None, None, ts_ms, records=[rec])
+            stage.run(batch, ts_ms)
+            out.append((rec.anomaly, rec.anomalous))
         return out
 
     return scorer
