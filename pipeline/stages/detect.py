@@ -47,9 +47,11 @@ def history_points(spec: DetectSpec) -> int:
 
 
 def _rounded(reason: dict[str, Any]) -> dict[str, Any]:
+    """The baseline, range and probability to 6 significant digits (the observed value
+    stays the record's own); a non-finite one as None (JSON has no NaN)."""
     out: dict[str, Any] = {}
     for k, v in reason.items():
-        if isinstance(v, float):
+        if isinstance(v, float) and k != "observed":
             v = float(f"{v:.6g}") if math.isfinite(v) else None
         out[k] = v
     return out
