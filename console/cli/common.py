@@ -72,7 +72,7 @@ def check_scenario(name: str | None) -> None:
     """A usage error, before anything starts, if the fault scenario does not exist."""
     if name is None:
         return
-    from flowdeck.pipeline.demo.simulator import Scenario
+    from flowdeck.pipeline.demo.scenarios import Scenario
 
     try:
         Scenario.load(name)

@@ -23,14 +23,19 @@ import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core.clock import Clock, SystemClock
 from flowdeck.pipeline.core.hub import Event, Hub
-from flowdeck.pipeline.core.shapes import EngineSnapshot
+from flowdeck.pipeline.core.shapes import (
+    CacheSnapshot,
+    EngineSnapshot,
+    FlowSnapshot,
+    SourceSnapshot,
+)
 from flowdeck.pipeline.engine.alerts import Alerter
 from flowdeck.pipeline.engine.deferred import DeferredSeries
 from flowdeck.pipeline.engine.failover import Failover
@@ -593,7 +598,7 @@ class Engine:
 
     def snapshot(self) -> EngineSnapshot:
         """A plain picture of the engine (flows, stages, sources) for the console and status."""
-        flows = {}
+        flows: dict[str, FlowSnapshot] = {}
         for name, rt in self.flows.items():
             spool = self.guard.spools[name]
             flows[name] = {
@@ -610,13 +615,17 @@ class Engine:
                           "buffered": len(spool),
                           "buffered_bytes": spool.bytes,
                           "dropped": spool.dropped},
-                "sources": {s.name: {"kind": s.kind, "priority": s.priority,
-                                     "enabled": s.enabled, **rt.health[s.name].as_dict(),
-                                     "breaker": rt.breakers[s.name].as_dict()}
+                # a source's health keys come from SourceHealth.as_dict (a plain dict)
+                "sources": {s.name: cast(SourceSnapshot, {
+                                "kind": s.kind, "priority": s.priority, "enabled": s.enabled,
+                                **rt.health[s.name].as_dict(),
+                                "breaker": rt.breakers[s.name].as_dict()})
                             for s in rt.cfg.sources},
             }
         rows, age = self.deferred.owed()
-        return {"ts": self.clock.now(), "flows": flows, "caches": self.caches.snapshot(),
+        # storage sits below pipeline.core, so the caches hand over a plain dict of this shape
+        caches = cast(CacheSnapshot, self.caches.snapshot())
+        return {"ts": self.clock.now(), "flows": flows, "caches": caches,
                 # series points and raw status that runs still owe the store (derived_delay)
                 "series_owed": {"rows": rows, "age_s": age}}
 

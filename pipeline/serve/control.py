@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from flowdeck.pipeline.core.durations import format_duration
 from flowdeck.pipeline.core.hub import Subscription
@@ -94,7 +94,8 @@ class LocalControl:
     async def snapshot(self, latest: list[str] | None = None) -> ViewerSnapshot:
         """The engine's state for viewers; ``latest`` names the flows whose latest values
         to include (None: every flow's; ``latest_summary`` always covers all)."""
-        snap = self.engine.snapshot()
+        # the engine's snapshot, completed in place with the viewer's keys below
+        snap = cast(ViewerSnapshot, self.engine.snapshot())
         cfg = self.engine.config
         for name, f in snap["flows"].items():
             fc = cfg.flows[name]

@@ -18,7 +18,8 @@ async def _simulator_url(ctx: SourceContext) -> str:
     url = ctx.options.get("simulator_url") or ctx.shared.get(__name__)
     if url:
         return url
-    from flowdeck.pipeline.demo.simulator import Scenario, Simulator
+    from flowdeck.pipeline.demo.scenarios import Scenario
+    from flowdeck.pipeline.demo.simulator import Simulator
 
     scenario = ctx.options.get("scenario")
     sim = Simulator(seed=ctx.options.get("seed", 7),

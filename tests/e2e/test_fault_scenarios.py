@@ -24,7 +24,7 @@ import pytest
 from support.feed import free_port, http_get
 from support.recovery import daemon_config_text
 
-from flowdeck.pipeline.demo.simulator import NETWORKS
+from flowdeck.pipeline.demo.catalogue import NETWORKS
 
 pytestmark = pytest.mark.slow
 

@@ -22,19 +22,16 @@ from websockets.exceptions import InvalidStatus
 
 from flowdeck.pipeline.core.clock import ManualClock
 from flowdeck.pipeline.core.durations import parse_duration
-from flowdeck.pipeline.demo.simulator import (
+from flowdeck.pipeline.demo.catalogue import (
     ECBX_SYMBOLS,
     HUGE_BYTES,
     NETWORKS,
     PAIRS,
     STATIONS,
     STATIONS_CSV,
-    Fault,
-    Scenario,
-    Simulator,
-    available_scenarios,
-    serve,
 )
+from flowdeck.pipeline.demo.scenarios import Fault, Scenario, available_scenarios
+from flowdeck.pipeline.demo.simulator import Simulator, serve
 
 T0 = datetime(2026, 11, 24, 21, 5, 30, tzinfo=UTC)
 M = {  # the five whole minutes visible from T0

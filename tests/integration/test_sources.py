@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from flowdeck.pipeline.config import SourceConfig, parse_config
-from flowdeck.pipeline.demo.simulator import PAIRS, Scenario, Simulator
+from flowdeck.pipeline.demo.catalogue import PAIRS
+from flowdeck.pipeline.demo.scenarios import Scenario
+from flowdeck.pipeline.demo.simulator import Simulator
 from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.pipeline.sources.base import FetchError
 from flowdeck.pipeline.sources.file import FileSource

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from support.recovery import fast_config, fast_config_text, issues_of, sequence
 
-from flowdeck.pipeline.demo.simulator import NETWORKS
+from flowdeck.pipeline.demo.catalogue import NETWORKS
 from flowdeck.pipeline.engine.engine import Engine
 from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store

@@ -58,7 +58,7 @@ def test_signed_durations():
 def test_every_bundled_scenario_and_the_demo_config_parse():
     # The grammar is the union of what the two old ones read: every shipped file still reads.
     from flowdeck.pipeline.config import load_config
-    from flowdeck.pipeline.demo.simulator import Scenario, available_scenarios
+    from flowdeck.pipeline.demo.scenarios import Scenario, available_scenarios
 
     assert load_config(BUNDLED_DIR / "flows" / "demo.yaml").flows
     names = available_scenarios()
