@@ -317,9 +317,10 @@ class RollingWindow:
     the MAD in O(n). Adding costs an O(log n) search plus an O(n) list shift.
     """
 
-    __slots__ = ("_fifo", "_sorted")
+    __slots__ = ("maxlen", "_fifo", "_sorted")
 
     def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
         self._fifo: deque[float] = deque(maxlen=maxlen)
         self._sorted: list[float] = []
 
@@ -379,7 +380,7 @@ class _Tail:
     def add(self, stat: float) -> None:
         self.window.add(stat)
         self.stale += 1
-        if self.stale >= TAIL_REFIT or len(self.window) < self.window._fifo.maxlen:
+        if self.stale >= TAIL_REFIT or len(self.window) < self.window.maxlen:
             self.fit = None
 
     def _fit(self) -> list:
@@ -472,9 +473,10 @@ class _Seasonal:
     # -- bins and the period
 
     def _close_until(self, index: int) -> None:
+        assert self.current is not None  # a bin is open
         steps = index - self.current
         self.bins.append(self.total / self.n if self.n else None)
-        for _ in range(min(steps - 1, self.bins.maxlen)):
+        for _ in range(min(steps - 1, self.bins.maxlen or steps)):
             self.bins.append(None)
         self.current, self.total, self.n = index, 0.0, 0
         self.since_check += steps
@@ -501,9 +503,10 @@ class _Seasonal:
         if period != self.period:
             self.period = period
             self._memo = None
-            self.residuals = RollingWindow(self.residuals._fifo.maxlen)
+            self.residuals = RollingWindow(self.residuals.maxlen)
 
     def _bin(self, index: int) -> float | None:
+        assert self.current is not None  # a bin is open
         offset = self.current - index
         if offset == 0:
             return self.total / self.n if self.n else None
@@ -513,16 +516,18 @@ class _Seasonal:
 
     def _profile(self, index: int) -> float | None:
         """Median of the bins one to :data:`SEASON_HISTORY` periods before bin ``index``."""
+        current, period = self.current, self.period
+        assert current is not None and period is not None  # only called by expected()
         memo = self._memo
-        if memo is None or memo[0] != self.current:
-            memo = self._memo = (self.current, {})
+        if memo is None or memo[0] != current:
+            memo = self._memo = (current, {})
         if index in memo[1]:
             return memo[1][index]
-        lag = round(self.period / self.width)
+        lag = round(period / self.width)
         seen = sorted(v for j in range(1, SEASON_HISTORY + 1)
                       if (v := self._bin(index - j * lag)) is not None)
         result = median_sorted(seen) if len(seen) >= 2 else None
-        if index - lag < self.current:  # only closed bins: fixed until the next one closes
+        if index - lag < current:  # only closed bins: fixed until the next one closes
             memo[1][index] = result
         return result
 
@@ -542,7 +547,7 @@ class _Seasonal:
 
     def measure(self, ts: float, value: float) -> tuple[float, float, float] | None:
         """(z, expected, spread) of the residual, or None while inactive."""
-        if len(self.residuals) < min(10, self.residuals._fifo.maxlen):
+        if len(self.residuals) < min(10, self.residuals.maxlen):
             return None
         base = self.expected(ts)
         if base is None:
@@ -667,7 +672,7 @@ def _load(data: Any) -> Any:
         return window
     if "deque" in data:
         return deque((_load(v) for v in data["values"]), maxlen=data["deque"])
-    obj = object.__new__(_STATE_CLASSES[data["state"]])
+    obj: Any = object.__new__(_STATE_CLASSES[data["state"]])
     for slot, value in data["slots"].items():
         setattr(obj, slot, _load(value))
     if isinstance(obj, _Seasonal):
@@ -838,7 +843,7 @@ class SeriesDetector:
         settings = self.settings
         details = {m[0]: m[1] for m in measures}
         if not settings.calibrate:
-            best, best_score = None, -1.0
+            best, best_score = measures[0], -1.0
             for m in measures:
                 s = squash(m[1] / self._raw_scale(m[0]))
                 if s > best_score:
@@ -921,6 +926,7 @@ class SeriesDetector:
         memo = self._window_memo
         if memo is not None and memo[0] == self.count:
             return memo[1], memo[2]
+        assert self._values is not None  # robust_z, level_shift: the value window is kept
         values = self._values.sorted_values
         center = median_sorted(values)
         spread = sigma_sorted(values, center)
@@ -940,21 +946,24 @@ class SeriesDetector:
         return "ewma", abs(value - self._ewma.mean) / spread, self._ewma.mean, spread
 
     def _m_rate(self, ts: float, value: float) -> Measure | None:
-        if self.last_ts is None or ts <= self.last_ts:
+        last = self.last_value
+        if self.last_ts is None or last is None or ts <= self.last_ts:
             return None
         dt = ts - self.last_ts
-        rate = (value - self.last_value) / dt
+        rate = (value - last) / dt
         if not self._learn_rates:
             threshold = self.settings.rate_threshold
-            return "rate", abs(rate) / threshold, self.last_value, threshold * dt
+            assert threshold is not None  # a fixed threshold is why rates are not learned
+            return "rate", abs(rate) / threshold, last, threshold * dt
         if not self._rates:
             return None
         rates = self._rates.sorted_values
         center = median_sorted(rates)
         spread = sigma_sorted(rates, center)
-        return "rate", abs(rate - center) / spread, self.last_value + center * dt, spread * dt
+        return "rate", abs(rate - center) / spread, last + center * dt, spread * dt
 
     def _m_seasonal(self, ts: float, value: float) -> Measure | None:
+        assert self._seasonal is not None  # the method is enabled
         measured = self._seasonal.measure(ts, value)
         if measured is None:
             return None
@@ -964,6 +973,7 @@ class SeriesDetector:
     def _m_level_shift(self, ts: float, value: float) -> Measure | None:
         if not self._values:
             return None
+        assert self._cusum is not None  # the method is enabled
         center, spread = self._center_spread()
         return "level_shift", self._cusum.measure((value - center) / spread), center, None
 

@@ -234,7 +234,8 @@ class DataScreen(ViewScreen):
         flow, key, metric, ts_ms = target
         since = max(0, int((ts_ms or self.app.state.now_ms) - HISTORY_WINDOW_MS))
         try:
-            points = await self.app.control.query(
+            control = self.app.control
+            points = await control.query(
                 # The 1-minute roll-ups (the L3 layer), not every raw point of six hours.
                 "history", flow=flow, key=key, metric=metric, since_ms=since, step_ms=60_000
             )
@@ -245,18 +246,20 @@ class DataScreen(ViewScreen):
                 "state": "loaded",
                 "target": target,
                 "points": [(int(t), float(v)) for t, v in points or [] if v is not None],
-                "flagged": await self._load_flagged(flow, key, metric, since),
+                "flagged": await self._load_flagged(control, flow, key, metric, since),
             }
         if target == self._hist_target:
             self._hist = result
             with suppress(NoMatches):  # the screen went away while the query ran
                 self._draw_history()
 
-    async def _load_flagged(self, flow: str, key: str, metric: str, since: int) -> list:
+    async def _load_flagged(
+        self, control: Any, flow: str, key: str, metric: str, since: int
+    ) -> list:
         """The flagged points to mark on the chart: ``(ts_ms, value)``; none when the
         engine cannot say (an older one) or the query fails (the chart still draws)."""
         try:
-            rows = await self.app.control.query(
+            rows = await control.query(
                 "anomalies", flow=flow, key=key, metric=metric, since_ms=since
             )
         except Exception:
