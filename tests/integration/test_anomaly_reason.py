@@ -74,3 +74,42 @@ def test_reason_summary_and_the_lineage_text():
                         "anomaly_reason": REASON}]}
     text = render_lineage(info)
     assert "ANOMALOUS; robust_z: observed 1.2 outside 1.08..1.1" in text
+
+
+FLOW = """
+flows:
+  fx:
+    key: pair
+    sources:
+      - {name: fxquote, kind: file, path: none.jsonl, format: jsonl,
+         fields: {pair: pair, ts: ts, rate: rate}, timestamp: {format: epoch_ms}}
+    fields:
+      pair: {type: str, required: true}
+      rate: {type: float}
+    detect:
+      - {metric: rate}
+"""
+
+
+async def test_the_control_reads_the_reason_and_the_flagged_points(tmp_path, sqlite_store, clock):
+    """What the read API, the feed and the console ask the control for: `latest` rows keep
+    the reason in their data; `anomalies` lists a key's points flagged for a metric."""
+    from flowdeck.pipeline.config import parse_config
+    from flowdeck.pipeline.engine.engine import Engine
+    from flowdeck.pipeline.serve.control import LocalControl
+
+    stored(sqlite_store)
+    engine = Engine(parse_config(FLOW, str(tmp_path / "f.yaml")), sqlite_store, clock=clock)
+    await engine.start(schedule=False)
+    try:
+        control = LocalControl(engine)
+        (latest,) = await control.query("latest", flow="fx", key="EURUSD")
+        assert latest["data"]["anomaly_reason"] == REASON
+        flagged = await control.query("anomalies", flow="fx", key="EURUSD", metric="rate",
+                                      since_ms=T - 1)
+        assert flagged == [[T + 60_000, 1.2, 1.0]]
+        assert await control.query("anomalies", flow="fx", key="GBPUSD", metric="rate") == []
+        assert await control.query("anomalies", flow="fx", key="EURUSD", metric="rate",
+                                   since_ms=T + 120_000) == []
+    finally:
+        await engine.stop()
