@@ -16,20 +16,14 @@ same conflation key replace older ones (latest per key, records merged per
 series key), and past a bound the viewer is closed with code 1008. Nothing a
 slow viewer does costs the others more than a dictionary update.
 
-Security: on a loopback bind no token is needed (and Host must be a loopback
-name, against DNS rebinding); any other bind refuses to start without one.
-With a token, every request but ``/healthz``, ``/readyz`` and the static page
-must carry it (``Authorization: Bearer`` or ``?token=``): HTTP answers 401, the
-feed closes with 4401. A request with a foreign ``Origin`` gets 403. Inbound
-messages over ``max_inbound_bytes`` close the connection (1009).
+Who gets in (bind address, token, Host and Origin checks) is ``access.py``'s
+concern. Inbound messages over ``max_inbound_bytes`` close the connection (1009).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import itertools
 import json
 import logging
@@ -39,7 +33,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -47,8 +40,9 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from flowdeck.pipeline.core.shapes import HubEvent, ViewerFlow, ViewerSnapshot
+from flowdeck.pipeline.serve.access import CLOSE_UNAUTHORIZED, FeedError, Gate
 from flowdeck.pipeline.serve.control import Control, ControlError
-from flowdeck.pipeline.serve.http_api import HttpApi, error
+from flowdeck.pipeline.serve.http_api import HttpApi
 from flowdeck.pipeline.serve.metrics import FeedMetrics
 from flowdeck.pipeline.serve.protocol import (
     FLOW_CHANGING,
@@ -70,56 +64,7 @@ from flowdeck.pipeline.serve.protocol import (
 
 log = logging.getLogger("flowdeck.feed")
 
-CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1008  # policy violation: the viewer did not keep up
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
-class FeedError(Exception):
-    """The feed cannot start (bad bind address, missing token, port in use): one line."""
-
-
-def parse_bind(text: str) -> tuple[str, int]:
-    """'HOST:PORT', '[::1]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep or not port_text:
-            raise FeedError(f"cannot read bind address {text!r}: use HOST:PORT or [IPv6]:PORT")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise FeedError(
-                f"cannot read bind address {text!r}: use HOST:PORT, e.g. 127.0.0.1:8765"
-            )
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise FeedError(
-            f"cannot read bind address {text!r}: port {port_text!r} is not a number"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise FeedError(f"cannot read bind address {text!r}: port must be 0..65535")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a bind host (or a Host header's name) only reaches this machine."""
-    name = host.strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(host_header: str) -> str:
-    """The name part of a Host header ('127.0.0.1:8765' -> '127.0.0.1', '[::1]:80' -> '::1')."""
-    if host_header.startswith("["):
-        return host_header[1:].partition("]")[0]
-    return host_header.rpartition(":")[0] if ":" in host_header else host_header
 
 
 @dataclass(frozen=True)
@@ -372,16 +317,7 @@ class FeedServer:
         limits: FeedLimits | None = None,
         caches: Any = None,
     ) -> None:
-        if token is not None and not token.strip():
-            raise FeedError("the feed token is empty")
-        self.loopback = is_loopback(host) if host else False
-        if not self.loopback and not token:
-            where = f"{host or '*'}:{port}"
-            raise FeedError(
-                f"refusing to serve the feed on {where} without a token: pass "
-                "--token or set the variable named by feed.token_env "
-                "(no token is needed on 127.0.0.1)"
-            )
+        self.gate = Gate(host, port, token, origins)  # FeedError for an unsafe config
         self.control = control
         # The engine's caches (flowdeck.storage.caches.Caches) when it runs in this process:
         # the read API keeps encoded bodies there and counts the L4 (HTTP) layer.
@@ -389,8 +325,6 @@ class FeedServer:
             getattr(control, "engine", None), "caches", None)
         self.host = host
         self.port = port
-        self.token = token
-        self.origins = {o.rstrip("/") for o in origins}
         self.limits = limits or FeedLimits()
         self.epoch = uuid.uuid4().hex[:12]
         self.metrics = FeedMetrics()
@@ -411,6 +345,11 @@ class FeedServer:
         self._snap_task_started = -1e18
 
     # ------------------------------------------------------------ lifecycle
+
+    @property
+    def token(self) -> str | None:
+        """The feed's token, or None (loopback only); the HTTP API marks replies private."""
+        return self.gate.token
 
     @property
     def url(self) -> str:
@@ -705,53 +644,16 @@ class FeedServer:
 
     # ------------------------------------------------------------ HTTP and handshake
 
-    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
-        if not self.token:
-            return True
-        given = None
-        auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        elif query.get("token"):
-            given = query["token"][-1]
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
-
-    def _origin_allowed(self, origin: str, host: str | None) -> bool:
-        origin = origin.rstrip("/")
-        if origin in self.origins or "*" in self.origins:
-            return True
-        # The bundled viewer page talks to the server it came from.
-        return host is not None and origin in (f"http://{host}", f"https://{host}")
-
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        path, query = parts.path, parse_qs(parts.query)
-        try:
-            host = request.headers.get("Host")
-            origin = request.headers.get("Origin")
-        except Exception:  # repeated Host or Origin headers
-            return error(400, "repeated Host or Origin header")
-        if (
-            self.loopback
-            and not self.token
-            and host is not None
-            and not is_loopback(_host_name(host))
-        ):
-            return error(
-                403,
-                f"Host {host!r} is not a loopback name: this feed serves "
-                "loopback only (bind another address with a token)",
-            )
-        cors: dict[str, str] = {}
-        if origin is not None:
-            if not self._origin_allowed(origin, host):
-                return error(403, f"Origin {origin!r} is not allowed (config feed.origins)")
-            cors = {"Access-Control-Allow-Origin": origin.rstrip("/")}
-        authorized = self._authorized(request, query)
-        if path == "/feed":
-            conn.flowdeck_authorized = authorized  # the handler closes 4401 without it
+        admitted = self.gate.admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        if admitted.path == "/feed":
+            conn.flowdeck_authorized = admitted.authorized  # the handler closes 4401 without it
             return None
-        return await self.http.handle(request, path, query, authorized, cors)
+        return await self.http.handle(
+            request, admitted.path, admitted.query, admitted.authorized, admitted.cors
+        )
 
     # ------------------------------------------------------------ websocket
 
@@ -1009,11 +911,7 @@ class FeedServer:
 
 __all__ = [
     "CLOSE_TOO_SLOW",
-    "CLOSE_UNAUTHORIZED",
-    "FeedError",
     "FeedLimits",
     "FeedServer",
     "GLOBAL_CHANNELS",
-    "is_loopback",
-    "parse_bind",
 ]
