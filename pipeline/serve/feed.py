@@ -2,22 +2,24 @@
 
 ``/feed`` is the websocket feed (protocol v1, ``docs/protocol.md``); every
 other path is plain HTTP answered through ``websockets``' ``process_request``
-hook (``feed_http``): ``/healthz``, ``/readyz``, ``/metrics``, the read API
+hook (``http_api``): ``/healthz``, ``/readyz``, ``/metrics``, the read API
 under ``/api/`` and the browser viewer at ``/``.
 
-How a message travels: the engine publishes an event on its hub; the feed's
-pump turns it into deltas on channels (``feed_protocol.route``), gives each a
-per-channel ``seq``, encodes it **once** and keeps it in the channel's bounded
-replay buffer; then every subscriber of the channel gets those same bytes
-(subscribers with filters share one encoding per distinct filter). A viewer
-that keeps up is written to directly, as ``websockets.broadcast`` does. A
-viewer whose socket is backed up gets a queue instead: newer messages with the
-same conflation key replace older ones (latest per key, records merged per
-series key), and past a bound the viewer is closed with code 1008. Nothing a
-slow viewer does costs the others more than a dictionary update.
+:class:`FeedServer` runs it: start and stop, the websocket handler and what a
+viewer may ask (subscribe, unsubscribe, ack, ping, actions and queries),
+channel snapshots from the engine's shared snapshot, and the periodic jobs
+(hub pump, flow-summary refresh, heartbeats, metrics ticks). Its parts:
 
-Who gets in (bind address, token, Host and Origin checks) is ``access.py``'s
-concern. Inbound messages over ``max_inbound_bytes`` close the connection (1009).
+- ``access.py``: who gets in (bind address, token, Host and Origin checks);
+- ``channels.py``: how a message travels. The engine publishes an event on its
+  hub; the feed's pump turns it into deltas on channels (``protocol.route``),
+  and ``Channels.publish`` gives each a per-channel ``seq``, encodes it
+  **once**, keeps it in the channel's bounded replay buffer and fans the same
+  bytes out to every subscriber;
+- ``Viewer`` (below): one connection, written to directly while it keeps up,
+  queued with conflation while it is slow, closed (1008) past a bound.
+
+Inbound messages over ``max_inbound_bytes`` close the connection (1009).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +42,16 @@ from websockets.protocol import State
 
 from flowdeck.pipeline.core.shapes import HubEvent, ViewerFlow, ViewerSnapshot
 from flowdeck.pipeline.serve.access import CLOSE_UNAUTHORIZED, FeedError, Gate
+from flowdeck.pipeline.serve.channels import Channel, Channels, Message, Sub
 from flowdeck.pipeline.serve.control import Control, ControlError
 from flowdeck.pipeline.serve.http_api import HttpApi
 from flowdeck.pipeline.serve.metrics import FeedMetrics
 from flowdeck.pipeline.serve.protocol import (
     FLOW_CHANGING,
-    GLOBAL_CHANNELS,
-    MERGE_RECORDS,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     Filter,
     ProtocolError,
-    all_channels,
     channel_kind,
     envelope,
     merge_records,
@@ -85,73 +84,6 @@ class FeedLimits:
     max_requests_in_flight: int = 8  # actions and queries per viewer
     recent_events: int = 200  # what the events channel's snapshot holds
     close_timeout_s: float = 10.0
-
-
-@dataclass(slots=True)
-class Message:
-    """One encoded server message; ``payload`` is what goes on the wire."""
-
-    channel: str | None
-    type: str
-    seq: int
-    ts: float
-    data: Any
-    ckey: Any  # conflation key, or None
-    payload: bytes
-    merge: bool = False
-
-    def content(self) -> Any:
-        """The data, decoded from the payload for messages kept as bytes only."""
-        return self.data if self.data is not None else json.loads(self.payload)["data"]
-
-
-@dataclass(slots=True)
-class Sub:
-    """One viewer's subscription to one channel."""
-
-    filter: Filter | None
-    ack: bool
-
-
-class Channel:
-    """A channel's sequence counter, subscribers and replay buffer."""
-
-    __slots__ = ("name", "kind", "flow", "seq", "subscribers", "buffer", "buffer_bytes", "label")
-
-    def __init__(self, name: str, kind: str, flow: str | None) -> None:
-        self.name = name
-        self.kind = kind
-        self.flow = flow
-        self.seq = 0
-        self.subscribers: dict[Viewer, Sub] = {}
-        self.buffer: deque[Message] = deque()
-        self.buffer_bytes = 0
-
-    def remember(self, msg: Message, limits: FeedLimits) -> None:
-        """Keep the encoded message for resume (bytes only: no parsed data to keep alive)."""
-        msg = Message(
-            msg.channel, msg.type, msg.seq, msg.ts, None, msg.ckey, msg.payload, msg.merge
-        )
-        self.buffer.append(msg)
-        self.buffer_bytes += len(msg.payload)
-        while self.buffer and (
-            len(self.buffer) > limits.replay_messages or self.buffer_bytes > limits.replay_bytes
-        ):
-            self.buffer_bytes -= len(self.buffer.popleft().payload)
-
-    def covers(self, after: int) -> bool:
-        """Whether every message after seq ``after`` is still in the replay buffer."""
-        if after < 0 or after > self.seq:
-            return False
-        if after == self.seq:
-            return True
-        return bool(self.buffer) and self.buffer[0].seq <= after + 1
-
-    def since(self, after: int) -> Iterator[Message]:
-        if not self.buffer or after >= self.seq:
-            return iter(())
-        start = max(0, after + 1 - self.buffer[0].seq)
-        return itertools.islice(self.buffer, start, None)
 
 
 class Viewer:
@@ -330,7 +262,7 @@ class FeedServer:
         self.metrics = FeedMetrics()
         self.http = HttpApi(self)
         self.flows: list[str] = []
-        self.channels: dict[str, Channel] = {}
+        self.channels = Channels(self.limits, self.metrics)
         self.viewers: set[Viewer] = set()
         self.recent: deque[HubEvent] = deque(maxlen=self.limits.recent_events)
         self.server: Server | None = None
@@ -365,9 +297,7 @@ class FeedServer:
         self._hub_sub = self.control.subscribe()
         snap = await self.snapshot()
         self.flows = list(snap["flows"])
-        for name in all_channels(self.flows):
-            kind, flow = channel_kind(name, self.flows)
-            self.channels[name] = Channel(name, kind, flow)
+        self.channels.open(self.flows)
         self.metrics.seed(snap)
         self._last_summary = dict(snap["flows"])
         try:
@@ -446,7 +376,7 @@ class FeedServer:
                     await asyncio.shield(task)
                 continue
             started = time.monotonic()
-            seqs = {name: ch.seq for name, ch in self.channels.items()}
+            seqs = self.channels.seqs()
             self._snap_task = asyncio.get_running_loop().create_task(
                 self._fetch_snapshot(started, seqs)
             )
@@ -493,75 +423,17 @@ class FeedServer:
         for r in route(ev):
             ch = self.channels.get(r.channel)
             if ch is not None:
-                self.publish(ch, r.data, r.ckey)
+                self.channels.publish(ch, r.data, r.ckey)
         if ev.get("type") in FLOW_CHANGING:
             self._flows_dirty.set()
 
-    def publish(self, ch: Channel, data: Any, ckey: Any = None) -> Message:
-        """A delta on a channel: next seq, encoded once, remembered, fanned out."""
-        ch.seq += 1
-        now = time.time()
-        msg = Message(
-            ch.name,
-            "delta",
-            ch.seq,
-            now,
-            data,
-            ckey,
-            envelope("delta", ch.name, ch.seq, now, data),
-            ckey is MERGE_RECORDS,
-        )
-        ch.remember(msg, self.limits)
-        if ch.subscribers:
-            self._fanout(ch, msg)
-        return msg
-
-    def _fanout(self, ch: Channel, msg: Message) -> None:
-        filtered: dict[Filter, Message | None] = {}
-        written = 0
-        for viewer, sub in list(ch.subscribers.items()):
-            m: Message | None = msg
-            if sub.filter is not None:
-                if sub.filter in filtered:
-                    m = filtered[sub.filter]
-                else:
-                    m = filtered[sub.filter] = self._filtered(ch, msg, sub.filter)
-                if m is None:
-                    continue
-            if viewer.deliver(m):
-                written += 1
-        if written:
-            self.metrics.sent(ch.name, written)
-
-    @staticmethod
-    def _filtered(ch: Channel, msg: Message, flt: Filter) -> Message | None:
-        content = msg.content()
-        data = flt.delta(ch.kind, content)
-        if data is None:
-            return None
-        if data is content:
-            return msg
-        return Message(
-            msg.channel,
-            msg.type,
-            msg.seq,
-            msg.ts,
-            data,
-            msg.ckey,
-            envelope(msg.type, msg.channel, msg.seq, msg.ts, data),
-            msg.merge,
-        )
-
     def _resync(self, reason: str) -> None:
         """After lost events: every subscription gets a gap notice and a fresh snapshot."""
-        for viewer in list(self.viewers):
-            for name, sub in list(viewer.subs.items()):
-                ch = self.channels[name]
-                ch.subscribers.pop(viewer, None)  # back in after the snapshot, no duplicates
-                viewer.subs.pop(name, None)
-                viewer.drop_pending(name)
-                viewer.reply("gap", {"reason": reason, "seq": ch.seq}, name)
-                self._spawn(self._send_snapshot(viewer, ch, sub))
+        self.channels.resync(
+            self.viewers,
+            reason,
+            lambda viewer, ch, sub: self._spawn(self._send_snapshot(viewer, ch, sub)),
+        )
 
     # ------------------------------------------------------------ periodic
 
@@ -605,10 +477,12 @@ class FeedServer:
             if self._last_summary.get(flow) == summary:
                 continue
             self._last_summary[flow] = summary
-            self.publish(self.channels["flows"], {"flow": flow, "summary": summary}, flow)
+            self.channels.publish(
+                self.channels["flows"], {"flow": flow, "summary": summary}, flow
+            )
             ch = self.channels.get(f"flow:{flow}")
             if ch is not None:
-                self.publish(
+                self.channels.publish(
                     ch,
                     {"type": "summary", "ts": now, "flow": flow, "seq": None, "data": summary},
                     "summary",
@@ -619,7 +493,7 @@ class FeedServer:
         while True:
             await asyncio.sleep(self.limits.heartbeat_s)
             now = time.time()
-            data = {"channels": {name: ch.seq for name, ch in self.channels.items()}}
+            data = {"channels": self.channels.seqs()}
             m = Message(
                 None,
                 "heartbeat",
@@ -640,7 +514,7 @@ class FeedServer:
             data = self.metrics.channel_data(len(self.viewers))
             ch = self.channels["metrics"]
             if ch.subscribers:
-                self.publish(ch, data, "metrics")
+                self.channels.publish(ch, data, "metrics")
 
     # ------------------------------------------------------------ HTTP and handshake
 
@@ -806,7 +680,7 @@ class FeedServer:
             name,
         )
         if resumed:
-            self._replay(viewer, ch, sub, resume)
+            self.channels.replay(viewer, ch, sub, resume)
             ch.subscribers[viewer] = sub
             viewer.subs[name] = sub
             return
@@ -864,18 +738,9 @@ class FeedServer:
                 envelope("snapshot", ch.name, seq, now, data),
             )
         )
-        self._replay(viewer, ch, sub, seq)
+        self.channels.replay(viewer, ch, sub, seq)
         ch.subscribers[viewer] = sub
         viewer.subs[ch.name] = sub
-
-    def _replay(self, viewer: Viewer, ch: Channel, sub: Sub, after: int) -> None:
-        written = 0
-        for m in list(ch.since(after)):
-            fm = m if sub.filter is None else self._filtered(ch, m, sub.filter)
-            if fm is not None and viewer.deliver(fm):
-                written += 1
-        if written:
-            self.metrics.sent(ch.name, written)
 
     async def _channel_snapshot(self, ch: Channel, fresh: bool = False) -> tuple[int, Any]:
         """(seq, data): the data reflects at least every delta up to seq.
@@ -909,9 +774,4 @@ class FeedServer:
         }
 
 
-__all__ = [
-    "CLOSE_TOO_SLOW",
-    "FeedLimits",
-    "FeedServer",
-    "GLOBAL_CHANNELS",
-]
+__all__ = ["CLOSE_TOO_SLOW", "FeedLimits", "FeedServer"]
