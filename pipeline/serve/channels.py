@@ -9,7 +9,7 @@ encoding per distinct filter). ``replay`` sends what a viewer missed after a seq
 lost events, with a gap notice, for the server to send each a fresh snapshot.
 
 What happens to a message once a viewer has it (writing, queueing, conflation) is
-``Viewer``'s concern.
+``viewer.py``'s concern.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from flowdeck.pipeline.serve.protocol import (
 )
 
 if TYPE_CHECKING:
-    from flowdeck.pipeline.serve.feed import FeedLimits, Viewer
+    from flowdeck.pipeline.serve.feed import FeedLimits
+    from flowdeck.pipeline.serve.viewer import Viewer
 
 
 @dataclass(slots=True)

@@ -16,8 +16,8 @@ channel snapshots from the engine's shared snapshot, and the periodic jobs
   and ``Channels.publish`` gives each a per-channel ``seq``, encodes it
   **once**, keeps it in the channel's bounded replay buffer and fans the same
   bytes out to every subscriber;
-- ``Viewer`` (below): one connection, written to directly while it keeps up,
-  queued with conflation while it is slow, closed (1008) past a bound.
+- ``viewer.py``: one connection, written to directly while it keeps up, queued
+  with conflation while it is slow, closed (1008) past a bound.
 
 Inbound messages over ``max_inbound_bytes`` close the connection (1009).
 """
@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from flowdeck.pipeline.core.shapes import HubEvent, ViewerFlow, ViewerSnapshot
 from flowdeck.pipeline.serve.access import CLOSE_UNAUTHORIZED, FeedError, Gate
@@ -54,16 +52,14 @@ from flowdeck.pipeline.serve.protocol import (
     ProtocolError,
     channel_kind,
     envelope,
-    merge_records,
     remote_actor,
     route,
     slim_event,
     trim_snapshot,
 )
+from flowdeck.pipeline.serve.viewer import Viewer
 
 log = logging.getLogger("flowdeck.feed")
-
-CLOSE_TOO_SLOW = 1008  # policy violation: the viewer did not keep up
 
 
 @dataclass(frozen=True)
@@ -84,155 +80,6 @@ class FeedLimits:
     max_requests_in_flight: int = 8  # actions and queries per viewer
     recent_events: int = 200  # what the events channel's snapshot holds
     close_timeout_s: float = 10.0
-
-
-class Viewer:
-    """One websocket connection: its subscriptions, and a queue only while it is slow."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, server: FeedServer, conn: ServerConnection) -> None:
-        self.id = next(self._ids)
-        self.server = server
-        self.conn = conn
-        self.subs: dict[str, Sub] = {}
-        self.pending: OrderedDict[Any, Message] = OrderedDict()
-        self.pending_bytes = 0
-        self.writer: asyncio.Task | None = None
-        self.closed = False
-        self.acks: dict[str, deque[int]] = {}  # channel -> seqs written, not yet acked
-        self._ack_wake = asyncio.Event()
-        self._uniq = itertools.count()
-        self.in_flight = 0
-
-    # ------------------------------------------------------------ sending
-
-    def deliver(self, m: Message) -> bool:
-        """Write now if the socket keeps up (True), else queue with conflation (False)."""
-        if self.closed:
-            return False
-        if self.pending or self.conn.paused or (self.acks and self._ack_blocked()):
-            self._enqueue(m)
-            return False
-        return self._write(m)
-
-    def _write(self, m: Message) -> bool:
-        conn = self.conn
-        if conn.protocol.state is not State.OPEN or conn.transport.is_closing():
-            self._lost()
-            return False
-        try:
-            conn.protocol.send_text(m.payload)
-            conn.send_data()
-        except Exception:  # a socket that fails under us: the handler sees it close
-            self._lost()
-            return False
-        if self.acks and m.seq and m.type == "delta":
-            unacked = self.acks.get(m.channel)
-            if unacked is not None:
-                unacked.append(m.seq)
-        return True
-
-    def _enqueue(self, m: Message) -> None:
-        if m.ckey is None:
-            key: Any = next(self._uniq)
-        else:
-            key = (m.channel, m.ckey)
-            old = self.pending.pop(key, None)
-            if old is not None:
-                self.pending_bytes -= len(old.payload)
-                self.server.metrics.drop("conflated")
-                if m.merge and old.merge and old.type == m.type == "delta":
-                    data = merge_records(old.content(), m.content())
-                    m = Message(
-                        m.channel,
-                        m.type,
-                        m.seq,
-                        m.ts,
-                        data,
-                        m.ckey,
-                        envelope(m.type, m.channel, m.seq, m.ts, data),
-                        True,
-                    )
-        self.pending[key] = m
-        self.pending_bytes += len(m.payload)
-        lim = self.server.limits
-        if len(self.pending) > lim.max_pending or self.pending_bytes > lim.max_pending_bytes:
-            self.close_slow()
-        elif self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        """Write the queue as the socket drains (and as acks arrive), oldest first."""
-        try:
-            while self.pending and not self.closed:
-                if self.conn.paused:
-                    await self.conn.drain()
-                    continue
-                if self.acks and self._ack_blocked():
-                    self._ack_wake.clear()
-                    await self._ack_wake.wait()
-                    continue
-                _, m = self.pending.popitem(last=False)
-                self.pending_bytes -= len(m.payload)
-                if self._write(m):
-                    self.server.metrics.sent(m.channel or "-", 1)
-        except Exception:  # connection lost while waiting: the handler cleans up
-            self._lost()
-        finally:
-            self.writer = None
-
-    def _ack_blocked(self) -> bool:
-        window = self.server.limits.ack_window
-        return any(len(unacked) >= window for unacked in self.acks.values())
-
-    def ack(self, channel: str, seq: int) -> None:
-        """The viewer has processed everything up to ``seq`` on ``channel``."""
-        unacked = self.acks.get(channel)
-        if unacked is None:
-            raise ProtocolError(
-                "bad_request", f'channel {channel!r} is not subscribed with "ack": true'
-            )
-        while unacked and unacked[0] <= seq:
-            unacked.popleft()
-        self._ack_wake.set()
-
-    def reply(self, type_: str, data: dict, channel: str | None = None) -> None:
-        """A reply, error or notice for this viewer only (never conflated)."""
-        now = time.time()
-        m = Message(channel, type_, 0, now, data, None, envelope(type_, channel, 0, now, data))
-        if self.deliver(m):
-            self.server.metrics.sent("-", 1)
-
-    # ------------------------------------------------------------ closing
-
-    def close_slow(self) -> None:
-        """Disconnect a viewer that fell too far behind: 1008 with the reason."""
-        n, size = len(self.pending), self.pending_bytes
-        self.server.metrics.drop("slow_viewer", n)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self._lost()
-        reason = f"viewer too slow: {n} messages ({size // 1024} KiB) queued"
-        log.warning("feed viewer %s at %s closed: %s", self.id, self.conn.remote_address, reason)
-        self.server._spawn(self.conn.close(CLOSE_TOO_SLOW, reason))
-
-    def _lost(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.detach()
-            self._ack_wake.set()
-
-    def detach(self) -> None:
-        for name in list(self.subs):
-            ch = self.server.channels.get(name)
-            if ch is not None:
-                ch.subscribers.pop(self, None)
-        self.subs.clear()
-
-    def drop_pending(self, channel: str) -> None:
-        for key in [k for k, m in self.pending.items() if m.channel == channel]:
-            self.pending_bytes -= len(self.pending.pop(key).payload)
 
 
 class FeedServer:
@@ -535,7 +382,13 @@ class FeedServer:
         if not getattr(conn, "flowdeck_authorized", False):
             await conn.close(CLOSE_UNAUTHORIZED, "missing or wrong token")
             return
-        viewer = Viewer(self, conn)
+        viewer = Viewer(
+            conn,
+            limits=self.limits,
+            metrics=self.metrics,
+            channels=self.channels,
+            spawn=self._spawn,
+        )
         self.viewers.add(viewer)
         self.metrics.feed_clients.set(len(self.viewers))
         viewer.reply(
@@ -774,4 +627,4 @@ class FeedServer:
         }
 
 
-__all__ = ["CLOSE_TOO_SLOW", "FeedLimits", "FeedServer"]
+__all__ = ["FeedLimits", "FeedServer"]
