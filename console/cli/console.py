@@ -165,7 +165,7 @@ def _serve_web(args, config: Config) -> int:
     authentication, so it only serves on loopback (reach it over SSH or a proxy)."""
     import shlex
 
-    from flowdeck.pipeline.serve.feed import FeedError, is_loopback, parse_bind
+    from flowdeck.pipeline.serve.access import FeedError, is_loopback, parse_bind
 
     try:
         host, port = parse_bind(args.web)

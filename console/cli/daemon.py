@@ -65,8 +65,9 @@ def format_run(s: dict) -> str:
 
 def feed_server(args, config: Config, engine):
     """The feed and HTTP API for `flowdeck daemon` (FeedError if the bind needs a token)."""
+    from flowdeck.pipeline.serve.access import FeedError, parse_bind
     from flowdeck.pipeline.serve.control import LocalControl
-    from flowdeck.pipeline.serve.feed import FeedError, FeedServer, parse_bind
+    from flowdeck.pipeline.serve.feed import FeedServer
 
     token = common.feed_token(args, config)
     try:
@@ -83,7 +84,7 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
     runs (and with `live_log` issues and quarantines) as they happen; the feed too when
     `args.serve_feed`."""
     from flowdeck.pipeline.engine.engine import Engine
-    from flowdeck.pipeline.serve.feed import FeedError
+    from flowdeck.pipeline.serve.access import FeedError
 
     store = common.store(args, config)
     engine = Engine(config, store, **common.engine_kwargs(args))

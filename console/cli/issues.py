@@ -153,7 +153,7 @@ def _action_params(args) -> dict:
 
 
 def _default_feed(config: Config) -> str:
-    from flowdeck.pipeline.serve.feed import FeedError, parse_bind
+    from flowdeck.pipeline.serve.access import FeedError, parse_bind
 
     try:
         host, port = parse_bind(config.feed.bind)

@@ -187,8 +187,9 @@ class EngineSnapshot(TypedDict):
 # column of the table in flowdeck.storage.schema.
 
 
-class LatestRow(TypedDict):
-    flow: str
+class RecordValue(TypedDict):
+    """A stored value as a ``records`` event carries it (the newest per key of a run)."""
+
     key: str
     ts_ms: int
     data: dict[str, Any]
@@ -197,6 +198,12 @@ class LatestRow(TypedDict):
     anomalous: bool
     flags: list[str]
     sources: list[str]
+
+
+class LatestRow(RecordValue):
+    """A row of the ``latest`` table: the newest record per key."""
+
+    flow: str
     updated_ms: int
 
 
@@ -369,19 +376,6 @@ class ActionData(TypedDict):
     reason: str
     outcome: str
     source: str | None
-
-
-class RecordValue(TypedDict):
-    """A stored value as a ``records`` event carries it (the newest per key of a run)."""
-
-    key: str
-    ts_ms: int
-    data: dict[str, Any]
-    quality: float
-    anomaly_score: float | None
-    anomalous: bool
-    flags: list[str]
-    sources: list[str]
 
 
 class RecordsData(TypedDict):

@@ -10,7 +10,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from flowdeck.pipeline.config import BUNDLED_DIR
 
@@ -274,7 +274,7 @@ SOURCES: dict[str, _SourceSpec] = {
 ROUTES: dict[str, str] = {s.path: s.name for s in SOURCES.values() if s.fmt != "stream"}
 STREAM_PATH = "/stream/fx"
 
-MALFORMED_VARIANTS = (
+MalformedVariant = Literal[
     "truncated_json",
     "html",
     "bad_utf8",
@@ -283,7 +283,10 @@ MALFORMED_VARIANTS = (
     "wrong_types",
     "missing_fields",
     "huge",
-)
+]
+MALFORMED_VARIANTS: tuple[str, ...] = get_args(MalformedVariant)
+
+
 # --------------------------------------------------------------------------- deterministic values
 
 

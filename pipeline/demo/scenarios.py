@@ -12,20 +12,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from flowdeck.pipeline.config import BUNDLED_DIR
 from flowdeck.pipeline.core.durations import parse_duration
-from flowdeck.pipeline.demo.catalogue import FLOW_KEYS, FLOW_METRICS, SOURCES
+from flowdeck.pipeline.demo.catalogue import FLOW_KEYS, FLOW_METRICS, SOURCES, MalformedVariant
 
 SCENARIO_DIR = BUNDLED_DIR / "scenarios"
 
-MalformedVariant = Literal[
-    "truncated_json",
-    "html",
-    "bad_utf8",
-    "nan",
-    "deep_nesting",
-    "wrong_types",
-    "missing_fields",
-    "huge",
-]
 FaultKind = Literal[
     "outage",
     "error_burst",

@@ -2,124 +2,64 @@
 
 ``/feed`` is the websocket feed (protocol v1, ``docs/protocol.md``); every
 other path is plain HTTP answered through ``websockets``' ``process_request``
-hook (``feed_http``): ``/healthz``, ``/readyz``, ``/metrics``, the read API
+hook (``http_api``): ``/healthz``, ``/readyz``, ``/metrics``, the read API
 under ``/api/`` and the browser viewer at ``/``.
 
-How a message travels: the engine publishes an event on its hub; the feed's
-pump turns it into deltas on channels (``feed_protocol.route``), gives each a
-per-channel ``seq``, encodes it **once** and keeps it in the channel's bounded
-replay buffer; then every subscriber of the channel gets those same bytes
-(subscribers with filters share one encoding per distinct filter). A viewer
-that keeps up is written to directly, as ``websockets.broadcast`` does. A
-viewer whose socket is backed up gets a queue instead: newer messages with the
-same conflation key replace older ones (latest per key, records merged per
-series key), and past a bound the viewer is closed with code 1008. Nothing a
-slow viewer does costs the others more than a dictionary update.
+:class:`FeedServer` runs it: start and stop, the websocket handler and what a
+viewer may ask (subscribe, unsubscribe, ack, ping, actions and queries),
+channel snapshots from the engine's shared snapshot, and the periodic jobs
+(hub pump, flow-summary refresh, heartbeats, metrics ticks). Its parts:
 
-Security: on a loopback bind no token is needed (and Host must be a loopback
-name, against DNS rebinding); any other bind refuses to start without one.
-With a token, every request but ``/healthz``, ``/readyz`` and the static page
-must carry it (``Authorization: Bearer`` or ``?token=``): HTTP answers 401, the
-feed closes with 4401. A request with a foreign ``Origin`` gets 403. Inbound
-messages over ``max_inbound_bytes`` close the connection (1009).
+- ``access.py``: who gets in (bind address, token, Host and Origin checks);
+- ``channels.py``: how a message travels. The engine publishes an event on its
+  hub; the feed's pump turns it into deltas on channels (``protocol.route``),
+  and ``Channels.publish`` gives each a per-channel ``seq``, encodes it
+  **once**, keeps it in the channel's bounded replay buffer and fans the same
+  bytes out to every subscriber;
+- ``viewer.py``: one connection, written to directly while it keeps up, queued
+  with conflation while it is slow, closed (1008) past a bound.
+
+Inbound messages over ``max_inbound_bytes`` close the connection (1009).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
-import itertools
 import json
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from flowdeck.pipeline.core.shapes import HubEvent, ViewerFlow, ViewerSnapshot
+from flowdeck.pipeline.serve.access import CLOSE_UNAUTHORIZED, FeedError, Gate
+from flowdeck.pipeline.serve.channels import Channel, Channels, Message, Sub
 from flowdeck.pipeline.serve.control import Control, ControlError
-from flowdeck.pipeline.serve.http_api import HttpApi, error
+from flowdeck.pipeline.serve.http_api import HttpApi
 from flowdeck.pipeline.serve.metrics import FeedMetrics
 from flowdeck.pipeline.serve.protocol import (
     FLOW_CHANGING,
-    GLOBAL_CHANNELS,
-    MERGE_RECORDS,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     Filter,
     ProtocolError,
-    all_channels,
     channel_kind,
     envelope,
-    merge_records,
     remote_actor,
     route,
     slim_event,
     trim_snapshot,
 )
+from flowdeck.pipeline.serve.viewer import Viewer
 
 log = logging.getLogger("flowdeck.feed")
-
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_TOO_SLOW = 1008  # policy violation: the viewer did not keep up
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
-class FeedError(Exception):
-    """The feed cannot start (bad bind address, missing token, port in use): one line."""
-
-
-def parse_bind(text: str) -> tuple[str, int]:
-    """'HOST:PORT', '[::1]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep or not port_text:
-            raise FeedError(f"cannot read bind address {text!r}: use HOST:PORT or [IPv6]:PORT")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise FeedError(
-                f"cannot read bind address {text!r}: use HOST:PORT, e.g. 127.0.0.1:8765"
-            )
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise FeedError(
-            f"cannot read bind address {text!r}: port {port_text!r} is not a number"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise FeedError(f"cannot read bind address {text!r}: port must be 0..65535")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a bind host (or a Host header's name) only reaches this machine."""
-    name = host.strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(host_header: str) -> str:
-    """The name part of a Host header ('127.0.0.1:8765' -> '127.0.0.1', '[::1]:80' -> '::1')."""
-    if host_header.startswith("["):
-        return host_header[1:].partition("]")[0]
-    return host_header.rpartition(":")[0] if ":" in host_header else host_header
 
 
 @dataclass(frozen=True)
@@ -142,222 +82,6 @@ class FeedLimits:
     close_timeout_s: float = 10.0
 
 
-@dataclass(slots=True)
-class Message:
-    """One encoded server message; ``payload`` is what goes on the wire."""
-
-    channel: str | None
-    type: str
-    seq: int
-    ts: float
-    data: Any
-    ckey: Any  # conflation key, or None
-    payload: bytes
-    merge: bool = False
-
-    def content(self) -> Any:
-        """The data, decoded from the payload for messages kept as bytes only."""
-        return self.data if self.data is not None else json.loads(self.payload)["data"]
-
-
-@dataclass(slots=True)
-class Sub:
-    """One viewer's subscription to one channel."""
-
-    filter: Filter | None
-    ack: bool
-
-
-class Channel:
-    """A channel's sequence counter, subscribers and replay buffer."""
-
-    __slots__ = ("name", "kind", "flow", "seq", "subscribers", "buffer", "buffer_bytes", "label")
-
-    def __init__(self, name: str, kind: str, flow: str | None) -> None:
-        self.name = name
-        self.kind = kind
-        self.flow = flow
-        self.seq = 0
-        self.subscribers: dict[Viewer, Sub] = {}
-        self.buffer: deque[Message] = deque()
-        self.buffer_bytes = 0
-
-    def remember(self, msg: Message, limits: FeedLimits) -> None:
-        """Keep the encoded message for resume (bytes only: no parsed data to keep alive)."""
-        msg = Message(
-            msg.channel, msg.type, msg.seq, msg.ts, None, msg.ckey, msg.payload, msg.merge
-        )
-        self.buffer.append(msg)
-        self.buffer_bytes += len(msg.payload)
-        while self.buffer and (
-            len(self.buffer) > limits.replay_messages or self.buffer_bytes > limits.replay_bytes
-        ):
-            self.buffer_bytes -= len(self.buffer.popleft().payload)
-
-    def covers(self, after: int) -> bool:
-        """Whether every message after seq ``after`` is still in the replay buffer."""
-        if after < 0 or after > self.seq:
-            return False
-        if after == self.seq:
-            return True
-        return bool(self.buffer) and self.buffer[0].seq <= after + 1
-
-    def since(self, after: int) -> Iterator[Message]:
-        if not self.buffer or after >= self.seq:
-            return iter(())
-        start = max(0, after + 1 - self.buffer[0].seq)
-        return itertools.islice(self.buffer, start, None)
-
-
-class Viewer:
-    """One websocket connection: its subscriptions, and a queue only while it is slow."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, server: FeedServer, conn: ServerConnection) -> None:
-        self.id = next(self._ids)
-        self.server = server
-        self.conn = conn
-        self.subs: dict[str, Sub] = {}
-        self.pending: OrderedDict[Any, Message] = OrderedDict()
-        self.pending_bytes = 0
-        self.writer: asyncio.Task | None = None
-        self.closed = False
-        self.acks: dict[str, deque[int]] = {}  # channel -> seqs written, not yet acked
-        self._ack_wake = asyncio.Event()
-        self._uniq = itertools.count()
-        self.in_flight = 0
-
-    # ------------------------------------------------------------ sending
-
-    def deliver(self, m: Message) -> bool:
-        """Write now if the socket keeps up (True), else queue with conflation (False)."""
-        if self.closed:
-            return False
-        if self.pending or self.conn.paused or (self.acks and self._ack_blocked()):
-            self._enqueue(m)
-            return False
-        return self._write(m)
-
-    def _write(self, m: Message) -> bool:
-        conn = self.conn
-        if conn.protocol.state is not State.OPEN or conn.transport.is_closing():
-            self._lost()
-            return False
-        try:
-            conn.protocol.send_text(m.payload)
-            conn.send_data()
-        except Exception:  # a socket that fails under us: the handler sees it close
-            self._lost()
-            return False
-        if self.acks and m.seq and m.type == "delta":
-            unacked = self.acks.get(m.channel)
-            if unacked is not None:
-                unacked.append(m.seq)
-        return True
-
-    def _enqueue(self, m: Message) -> None:
-        if m.ckey is None:
-            key: Any = next(self._uniq)
-        else:
-            key = (m.channel, m.ckey)
-            old = self.pending.pop(key, None)
-            if old is not None:
-                self.pending_bytes -= len(old.payload)
-                self.server.metrics.drop("conflated")
-                if m.merge and old.merge and old.type == m.type == "delta":
-                    data = merge_records(old.content(), m.content())
-                    m = Message(
-                        m.channel,
-                        m.type,
-                        m.seq,
-                        m.ts,
-                        data,
-                        m.ckey,
-                        envelope(m.type, m.channel, m.seq, m.ts, data),
-                        True,
-                    )
-        self.pending[key] = m
-        self.pending_bytes += len(m.payload)
-        lim = self.server.limits
-        if len(self.pending) > lim.max_pending or self.pending_bytes > lim.max_pending_bytes:
-            self.close_slow()
-        elif self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        """Write the queue as the socket drains (and as acks arrive), oldest first."""
-        try:
-            while self.pending and not self.closed:
-                if self.conn.paused:
-                    await self.conn.drain()
-                    continue
-                if self.acks and self._ack_blocked():
-                    self._ack_wake.clear()
-                    await self._ack_wake.wait()
-                    continue
-                _, m = self.pending.popitem(last=False)
-                self.pending_bytes -= len(m.payload)
-                if self._write(m):
-                    self.server.metrics.sent(m.channel or "-", 1)
-        except Exception:  # connection lost while waiting: the handler cleans up
-            self._lost()
-        finally:
-            self.writer = None
-
-    def _ack_blocked(self) -> bool:
-        window = self.server.limits.ack_window
-        return any(len(unacked) >= window for unacked in self.acks.values())
-
-    def ack(self, channel: str, seq: int) -> None:
-        """The viewer has processed everything up to ``seq`` on ``channel``."""
-        unacked = self.acks.get(channel)
-        if unacked is None:
-            raise ProtocolError(
-                "bad_request", f'channel {channel!r} is not subscribed with "ack": true'
-            )
-        while unacked and unacked[0] <= seq:
-            unacked.popleft()
-        self._ack_wake.set()
-
-    def reply(self, type_: str, data: dict, channel: str | None = None) -> None:
-        """A reply, error or notice for this viewer only (never conflated)."""
-        now = time.time()
-        m = Message(channel, type_, 0, now, data, None, envelope(type_, channel, 0, now, data))
-        if self.deliver(m):
-            self.server.metrics.sent("-", 1)
-
-    # ------------------------------------------------------------ closing
-
-    def close_slow(self) -> None:
-        """Disconnect a viewer that fell too far behind: 1008 with the reason."""
-        n, size = len(self.pending), self.pending_bytes
-        self.server.metrics.drop("slow_viewer", n)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self._lost()
-        reason = f"viewer too slow: {n} messages ({size // 1024} KiB) queued"
-        log.warning("feed viewer %s at %s closed: %s", self.id, self.conn.remote_address, reason)
-        self.server._spawn(self.conn.close(CLOSE_TOO_SLOW, reason))
-
-    def _lost(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.detach()
-            self._ack_wake.set()
-
-    def detach(self) -> None:
-        for name in list(self.subs):
-            ch = self.server.channels.get(name)
-            if ch is not None:
-                ch.subscribers.pop(self, None)
-        self.subs.clear()
-
-    def drop_pending(self, channel: str) -> None:
-        for key in [k for k, m in self.pending.items() if m.channel == channel]:
-            self.pending_bytes -= len(self.pending.pop(key).payload)
-
-
 class FeedServer:
     """Serves a :class:`~flowdeck.pipeline.serve.control.Control` on one port (feed + HTTP)."""
 
@@ -372,16 +96,7 @@ class FeedServer:
         limits: FeedLimits | None = None,
         caches: Any = None,
     ) -> None:
-        if token is not None and not token.strip():
-            raise FeedError("the feed token is empty")
-        self.loopback = is_loopback(host) if host else False
-        if not self.loopback and not token:
-            where = f"{host or '*'}:{port}"
-            raise FeedError(
-                f"refusing to serve the feed on {where} without a token: pass "
-                "--token or set the variable named by feed.token_env "
-                "(no token is needed on 127.0.0.1)"
-            )
+        self.gate = Gate(host, port, token, origins)  # FeedError for an unsafe config
         self.control = control
         # The engine's caches (flowdeck.storage.caches.Caches) when it runs in this process:
         # the read API keeps encoded bodies there and counts the L4 (HTTP) layer.
@@ -389,14 +104,12 @@ class FeedServer:
             getattr(control, "engine", None), "caches", None)
         self.host = host
         self.port = port
-        self.token = token
-        self.origins = {o.rstrip("/") for o in origins}
         self.limits = limits or FeedLimits()
         self.epoch = uuid.uuid4().hex[:12]
         self.metrics = FeedMetrics()
         self.http = HttpApi(self)
         self.flows: list[str] = []
-        self.channels: dict[str, Channel] = {}
+        self.channels = Channels(self.limits, self.metrics)
         self.viewers: set[Viewer] = set()
         self.recent: deque[HubEvent] = deque(maxlen=self.limits.recent_events)
         self.server: Server | None = None
@@ -413,6 +126,11 @@ class FeedServer:
     # ------------------------------------------------------------ lifecycle
 
     @property
+    def token(self) -> str | None:
+        """The feed's token, or None (loopback only); the HTTP API marks replies private."""
+        return self.gate.token
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else (self.host or "0.0.0.0")
         return f"http://{host}:{self.port}"
@@ -426,9 +144,7 @@ class FeedServer:
         self._hub_sub = self.control.subscribe()
         snap = await self.snapshot()
         self.flows = list(snap["flows"])
-        for name in all_channels(self.flows):
-            kind, flow = channel_kind(name, self.flows)
-            self.channels[name] = Channel(name, kind, flow)
+        self.channels.open(self.flows)
         self.metrics.seed(snap)
         self._last_summary = dict(snap["flows"])
         try:
@@ -507,7 +223,7 @@ class FeedServer:
                     await asyncio.shield(task)
                 continue
             started = time.monotonic()
-            seqs = {name: ch.seq for name, ch in self.channels.items()}
+            seqs = self.channels.seqs()
             self._snap_task = asyncio.get_running_loop().create_task(
                 self._fetch_snapshot(started, seqs)
             )
@@ -554,75 +270,17 @@ class FeedServer:
         for r in route(ev):
             ch = self.channels.get(r.channel)
             if ch is not None:
-                self.publish(ch, r.data, r.ckey)
+                self.channels.publish(ch, r.data, r.ckey)
         if ev.get("type") in FLOW_CHANGING:
             self._flows_dirty.set()
 
-    def publish(self, ch: Channel, data: Any, ckey: Any = None) -> Message:
-        """A delta on a channel: next seq, encoded once, remembered, fanned out."""
-        ch.seq += 1
-        now = time.time()
-        msg = Message(
-            ch.name,
-            "delta",
-            ch.seq,
-            now,
-            data,
-            ckey,
-            envelope("delta", ch.name, ch.seq, now, data),
-            ckey is MERGE_RECORDS,
-        )
-        ch.remember(msg, self.limits)
-        if ch.subscribers:
-            self._fanout(ch, msg)
-        return msg
-
-    def _fanout(self, ch: Channel, msg: Message) -> None:
-        filtered: dict[Filter, Message | None] = {}
-        written = 0
-        for viewer, sub in list(ch.subscribers.items()):
-            m: Message | None = msg
-            if sub.filter is not None:
-                if sub.filter in filtered:
-                    m = filtered[sub.filter]
-                else:
-                    m = filtered[sub.filter] = self._filtered(ch, msg, sub.filter)
-                if m is None:
-                    continue
-            if viewer.deliver(m):
-                written += 1
-        if written:
-            self.metrics.sent(ch.name, written)
-
-    @staticmethod
-    def _filtered(ch: Channel, msg: Message, flt: Filter) -> Message | None:
-        content = msg.content()
-        data = flt.delta(ch.kind, content)
-        if data is None:
-            return None
-        if data is content:
-            return msg
-        return Message(
-            msg.channel,
-            msg.type,
-            msg.seq,
-            msg.ts,
-            data,
-            msg.ckey,
-            envelope(msg.type, msg.channel, msg.seq, msg.ts, data),
-            msg.merge,
-        )
-
     def _resync(self, reason: str) -> None:
         """After lost events: every subscription gets a gap notice and a fresh snapshot."""
-        for viewer in list(self.viewers):
-            for name, sub in list(viewer.subs.items()):
-                ch = self.channels[name]
-                ch.subscribers.pop(viewer, None)  # back in after the snapshot, no duplicates
-                viewer.subs.pop(name, None)
-                viewer.drop_pending(name)
-                viewer.reply("gap", {"reason": reason, "seq": ch.seq}, name)
-                self._spawn(self._send_snapshot(viewer, ch, sub))
+        self.channels.resync(
+            self.viewers,
+            reason,
+            lambda viewer, ch, sub: self._spawn(self._send_snapshot(viewer, ch, sub)),
+        )
 
     # ------------------------------------------------------------ periodic
 
@@ -666,10 +324,12 @@ class FeedServer:
             if self._last_summary.get(flow) == summary:
                 continue
             self._last_summary[flow] = summary
-            self.publish(self.channels["flows"], {"flow": flow, "summary": summary}, flow)
+            self.channels.publish(
+                self.channels["flows"], {"flow": flow, "summary": summary}, flow
+            )
             ch = self.channels.get(f"flow:{flow}")
             if ch is not None:
-                self.publish(
+                self.channels.publish(
                     ch,
                     {"type": "summary", "ts": now, "flow": flow, "seq": None, "data": summary},
                     "summary",
@@ -680,7 +340,7 @@ class FeedServer:
         while True:
             await asyncio.sleep(self.limits.heartbeat_s)
             now = time.time()
-            data = {"channels": {name: ch.seq for name, ch in self.channels.items()}}
+            data = {"channels": self.channels.seqs()}
             m = Message(
                 None,
                 "heartbeat",
@@ -701,57 +361,20 @@ class FeedServer:
             data = self.metrics.channel_data(len(self.viewers))
             ch = self.channels["metrics"]
             if ch.subscribers:
-                self.publish(ch, data, "metrics")
+                self.channels.publish(ch, data, "metrics")
 
     # ------------------------------------------------------------ HTTP and handshake
 
-    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
-        if not self.token:
-            return True
-        given = None
-        auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        elif query.get("token"):
-            given = query["token"][-1]
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
-
-    def _origin_allowed(self, origin: str, host: str | None) -> bool:
-        origin = origin.rstrip("/")
-        if origin in self.origins or "*" in self.origins:
-            return True
-        # The bundled viewer page talks to the server it came from.
-        return host is not None and origin in (f"http://{host}", f"https://{host}")
-
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        path, query = parts.path, parse_qs(parts.query)
-        try:
-            host = request.headers.get("Host")
-            origin = request.headers.get("Origin")
-        except Exception:  # repeated Host or Origin headers
-            return error(400, "repeated Host or Origin header")
-        if (
-            self.loopback
-            and not self.token
-            and host is not None
-            and not is_loopback(_host_name(host))
-        ):
-            return error(
-                403,
-                f"Host {host!r} is not a loopback name: this feed serves "
-                "loopback only (bind another address with a token)",
-            )
-        cors: dict[str, str] = {}
-        if origin is not None:
-            if not self._origin_allowed(origin, host):
-                return error(403, f"Origin {origin!r} is not allowed (config feed.origins)")
-            cors = {"Access-Control-Allow-Origin": origin.rstrip("/")}
-        authorized = self._authorized(request, query)
-        if path == "/feed":
-            conn.flowdeck_authorized = authorized  # the handler closes 4401 without it
+        admitted = self.gate.admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        if admitted.path == "/feed":
+            conn.flowdeck_authorized = admitted.authorized  # the handler closes 4401 without it
             return None
-        return await self.http.handle(request, path, query, authorized, cors)
+        return await self.http.handle(
+            request, admitted.path, admitted.query, admitted.authorized, admitted.cors
+        )
 
     # ------------------------------------------------------------ websocket
 
@@ -759,7 +382,13 @@ class FeedServer:
         if not getattr(conn, "flowdeck_authorized", False):
             await conn.close(CLOSE_UNAUTHORIZED, "missing or wrong token")
             return
-        viewer = Viewer(self, conn)
+        viewer = Viewer(
+            conn,
+            limits=self.limits,
+            metrics=self.metrics,
+            channels=self.channels,
+            spawn=self._spawn,
+        )
         self.viewers.add(viewer)
         self.metrics.feed_clients.set(len(self.viewers))
         viewer.reply(
@@ -904,7 +533,7 @@ class FeedServer:
             name,
         )
         if resumed:
-            self._replay(viewer, ch, sub, resume)
+            self.channels.replay(viewer, ch, sub, resume)
             ch.subscribers[viewer] = sub
             viewer.subs[name] = sub
             return
@@ -962,18 +591,9 @@ class FeedServer:
                 envelope("snapshot", ch.name, seq, now, data),
             )
         )
-        self._replay(viewer, ch, sub, seq)
+        self.channels.replay(viewer, ch, sub, seq)
         ch.subscribers[viewer] = sub
         viewer.subs[ch.name] = sub
-
-    def _replay(self, viewer: Viewer, ch: Channel, sub: Sub, after: int) -> None:
-        written = 0
-        for m in list(ch.since(after)):
-            fm = m if sub.filter is None else self._filtered(ch, m, sub.filter)
-            if fm is not None and viewer.deliver(fm):
-                written += 1
-        if written:
-            self.metrics.sent(ch.name, written)
 
     async def _channel_snapshot(self, ch: Channel, fresh: bool = False) -> tuple[int, Any]:
         """(seq, data): the data reflects at least every delta up to seq.
@@ -1007,13 +627,4 @@ class FeedServer:
         }
 
 
-__all__ = [
-    "CLOSE_TOO_SLOW",
-    "CLOSE_UNAUTHORIZED",
-    "FeedError",
-    "FeedLimits",
-    "FeedServer",
-    "GLOBAL_CHANNELS",
-    "is_loopback",
-    "parse_bind",
-]
+__all__ = ["FeedLimits", "FeedServer"]

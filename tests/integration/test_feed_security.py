@@ -25,7 +25,8 @@ from support.feed import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from flowdeck.pipeline.serve.feed import FeedError, FeedLimits, FeedServer
+from flowdeck.pipeline.serve.access import FeedError
+from flowdeck.pipeline.serve.feed import FeedLimits, FeedServer
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -52,7 +53,7 @@ async def test_a_non_loopback_bind_refuses_to_start_without_a_token(rig):
     with pytest.raises(FeedError, match="empty"):
         FeedServer(control, host="0.0.0.0", port=0, token="  ")
     assert FeedServer(control, host="0.0.0.0", port=0, token=TOKEN).token == TOKEN
-    assert FeedServer(control, host="::1", port=0).loopback
+    assert FeedServer(control, host="::1", port=0).gate.loopback
 
 
 def test_daemon_command_refuses_a_public_bind_without_a_token(tmp_path):
