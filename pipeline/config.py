@@ -181,13 +181,40 @@ class ResolveSpec(Strict):
     tolerance: dict[str, float | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]] = {}
 
 
+RESERVED_FIELD = "anomaly_reason"
+"""The key of a record's data where the detect stage explains a flagged point."""
+
+DetectMethod = Literal["robust_z", "ewma", "rate", "seasonal", "level_shift", "flatline"]
+
+
 class DetectSpec(Strict):
+    """One metric's anomaly detection: the settings of :class:`flowdeck.pipeline.detectors.
+    DetectorSettings` (docs/detection.md says what each does and why its default)."""
+
     metric: str
-    methods: list[Literal["robust_z", "ewma", "rate", "seasonal"]] = ["robust_z", "ewma"]
-    window: Annotated[int, Field(ge=5, le=10000)] = 60
-    threshold: Annotated[float, Field(gt=0)] = 4.0
+    methods: Annotated[list[DetectMethod], Field(min_length=1)] = [
+        "robust_z", "rate", "seasonal", "level_shift", "flatline"]
+    window: Annotated[int, Field(ge=5, le=10000)] = 120
+    threshold: Annotated[float, Field(gt=0)] = 4.0  # raw mode (calibrate: false) only
     min_history: Annotated[int, Field(ge=1)] = 10
-    season: Duration = 86400.0
+    season: Annotated[Duration, Field(gt=0)] | None = None  # null: found (day, week or none)
+    calibrate: bool = True
+    flag_probability: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    calibration_window: Annotated[int, Field(ge=10, le=100_000)] = 1000
+    warmup: Annotated[int, Field(ge=0)] = 150
+    refractory: Annotated[int, Field(ge=0)] = 100
+    cusum_k: Annotated[float, Field(ge=0)] = 0.5
+    cusum_h: Annotated[float, Field(gt=0)] = 30.0
+    ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.1
+    rate_threshold: Annotated[float, Field(gt=0)] | None = None  # null: learn the rates
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"duplicate methods: {', '.join(dup)}")
+        return v
 
 
 class BreakerConfig(Strict):
@@ -604,7 +631,15 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
         for f in flow.resolve.tolerance:
             if f not in env_names:
                 out.append((base + ("resolve", "tolerance", f), f"'{f}' is not a field"))
+        for name in (*flow.fields, *flow.derive):
+            if name == RESERVED_FIELD:
+                where = "fields" if name in flow.fields else "derive"
+                out.append((base + (where, name), f"'{name}' is reserved: flagged records "
+                            "carry their anomaly reason under it"))
         for i, d in enumerate(flow.detect):
             if d.metric not in env_names:
                 out.append((base + ("detect", i, "metric"), f"'{d.metric}' is not a field"))
+            if d.warmup > d.calibration_window:
+                out.append((base + ("detect", i, "warmup"),
+                            f"must not exceed calibration_window ({d.calibration_window})"))
     return out

@@ -1,7 +1,8 @@
-"""Streaming, causal anomaly detection per series.
+"""Streaming, causal anomaly detection per series, with one calibrated score.
 
 A *series* is one ``(key, metric)`` pair of a flow. Every series owns a small, bounded
-:class:`SeriesDetector`; the :class:`Detector` routes points to them by series.
+:class:`SeriesDetector`; the :class:`Detector` routes points to them by series. See
+``docs/detection.md`` for the measurements behind the defaults.
 
 Guarantees
 ----------
@@ -9,47 +10,74 @@ Guarantees
   before it, and only afterwards added to that state.
 * **Late data cannot corrupt the state** - a point whose timestamp is not newer than the
   last accepted point of its series is scored against the current state but not added.
-* **Non-finite input is ignored** - a nan/inf value (or timestamp) scores
-  ``Score(0.0, False, None, {})`` and is not added.
-* **Bounded memory** - each series keeps only window-sized structures (see each method).
+* **Non-finite input is ignored** - a nan/inf value (or timestamp) scores ``Score(0.0,
+  False, None, {})`` and is not added.
+* **Bounded memory** - each series keeps only fixed-size structures (see each method).
+* **Restartable** - :meth:`SeriesDetector.state` is a JSON-able dict of the whole state and
+  :meth:`SeriesDetector.from_state` rebuilds it: a restored series scores the next points
+  exactly as the uninterrupted one would.
 
 Methods
 -------
+Each method turns a point into a non-negative *statistic* (0 = perfectly normal):
+
 ``robust_z``
-    ``|x - median| / sigma`` over the last ``window`` values, where ``sigma`` is
-    ``1.4826 * MAD`` (the MAD scaled to a normal standard deviation). When the MAD is 0
-    (more than half the window is one value) ``sigma`` falls back to
-    ``1.2533 * mean absolute deviation``, and when that is 0 too (a perfectly flat window)
-    to a tiny epsilon relative to the scale of the values: a flat series staying flat
-    scores 0, a flat series with one jump scores very high.
+    ``|x - median| / sigma`` over the last ``window`` values (``sigma`` = 1.4826 MAD, falling
+    back to 1.2533 x mean absolute deviation, then to a tiny epsilon of the scale: a flat
+    series staying flat scores 0, a flat series with a jump very high).
 ``ewma``
-    Exponentially weighted mean and variance (``ewma_alpha``, variance bias-corrected for
-    the warm-up); ``z = |x - mean| / std`` with ``std`` floored at the same epsilon.
+    ``|x - mean| / std`` of an exponentially weighted mean and (bias-corrected) variance.
 ``rate``
-    Change per second relative to the previous accepted point. With a fixed
-    ``rate_threshold`` the detail is the ratio ``|rate| / rate_threshold``; with ``None``
-    it is the robust z of the rate against the series' own last ``window`` rates (so a
-    steady ramp is normal, a sudden step is not). Note that a spike has two edges: the
-    rate method also flags the point right after a spike, when the series drops back.
-    Late points have no meaningful rate and are not scored by this method.
+    Change per second since the previous point: robust z against the last ``window`` rates
+    (or, with a fixed ``rate_threshold``, the ratio to it). A steady ramp is normal.
 ``seasonal``
-    Robust z against values seen at the same phase of previous seasons. The phase of
-    ``ts`` within ``season`` is bucketed into :data:`SEASON_BUCKETS` buckets; each bucket
-    keeps the last ``window`` values of its previous seasons (each season contributes an
-    evenly thinned sample of at most ``max(2, window // 4)`` values, so several seasons
-    fit). A bucket stays inactive (no detail, score 0) until it holds data from at least
-    two previous seasons.
+    Robust z of the residual against a seasonal profile. The period is ``season`` seconds
+    when set; with ``season=None`` it is found: values are averaged into hourly bins (the
+    last three weeks kept), and every day the autocorrelation of the bins, with the trend
+    removed by a one-period moving average, is measured at one day and one week; the
+    period whose autocorrelation reaches :data:`SEASON_MIN_ACF` wins (a week only if it beats
+    the day), otherwise the series has none and the method stays inactive. The profile at a
+    phase is the median of the bins at the same phase in up to seven previous periods,
+    interpolated between bins; the residual's spread is that of the last ``window``
+    residuals. Irregular spacing and gaps only leave bins empty, which are skipped.
+``level_shift``
+    Two-sided CUSUM of the standardised deviations from the rolling median (clipped at 3
+    sigma so one spike cannot trip it, slack ``cusum_k``): a sustained shift of a sigma or
+    more builds up within tens of points. Once the sum passes ``cusum_h`` it reports the
+    shift and restarts from zero, holding off for half a window while the median moves
+    to the new level: a shift is reported once, then the method adapts.
+``flatline``
+    The number of consecutive points repeating the previous value exactly (a stuck
+    sensor). Integer counts repeat often; calibration learns how often.
 
-Scores
-------
-Each method yields a z (or, for a fixed rate threshold, a ratio ``r``); it is normalised
-to ``q = z / z_threshold`` (or ``q = r``) and squashed to ``score = 1 - 2 ** -q``: 0 for a
-perfect fit, exactly 0.5 at the threshold, approaching 1 as the deviation grows. The
-point's score is the highest method score; ``anomalous`` is ``score >= 0.5``.
+Calibration (``calibrate=True``, the default)
+---------------------------------------------
+A raw statistic means different things on different series (a z of 5 is rare on gaussian
+noise and common on heavy-tailed noise), so each method's statistic is turned into a tail
+probability against that same statistic's own recent history on this series: the last
+``calibration_window`` values are kept sorted; inside their range the probability is
+empirical, beyond their top 2 % it follows the exponential tail fitted to those top values
+(peaks over threshold, as in SPOT). The smallest probability of the active methods, times
+their number (Bonferroni), is the point's probability ``p``, and
 
-Cost per point (``w`` = ``window``): median O(1); insertion/eviction O(log w) search plus an
-O(w) list shift; MAD O(log w) (selection in the two sorted halves around the median). A
-``score`` call with all four methods costs a few tens of microseconds for ``w = 60``.
+    ``score = min(1, 0.5 * log(p) / log(flag_probability))``
+
+so the score is 0.5 exactly where ``p = flag_probability`` on every series, and 1 at
+``flag_probability ** 2``. No method flags before it has ``warmup`` calibrated statistics
+(the probation): a new series raises nothing. The statistics of a point scoring 0.5 or more
+stay out of the tails (as in SPOT), so an anomaly does not teach them that it is normal.
+
+Episodes: an in-order point at or above 0.5 that is not already inside an episode opens one: it is
+the only flagged (``anomalous``) point of the episode and carries a new ``episode`` id;
+later points keep that id while the episode lasts, which is until ``refractory`` points
+in a row score below 0.5. So the stage raises one issue per episode. A late point (not
+newer than the last one) is scored but never flagged and does not move the episode. With
+``calibrate=False`` the scores are the raw statistics squashed as ``1 - 2 ** -(z /
+z_threshold)`` (0.5 at the threshold) and every point at or above 0.5 is flagged.
+
+Explanations: a scored point carries the winning method's ``expected`` value and the
+range ``[low, high]`` outside which that method would flag, the ``observed`` value and the
+``probability`` of a statistic this extreme.
 """
 
 from __future__ import annotations
@@ -61,7 +89,9 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-METHODS = ("robust_z", "ewma", "rate", "seasonal")
+METHODS = ("robust_z", "ewma", "rate", "seasonal", "level_shift", "flatline")
+
+DEFAULT_METHODS = ("robust_z", "rate", "seasonal", "level_shift", "flatline")
 
 MAD_TO_SIGMA = 1.4826
 """Scales a MAD to the standard deviation of a normal distribution."""
@@ -69,14 +99,29 @@ MAD_TO_SIGMA = 1.4826
 MEAN_AD_TO_SIGMA = 1.2533
 """Scales a mean absolute deviation to the standard deviation of a normal (sqrt(pi/2))."""
 
-SEASON_BUCKETS = 24
-"""Number of phase buckets per season for the ``seasonal`` method."""
-
 RELATIVE_EPSILON = 1e-9
 """Smallest spread considered, relative to the magnitude of the values (see :func:`epsilon`)."""
 
 ABSOLUTE_EPSILON = 1e-12
 """Smallest spread considered at all, for series that sit at (or very near) zero."""
+
+HOUR = 3600.0
+DAY = 86400.0
+WEEK = 7 * DAY
+SEASON_BINS = 24
+"""Bins per season when ``season`` is given (a found day has 24 hourly bins, a week 168)."""
+SEASON_HISTORY = 7
+"""Previous periods whose bins make a phase's profile."""
+SEASON_MIN_ACF = 0.3
+"""Autocorrelation (trend removed) at the period's lag that makes a series seasonal."""
+TAIL_SHARE = 0.02
+"""Top share of a statistic's history that the exponential tail is fitted to."""
+TAIL_MIN = 5
+"""Fewest top values to fit the tail to."""
+TAIL_REFIT = 10
+"""A full tail is refitted after this many new statistics (one rarely moves it)."""
+CUSUM_CLIP = 3.0
+"""Standardised deviations are clipped to this before they enter the CUSUM."""
 
 
 def epsilon(center: float) -> float:
@@ -99,17 +144,33 @@ def squash(q: float) -> float:
     return 1.0 - 2.0**-q
 
 
+def calibrated_score(p: float, flag_probability: float) -> float:
+    """``min(1, 0.5 * log(p) / log(flag_probability))``: 0.5 exactly at the flag probability."""
+    if not p < 1.0:
+        return 0.0
+    if p <= 0.0:
+        return 1.0
+    return min(1.0, 0.5 * math.log(p) / math.log(flag_probability))
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """Configuration shared by every series of a :class:`Detector`."""
 
-    methods: tuple[str, ...] = ("robust_z", "ewma", "rate")
-    window: int = 60  # values kept per series for robust_z (and learned rates, seasonal buckets)
-    z_threshold: float = 4.0  # robust z (and ewma z) above this = anomalous
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    window: int = 120  # values kept for robust_z (and learned rates, seasonal residuals)
+    z_threshold: float = 4.0  # raw mode only: a statistic above this is anomalous
     ewma_alpha: float = 0.1
     rate_threshold: float | None = None  # max |change per second|; None = learn it
-    season: float = 86400.0  # seconds, for "seasonal"
-    min_history: int = 10  # no score until a series has this many points
+    season: float | None = None  # seconds; None = find daily / weekly / none
+    min_history: int = 10  # no score at all until a series has this many points
+    calibrate: bool = True  # tail probabilities + episodes; False: raw squashed statistics
+    flag_probability: float = 1e-4  # calibrated: p at which the score is 0.5 (the flag)
+    calibration_window: int = 1000  # statistics kept per method for its tail
+    warmup: int = 150  # calibrated statistics a method needs before it may flag
+    refractory: int = 100  # points below 0.5 in a row that end an episode
+    cusum_k: float = 0.5  # CUSUM slack, in sigmas
+    cusum_h: float = 30.0  # CUSUM sum that reports a shift and restarts
 
     def __post_init__(self) -> None:
         methods = tuple(self.methods)
@@ -129,20 +190,49 @@ class DetectorSettings:
             raise ValueError("ewma_alpha must be in (0, 1]")
         if self.rate_threshold is not None and not self.rate_threshold > 0:
             raise ValueError("rate_threshold must be positive or None")
-        if not (self.season > 0 and math.isfinite(self.season)):
-            raise ValueError("season must be a positive number of seconds")
+        if self.season is not None and not (self.season > 0 and math.isfinite(self.season)):
+            raise ValueError("season must be a positive number of seconds, or None to find it")
         if self.min_history < 0:
             raise ValueError("min_history must not be negative")
+        if not 0 < self.flag_probability < 1:
+            raise ValueError("flag_probability must be in (0, 1)")
+        if self.calibration_window < 10:
+            raise ValueError("calibration_window must be at least 10")
+        if not 0 <= self.warmup <= self.calibration_window:
+            raise ValueError("warmup must be in [0, calibration_window]")
+        if self.refractory < 0:
+            raise ValueError("refractory must not be negative")
+        if not (self.cusum_k >= 0 and self.cusum_h > 0):
+            raise ValueError("cusum_k must not be negative and cusum_h must be positive")
 
 
 @dataclass(slots=True)
 class Score:
     """The verdict on one point."""
 
-    score: float  # 0..1, higher = more anomalous; 0.5 exactly at the threshold
-    anomalous: bool  # score >= 0.5
+    score: float  # 0..1, higher = more anomalous; 0.5 exactly at the flag threshold
+    anomalous: bool  # flagged: calibrated, the first point of an episode; raw, score >= 0.5
     method: str | None  # the method that gave the highest score (None: no method active)
-    details: dict[str, float]  # per-method z (or ratio for a fixed rate threshold)
+    details: dict[str, float]  # per-method raw statistic (z, ratio, CUSUM sum, run length)
+    observed: float | None = None  # the value scored
+    expected: float | None = None  # the winning method's baseline for it
+    low: float | None = None  # the range outside which the winning method would flag
+    high: float | None = None
+    probability: float | None = None  # calibrated: tail probability of the point
+    episode: int = 0  # calibrated: id of the episode the point belongs to (0: none)
+
+    def reason(self) -> dict[str, Any] | None:
+        """A small dict explaining the verdict (None when no method was active)."""
+        if self.method is None:
+            return None
+        out: dict[str, Any] = {"detector": self.method, "observed": self.observed,
+                               "expected": self.expected, "low": self.low, "high": self.high,
+                               "score": round(self.score, 4)}
+        if self.probability is not None:
+            out["probability"] = self.probability
+        if self.episode:
+            out["episode"] = self.episode
+        return out
 
 
 def _quiet() -> Score:
@@ -227,9 +317,10 @@ class RollingWindow:
     the MAD in O(n). Adding costs an O(log n) search plus an O(n) list shift.
     """
 
-    __slots__ = ("_fifo", "_sorted")
+    __slots__ = ("maxlen", "_fifo", "_sorted")
 
     def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
         self._fifo: deque[float] = deque(maxlen=maxlen)
         self._sorted: list[float] = []
 
@@ -264,6 +355,62 @@ class RollingWindow:
 # --------------------------------------------------------------------------- method states
 
 
+class _Tail:
+    """The recent history of one method's statistic, and tail probabilities against it.
+
+    The last ``size`` statistics, sorted. ``p(s)`` is the share of them at least ``s`` (with
+    one pseudo-count) inside their range; beyond the top :data:`TAIL_SHARE` it is the
+    exponential tail fitted to those top values: ``k / (n + 1) * exp(-(s - u) / m)``, ``u``
+    the largest value below the top ``k`` and ``m`` their mean excess over ``u`` (at least
+    ``min_excess``). While the history fills, the fit follows every new statistic; once
+    it is full, every :data:`TAIL_REFIT` statistics.
+    """
+
+    __slots__ = ("window", "min_excess", "fit", "stale")
+
+    def __init__(self, size: int, min_excess: float) -> None:
+        self.window = RollingWindow(size)
+        self.min_excess = min_excess
+        self.fit: list | None = None  # [n, k, u, m], refitted every TAIL_REFIT additions
+        self.stale = 0
+
+    def __len__(self) -> int:
+        return len(self.window)
+
+    def add(self, stat: float) -> None:
+        self.window.add(stat)
+        self.stale += 1
+        if self.stale >= TAIL_REFIT or len(self.window) < self.window.maxlen:
+            self.fit = None
+
+    def _fit(self) -> list:
+        if self.fit is not None:
+            return self.fit
+        values = self.window.sorted_values
+        n = len(values)
+        k = min(max(TAIL_MIN, int(TAIL_SHARE * n)), n - 1)
+        u = values[n - k - 1]
+        m = max(math.fsum(values[n - k:]) / k - u, self.min_excess, epsilon(u))
+        self.fit = [n, k, u, m]
+        self.stale = 0
+        return self.fit
+
+    def p(self, stat: float) -> float:
+        values = self.window.sorted_values
+        n, k, u, m = self._fit()
+        if stat <= u:
+            return (n - bisect_left(values, stat) + 1) / (n + 1)
+        return k / (n + 1) * math.exp(-(stat - u) / m)
+
+    def threshold(self, p: float) -> float:
+        """The statistic whose tail probability is ``p`` (the inverse of :meth:`p`)."""
+        values = self.window.sorted_values
+        n, k, u, m = self._fit()
+        if p >= k / (n + 1):
+            return values[max(0, min(n - 1, math.ceil(n + 1 - p * (n + 1))))]
+        return u + m * math.log(k / (n + 1) / p)
+
+
 class _Ewma:
     """Exponentially weighted mean and variance, the variance bias-corrected for warm-up."""
 
@@ -291,119 +438,319 @@ class _Ewma:
         weight = 1.0 - self._decay
         return math.sqrt(self.var / weight) if weight > 0.0 else 0.0
 
-    def z(self, value: float) -> float:
-        return abs(value - self.mean) / max(self.std(), epsilon(self.mean))
+    def spread(self) -> float:
+        return max(self.std(), epsilon(self.mean))
 
 
-class _SeasonBucket:
-    """One phase bucket of the seasonal method.
+class _Seasonal:
+    """Bins of the values, the period they show, and residuals against its profile.
 
-    ``history`` holds values of previous seasons; the current season's values go to an
-    evenly thinned ``sample`` (keep every ``stride``-th value, and when the sample
-    overflows drop every other kept value and double the stride) that moves into
-    ``history`` once a later season reaches this bucket.
+    ``bins`` holds the mean of each closed bin (None: no value fell in it), oldest first,
+    ending with the bin just before ``current``; the open bin accumulates ``total``/``n``.
     """
 
-    __slots__ = ("history", "seasons", "season", "sample", "stride", "seen", "cap")
+    __slots__ = ("fixed", "period", "width", "bins", "current", "total", "n", "since_check",
+                 "residuals", "_memo")
 
-    def __init__(self, window: int) -> None:
-        self.history = RollingWindow(window)
-        self.seasons = 0  # previous seasons merged into history
-        self.season: int | None = None  # season index the sample belongs to
-        self.sample: list[float] = []
-        self.stride = 1
-        self.seen = 0
-        self.cap = max(2, window // 4)
+    def __init__(self, season: float | None, window: int) -> None:
+        self.fixed = season is not None
+        if season is not None:
+            self.period: float | None = season
+            self.width = season / SEASON_BINS
+            size = SEASON_HISTORY * SEASON_BINS + 1
+        else:
+            self.period = None
+            self.width = HOUR
+            size = 3 * int(WEEK / HOUR)
+        self.bins: deque[float | None] = deque(maxlen=size)
+        self.current: int | None = None
+        self.total = 0.0
+        self.n = 0
+        self.since_check = 0
+        self.residuals = RollingWindow(window)
+        self._memo: tuple[int, dict[int, float | None]] | None = None
 
-    def add(self, season: int, value: float) -> None:
-        if self.season is not None and season > self.season:
-            self._close_season()
-        if self.season is None or season > self.season:
-            self.season = season
-        if self.seen % self.stride == 0:
-            self.sample.append(value)
-            if len(self.sample) > self.cap:
-                self.sample = self.sample[::2]
-                self.stride *= 2
-        self.seen += 1
+    # -- bins and the period
 
-    def _close_season(self) -> None:
-        for value in self.sample:
-            self.history.add(value)
-        self.seasons += 1
-        self.sample = []
-        self.stride = 1
-        self.seen = 0
+    def _close_until(self, index: int) -> None:
+        assert self.current is not None  # a bin is open
+        steps = index - self.current
+        self.bins.append(self.total / self.n if self.n else None)
+        for _ in range(min(steps - 1, self.bins.maxlen or steps)):
+            self.bins.append(None)
+        self.current, self.total, self.n = index, 0.0, 0
+        self.since_check += steps
+        if not self.fixed and self.since_check >= int(DAY / HOUR):
+            self.since_check = 0
+            self._find_period()
 
-    def z(self, season: int, value: float) -> float | None:
-        """Robust z against previous seasons, or None while fewer than two are known.
+    def _find_period(self) -> None:
+        values = list(self.bins)
+        day, week = int(DAY / HOUR), int(WEEK / HOUR)
+        period: float | None = None
+        if len(values) >= 5 * week // 2:
+            # With the weekly trend removed, a weekly rhythm repeats at a week but not from
+            # one day to the next (weekdays differ from weekends); a daily one at both.
+            detrended = _detrend(values, week)
+            daily, weekly = _acf(detrended, day), _acf(detrended, week)
+            if (weekly is not None and weekly >= SEASON_MIN_ACF
+                    and weekly > (daily or 0.0) + 0.1):
+                period = WEEK
+        if period is None and len(values) >= 3 * day:
+            daily = _acf(_detrend(values, day), day)
+            if daily is not None and daily >= SEASON_MIN_ACF:
+                period = DAY
+        if period != self.period:
+            self.period = period
+            self._memo = None
+            self.residuals = RollingWindow(self.residuals.maxlen)
 
-        Does not mutate: a sample of an earlier season that has not been merged yet is
-        combined with ``history`` on the fly.
-        """
-        pending = bool(self.sample) and self.season is not None and self.season < season
-        if self.seasons + pending < 2:
+    def _bin(self, index: int) -> float | None:
+        assert self.current is not None  # a bin is open
+        offset = self.current - index
+        if offset == 0:
+            return self.total / self.n if self.n else None
+        if 0 < offset <= len(self.bins):
+            return self.bins[-offset]
+        return None
+
+    def _profile(self, index: int) -> float | None:
+        """Median of the bins one to :data:`SEASON_HISTORY` periods before bin ``index``."""
+        current, period = self.current, self.period
+        assert current is not None and period is not None  # only called by expected()
+        memo = self._memo
+        if memo is None or memo[0] != current:
+            memo = self._memo = (current, {})
+        if index in memo[1]:
+            return memo[1][index]
+        lag = round(period / self.width)
+        seen = sorted(v for j in range(1, SEASON_HISTORY + 1)
+                      if (v := self._bin(index - j * lag)) is not None)
+        result = median_sorted(seen) if len(seen) >= 2 else None
+        if index - lag < current:  # only closed bins: fixed until the next one closes
+            memo[1][index] = result
+        return result
+
+    def expected(self, ts: float) -> float | None:
+        """The profile at ``ts``, interpolated between the centres of its two nearest bins."""
+        if self.period is None or self.current is None:
             return None
-        if not pending:
-            return self.history.robust_z(value)
-        values = sorted(self.history.sorted_values + self.sample)
+        position = ts / self.width - 0.5
+        first = math.floor(position)
+        a, b = self._profile(first), self._profile(first + 1)
+        if a is None or b is None:
+            return a if b is None else b
+        f = position - first
+        return a + (b - a) * f
+
+    # -- the method
+
+    def measure(self, ts: float, value: float) -> tuple[float, float, float] | None:
+        """(z, expected, spread) of the residual, or None while inactive."""
+        if len(self.residuals) < min(10, self.residuals.maxlen):
+            return None
+        base = self.expected(ts)
+        if base is None:
+            return None
+        values = self.residuals.sorted_values
         center = median_sorted(values)
-        return abs(value - center) / sigma_sorted(values, center)
+        spread = sigma_sorted(values, center)
+        return abs(value - base - center) / spread, base + center, spread
+
+    def add(self, ts: float, value: float) -> None:
+        index = math.floor(ts / self.width)
+        if self.current is None:
+            self.current = index
+        elif index > self.current:
+            self._close_until(index)
+        base = self.expected(ts)
+        if base is not None:
+            self.residuals.add(value - base)
+        self.total += value
+        self.n += 1
+
+
+def _detrend(values: list[float | None], lag: int) -> list[float | None]:
+    """The bins minus their centred ``lag``-bin moving average (classical decomposition).
+
+    A moving average over exactly one period cancels the seasonal part and keeps the
+    trend, so what is left is the seasonal part plus noise. Empty bins stay empty.
+    """
+    n = len(values)
+    sums = [0.0] * (n + 1)
+    counts = [0] * (n + 1)
+    for i, v in enumerate(values):
+        sums[i + 1] = sums[i] + (v if v is not None else 0.0)
+        counts[i + 1] = counts[i] + (v is not None)
+    half = lag // 2
+    detrended: list[float | None] = [None] * n
+    for i in range(half, n - half):
+        v = values[i]
+        c = counts[i + half] - counts[i - half]
+        if v is None or c < half:
+            continue
+        detrended[i] = v - (sums[i + half] - sums[i - half]) / c
+    return detrended
+
+
+def _acf(detrended: list[float | None], lag: int) -> float | None:
+    """Autocorrelation at ``lag`` over the pairs of non-empty bins; None if too few pair up."""
+    num = left = right = 0.0
+    pairs = 0
+    for i in range(len(detrended) - lag):
+        a, b = detrended[i], detrended[i + lag]
+        if a is None or b is None:
+            continue
+        num += a * b
+        left += a * a
+        right += b * b
+        pairs += 1
+    if pairs < lag or left <= 0.0 or right <= 0.0:
+        return None
+    return num / math.sqrt(left * right)
+
+
+class _Cusum:
+    """Two-sided CUSUM of clipped, standardised deviations, restarted at each report."""
+
+    __slots__ = ("k", "h", "holdoff", "pos", "neg", "hold")
+
+    def __init__(self, k: float, h: float, holdoff: int) -> None:
+        self.k, self.h, self.holdoff = k, h, holdoff
+        self.pos = self.neg = 0.0
+        self.hold = 0
+
+    def step(self, e: float) -> tuple[float, float]:
+        e = max(-CUSUM_CLIP, min(CUSUM_CLIP, e))
+        return max(0.0, self.pos + e - self.k), max(0.0, self.neg - e - self.k)
+
+    def measure(self, e: float) -> float:
+        if self.hold:
+            return 0.0
+        return max(self.step(e))
+
+    def add(self, e: float) -> None:
+        if self.hold:
+            self.hold -= 1
+            return
+        pos, neg = self.step(e)
+        if max(pos, neg) > self.h:
+            self.pos = self.neg = 0.0
+            self.hold = self.holdoff
+        else:
+            self.pos, self.neg = pos, neg
+
+
+# --------------------------------------------------------------------------- state (de)serialising
+
+_STATE_CLASSES: dict[str, type] = {}
+
+
+def _dump(obj: Any) -> Any:
+    if isinstance(obj, RollingWindow):
+        return {"rolling": obj._fifo.maxlen, "values": list(obj._fifo)}
+    if isinstance(obj, deque):
+        return {"deque": obj.maxlen, "values": [_dump(v) for v in obj]}
+    if isinstance(obj, list | tuple):
+        return [_dump(v) for v in obj]
+    name = type(obj).__name__
+    if name in _STATE_CLASSES:
+        return {"state": name, "slots": {s: _dump(getattr(obj, s)) for s in obj.__slots__
+                                          if s != "_memo"}}
+    return obj
+
+
+def _load(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_load(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "rolling" in data:
+        window = RollingWindow(data["rolling"])
+        for v in data["values"]:
+            window.add(v)
+        return window
+    if "deque" in data:
+        return deque((_load(v) for v in data["values"]), maxlen=data["deque"])
+    obj: Any = object.__new__(_STATE_CLASSES[data["state"]])
+    for slot, value in data["slots"].items():
+        setattr(obj, slot, _load(value))
+    if isinstance(obj, _Seasonal):
+        obj._memo = None
+    return obj
+
+
+for _cls in (_Tail, _Ewma, _Seasonal, _Cusum):
+    _STATE_CLASSES[_cls.__name__] = _cls
 
 
 # --------------------------------------------------------------------------- detectors
+
+Measure = tuple[str, float, float | None, float | None]
+"""(method, statistic, expected value, spread: the statistic's unit in value terms)."""
+
+RAW_SCALE = {"level_shift": "cusum_h", "flatline": "window"}
+"""Raw mode: the setting a method's statistic is divided by (the rest: ``z_threshold``)."""
 
 
 class SeriesDetector:
     """The state of one series: only the structures its enabled methods need."""
 
+    STATE_VERSION = 1
+
     def __init__(self, settings: DetectorSettings = DetectorSettings()) -> None:
         self.settings = settings
+        methods = settings.methods
         self.count = 0  # points added to the state
         self.last_ts: float | None = None
         self.last_value: float | None = None
-        methods = settings.methods
-        self._values = RollingWindow(settings.window) if "robust_z" in methods else None
+        needs_values = "robust_z" in methods or "level_shift" in methods
+        self._values = RollingWindow(settings.window) if needs_values else None
         self._ewma = _Ewma(settings.ewma_alpha) if "ewma" in methods else None
         self._learn_rates = "rate" in methods and settings.rate_threshold is None
         self._rates = RollingWindow(settings.window) if self._learn_rates else None
-        self._buckets: dict[int, _SeasonBucket] | None = {} if "seasonal" in methods else None
-        evaluators: dict[str, Callable[[float, float], tuple[float, float] | None]] = {
-            "robust_z": self._robust_z,
-            "ewma": self._ewma_z,
-            "rate": self._rate,
-            "seasonal": self._seasonal,
-        }
-        self._evaluators = [(m, evaluators[m]) for m in methods]
+        self._seasonal = (_Seasonal(settings.season, settings.window)
+                          if "seasonal" in methods else None)
+        self._cusum = (_Cusum(settings.cusum_k, settings.cusum_h, settings.window // 2)
+                       if "level_shift" in methods else None)
+        self._run = 0  # flatline: points in a row repeating the previous value
+        self._window_memo: tuple[int, float, float] | None = None
+        self._tails: dict[str, _Tail] = {
+            m: _Tail(settings.calibration_window, 1.0 if m == "flatline" else 0.0)
+            for m in methods} if settings.calibrate else {}
+        self._episodes = 0  # episodes opened so far
+        self._in_episode = False
+        self._below = 0  # points in a row below the flag since the episode's last high one
+        self._measures: list[tuple[str, Callable[[float, float], Measure | None]]] = [
+            (m, getattr(self, "_m_" + m)) for m in methods]
 
     # ---- public
 
     def score(self, ts: float, value: float) -> Score:
         """Score the point, then add it to the state if it is finite and in order."""
-        result = self.evaluate(ts, value)
-        if self.accepts(ts, value):
-            self.update(ts, value)
+        if not (math.isfinite(value) and math.isfinite(ts)):
+            return _quiet()
+        measures = self._measure(ts, value)
+        result = self._verdict(value, measures)
+        accepted = self.accepts(ts, value)
+        if self.settings.calibrate:
+            if accepted:
+                self._episode(result)
+            else:  # late: scored, but it neither flags nor moves the episode
+                result.anomalous = False
+                result.episode = self._episodes if self._in_episode else 0
+        if accepted:
+            self._learn(ts, float(value), measures, result.score >= 0.5)
         return result
 
     def evaluate(self, ts: float, value: float) -> Score:
-        """Score the point against the current state, without changing the state."""
+        """Score the point against the current state, without changing the state.
+
+        The episode is not advanced, so ``anomalous`` here is ``score >= 0.5``.
+        """
         if not (math.isfinite(value) and math.isfinite(ts)):
             return _quiet()
-        if self.count < self.settings.min_history or self.count == 0:
-            return _quiet()
-        details: dict[str, float] = {}
-        best_score = 0.0
-        best_method: str | None = None
-        for method, evaluator in self._evaluators:
-            outcome = evaluator(ts, value)
-            if outcome is None:
-                continue
-            raw, normalised = outcome
-            details[method] = raw
-            method_score = squash(normalised)
-            if best_method is None or method_score > best_score:
-                best_score, best_method = method_score, method
-        return Score(best_score, best_score >= 0.5, best_method, details)
+        return self._verdict(value, self._measure(ts, value))
 
     def accepts(self, ts: float, value: float) -> bool:
         """Whether :meth:`update` would take the point: finite, and newer than the last one."""
@@ -413,24 +760,8 @@ class SeriesDetector:
 
     def update(self, ts: float, value: float) -> None:
         """Add an accepted point to the state (see :meth:`accepts`); others are ignored."""
-        if not self.accepts(ts, value):
-            return
-        value = float(value)
-        if self._values is not None:
-            self._values.add(value)
-        if self._ewma is not None:
-            self._ewma.add(value)
-        if self._rates is not None and self.last_ts is not None:
-            self._rates.add((value - self.last_value) / (ts - self.last_ts))
-        if self._buckets is not None:
-            season, bucket = self._phase(ts)
-            state = self._buckets.get(bucket)
-            if state is None:
-                state = self._buckets[bucket] = _SeasonBucket(self.settings.window)
-            state.add(season, value)
-        self.count += 1
-        self.last_ts = ts
-        self.last_value = value
+        if self.accepts(ts, value):
+            self._learn(ts, float(value), self._measure(ts, value))
 
     def snapshot(self) -> dict[str, Any]:
         """A small dict of the state for display; a statistic is None when not tracked yet."""
@@ -451,51 +782,212 @@ class SeriesDetector:
             snap["ewma_std"] = self._ewma.std()
         if self._rates is not None and len(self._rates):
             snap["rate_median"] = self._rates.median()
-        if self._buckets is not None:
-            snap["seasonal_buckets"] = len(self._buckets)
+        if self._seasonal is not None:
+            snap["period"] = self._seasonal.period
+        if self.settings.calibrate:
+            snap["episodes"] = self._episodes
+            snap["in_episode"] = self._in_episode
+            snap["calibrated"] = {m: len(t) for m, t in self._tails.items()}
         return snap
 
-    # ---- methods: each returns (detail, normalised deviation) or None when inactive
+    def state(self) -> dict[str, Any]:
+        """The whole state as a JSON-able dict (see :meth:`from_state`)."""
+        return {
+            "version": self.STATE_VERSION,
+            "settings": _settings_dict(self.settings),
+            "count": self.count, "last_ts": self.last_ts, "last_value": self.last_value,
+            "values": _dump(self._values), "ewma": _dump(self._ewma),
+            "rates": _dump(self._rates), "seasonal": _dump(self._seasonal),
+            "cusum": _dump(self._cusum), "run": self._run,
+            "tails": {m: _dump(t) for m, t in self._tails.items()},
+            "episodes": self._episodes, "in_episode": self._in_episode, "below": self._below,
+        }
 
-    def _robust_z(self, ts: float, value: float) -> tuple[float, float] | None:
+    @classmethod
+    def from_state(cls, state: dict[str, Any], settings: DetectorSettings
+                   ) -> SeriesDetector:
+        """Rebuild a series from :meth:`state`; ``settings`` must be the ones it was made with."""
+        if state.get("version") != cls.STATE_VERSION:
+            raise ValueError(f"unknown detector state version {state.get('version')!r}")
+        if state.get("settings") != _settings_dict(settings):
+            raise ValueError("detector state was made with other settings")
+        self = cls(settings)
+        self.count, self.last_ts, self.last_value = (state["count"], state["last_ts"],
+                                                     state["last_value"])
+        self._values = _load(state["values"])
+        self._ewma = _load(state["ewma"])
+        self._rates = _load(state["rates"])
+        self._seasonal = _load(state["seasonal"])
+        self._cusum = _load(state["cusum"])
+        self._run = state["run"]
+        self._tails = {m: _load(t) for m, t in state["tails"].items()}
+        self._episodes, self._in_episode, self._below = (state["episodes"],
+                                                         state["in_episode"], state["below"])
+        return self
+
+    # ---- scoring
+
+    def _measure(self, ts: float, value: float) -> list[Measure]:
+        if self.count < self.settings.min_history or self.count == 0:
+            return []
+        out = []
+        for _, method in self._measures:
+            m = method(ts, value)
+            if m is not None:
+                out.append(m)
+        return out
+
+    def _verdict(self, value: float, measures: list[Measure]) -> Score:
+        if not measures:
+            return _quiet()
+        settings = self.settings
+        details = {m[0]: m[1] for m in measures}
+        if not settings.calibrate:
+            best, best_score = measures[0], -1.0
+            for m in measures:
+                s = squash(m[1] / self._raw_scale(m[0]))
+                if s > best_score:
+                    best, best_score = m, s
+            threshold = self._raw_scale(best[0])
+            return self._explain(Score(best_score, best_score >= 0.5, best[0], details,
+                                       value), best, threshold)
+        ready = [(self._tails[m[0]].p(m[1]), m) for m in measures
+                 if len(self._tails[m[0]]) >= max(settings.warmup, 1)]
+        if not ready:
+            return Score(0.0, False, measures[0][0], details, value)
+        p_best, best = min(ready, key=lambda pm: pm[0])
+        p = min(1.0, p_best * len(ready))
+        score = calibrated_score(p, settings.flag_probability)
+        threshold = self._tails[best[0]].threshold(settings.flag_probability / len(ready))
+        return self._explain(Score(score, score >= 0.5, best[0], details, value,
+                                   probability=p), best, threshold)
+
+    def _raw_scale(self, method: str) -> float:
+        if method == "rate" and not self._learn_rates:
+            return 1.0
+        return float(getattr(self.settings, RAW_SCALE.get(method, "z_threshold")))
+
+    @staticmethod
+    def _explain(result: Score, measure: Measure, threshold: float) -> Score:
+        _, _, expected, spread = measure
+        result.expected = expected
+        if expected is not None and spread is not None:
+            result.low = expected - threshold * spread
+            result.high = expected + threshold * spread
+        return result
+
+    def _episode(self, result: Score) -> None:
+        if result.score >= 0.5:
+            self._below = 0
+            if self._in_episode:
+                result.anomalous = False
+            else:
+                self._episodes += 1
+                self._in_episode = True
+        elif self._in_episode:
+            self._below += 1
+            if self._below >= self.settings.refractory:
+                self._in_episode = False
+        result.episode = self._episodes if self._in_episode else 0
+
+    def _learn(self, ts: float, value: float, measures: list[Measure],
+               flagged: bool = False) -> None:
+        # A flagged point's statistics stay out of the tails (as in SPOT): an anomaly that
+        # lasts must not teach the tail that it is normal while it is being reported.
+        if self._tails and not flagged:
+            for m in measures:
+                if m[0] != "flatline":
+                    self._tails[m[0]].add(m[1])
+        repeat = value == self.last_value
+        if "flatline" in self._tails and not repeat and self.last_value is not None:
+            # Flat-line statistics are run lengths: the tail learns each run once, when it
+            # ends, so a stuck stretch does not teach it that a long run is normal.
+            self._tails["flatline"].add(float(self._run))
+        if self._cusum is not None and self._values:
+            center, spread = self._center_spread()
+            self._cusum.add((value - center) / spread)
+        if self._values is not None:
+            self._values.add(value)
+        if self._ewma is not None:
+            self._ewma.add(value)
+        if self._rates is not None and self.last_ts is not None:
+            self._rates.add((value - self.last_value) / (ts - self.last_ts))
+        if self._seasonal is not None:
+            self._seasonal.add(ts, value)
+        self._run = self._run + 1 if repeat else 0
+        self.count += 1
+        self.last_ts = ts
+        self.last_value = value
+
+    # ---- methods: each returns (method, statistic, expected, spread) or None when inactive
+
+    def _center_spread(self) -> tuple[float, float]:
+        """Median and robust sigma of the value window, computed once per state."""
+        memo = self._window_memo
+        if memo is not None and memo[0] == self.count:
+            return memo[1], memo[2]
+        assert self._values is not None  # robust_z, level_shift: the value window is kept
+        values = self._values.sorted_values
+        center = median_sorted(values)
+        spread = sigma_sorted(values, center)
+        self._window_memo = (self.count, center, spread)
+        return center, spread
+
+    def _m_robust_z(self, ts: float, value: float) -> Measure | None:
         if not self._values:
             return None
-        z = self._values.robust_z(value)
-        return z, z / self.settings.z_threshold
+        center, spread = self._center_spread()
+        return "robust_z", abs(value - center) / spread, center, spread
 
-    def _ewma_z(self, ts: float, value: float) -> tuple[float, float] | None:
+    def _m_ewma(self, ts: float, value: float) -> Measure | None:
         if self._ewma is None or not self._ewma.count:
             return None
-        z = self._ewma.z(value)
-        return z, z / self.settings.z_threshold
+        spread = self._ewma.spread()
+        return "ewma", abs(value - self._ewma.mean) / spread, self._ewma.mean, spread
 
-    def _rate(self, ts: float, value: float) -> tuple[float, float] | None:
-        if self.last_ts is None or ts <= self.last_ts:
+    def _m_rate(self, ts: float, value: float) -> Measure | None:
+        last = self.last_value
+        if self.last_ts is None or last is None or ts <= self.last_ts:
             return None
-        rate = (value - self.last_value) / (ts - self.last_ts)
+        dt = ts - self.last_ts
+        rate = (value - last) / dt
         if not self._learn_rates:
-            ratio = abs(rate) / self.settings.rate_threshold
-            return ratio, ratio
+            threshold = self.settings.rate_threshold
+            assert threshold is not None  # a fixed threshold is why rates are not learned
+            return "rate", abs(rate) / threshold, last, threshold * dt
         if not self._rates:
             return None
-        z = self._rates.robust_z(rate)
-        return z, z / self.settings.z_threshold
+        rates = self._rates.sorted_values
+        center = median_sorted(rates)
+        spread = sigma_sorted(rates, center)
+        return "rate", abs(rate - center) / spread, last + center * dt, spread * dt
 
-    def _seasonal(self, ts: float, value: float) -> tuple[float, float] | None:
-        season, bucket = self._phase(ts)
-        state = self._buckets.get(bucket)
-        if state is None:
+    def _m_seasonal(self, ts: float, value: float) -> Measure | None:
+        assert self._seasonal is not None  # the method is enabled
+        measured = self._seasonal.measure(ts, value)
+        if measured is None:
             return None
-        z = state.z(season, value)
-        if z is None:
-            return None
-        return z, z / self.settings.z_threshold
+        z, expected, spread = measured
+        return "seasonal", z, expected, spread
 
-    def _phase(self, ts: float) -> tuple[int, int]:
-        """(season index, phase bucket) of a timestamp."""
-        season, offset = divmod(ts, self.settings.season)
-        bucket = min(int(offset / self.settings.season * SEASON_BUCKETS), SEASON_BUCKETS - 1)
-        return int(season), bucket
+    def _m_level_shift(self, ts: float, value: float) -> Measure | None:
+        if not self._values:
+            return None
+        assert self._cusum is not None  # the method is enabled
+        center, spread = self._center_spread()
+        return "level_shift", self._cusum.measure((value - center) / spread), center, None
+
+    def _m_flatline(self, ts: float, value: float) -> Measure | None:
+        if self.last_value is None:
+            return None
+        run = self._run + 1 if value == self.last_value else 0
+        return "flatline", float(run), None, None
+
+
+def _settings_dict(settings: DetectorSettings) -> dict[str, Any]:
+    out = dict(settings.__dict__)
+    out["methods"] = list(settings.methods)
+    return out
 
 
 class Detector:
@@ -523,3 +1015,12 @@ class Detector:
         """The display state of ``series`` (see :meth:`SeriesDetector.snapshot`), or None."""
         state = self._series.get(series)
         return None if state is None else state.snapshot()
+
+    def state(self, series: tuple) -> dict[str, Any] | None:
+        """The restorable state of ``series`` (see :meth:`SeriesDetector.state`), or None."""
+        state = self._series.get(series)
+        return None if state is None else state.state()
+
+    def restore(self, series: tuple, state: dict[str, Any]) -> None:
+        """Replace the state of ``series`` with one from :meth:`state`."""
+        self._series[series] = SeriesDetector.from_state(state, self.settings)

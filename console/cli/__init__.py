@@ -4,7 +4,7 @@ non-zero exit, never a traceback.
 Each command group is a module here that registers its own subcommands with
 `add_parsers(sub)`: common (shared helpers and options), console (demo, console),
 daemon, watch, simulate, check, status, records (export, lineage, replay), issues
-(issues, actions, act) and db (db upgrade). A new command is one module plus one line in
+(issues, actions, act), db (db upgrade) and evaluate. A new command is one module plus one line in
 `build_parser`. Only `console` opens a console, so only a console command loads Textual.
 """
 
@@ -21,6 +21,7 @@ from flowdeck.console.cli import (
     console,
     daemon,
     db,
+    evaluate,
     issues,
     records,
     simulate,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_parsers(sub)   # export, lineage, replay
     issues.add_parsers(sub)    # issues, actions, act
     db.add_parsers(sub)        # db upgrade
+    evaluate.add_parsers(sub)  # evaluate
     return ap
 
 

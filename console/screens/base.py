@@ -232,13 +232,42 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+REASON_KEY = "anomaly_reason"
+"""Where a flagged record's data explains the flag (the detect stage's ``REASON_KEY``)."""
+
+
 def data_text(data: dict | None, skip: tuple = (), first: list | tuple = ()) -> str:
     """A record's fields on one line: ``temperature=7.3 pressure=1015.3 …``.
 
-    Fields named in ``first`` (a flow's metrics) lead; fields in ``skip`` are left out."""
+    Fields named in ``first`` (a flow's metrics) lead; fields in ``skip`` are left out, and
+    so is the anomaly reason (:func:`reason_text` shows it)."""
     data = data or {}
     order = [k for k in first if k in data] + [k for k in data if k not in first]
-    return " ".join(f"{k}={fmt_value(data[k])}" for k in order if k not in skip)
+    return " ".join(f"{k}={fmt_value(data[k])}" for k in order
+                    if k not in skip and k != REASON_KEY)
+
+
+def reason_text(reason: dict | None, app=None) -> Text:
+    """Why a point was flagged, on one line: ``⚠ temperature: rate · observed 35 · expected
+    20.1 (normal 19.6..20.4) · p 1e-12 · episode 3``; empty when there is no reason."""
+    if not reason:
+        return Text("")
+    colour = app.theme_variables.get("warning", "") if app is not None else ""
+    t = Text()
+    t.append(f"⚠ {reason.get('metric', '?')}: {reason.get('detector', '?')}", style=colour)
+    t.append(f" · observed {fmt_value(reason.get('observed'))}")
+    if reason.get("expected") is not None:
+        t.append(f" · expected {fmt_value(reason['expected'])}")
+    low, high = reason.get("low"), reason.get("high")
+    if low is not None and high is not None:
+        t.append(f" (normal {fmt_value(low)}..{fmt_value(high)})")
+    if reason.get("probability") is not None:
+        t.append(f" · p {reason['probability']:.2g}")
+    elif reason.get("score") is not None:
+        t.append(f" · score {fmt_value(reason['score'])}")
+    if reason.get("episode"):
+        t.append(f" · episode {reason['episode']}")
+    return t
 
 
 def excerpt_lines(text: str | None, lines: int = 4, width: int = 160) -> list[str]:

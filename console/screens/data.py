@@ -15,12 +15,20 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.color import Color, ColorParseError
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from flowdeck.console.screens.base import NOT_CONNECTED, ViewScreen, anomaly_text, fmt_value
+from flowdeck.console.screens.base import (
+    NOT_CONNECTED,
+    REASON_KEY,
+    ViewScreen,
+    anomaly_text,
+    fmt_value,
+    reason_text,
+)
 from flowdeck.console.screens.lineage import LineageScreen
 from flowdeck.console.state import fmt_age, fmt_time
 from flowdeck.console.widgets import Col, DeckTable, status_text
@@ -226,7 +234,8 @@ class DataScreen(ViewScreen):
         flow, key, metric, ts_ms = target
         since = max(0, int((ts_ms or self.app.state.now_ms) - HISTORY_WINDOW_MS))
         try:
-            points = await self.app.control.query(
+            control = self.app.control
+            points = await control.query(
                 # The 1-minute roll-ups (the L3 layer), not every raw point of six hours.
                 "history", flow=flow, key=key, metric=metric, since_ms=since, step_ms=60_000
             )
@@ -237,11 +246,42 @@ class DataScreen(ViewScreen):
                 "state": "loaded",
                 "target": target,
                 "points": [(int(t), float(v)) for t, v in points or [] if v is not None],
+                "flagged": await self._load_flagged(control, flow, key, metric, since),
             }
         if target == self._hist_target:
             self._hist = result
             with suppress(NoMatches):  # the screen went away while the query ran
                 self._draw_history()
+
+    async def _load_flagged(
+        self, control: Any, flow: str, key: str, metric: str, since: int
+    ) -> list:
+        """The flagged points to mark on the chart: ``(ts_ms, value)``; none when the
+        engine cannot say (an older one) or the query fails (the chart still draws)."""
+        try:
+            rows = await control.query(
+                "anomalies", flow=flow, key=key, metric=metric, since_ms=since
+            )
+        except Exception:
+            return []
+        return [
+            (int(t), float(v))
+            for t, v, *_ in rows or []
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+
+    def _reason(self) -> dict | None:
+        """The highlighted row's anomaly reason (a flagged latest value), if any."""
+        row = self.query_one("#latest", DeckTable).selected()
+        reason = ((row or {}).get("data") or {}).get(REASON_KEY)
+        return reason if isinstance(reason, dict) else None
+
+    def _set_caption(self, caption: Static, text: Text) -> None:
+        """The chart caption, and under it why the highlighted row was flagged (if it was)."""
+        reason = self._reason()
+        if reason:
+            text = Text.assemble(text, "\n", reason_text(reason, self.app))
+        caption.update(text)
 
     def _draw_history(self) -> None:
         caption = self.query_one("#history-caption", Static)
@@ -253,40 +293,48 @@ class DataScreen(ViewScreen):
         st = h.get("state")
         if st == "offline":
             _, key, metric, _ = h["target"]
-            caption.update(
+            self._set_caption(
+                caption,
                 Text(
                     f"History of {key} {metric}: {NOT_CONNECTED} — "
                     "history needs a connection to an engine"
-                )
+                ),
             )
             self._show_plot(False)
             return
         if st == "idle":
-            caption.update(Text("History: select a row" + hint, style="dim"))
+            self._set_caption(caption, Text("History: select a row" + hint, style="dim"))
             self._show_plot(False)
             return
         _, key, metric, _ = h["target"]
         if st == "loading":
-            caption.update(Text(f"History of {key} {metric}: loading…{hint}"))
+            self._set_caption(caption, Text(f"History of {key} {metric}: loading…{hint}"))
             return
         if st == "error":
-            caption.update(Text(f"History of {key} {metric}: ✖ failed: {h['error']}"))
+            self._set_caption(
+                caption, Text(f"History of {key} {metric}: ✖ failed: {h['error']}")
+            )
             self._show_plot(False)
             return
         points = h["points"]
         if not points:
-            caption.update(Text(f"History of {key} {metric}: no values stored yet{hint}"))
+            self._set_caption(
+                caption, Text(f"History of {key} {metric}: no values stored yet{hint}")
+            )
             self._show_plot(False)
             return
         lo = min(v for _, v in points)
         hi = max(v for _, v in points)
-        caption.update(
+        flagged = h.get("flagged") or []
+        self._set_caption(
+            caption,
             Text.assemble(
                 (f"History of {key} {metric}", "bold"),
                 f"  {len(points)} points {fmt_time(points[0][0])}–{fmt_time(points[-1][0])}"
                 f"  min {fmt_value(lo)} · max {fmt_value(hi)} · last {fmt_value(points[-1][1])}",
+                (f" · {len(flagged)} flagged (x)" if flagged else "", self._warning_style()),
                 (hint, "dim"),
-            )
+            ),
         )
         if h.get("drawn") is not True:
             plt = plot.plt
@@ -294,6 +342,14 @@ class DataScreen(ViewScreen):
             xs = [t / 1000 for t, _ in points]
             ys = [v for _, v in points]
             plt.plot(xs, ys, marker="braille")
+            if flagged:
+                # Flagged points as crosses over the line, in the theme's warning colour.
+                plt.scatter(
+                    [t / 1000 for t, _ in flagged],
+                    [v for _, v in flagged],
+                    marker="x",
+                    color=self._warning_colour(),
+                )
             n = min(5, len(xs))
             if n > 1:
                 idx = [round(i * (len(xs) - 1) / (n - 1)) for i in range(n)]
@@ -304,6 +360,17 @@ class DataScreen(ViewScreen):
             h["drawn"] = True
             plot.refresh()
         self._show_plot(True)
+
+    def _warning_style(self) -> str:
+        return self.app.theme_variables.get("warning", "")
+
+    def _warning_colour(self) -> str | tuple[int, int, int]:
+        """The theme's warning colour as plotext takes it (an RGB tuple), else red."""
+        try:
+            c = Color.parse(self._warning_style())
+        except ColorParseError:
+            return "red"
+        return (c.r, c.g, c.b)
 
     # ---- actions
 

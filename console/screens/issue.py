@@ -17,6 +17,7 @@ from flowdeck.console.screens.base import (
     data_text,
     excerpt_lines,
     fmt_value,
+    reason_text,
 )
 from flowdeck.console.screens.lineage import LineageScreen
 from flowdeck.console.state import fmt_age, fmt_time
@@ -51,7 +52,14 @@ def issue_text(issue: dict, app, now_ms: float, *, with_detail: bool = True) -> 
     t.append("\n")
     if with_detail and issue.get("detail"):
         parts = []
+        reason = issue["detail"].get("reason") if issue.get("kind") == "anomaly" else None
+        if isinstance(reason, dict):
+            t.append("why ", style="dim")
+            t.append_text(reason_text(reason, app))
+            t.append("\n")
         for k, v in issue["detail"].items():
+            if k == "reason" and isinstance(reason, dict):
+                continue
             if isinstance(v, dict):
                 v = ", ".join(f"{a}={fmt_value(b)}" for a, b in v.items())
             elif isinstance(v, list | tuple):

@@ -12,11 +12,13 @@ from textual.widgets import Static
 
 from flowdeck.console.screens.base import (
     NOT_CONNECTED,
+    REASON_KEY,
     QueryScreen,
     anomaly_text,
     data_text,
     excerpt_lines,
     fmt_value,
+    reason_text,
 )
 from flowdeck.console.state import fmt_time, symbol
 
@@ -132,7 +134,13 @@ def render_lineage_text(info: dict, app, width: int = 110) -> Text:
     t.append(f"  quality {fmt_value(rec.get('quality'))} · anomaly ")
     t.append_text(anomaly_text(rec.get("anomaly_score"), rec.get("anomalous"), app))
     t.append(f" · sources {fmt_value(rec.get('sources'))} · flags {fmt_value(rec.get('flags'))}\n")
-    data = rec.get("data") or {}
+    data = dict(rec.get("data") or {})
+    stored_reason = data.pop(REASON_KEY, None)  # an older engine's lineage keeps it in data
+    reason = rec.get("anomaly_reason") or stored_reason
+    if reason:
+        t.append("  ")
+        t.append_text(reason_text(reason, app))
+        t.append("\n")
     pad = max((len(k) for k in data), default=0)
     for k, val in data.items():
         t.append(f"    {k:<{pad}}  ", style=dim)
@@ -229,6 +237,10 @@ def render_lineage_text(info: dict, app, width: int = 110) -> Text:
             if st.get("flags"):
                 t.append(f" · {fmt_value(st['flags'])}")
             t.append("\n")
+            if st.get("anomaly_reason"):
+                t.append("    ")
+                t.append_text(reason_text(st["anomaly_reason"], app))
+                t.append("\n")
         else:
             t.append("\n")
     return t

@@ -166,7 +166,8 @@ class Engine:
 
     def _warm_detectors(self, rt: FlowRuntime) -> None:
         for spec in rt.cfg.detect:
-            hist = self.store.recent_values(rt.name, spec.metric, spec.window)
+            hist = self.store.recent_values(rt.name, spec.metric,
+                                            rt.chain.detector.history_points(spec.metric))
             rt.chain.detector.warm(spec.metric, hist)
 
     async def _retry_store(self) -> None:

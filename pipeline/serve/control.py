@@ -280,6 +280,10 @@ class LocalControl:
             return await self.engine.caches.history(
                 params["flow"], params["key"], params["metric"], params.get("since_ms", 0),
                 params.get("step_ms"), params.get("limit", 2000))
+        if name == "anomalies":
+            return await self._read(self._anomalies, params["flow"], params["key"],
+                                    params["metric"], int(params.get("since_ms", 0)),
+                                    int(params.get("limit", 500)))
         if name == "caches":
             return self.engine.caches.snapshot()
         if name == "lineage":
@@ -298,6 +302,15 @@ class LocalControl:
                 raise ControlError(f"no raw payload {params['raw_id']}")
             return row
         raise ControlError(f"unknown query {name!r}")
+
+    def _anomalies(self, flow: str, key: str, metric: str, since_ms: int,
+                   limit: int) -> list[list]:
+        """``[ts_ms, value, anomaly_score]`` of a key's stored records flagged
+        ``anomaly:{metric}`` since ``since_ms``, oldest first, the newest ``limit``."""
+        flag = f"anomaly:{metric}"
+        out = [[r["ts_ms"], r["data"].get(metric), r["anomaly_score"]]
+               for r in self.store.records_since(flow, since_ms, key=key) if flag in r["flags"]]
+        return _jsonable(out[-limit:])
 
     def _record_at(self, flow: str, key: str, ts_ms: int) -> list[dict]:
         return [r for r in self.store.records_since(flow, ts_ms, key=key, limit=1)

@@ -13,6 +13,7 @@ from typing import Any
 from flowdeck.pipeline.config import Config, FlowConfig
 from flowdeck.pipeline.core.durations import parse_duration
 from flowdeck.pipeline.stages.chain import StageChain
+from flowdeck.pipeline.stages.detect import REASON_KEY
 from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store
 
@@ -43,22 +44,63 @@ def parse_since(text: str | None, now_ms: int) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def split_reason(data: dict) -> tuple[dict, dict | None]:
+    """A stored record's fields and its anomaly reason (kept in its data, see
+    docs/detection.md), apart."""
+    if REASON_KEY not in data:
+        return data, None
+    fields = dict(data)
+    return fields, fields.pop(REASON_KEY)
+
+
+def reason_summary(reason: dict | None) -> str:
+    """One line: ``robust_z: observed 35 outside 19.6..20.4 (expected 20), p 1e-12``."""
+    if not reason:
+        return "-"
+    text = f"{reason.get('detector')}: observed {_num(reason.get('observed'))}"
+    low, high = reason.get("low"), reason.get("high")
+    if low is not None and high is not None:
+        text += f" outside {_num(low)}..{_num(high)}"
+    if reason.get("expected") is not None:
+        text += f" (expected {_num(reason['expected'])})"
+    if reason.get("probability") is not None:
+        text += f", p {reason['probability']:.2g}"
+    return text
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+
 def export_rows(store: Store, flow: str, since_ms: int | None = None) -> Iterator[dict]:
+    """Records as flat rows: the fields, then the scores; ``anomaly_reason`` (a dict or
+    None) on every row, so a CSV has the column whatever the first row is."""
     for r in store.records_since(flow, since_ms):
+        data, reason = split_reason(r["data"])
         yield {"id": r["id"], "flow": flow, "key": r["key"], "ts": iso(r["ts_ms"]),
-               **r["data"], "quality": r["quality"], "anomaly_score": r["anomaly_score"],
-               "anomalous": r["anomalous"], "flags": r["flags"], "sources": r["sources"]}
+               **data, "quality": r["quality"], "anomaly_score": r["anomaly_score"],
+               "anomalous": r["anomalous"], "anomaly_reason": reason, "flags": r["flags"],
+               "sources": r["sources"]}
+
+
+def _csv_cell(v: Any) -> Any:
+    if isinstance(v, list):
+        return ";".join(map(str, v))
+    if isinstance(v, dict):
+        return json.dumps(v, default=str, sort_keys=True)
+    return v
 
 
 def export_text(store: Store, flow: str, fmt: str, since_ms: int | None, out) -> int:
-    """Write validated records as CSV or JSON lines; returns how many."""
+    """Write validated records as CSV or JSON lines; returns how many. In CSV the
+    ``anomaly_reason`` column is the reason as JSON text (empty when not flagged)."""
     n = 0
     writer = None
     for row in export_rows(store, flow, since_ms):
         if fmt == "jsonl":
             out.write(json.dumps(row, default=str) + "\n")
         else:
-            flat = {k: (";".join(v) if isinstance(v, list) else v) for k, v in row.items()}
+            flat = {k: _csv_cell(v) for k, v in row.items()}
             if writer is None:
                 writer = csv.DictWriter(out, fieldnames=list(flat), extrasaction="ignore")
                 writer.writeheader()
@@ -96,11 +138,12 @@ def lineage(store: Store, config: Config, record_id: int) -> dict[str, Any]:
         raise LookupError(f"flow {flow!r} is neither in the config nor in the stored versions")
     cfg = config.model_copy(update={"flows": {flow: flow_cfg}})
     chain = StageChain(flow, flow_cfg, cfg)
+    fields, reason = split_reason(rec["data"])
     out: dict[str, Any] = {
         "record": {"id": rec["id"], "flow": flow, "key": rec["key"], "ts": iso(rec["ts_ms"]),
-                   "data": rec["data"], "quality": rec["quality"],
+                   "data": fields, "quality": rec["quality"],
                    "anomaly_score": rec["anomaly_score"], "anomalous": rec["anomalous"],
-                   "flags": rec["flags"], "sources": rec["sources"]},
+                   "anomaly_reason": reason, "flags": rec["flags"], "sources": rec["sources"]},
         "version": {"id": rec["version_id"], "stages": version["stages"] if version else None,
                     "created": iso(version["created_ms"]) if version else None},
         "raw": [], "stages": [],
@@ -118,9 +161,10 @@ def lineage(store: Store, config: Config, record_id: int) -> dict[str, Any]:
     out["stages"].append({"stage": "resolve", "version": chain.resolver.version,
                           "strategy": flow_cfg.resolve.strategy,
                           "inputs": {s: c.get("v") for s, c in contrib.items()},
-                          "output": rec["data"]})
+                          "output": fields})
     out["stages"].append({"stage": "detect", "version": chain.detector.version,
                           "anomaly_score": rec["anomaly_score"], "anomalous": rec["anomalous"],
+                          "anomaly_reason": reason,
                           "flags": [f for f in rec["flags"] if f.startswith("anomaly:")]})
     return out
 
@@ -199,5 +243,8 @@ def render_lineage(info: dict) -> str:
                                   for s, v in st["inputs"].items()) + "\n")
         elif st["stage"] == "detect":
             buf.write(f"  {name:24} score {st['anomaly_score']} "
-                      f"{'ANOMALOUS' if st['anomalous'] else 'normal'}\n")
+                      f"{'ANOMALOUS' if st['anomalous'] else 'normal'}")
+            if st.get("anomaly_reason"):
+                buf.write(f"; {reason_summary(st['anomaly_reason'])}")
+            buf.write("\n")
     return buf.getvalue()

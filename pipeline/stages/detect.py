@@ -1,16 +1,60 @@
-"""Detect: streaming, causal anomaly scores per key and metric; anomalies are flagged, never dropped."""
+"""Detect: streaming, causal anomaly scores per key and metric; anomalies are flagged, never dropped.
+
+Every record gets ``anomaly`` (the highest calibrated score of its metrics, 0..1). A point
+scoring 0.5 or more carries the flag ``anomaly:{metric}`` and, in its data, the reserved
+key ``anomaly_reason`` (the detector that fired, what it expected, the observed value, how
+unusual; the highest-scoring metric's when several fire). Only the first point of an
+episode (``Score.anomalous``) makes the record ``anomalous`` and raises an issue: one issue
+per episode, fingerprinted by the episode's first timestamp, so the repeated high scores
+of one episode never reopen it and the next episode is a new issue.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from flowdeck.pipeline.config import FlowConfig
+from flowdeck.pipeline.config import RESERVED_FIELD, DetectSpec, FlowConfig
 from flowdeck.pipeline.detectors import Detector, DetectorSettings
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
-VERSION = "detect/1"
+VERSION = "detect/2"
+
+REASON_KEY = RESERVED_FIELD
+"""The key of a flagged record's data that holds why it was flagged (docs/detection.md)."""
+
+FLAG_SCORE = 0.5
+"""Scores at or above this are flagged (the calibrated score's flag threshold)."""
+
+
+def detector_settings(spec: DetectSpec) -> DetectorSettings:
+    """The detector settings of one ``detect`` entry of a flow (docs/configuration.md)."""
+    return DetectorSettings(
+        methods=tuple(spec.methods), window=spec.window, z_threshold=spec.threshold,
+        min_history=spec.min_history, season=spec.season, calibrate=spec.calibrate,
+        flag_probability=spec.flag_probability, calibration_window=spec.calibration_window,
+        warmup=spec.warmup, refractory=spec.refractory, cusum_k=spec.cusum_k,
+        cusum_h=spec.cusum_h, ewma_alpha=spec.ewma_alpha, rate_threshold=spec.rate_threshold)
+
+
+def history_points(spec: DetectSpec) -> int:
+    """Stored points per series that :meth:`AnomalyDetector.warm` needs to replay so a
+    restarted detector is calibrated again: the unscored start, a full calibration history
+    and the value window it is measured against."""
+    return spec.min_history + spec.calibration_window + spec.window
+
+
+def _rounded(reason: dict[str, Any]) -> dict[str, Any]:
+    """The baseline, range and probability to 6 significant digits (the observed value
+    stays the record's own); a non-finite one as None (JSON has no NaN)."""
+    out: dict[str, Any] = {}
+    for k, v in reason.items():
+        if isinstance(v, float) and k != "observed":
+            v = float(f"{v:.6g}") if math.isfinite(v) else None
+        out[k] = v
+    return out
 
 
 @register("detect")
@@ -20,45 +64,73 @@ class AnomalyDetector:
 
     def __init__(self, flow_name: str, flow: FlowConfig) -> None:
         self.flow_name = flow_name
-        self.detectors = []
+        self.specs: dict[str, DetectSpec] = {}
+        self.detectors: list[tuple[str, Detector]] = []
         for spec in flow.detect:
-            settings = DetectorSettings(methods=tuple(spec.methods), window=spec.window,
-                                        z_threshold=spec.threshold, min_history=spec.min_history,
-                                        season=spec.season)
-            self.detectors.append((spec.metric, Detector(settings)))
+            self.specs[spec.metric] = spec
+            self.detectors.append((spec.metric, Detector(detector_settings(spec))))
+
+    def history_points(self, metric: str) -> int:
+        """How many stored points per series :meth:`warm` wants for ``metric``."""
+        spec = self.specs.get(metric)
+        return 0 if spec is None else history_points(spec)
 
     def warm(self, metric: str, history: dict[str, list[tuple[int, float]]]) -> None:
-        """Feed stored history (oldest first) so scores after a restart match a warm engine."""
+        """Feed stored history (oldest first) so scores after a restart match a warm engine.
+
+        Give it :meth:`history_points` points per series: fewer leave the calibration short
+        and its methods in warm-up again (quiet, never noisy)."""
         for m, det in self.detectors:
             if m != metric:
                 continue
             for key, points in history.items():
+                series = (key, m)
                 for ts, value in points:
-                    det.score((key, m), ts / 1000, value)
+                    det.score(series, ts / 1000, value)
 
     def run(self, batch: Batch, now_ms: int) -> None:
         if not self.detectors:
             return
         recs = sorted(batch.records, key=lambda r: r.ts)
+        best: dict[int, float] = {}  # id(rec) -> score of the reason it carries
         for metric, det in self.detectors:
             for rec in recs:
                 v = rec.data.get(metric)
                 if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
                     continue
                 sc = det.score((rec.key, metric), rec.ts / 1000, float(v))
-                if sc.score > rec.anomaly:
-                    rec.anomaly = round(sc.score, 4)
-                if sc.anomalous:
-                    rec.anomalous = True
-                    rec.flags.append(f"anomaly:{metric}")
-                    batch.issues.append(IssueDraft(
-                        flow=self.flow_name, kind="anomaly",
-                        severity="error" if sc.score >= 0.9 else "warning",
-                        title=f"{rec.key}: {metric}={v:.4g} is anomalous "
-                              f"({sc.method}, score {sc.score:.2f})",
-                        fingerprint=f"anomaly:{self.flow_name}:{rec.key}:{metric}",
-                        key=rec.key,
-                        detail={"metric": metric, "value": v, "score": sc.score,
-                                "method": sc.method, "ts": rec.ts,
-                                "details": {k: round(x, 3) for k, x in sc.details.items()}},
-                        record_keys=[(rec.key, rec.ts)], raw_ids=list(rec.raw_ids)))
+                score = round(sc.score, 4)
+                if score > rec.anomaly:
+                    rec.anomaly = score
+                if sc.score < FLAG_SCORE:
+                    continue
+                rec.flags.append(f"anomaly:{metric}")
+                reason = _rounded({"metric": metric, **(sc.reason() or {})})
+                if sc.score > best.get(id(rec), -1.0):
+                    best[id(rec)] = sc.score
+                    # A new dict: the resolved data may be shared with a contribution.
+                    rec.data = {**rec.data, REASON_KEY: reason}
+                if not sc.anomalous:
+                    continue
+                rec.anomalous = True
+                batch.issues.append(IssueDraft(
+                    flow=self.flow_name, kind="anomaly",
+                    severity="error" if sc.score >= 0.9 else "warning",
+                    title=f"{rec.key}: {metric}={v:.4g} is anomalous "
+                          f"({sc.method}, expected {_expected(reason)}, score {sc.score:.2f})",
+                    fingerprint=f"anomaly:{self.flow_name}:{rec.key}:{metric}:{rec.ts}",
+                    key=rec.key,
+                    detail={"metric": metric, "value": v, "score": score,
+                            "method": sc.method, "ts": rec.ts, "episode": sc.episode,
+                            "reason": reason,
+                            "details": {k: round(x, 3) for k, x in sc.details.items()}},
+                    record_keys=[(rec.key, rec.ts)], raw_ids=list(rec.raw_ids)))
+
+
+def _expected(reason: dict[str, Any]) -> str:
+    """``low..high`` of a reason, else its expected value, else ``-``."""
+    low, high = reason.get("low"), reason.get("high")
+    if low is not None and high is not None:
+        return f"{low:.4g}..{high:.4g}"
+    exp = reason.get("expected")
+    return "-" if exp is None else f"{exp:.4g}"

@@ -376,3 +376,100 @@ async def test_drilldowns_and_operator_actions_on_a_real_engine(live):
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, QualityScreen)
+
+
+# ---------------------------------------------------------------- anomaly reasons
+
+KDEN_REASON = {"metric": "temperature", "detector": "rate", "observed": -1.8,
+               "expected": 6.2, "low": 5.1, "high": 7.3, "score": 1.0,
+               "probability": 3e-12, "episode": 2}
+
+
+def flagged_state() -> ConsoleState:
+    """The fixture with KDEN's latest value flagged and explained, and its anomaly issue
+    carrying the same reason (as the detect stage writes them)."""
+    import copy
+    import json
+
+    from support.console import FIXTURE
+
+    data = json.loads(FIXTURE.read_text())
+    snap = data["snapshot"]
+    for r in snap["latest"]["weather"]:
+        if r["key"] == "KDEN":
+            r["data"]["anomaly_reason"] = KDEN_REASON
+    for i in snap["issues"]:
+        if i["kind"] == "anomaly" and i["key"] == "KDEN":
+            i["detail"]["reason"] = KDEN_REASON
+            i["detail"]["episode"] = 2
+            i["severity"] = "critical"  # listed first: its detail is the one shown
+    state = ConsoleState()
+    state.update(copy.deepcopy(snap), data["now"] - 10)
+    state.update(snap, data["now"])
+    return state
+
+
+class ChartControl:
+    """Answers the Data screen's two chart queries: KDEN's history and its flagged points."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+        self.base.snap = flagged_state().snapshot  # what it polls: the flagged picture too
+        self.asked: list[tuple[str, dict]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    async def query(self, name: str, **params):
+        self.asked.append((name, params))
+        t0 = 1_795_521_960_000 - 30 * 60_000
+        if name == "history":
+            return [[t0 + i * 60_000, 6.0 + 0.1 * (i % 3)] for i in range(30)] + [
+                [t0 + 30 * 60_000, -1.8]]
+        if name == "anomalies":
+            return [[t0 + 30 * 60_000, -1.8, 1.0]]
+        return None
+
+
+async def test_data_screen_explains_a_flagged_row_and_marks_it_on_the_chart():
+    from support.console import FixtureControl
+
+    control = ChartControl(FixtureControl())
+    app = FlowdeckApp(control, state=flagged_state(), clock=ManualClock(START + 600))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("6")
+        screen = app.screen
+        table = screen.query_one("#latest", DeckTable)
+        select_row(table, lambda r: r["key"] == "KDEN")
+        await wait_for(pilot, lambda: screen._hist.get("state") == "loaded", "the chart")
+        await pilot.pause()
+        caption = str(screen.query_one("#history-caption", Static).render())
+        assert "History of KDEN temperature" in caption and "1 flagged (x)" in caption
+        assert ("⚠ temperature: rate · observed -1.8 · expected 6.2 (normal 5.1..7.3)"
+                " · p 3e-12 · episode 2") in caption
+        assert screen._hist["flagged"] == [(1_795_521_960_000, -1.8)]
+        assert ("anomalies", {"flow": "weather", "key": "KDEN", "metric": "temperature",
+                              "since_ms": control.asked[-1][1]["since_ms"]}) in control.asked
+        # The cross is drawn over the line, inside the plot (its title has no "x").
+        region = screen.query_one("#history-plot").region
+        lines = screen_text(app).splitlines()[region.y + 1:region.y + region.height]
+        assert any("x" in line[region.x:region.right] for line in lines)
+        # A row without a reason: no explanation under the caption.
+        select_row(table, lambda r: r["key"] == "EDDF")
+        await wait_for(pilot, lambda: screen._hist.get("target", ("",) * 2)[1] == "EDDF"
+                       and screen._hist.get("state") == "loaded", "EDDF's chart")
+        await pilot.pause()
+        assert "⚠" not in str(screen.query_one("#history-caption", Static).render())
+
+
+async def test_quality_issue_detail_gives_the_anomaly_reason():
+    app = make_app(state=flagged_state())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        table = app.screen.query_one("#issues", DeckTable)
+        select_row(table, lambda r: r["kind"] == "anomaly" and r["key"] == "KDEN")
+        await pilot.pause()
+        text = screen_text(app)
+        assert ("why ⚠ temperature: rate · observed -1.8 · expected 6.2 (normal 5.1..7.3) · "
+                "p 3e-12 · episode 2") in text
+        assert "reason metric=" not in text  # not repeated as a raw dict in the detail

@@ -120,6 +120,24 @@ def test_daemon_once_and_the_store_commands_load_no_textual(tmp_path):
     assert rc["watch"] == 1 and rc["act"] == 1  # the daemon is not there
 
 
+def test_evaluate_loads_no_textual(tmp_path):
+    """`flowdeck evaluate` runs the detect stage over a CSV: no console in sight."""
+    (tmp_path / "s.csv").write_text("timestamp,value\n" + "".join(
+        f"2014-07-01 00:{i // 60:02d}:{i % 60:02d},{i % 7}\n" for i in range(300)))
+    (tmp_path / "labels.json").write_text('{"s.csv": []}')
+    res = python("""
+        import contextlib, io
+        from flowdeck.console.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["evaluate", "--data", "s.csv", "--labels", "labels.json", "--json"])
+        print(json.dumps({"rc": rc, "files": len(json.loads(out.getvalue())["files"]),
+                          "loaded": loaded()}))
+    """, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[-1]) == {"rc": 0, "files": 1, "loaded": []}
+
+
 def test_simulate_loads_no_textual(tmp_path):
     """`flowdeck simulate` serves until stopped: look at sys.modules once it listens."""
     port = closed_port()

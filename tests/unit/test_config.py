@@ -113,3 +113,75 @@ def test_cli_check_exit_codes(capsys):
 def test_cli_check_missing_file(capsys):
     assert main(["check", "/nonexistent/flows.yaml"]) == 2
     assert capsys.readouterr().err.strip() == "/nonexistent/flows.yaml: cannot read: No such file or directory"
+
+
+DETECT_FLOW = """\
+flows:
+  w:
+    key: station
+    sources:
+      - {name: a, kind: file, path: a.json, fields: {station: s, ts: t}}
+    fields:
+      station: {type: str}
+      temperature: {}
+    detect:
+"""
+
+
+def test_detect_defaults_are_the_calibrated_detectors():
+    from flowdeck.pipeline.detectors import DetectorSettings
+    from flowdeck.pipeline.stages.detect import detector_settings
+
+    cfg = parse_config(DETECT_FLOW + "      - {metric: temperature}\n", "d.yaml")
+    (spec,) = cfg.flows["w"].detect
+    assert spec.methods == ["robust_z", "rate", "seasonal", "level_shift", "flatline"]
+    assert (spec.window, spec.threshold, spec.min_history, spec.season) == (120, 4.0, 10, None)
+    assert (spec.calibrate, spec.flag_probability, spec.calibration_window, spec.warmup,
+            spec.refractory) == (True, 1e-4, 1000, 150, 100)
+    assert (spec.cusum_k, spec.cusum_h, spec.ewma_alpha, spec.rate_threshold) == (
+        0.5, 30.0, 0.1, None)
+    assert detector_settings(spec) == DetectorSettings()  # the detectors' own defaults
+
+
+def test_detect_settings_are_read_and_checked_with_lines():
+    from flowdeck.pipeline.stages.detect import detector_settings
+
+    ok = parse_config(DETECT_FLOW + "      - {metric: temperature, methods: [ewma, flatline],"
+                      " season: 1d, calibrate: false, threshold: 3, warmup: 0,"
+                      " rate_threshold: 0.5}\n", "d.yaml")
+    s = detector_settings(ok.flows["w"].detect[0])
+    assert (s.methods, s.season, s.calibrate, s.z_threshold, s.warmup, s.rate_threshold) == (
+        ("ewma", "flatline"), 86400.0, False, 3.0, 0, 0.5)
+    bad = DETECT_FLOW + (
+        "      - metric: temperature\n"          # line 10
+        "        methods: [robust_z, cusum]\n"    # 11
+        "        flag_probability: 1\n"           # 12
+        "        calibration_window: 5\n"         # 13
+        "      - metric: temperature\n"           # 14
+        "        methods: [rate, rate]\n"         # 15
+        "        warmup: 500\n"                   # 16
+        "        calibration_window: 200\n")      # 17
+    with pytest.raises(ConfigError) as exc:
+        parse_config(bad, "d.yaml")
+    out = [str(p) for p in exc.value.problems]
+    assert any(p.startswith("d.yaml:11: flows.w.detect[0].methods[1]: Input should be") for p in out)
+    assert any(p.startswith("d.yaml:12: flows.w.detect[0].flag_probability: Input should be less")
+               for p in out)
+    assert any(p.startswith("d.yaml:13: flows.w.detect[0].calibration_window: Input should be")
+               for p in out)
+    assert "d.yaml:15: flows.w.detect[1].methods: duplicate methods: rate" in out
+    with pytest.raises(ConfigError) as exc:
+        parse_config(DETECT_FLOW + "      - metric: temperature\n        warmup: 500\n"
+                     "        calibration_window: 200\n", "d.yaml")
+    assert [str(p) for p in exc.value.problems] == [
+        "d.yaml:11: flows.w.detect[0].warmup: must not exceed calibration_window (200)"]
+
+
+def test_anomaly_reason_is_a_reserved_field_name():
+    text = DETECT_FLOW.replace("      temperature: {}\n",
+                               "      temperature: {}\n      anomaly_reason: {type: str}\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text + "      - {metric: temperature}\n", "d.yaml")
+    assert [str(p) for p in exc.value.problems] == [
+        "d.yaml:9: flows.w.fields.anomaly_reason: 'anomaly_reason' is reserved: flagged records "
+        "carry their anomaly reason under it"]

@@ -952,7 +952,10 @@ flows:
       station: {type: str}
       temperature: {}
     detect:
-      - {metric: temperature, methods: [robust_z, ewma], window: 30, threshold: 4, min_history: 10}
+      # The calibrated defaults wait for 150 scored points (warmup): these short series
+      # calibrate on the 20-30 points after min_history.
+      - {metric: temperature, methods: [robust_z, ewma], window: 30, threshold: 4, min_history: 10,
+         warmup: 10, calibration_window: 100}
 """
 
 
@@ -1012,3 +1015,61 @@ def test_detect_ignores_missing_and_non_finite_values():
     b = detect([*history, *holes])
     assert [(r.anomaly, r.anomalous) for r in holes] == [(0.0, False), (0.0, False)]
     assert b.issues == []
+
+
+def test_detect_explains_a_flagged_point_in_its_data_and_issue():
+    history = steady(40)
+    spike = rec("K1", T0 + 40 * MIN, temperature=35.0)
+    b = detect([*history, spike])
+    reason = spike.data["anomaly_reason"]
+    assert reason["metric"] == "temperature" and reason["detector"] in ("robust_z", "ewma")
+    assert reason["observed"] == 35.0
+    assert reason["low"] < 20.0 < reason["high"] < 35.0  # the range it would have accepted
+    assert abs(reason["expected"] - 20.0) < 0.5
+    assert 0 <= reason["probability"] < 1e-4 and reason["score"] == spike.anomaly
+    assert reason["episode"] == 1
+    assert all("anomaly_reason" not in r.data for r in history)
+    (issue,) = b.issues
+    assert issue.detail["reason"] == reason and issue.detail["episode"] == 1
+    assert "expected" in issue.title
+
+
+def test_detect_one_issue_per_episode_and_a_new_one_for_the_next():
+    """The high scores after an episode's first point are flagged (with a reason) but raise
+    no issue; once the episode is over, the next anomaly is a new issue (new fingerprint)."""
+    d = AnomalyDetector("w", flow_of(DETECT.replace("calibration_window: 100",
+                                                    "calibration_window: 100, refractory: 5")))
+    points = [*steady(40),
+              *[rec("K1", T0 + (40 + i) * MIN, temperature=35.0 + i) for i in range(3)],
+              *[rec("K1", T0 + (43 + i) * MIN, temperature=20.0 + 0.1 * ((i * 7) % 5 - 2))
+                for i in range(30)],
+              rec("K1", T0 + 73 * MIN, temperature=5.0)]
+    b = batch(None, *points)
+    d.run(b, NOW)
+    flagged = [r for r in points if "anomaly:temperature" in r.flags]
+    assert len(flagged) >= 4 and all("anomaly_reason" in r.data for r in flagged)
+    assert [r.ts for r in points if r.anomalous] == [T0 + 40 * MIN, T0 + 73 * MIN]
+    assert [i.fingerprint for i in b.issues] == [f"anomaly:w:K1:temperature:{T0 + 40 * MIN}",
+                                                 f"anomaly:w:K1:temperature:{T0 + 73 * MIN}"]
+    assert [i.detail["episode"] for i in b.issues] == [1, 2]
+
+
+def test_detect_warm_replays_enough_history_to_flag_after_a_restart():
+    """A restarted detector fed the stored history scores the next points as the
+    uninterrupted one does (history_points per series is what the engine loads)."""
+    flow = flow_of(DETECT)
+    history = steady(60)
+    live = AnomalyDetector("w", flow)
+    live.run(batch(None, *history), NOW)
+    restarted = AnomalyDetector("w", flow)
+    n = restarted.history_points("temperature")
+    assert n == 10 + 100 + 30  # min_history + calibration_window + window
+    stored = {"K1": [(r.ts, r.data["temperature"]) for r in history][-n:]}
+    restarted.warm("temperature", stored)
+    restarted.warm("pressure", stored)  # a metric it does not detect: ignored
+    a = rec("K1", T0 + 60 * MIN, temperature=35.0)
+    b = rec("K1", T0 + 60 * MIN, temperature=35.0)
+    live.run(batch(None, a), NOW)
+    restarted.run(batch(None, b), NOW)
+    assert b.anomalous and (a.anomaly, a.anomalous) == (b.anomaly, b.anomalous)
+    assert restarted.history_points("pressure") == 0
