@@ -122,6 +122,8 @@ TAIL_REFIT = 10
 """A full tail is refitted after this many new statistics (one rarely moves it)."""
 CUSUM_CLIP = 3.0
 """Standardised deviations are clipped to this before they enter the CUSUM."""
+FLAGGED_KEPT = 16
+"""Flagged points per series whose verdicts are kept for a late re-merge (see ``_again``)."""
 
 
 def epsilon(center: float) -> float:
@@ -220,6 +222,8 @@ class Score:
     high: float | None = None
     probability: float | None = None  # calibrated: tail probability of the point
     episode: int = 0  # calibrated: id of the episode the point belongs to (0: none)
+    again: bool = False  # a late re-score of a flagged point: its first verdict, kept
+
 
     def reason(self) -> dict[str, Any] | None:
         """A small dict explaining the verdict (None when no method was active)."""
@@ -721,6 +725,9 @@ class SeriesDetector:
         self._episodes = 0  # episodes opened so far
         self._in_episode = False
         self._below = 0  # points in a row below the flag since the episode's last high one
+        # The verdicts of the last flagged in-order points, so a point merged again later
+        # (a late source) keeps the verdict it was given, not a late point's (see score).
+        self._flagged: deque[tuple[float, Score]] = deque(maxlen=FLAGGED_KEPT)
         self._measures: list[tuple[str, Callable[[float, float], Measure | None]]] = [
             (m, getattr(self, "_m_" + m)) for m in methods]
 
@@ -733,15 +740,37 @@ class SeriesDetector:
         measures = self._measure(ts, value)
         result = self._verdict(value, measures)
         accepted = self.accepts(ts, value)
-        if self.settings.calibrate:
-            if accepted:
-                self._episode(result)
-            else:  # late: scored, but it neither flags nor moves the episode
-                result.anomalous = False
-                result.episode = self._episodes if self._in_episode else 0
         if accepted:
+            if self.settings.calibrate:
+                self._episode(result)
+            if result.score >= 0.5:
+                self._flagged.append((ts, result))
             self._learn(ts, float(value), measures, result.score >= 0.5)
+            return result
+        again = self._again(ts, value)
+        if again is not None:
+            return again
+        if self.settings.calibrate:  # late: scored, but it neither flags nor moves the episode
+            result.anomalous = False
+            result.episode = self._episodes if self._in_episode else 0
         return result
+
+    def _again(self, ts: float, value: float) -> Score | None:
+        """The first verdict of a flagged point scored again at the same timestamp (resolve
+        merged a late source into it), with the value it has now; None if the point was not
+        flagged or its new value falls inside the range its detector expected (then it is
+        scored as a late point: the state has already learned from that timestamp, so its
+        first verdict cannot be re-derived, only kept or withdrawn)."""
+        for seen_ts, first in reversed(self._flagged):
+            if seen_ts != ts:
+                continue
+            if (value != first.observed and first.low is not None and first.high is not None
+                    and first.low <= value <= first.high):
+                return None
+            return Score(first.score, first.anomalous, first.method, dict(first.details),
+                         value, first.expected, first.low, first.high, first.probability,
+                         first.episode, True)
+        return None
 
     def evaluate(self, ts: float, value: float) -> Score:
         """Score the point against the current state, without changing the state.
@@ -801,6 +830,7 @@ class SeriesDetector:
             "cusum": _dump(self._cusum), "run": self._run,
             "tails": {m: _dump(t) for m, t in self._tails.items()},
             "episodes": self._episodes, "in_episode": self._in_episode, "below": self._below,
+            "flagged": [[ts, _score_state(sc)] for ts, sc in self._flagged],
         }
 
     @classmethod
@@ -823,6 +853,7 @@ class SeriesDetector:
         self._tails = {m: _load(t) for m, t in state["tails"].items()}
         self._episodes, self._in_episode, self._below = (state["episodes"],
                                                          state["in_episode"], state["below"])
+        self._flagged.extend((ts, Score(**sc)) for ts, sc in state.get("flagged", []))
         return self
 
     # ---- scoring
@@ -982,6 +1013,10 @@ class SeriesDetector:
             return None
         run = self._run + 1 if value == self.last_value else 0
         return "flatline", float(run), None, None
+
+
+def _score_state(score: Score) -> dict[str, Any]:
+    return {f: getattr(score, f) for f in Score.__slots__}  # type: ignore[attr-defined]
 
 
 def _settings_dict(settings: DetectorSettings) -> dict[str, Any]:

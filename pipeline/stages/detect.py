@@ -113,6 +113,8 @@ class AnomalyDetector:
                 if not sc.anomalous:
                     continue
                 rec.anomalous = True
+                if sc.again:  # a late source merged into the onset: its issue is raised
+                    continue
                 batch.issues.append(IssueDraft(
                     flow=self.flow_name, kind="anomaly",
                     severity="error" if sc.score >= 0.9 else "warning",
