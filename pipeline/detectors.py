@@ -303,7 +303,11 @@ def sigma_sorted(values: list[float], center: float) -> float:
     ``1.4826 * MAD``; if the MAD is 0, ``1.2533 * mean absolute deviation``; if that is
     0 too, :func:`epsilon` of the center. Never below :func:`epsilon`.
     """
-    sigma = MAD_TO_SIGMA * mad_sorted(values, center)
+    return sigma_from_mad(values, center, MAD_TO_SIGMA * mad_sorted(values, center))
+
+
+def sigma_from_mad(values: list[float], center: float, sigma: float) -> float:
+    """:func:`sigma_sorted` given ``sigma = 1.4826 * MAD`` already worked out."""
     if sigma == 0.0:
         # Sum of |v - center| from the sorted halves: two C-level slice sums, not a
         # Python loop over the window (a flat series lands here on every point).
@@ -382,9 +386,10 @@ class _Tail:
         return len(self.window)
 
     def add(self, stat: float) -> None:
-        self.window.add(stat)
+        window = self.window
+        window.add(stat)
         self.stale += 1
-        if self.stale >= TAIL_REFIT or len(self.window) < self.window.maxlen:
+        if self.stale >= TAIL_REFIT or len(window._sorted) < window.maxlen:
             self.fit = None
 
     def _fit(self) -> list:
@@ -400,8 +405,8 @@ class _Tail:
         return self.fit
 
     def p(self, stat: float) -> float:
-        values = self.window.sorted_values
-        n, k, u, m = self._fit()
+        values = self.window._sorted
+        n, k, u, m = self.fit or self._fit()
         if stat <= u:
             return (n - bisect_left(values, stat) + 1) / (n + 1)
         return k / (n + 1) * math.exp(-(stat - u) / m)
@@ -730,6 +735,9 @@ class SeriesDetector:
         self._flagged: deque[tuple[float, Score]] = deque(maxlen=FLAGGED_KEPT)
         self._measures: list[tuple[str, Callable[[float, float], Measure | None]]] = [
             (m, getattr(self, "_m_" + m)) for m in methods]
+        self._log_flag = math.log(settings.flag_probability)
+        self._need = max(settings.warmup, 1)  # calibrated statistics before a method may flag
+        self._min_history = max(settings.min_history, 1)
 
     # ---- public
 
@@ -739,13 +747,15 @@ class SeriesDetector:
             return _quiet()
         measures = self._measure(ts, value)
         result = self._verdict(value, measures)
-        accepted = self.accepts(ts, value)
-        if accepted:
-            if self.settings.calibrate:
-                self._episode(result)
-            if result.score >= 0.5:
-                self._flagged.append((ts, result))
-            self._learn(ts, float(value), measures, result.score >= 0.5)
+        last_ts = self.last_ts
+        if last_ts is None or ts > last_ts:  # accepted (see accepts)
+            flagged = result.score >= 0.5
+            if flagged or self._in_episode:
+                if self.settings.calibrate:
+                    self._episode(result)
+                if flagged:
+                    self._flagged.append((ts, result))
+            self._learn(ts, float(value), measures, flagged)
             return result
         again = self._again(ts, value)
         if again is not None:
@@ -859,7 +869,7 @@ class SeriesDetector:
     # ---- scoring
 
     def _measure(self, ts: float, value: float) -> list[Measure]:
-        if self.count < self.settings.min_history or self.count == 0:
+        if self.count < self._min_history:
             return []
         out = []
         for _, method in self._measures:
@@ -882,15 +892,31 @@ class SeriesDetector:
             threshold = self._raw_scale(best[0])
             return self._explain(Score(best_score, best_score >= 0.5, best[0], details,
                                        value), best, threshold)
-        ready = [(self._tails[m[0]].p(m[1]), m) for m in measures
-                 if len(self._tails[m[0]]) >= max(settings.warmup, 1)]
-        if not ready:
+        # Per point: one tail look-up per method past its warm-up, no other allocation
+        # than the Score; the flag range is only worked out for a point at the flag.
+        tails, need = self._tails, self._need
+        best: Measure | None = None
+        p_best, ready = 2.0, 0
+        for m in measures:
+            tail = tails[m[0]]
+            if len(tail.window._sorted) >= need:
+                ready += 1
+                pm = tail.p(m[1])
+                if pm < p_best:
+                    p_best, best = pm, m
+        if best is None:
             return Score(0.0, False, measures[0][0], details, value)
-        p_best, best = min(ready, key=lambda pm: pm[0])
-        p = min(1.0, p_best * len(ready))
-        score = calibrated_score(p, settings.flag_probability)
-        threshold = self._tails[best[0]].threshold(settings.flag_probability / len(ready))
-        return self._explain(Score(score, score >= 0.5, best[0], details, value,
+        p = p_best * ready
+        if p >= 1.0:
+            p, score = 1.0, 0.0
+        elif p <= 0.0:
+            score = 1.0
+        else:  # calibrated_score, inline: this runs for every point
+            score = min(1.0, 0.5 * math.log(p) / self._log_flag)
+        if score < 0.5:
+            return Score(score, False, best[0], details, value, best[2], probability=p)
+        threshold = tails[best[0]].threshold(settings.flag_probability / ready)
+        return self._explain(Score(score, True, best[0], details, value,
                                    probability=p), best, threshold)
 
     def _raw_scale(self, method: str) -> float:
@@ -958,9 +984,12 @@ class SeriesDetector:
         if memo is not None and memo[0] == self.count:
             return memo[1], memo[2]
         assert self._values is not None  # robust_z, level_shift: the value window is kept
-        values = self._values.sorted_values
-        center = median_sorted(values)
-        spread = sigma_sorted(values, center)
+        values = self._values._sorted
+        n = len(values)
+        center = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(values, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(values, center, spread)  # the fallbacks
         self._window_memo = (self.count, center, spread)
         return center, spread
 
@@ -988,9 +1017,12 @@ class SeriesDetector:
             return "rate", abs(rate) / threshold, last, threshold * dt
         if not self._rates:
             return None
-        rates = self._rates.sorted_values
-        center = median_sorted(rates)
-        spread = sigma_sorted(rates, center)
+        rates = self._rates._sorted
+        n = len(rates)
+        center = rates[n // 2] if n % 2 else (rates[n // 2 - 1] + rates[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(rates, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(rates, center, spread)
         return "rate", abs(rate - center) / spread, last + center * dt, spread * dt
 
     def _m_seasonal(self, ts: float, value: float) -> Measure | None:
@@ -1038,6 +1070,14 @@ class Detector:
         if state is None:
             state = self._series[series] = SeriesDetector(self.settings)
         return state.score(ts, value)
+
+    def series_detector(self, series: tuple) -> SeriesDetector:
+        """The state of ``series`` (made on first use): scoring many points of one series,
+        call its :meth:`SeriesDetector.score` directly."""
+        state = self._series.get(series)
+        if state is None:
+            state = self._series[series] = SeriesDetector(self.settings)
+        return state
 
     def score_many(self, items: Iterable[tuple[tuple, float, float]]) -> list[Score]:
         """:meth:`score` for each ``(series, ts, value)``, in order."""
