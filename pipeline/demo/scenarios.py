@@ -224,7 +224,19 @@ class _ScenarioFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
+    # The first answer of each HTTP source also carries this much healthy history before
+    # t0 (as an API's first page of recent observations would), so a fresh engine's
+    # detectors are calibrated before the scenario's first fault. 0: the last 5 minutes.
+    backlog: float = 0.0
     faults: list[Fault] = []
+
+    @field_validator("backlog", mode="before")
+    @classmethod
+    def _backlog(cls, v: Any) -> Any:
+        value = 0.0 if v is None else parse_duration(v)
+        if value < 0 or value > 7 * 86400:
+            raise ValueError("backlog must be between 0 and 7d")
+        return value
 
 
 @dataclass
@@ -232,6 +244,7 @@ class Scenario:
     name: str
     description: str = ""
     faults: list[Fault] = field(default_factory=list)
+    backlog: float = 0.0  # seconds of history before t0 in each source's first answer
 
     @classmethod
     def parse(cls, data: Any, origin: str = "<scenario>") -> Scenario:
@@ -239,7 +252,8 @@ class Scenario:
             model = _ScenarioFile.model_validate(data if data is not None else {})
         except ValidationError as exc:
             raise ValueError(f"invalid scenario {origin}: {exc}") from exc
-        return cls(name=model.name, description=model.description, faults=list(model.faults))
+        return cls(name=model.name, description=model.description, faults=list(model.faults),
+                   backlog=model.backlog)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> Scenario:

@@ -420,7 +420,10 @@ class Simulator:
         """Body and Content-Type of one answer (data faults and malformed variants applied)."""
         spec = SOURCES[source]
         cur = int(now // 60) - spec.lag_minutes
-        minutes = range(cur - WINDOW_MINUTES + 1, cur + 1)
+        window = WINDOW_MINUTES
+        if n == 1 and self.scenario.backlog:  # the first answer: the scenario's backlog too
+            window = max(window, int(self.scenario.backlog // 60) + WINDOW_MINUTES)
+        minutes = range(cur - window + 1, cur + 1)
         records = self._records(source, minutes, faults, n)
         variant = self._malformed_variant(source, faults, n)
         if variant in ("missing_fields", "wrong_types", "nan"):
