@@ -386,11 +386,21 @@ class _Tail:
         return len(self.window)
 
     def add(self, stat: float) -> None:
-        window = self.window
-        window.add(stat)
-        self.stale += 1
-        if self.stale >= TAIL_REFIT or len(window._sorted) < window.maxlen:
-            self.fit = None
+        window = self.window  # RollingWindow.add, inline: four tails learn every point
+        fifo, ordered = window._fifo, window._sorted
+        if len(fifo) == window.maxlen:
+            del ordered[bisect_left(ordered, fifo[0])]
+            fifo.append(stat)
+            insort(ordered, stat)
+            self.stale += 1
+            if self.stale >= TAIL_REFIT:
+                self.fit = None
+        else:  # filling: refit after every statistic but the one that fills it (as before)
+            fifo.append(stat)
+            insort(ordered, stat)
+            self.stale += 1
+            if self.stale >= TAIL_REFIT or len(ordered) < window.maxlen:
+                self.fit = None
 
     def _fit(self) -> list:
         if self.fit is not None:
@@ -459,7 +469,7 @@ class _Seasonal:
     """
 
     __slots__ = ("fixed", "period", "width", "bins", "current", "total", "n", "since_check",
-                 "residuals", "_memo")
+                 "residuals", "_memo", "_last")
 
     def __init__(self, season: float | None, window: int) -> None:
         self.fixed = season is not None
@@ -478,6 +488,7 @@ class _Seasonal:
         self.since_check = 0
         self.residuals = RollingWindow(window)
         self._memo: tuple[int, dict[int, float | None]] | None = None
+        self._last: tuple[float, int, float | None] | None = None  # (ts, bin, expected)
 
     # -- bins and the period
 
@@ -559,11 +570,15 @@ class _Seasonal:
         if len(self.residuals) < min(10, self.residuals.maxlen):
             return None
         base = self.expected(ts)
+        self._last = (ts, self.current, base)  # add() of the same point reuses it
         if base is None:
             return None
-        values = self.residuals.sorted_values
-        center = median_sorted(values)
-        spread = sigma_sorted(values, center)
+        values = self.residuals._sorted
+        n = len(values)
+        center = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(values, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(values, center, spread)
         return abs(value - base - center) / spread, base + center, spread
 
     def add(self, ts: float, value: float) -> None:
@@ -572,7 +587,11 @@ class _Seasonal:
             self.current = index
         elif index > self.current:
             self._close_until(index)
-        base = self.expected(ts)
+        last = self._last
+        if last is not None and last[0] == ts and last[1] == self.current:
+            base = last[2]  # measured for this point, no bin closed since
+        else:
+            base = self.expected(ts)
         if base is not None:
             self.residuals.add(value - base)
         self.total += value
@@ -665,7 +684,7 @@ def _dump(obj: Any) -> Any:
     name = type(obj).__name__
     if name in _STATE_CLASSES:
         return {"state": name, "slots": {s: _dump(getattr(obj, s)) for s in obj.__slots__
-                                          if s != "_memo"}}
+                                          if s not in ("_memo", "_last")}}
     return obj
 
 
@@ -686,6 +705,7 @@ def _load(data: Any) -> Any:
         setattr(obj, slot, _load(value))
     if isinstance(obj, _Seasonal):
         obj._memo = None
+        obj._last = None
     return obj
 
 
