@@ -9,7 +9,7 @@ record three or more sources report a numeric field for teaches :class:`Agreemen
 each source's deviation from the consensus (the median of all of them); a source whose
 running mean deviation (its *bias*) is large against the usual disagreement of the
 sources loses weight, and is named in a ``source_drift`` issue. The weights of a record
-come from the records before it (causal), so re-merging a window gives the same value.
+come from the records learned before it (causal); docs/detection.md, "Resolution".
 """
 
 from __future__ import annotations
