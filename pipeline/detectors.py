@@ -488,7 +488,7 @@ class _Seasonal:
         self.since_check = 0
         self.residuals = RollingWindow(window)
         self._memo: tuple[int, dict[int, float | None]] | None = None
-        self._last: tuple[float, int, float | None] | None = None  # (ts, bin, expected)
+        self._last: tuple[float, int | None, float | None] | None = None  # (ts, bin, expected)
 
     # -- bins and the period
 
@@ -915,7 +915,7 @@ class SeriesDetector:
         # Per point: one tail look-up per method past its warm-up, no other allocation
         # than the Score; the flag range is only worked out for a point at the flag.
         tails, need = self._tails, self._need
-        best: Measure | None = None
+        winner: Measure | None = None
         p_best, ready = 2.0, 0
         for m in measures:
             tail = tails[m[0]]
@@ -923,9 +923,10 @@ class SeriesDetector:
                 ready += 1
                 pm = tail.p(m[1])
                 if pm < p_best:
-                    p_best, best = pm, m
-        if best is None:
+                    p_best, winner = pm, m
+        if winner is None:
             return Score(0.0, False, measures[0][0], details, value)
+        best = winner
         p = p_best * ready
         if p >= 1.0:
             p, score = 1.0, 0.0

@@ -100,7 +100,7 @@ class AnomalyDetector:
             series_of = det.series_detector  # one look-up per key and batch, not per point
             seen: dict[str, Any] = {}
             for rec in recs:
-                v = rec.data.get(metric)
+                v: Any = rec.data.get(metric)
                 t = type(v)
                 if t is not float:
                     if t is not int or not isfinite(v):  # bool, str, None: not a value
