@@ -4,6 +4,9 @@ and the merged values are closer to the truth with the down-weighting than witho
 
 from __future__ import annotations
 
+import pytest
+
+from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config
 from flowdeck.pipeline.demo.truth import VARIANTS, measure
 from flowdeck.pipeline.stages.resolve import Resolver
 
@@ -38,13 +41,48 @@ def test_the_agreement_is_restored_from_stored_contributions() -> None:
     running = report.resolvers["weighted"]["fx"]
     # What the store keeps: (key, ts, contributions) per record, oldest first.
     rows = sorted(report.stored["weighted"]["fx"].items(), key=lambda kv: kv[0][1])
-    restarted = Resolver("fx", running_flow(running))
+    restarted = Resolver("fx", load_config(BUNDLED_CONFIG).flows["fx"])
     restarted.warm((k, ts, c) for (k, ts), c in rows)
     assert (restarted.agreement.snapshot("GBPUSD", "rate")
             == running.agreement.snapshot("GBPUSD", "rate"))
 
 
-def running_flow(resolver: Resolver):
-    from flowdeck.pipeline.config import BUNDLED_CONFIG, load_config
+async def test_the_engine_names_a_drifting_source_and_restores_its_weight(sqlite_store, clock):
+    """Through the engine and a real store: the drift scenario's ecbx is named in a stored
+    source_drift issue, and a restarted engine (warmed from the stored contributions)
+    weighs the sources as the running one did."""
+    from support.recovery import issues_of
 
-    return load_config(BUNDLED_CONFIG).flows["fx"]
+    from flowdeck.pipeline.demo.simulator import Scenario, Simulator
+    from flowdeck.pipeline.engine.engine import Engine
+
+    sim = Simulator(seed=7, scenario=Scenario.load("drift"), clock=clock)
+    await sim.start()
+    try:
+        engine = Engine(load_config(BUNDLED_CONFIG), sqlite_store, clock=clock,
+                        simulator_url=sim.base_url)
+        await engine.start(schedule=False)
+        try:
+            for _ in range(100 // 5):  # 100 minutes, a poll every 5 (it answers 5 minutes)
+                await engine.run_flow("fx", "schedule")
+                clock.advance(300.0)
+            running = engine.flows["fx"].chain.resolver.agreement.snapshot("GBPUSD", "rate")
+        finally:
+            await engine.stop()
+        engine = Engine(load_config(BUNDLED_CONFIG), sqlite_store, clock=clock,
+                        simulator_url=sim.base_url)
+        await engine.start(schedule=False)
+        try:
+            restored = engine.flows["fx"].chain.resolver.agreement.snapshot("GBPUSD", "rate")
+        finally:
+            await engine.stop()
+    finally:
+        await sim.stop()
+    drifts = issues_of(sqlite_store, "source_drift")
+    assert [(i["key"], i["detail"]["source"], i["detail"]["metric"]) for i in drifts] == [
+        ("GBPUSD", "ecbx", "rate")]
+    assert running["ecbx"]["agreement"] < 0.5 < running["fxquote"]["agreement"]
+    assert set(restored) == set(running)
+    for src, mine in running.items():
+        assert restored[src]["n"] == mine["n"]
+        assert restored[src]["agreement"] == pytest.approx(mine["agreement"], rel=1e-9)
