@@ -179,6 +179,9 @@ class ResolveSpec(Strict):
     strategy: Literal["priority", "median", "mean", "most_recent", "weighted"] = "priority"
     # Per field: an absolute spread (1.5) or a relative one ("0.1%") beyond which sources conflict.
     tolerance: dict[str, float | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]] = {}
+    # median / weighted: down-weight a source by its measured agreement with the consensus
+    # (docs/detection.md, "Resolution"); false: the configured weights only.
+    agreement: bool = True
 
 
 RESERVED_FIELD = "anomaly_reason"

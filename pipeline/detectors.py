@@ -122,6 +122,8 @@ TAIL_REFIT = 10
 """A full tail is refitted after this many new statistics (one rarely moves it)."""
 CUSUM_CLIP = 3.0
 """Standardised deviations are clipped to this before they enter the CUSUM."""
+FLAGGED_KEPT = 16
+"""Flagged points per series whose verdicts are kept for a late re-merge (see ``_again``)."""
 
 
 def epsilon(center: float) -> float:
@@ -220,6 +222,8 @@ class Score:
     high: float | None = None
     probability: float | None = None  # calibrated: tail probability of the point
     episode: int = 0  # calibrated: id of the episode the point belongs to (0: none)
+    again: bool = False  # a late re-score of a flagged point: its first verdict, kept
+
 
     def reason(self) -> dict[str, Any] | None:
         """A small dict explaining the verdict (None when no method was active)."""
@@ -299,7 +303,11 @@ def sigma_sorted(values: list[float], center: float) -> float:
     ``1.4826 * MAD``; if the MAD is 0, ``1.2533 * mean absolute deviation``; if that is
     0 too, :func:`epsilon` of the center. Never below :func:`epsilon`.
     """
-    sigma = MAD_TO_SIGMA * mad_sorted(values, center)
+    return sigma_from_mad(values, center, MAD_TO_SIGMA * mad_sorted(values, center))
+
+
+def sigma_from_mad(values: list[float], center: float, sigma: float) -> float:
+    """:func:`sigma_sorted` given ``sigma = 1.4826 * MAD`` already worked out."""
     if sigma == 0.0:
         # Sum of |v - center| from the sorted halves: two C-level slice sums, not a
         # Python loop over the window (a flat series lands here on every point).
@@ -378,10 +386,21 @@ class _Tail:
         return len(self.window)
 
     def add(self, stat: float) -> None:
-        self.window.add(stat)
-        self.stale += 1
-        if self.stale >= TAIL_REFIT or len(self.window) < self.window.maxlen:
-            self.fit = None
+        window = self.window  # RollingWindow.add, inline: four tails learn every point
+        fifo, ordered = window._fifo, window._sorted
+        if len(fifo) == window.maxlen:
+            del ordered[bisect_left(ordered, fifo[0])]
+            fifo.append(stat)
+            insort(ordered, stat)
+            self.stale += 1
+            if self.stale >= TAIL_REFIT:
+                self.fit = None
+        else:  # filling: refit after every statistic but the one that fills it (as before)
+            fifo.append(stat)
+            insort(ordered, stat)
+            self.stale += 1
+            if self.stale >= TAIL_REFIT or len(ordered) < window.maxlen:
+                self.fit = None
 
     def _fit(self) -> list:
         if self.fit is not None:
@@ -396,8 +415,8 @@ class _Tail:
         return self.fit
 
     def p(self, stat: float) -> float:
-        values = self.window.sorted_values
-        n, k, u, m = self._fit()
+        values = self.window._sorted
+        n, k, u, m = self.fit or self._fit()
         if stat <= u:
             return (n - bisect_left(values, stat) + 1) / (n + 1)
         return k / (n + 1) * math.exp(-(stat - u) / m)
@@ -450,7 +469,7 @@ class _Seasonal:
     """
 
     __slots__ = ("fixed", "period", "width", "bins", "current", "total", "n", "since_check",
-                 "residuals", "_memo")
+                 "residuals", "_memo", "_last")
 
     def __init__(self, season: float | None, window: int) -> None:
         self.fixed = season is not None
@@ -469,6 +488,7 @@ class _Seasonal:
         self.since_check = 0
         self.residuals = RollingWindow(window)
         self._memo: tuple[int, dict[int, float | None]] | None = None
+        self._last: tuple[float, int | None, float | None] | None = None  # (ts, bin, expected)
 
     # -- bins and the period
 
@@ -550,11 +570,15 @@ class _Seasonal:
         if len(self.residuals) < min(10, self.residuals.maxlen):
             return None
         base = self.expected(ts)
+        self._last = (ts, self.current, base)  # add() of the same point reuses it
         if base is None:
             return None
-        values = self.residuals.sorted_values
-        center = median_sorted(values)
-        spread = sigma_sorted(values, center)
+        values = self.residuals._sorted
+        n = len(values)
+        center = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(values, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(values, center, spread)
         return abs(value - base - center) / spread, base + center, spread
 
     def add(self, ts: float, value: float) -> None:
@@ -563,7 +587,11 @@ class _Seasonal:
             self.current = index
         elif index > self.current:
             self._close_until(index)
-        base = self.expected(ts)
+        last = self._last
+        if last is not None and last[0] == ts and last[1] == self.current:
+            base = last[2]  # measured for this point, no bin closed since
+        else:
+            base = self.expected(ts)
         if base is not None:
             self.residuals.add(value - base)
         self.total += value
@@ -656,7 +684,7 @@ def _dump(obj: Any) -> Any:
     name = type(obj).__name__
     if name in _STATE_CLASSES:
         return {"state": name, "slots": {s: _dump(getattr(obj, s)) for s in obj.__slots__
-                                          if s != "_memo"}}
+                                          if s not in ("_memo", "_last")}}
     return obj
 
 
@@ -677,6 +705,7 @@ def _load(data: Any) -> Any:
         setattr(obj, slot, _load(value))
     if isinstance(obj, _Seasonal):
         obj._memo = None
+        obj._last = None
     return obj
 
 
@@ -721,8 +750,14 @@ class SeriesDetector:
         self._episodes = 0  # episodes opened so far
         self._in_episode = False
         self._below = 0  # points in a row below the flag since the episode's last high one
+        # The verdicts of the last flagged in-order points, so a point merged again later
+        # (a late source) keeps the verdict it was given, not a late point's (see score).
+        self._flagged: deque[tuple[float, Score]] = deque(maxlen=FLAGGED_KEPT)
         self._measures: list[tuple[str, Callable[[float, float], Measure | None]]] = [
             (m, getattr(self, "_m_" + m)) for m in methods]
+        self._log_flag = math.log(settings.flag_probability)
+        self._need = max(settings.warmup, 1)  # calibrated statistics before a method may flag
+        self._min_history = max(settings.min_history, 1)
 
     # ---- public
 
@@ -732,16 +767,40 @@ class SeriesDetector:
             return _quiet()
         measures = self._measure(ts, value)
         result = self._verdict(value, measures)
-        accepted = self.accepts(ts, value)
-        if self.settings.calibrate:
-            if accepted:
-                self._episode(result)
-            else:  # late: scored, but it neither flags nor moves the episode
-                result.anomalous = False
-                result.episode = self._episodes if self._in_episode else 0
-        if accepted:
-            self._learn(ts, float(value), measures, result.score >= 0.5)
+        last_ts = self.last_ts
+        if last_ts is None or ts > last_ts:  # accepted (see accepts)
+            flagged = result.score >= 0.5
+            if flagged or self._in_episode:
+                if self.settings.calibrate:
+                    self._episode(result)
+                if flagged:
+                    self._flagged.append((ts, result))
+            self._learn(ts, float(value), measures, flagged)
+            return result
+        again = self._again(ts, value)
+        if again is not None:
+            return again
+        if self.settings.calibrate:  # late: scored, but it neither flags nor moves the episode
+            result.anomalous = False
+            result.episode = self._episodes if self._in_episode else 0
         return result
+
+    def _again(self, ts: float, value: float) -> Score | None:
+        """The first verdict of a flagged point scored again at the same timestamp (resolve
+        merged a late source into it), with the value it has now; None if the point was not
+        flagged or its new value falls inside the range its detector expected (then it is
+        scored as a late point: the state has already learned from that timestamp, so its
+        first verdict cannot be re-derived, only kept or withdrawn)."""
+        for seen_ts, first in reversed(self._flagged):
+            if seen_ts != ts:
+                continue
+            if (value != first.observed and first.low is not None and first.high is not None
+                    and first.low <= value <= first.high):
+                return None
+            return Score(first.score, first.anomalous, first.method, dict(first.details),
+                         value, first.expected, first.low, first.high, first.probability,
+                         first.episode, True)
+        return None
 
     def evaluate(self, ts: float, value: float) -> Score:
         """Score the point against the current state, without changing the state.
@@ -801,6 +860,7 @@ class SeriesDetector:
             "cusum": _dump(self._cusum), "run": self._run,
             "tails": {m: _dump(t) for m, t in self._tails.items()},
             "episodes": self._episodes, "in_episode": self._in_episode, "below": self._below,
+            "flagged": [[ts, _score_state(sc)] for ts, sc in self._flagged],
         }
 
     @classmethod
@@ -823,12 +883,13 @@ class SeriesDetector:
         self._tails = {m: _load(t) for m, t in state["tails"].items()}
         self._episodes, self._in_episode, self._below = (state["episodes"],
                                                          state["in_episode"], state["below"])
+        self._flagged.extend((ts, Score(**sc)) for ts, sc in state.get("flagged", []))
         return self
 
     # ---- scoring
 
     def _measure(self, ts: float, value: float) -> list[Measure]:
-        if self.count < self.settings.min_history or self.count == 0:
+        if self.count < self._min_history:
             return []
         out = []
         for _, method in self._measures:
@@ -851,15 +912,32 @@ class SeriesDetector:
             threshold = self._raw_scale(best[0])
             return self._explain(Score(best_score, best_score >= 0.5, best[0], details,
                                        value), best, threshold)
-        ready = [(self._tails[m[0]].p(m[1]), m) for m in measures
-                 if len(self._tails[m[0]]) >= max(settings.warmup, 1)]
-        if not ready:
+        # Per point: one tail look-up per method past its warm-up, no other allocation
+        # than the Score; the flag range is only worked out for a point at the flag.
+        tails, need = self._tails, self._need
+        winner: Measure | None = None
+        p_best, ready = 2.0, 0
+        for m in measures:
+            tail = tails[m[0]]
+            if len(tail.window._sorted) >= need:
+                ready += 1
+                pm = tail.p(m[1])
+                if pm < p_best:
+                    p_best, winner = pm, m
+        if winner is None:
             return Score(0.0, False, measures[0][0], details, value)
-        p_best, best = min(ready, key=lambda pm: pm[0])
-        p = min(1.0, p_best * len(ready))
-        score = calibrated_score(p, settings.flag_probability)
-        threshold = self._tails[best[0]].threshold(settings.flag_probability / len(ready))
-        return self._explain(Score(score, score >= 0.5, best[0], details, value,
+        best = winner
+        p = p_best * ready
+        if p >= 1.0:
+            p, score = 1.0, 0.0
+        elif p <= 0.0:
+            score = 1.0
+        else:  # calibrated_score, inline: this runs for every point
+            score = min(1.0, 0.5 * math.log(p) / self._log_flag)
+        if score < 0.5:
+            return Score(score, False, best[0], details, value, best[2], probability=p)
+        threshold = tails[best[0]].threshold(settings.flag_probability / ready)
+        return self._explain(Score(score, True, best[0], details, value,
                                    probability=p), best, threshold)
 
     def _raw_scale(self, method: str) -> float:
@@ -927,9 +1005,12 @@ class SeriesDetector:
         if memo is not None and memo[0] == self.count:
             return memo[1], memo[2]
         assert self._values is not None  # robust_z, level_shift: the value window is kept
-        values = self._values.sorted_values
-        center = median_sorted(values)
-        spread = sigma_sorted(values, center)
+        values = self._values._sorted
+        n = len(values)
+        center = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(values, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(values, center, spread)  # the fallbacks
         self._window_memo = (self.count, center, spread)
         return center, spread
 
@@ -957,9 +1038,12 @@ class SeriesDetector:
             return "rate", abs(rate) / threshold, last, threshold * dt
         if not self._rates:
             return None
-        rates = self._rates.sorted_values
-        center = median_sorted(rates)
-        spread = sigma_sorted(rates, center)
+        rates = self._rates._sorted
+        n = len(rates)
+        center = rates[n // 2] if n % 2 else (rates[n // 2 - 1] + rates[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(rates, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(rates, center, spread)
         return "rate", abs(rate - center) / spread, last + center * dt, spread * dt
 
     def _m_seasonal(self, ts: float, value: float) -> Measure | None:
@@ -984,6 +1068,10 @@ class SeriesDetector:
         return "flatline", float(run), None, None
 
 
+def _score_state(score: Score) -> dict[str, Any]:
+    return {f: getattr(score, f) for f in Score.__slots__}  # type: ignore[attr-defined]
+
+
 def _settings_dict(settings: DetectorSettings) -> dict[str, Any]:
     out = dict(settings.__dict__)
     out["methods"] = list(settings.methods)
@@ -1003,6 +1091,14 @@ class Detector:
         if state is None:
             state = self._series[series] = SeriesDetector(self.settings)
         return state.score(ts, value)
+
+    def series_detector(self, series: tuple) -> SeriesDetector:
+        """The state of ``series`` (made on first use): scoring many points of one series,
+        call its :meth:`SeriesDetector.score` directly."""
+        state = self._series.get(series)
+        if state is None:
+            state = self._series[series] = SeriesDetector(self.settings)
+        return state
 
     def score_many(self, items: Iterable[tuple[tuple, float, float]]) -> list[Score]:
         """:meth:`score` for each ``(series, ts, value)``, in order."""

@@ -7,7 +7,7 @@ import json
 import operator
 from collections.abc import Iterable
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import and_, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
@@ -140,18 +140,27 @@ class Records(Repository):
 
     def recent_values(self, flow: str, metric: str, per_series: int,
                       before_ms: int | None = None) -> dict[str, list[tuple[int, float]]]:
-        """The newest values of every key for a metric (to warm up detectors after a restart)."""
+        """The newest ``per_series`` values of every key for a metric, oldest first (to warm
+        up detectors after a restart). Reads only those rows: the keys are walked along the
+        primary key (one index seek each), then each key's newest points are read
+        ``ORDER BY ts_ms DESC LIMIT per_series``, never a key's whole history."""
         t = s.series
-        q = select(t.c.key, t.c.ts_ms, t.c.value).where(t.c.flow == flow, t.c.metric == metric)
-        if before_ms is not None:
-            q = q.where(t.c.ts_ms < before_ms)
-        q = q.order_by(t.c.key, t.c.ts_ms.desc())
         out: dict[str, list] = {}
+        if per_series <= 0:
+            return out
+        next_key = (select(t.c.key).where(t.c.flow == flow, t.c.key > bindparam("after"))
+                    .order_by(t.c.key).limit(1))
+        newest = select(t.c.ts_ms, t.c.value).where(
+            t.c.flow == flow, t.c.key == bindparam("k"), t.c.metric == metric)
+        if before_ms is not None:
+            newest = newest.where(t.c.ts_ms < before_ms)
+        newest = newest.order_by(t.c.ts_ms.desc()).limit(per_series)
         with self.engine.connect() as conn:
-            for key, ts, value in conn.execute(q):
-                lst = out.setdefault(key, [])
-                if len(lst) < per_series:
-                    lst.append((ts, value))
-        for lst in out.values():
-            lst.reverse()
+            key = conn.execute(select(func.min(t.c.key)).where(t.c.flow == flow)).scalar()
+            while key is not None:
+                rows = [(int(ts), float(v)) for ts, v in conn.execute(newest, {"k": key})]
+                if rows:
+                    rows.reverse()
+                    out[key] = rows
+                key = conn.execute(next_key, {"after": key}).scalar()
         return out

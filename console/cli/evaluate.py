@@ -13,9 +13,9 @@ from flowdeck.console.cli.common import EXIT_OK, EXIT_USAGE, CliError
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="score the detectors on labelled CSV time series")
-    p.add_argument("--data", metavar="DIR_OR_FILE", required=True,
+    p.add_argument("--data", metavar="DIR_OR_FILE",
                    help="a CSV with a header timestamp,value, or a directory of them")
-    p.add_argument("--labels", metavar="LABELS.json", required=True,
+    p.add_argument("--labels", metavar="LABELS.json",
                    help="each file's path relative to --data -> its [start, end] windows")
     p.add_argument("--config", metavar="F",
                    help="take the detector settings from this config's detect section "
@@ -29,6 +29,13 @@ def add_parsers(sub) -> None:
                    help="write OUT_DIR/<file> as timestamp,value,anomaly_score,anomaly_flag, "
                         "one row per input row")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    p.add_argument("--resolve", action="store_true",
+                   help="measure the resolve strategies instead: each one's error against "
+                        "the simulator's truth on a demo scenario")
+    p.add_argument("--scenario", default="drift", metavar="NAME",
+                   help="with --resolve: the scenario (default: drift)")
+    p.add_argument("--minutes", type=int, default=240, metavar="N",
+                   help="with --resolve: simulated minutes (default: 240)")
     p.set_defaults(fn=cmd_evaluate)
 
 
@@ -57,9 +64,29 @@ def detect_spec(args):
                    f"(it detects: {', '.join(s.metric for s in specs)})", EXIT_USAGE)
 
 
+def cmd_resolve(args) -> int:
+    from flowdeck.pipeline.demo.truth import measure
+
+    if args.minutes < 10:
+        raise CliError("--minutes: at least 10", EXIT_USAGE)
+    try:
+        report = measure(args.scenario, minutes=args.minutes)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.json:
+        common.print_json(report.as_dict())
+    else:
+        print(report.table())
+    return EXIT_OK
+
+
 def cmd_evaluate(args) -> int:
     from flowdeck.pipeline.evaluation import evaluate, load_labels, stage_scorer
 
+    if args.resolve:
+        return cmd_resolve(args)
+    if args.data is None or args.labels is None:
+        raise CliError("--data and --labels are required (or --resolve)", EXIT_USAGE)
     data, labels_path = Path(args.data), Path(args.labels)
     if not data.exists():
         raise CliError(f"{data}: no such file or directory", EXIT_USAGE)

@@ -28,6 +28,7 @@ FaultKind = Literal[
     "clock_skew",
     "spike",
     "level_shift",
+    "drift",
 ]
 
 # --------------------------------------------------------------------------- scenarios
@@ -55,6 +56,9 @@ _ALLOWED_KEYS: dict[str, set[str]] = {
     "clock_skew": _SOURCE_KEYS | {"offset"},
     "spike": {"flow", "key", "metric", "at", "duration", "magnitude"},
     "level_shift": {"flow", "key", "metric", "at", "duration", "delta"},
+    # One source's reading runs away from the truth by `delta` per hour from `start`
+    # (on one key, or every key), for `duration` or for good; the truth stays.
+    "drift": {"source", "key", "metric", "start", "duration", "delta"},
 }
 _REQUIRED_KEYS: dict[str, set[str]] = {
     "latency": {"delay"},
@@ -62,6 +66,7 @@ _REQUIRED_KEYS: dict[str, set[str]] = {
     "clock_skew": {"offset"},
     "spike": {"flow", "key", "metric", "at", "magnitude"},
     "level_shift": {"flow", "key", "metric", "at", "delta"},
+    "drift": {"metric", "delta"},
 }
 _STREAM_KINDS = {
     "outage",
@@ -157,6 +162,14 @@ class Fault(BaseModel):
                 raise ValueError(f"unknown source {name!r}; sources: {sorted(SOURCES)}")
             if name == "fxstream" and self.kind not in _STREAM_KINDS:
                 raise ValueError(f"{self.kind} is not supported on fxstream")
+            if self.kind == "drift":
+                flow = SOURCES[name].flow
+                if self.metric not in FLOW_METRICS[flow]:
+                    raise ValueError(f"unknown {flow} metric {self.metric!r}; "
+                                     f"metrics: {FLOW_METRICS[flow]}")
+                if self.key is not None and self.key not in FLOW_KEYS[flow]:
+                    raise ValueError(f"unknown {flow} key {self.key!r}; keys: {FLOW_KEYS[flow]}")
+                parse_amount(self.delta)  # type: ignore[arg-type]
             if self.rename:
                 unknown = set(self.rename) - set(SOURCES[name].fields)
                 if unknown:
@@ -189,6 +202,20 @@ class Fault(BaseModel):
             return (elapsed - self.start) % self.every < self.duration
         return elapsed < self.start + self.duration
 
+    def drift_bias(self, source: str, key: str, metric: str, elapsed: float
+                   ) -> tuple[float, bool]:
+        """A drift fault's bias on ``source``'s ``metric`` of ``key`` at ``elapsed``
+        seconds after t0, and whether it is relative (a share of the value); (0, False)
+        when it does not apply."""
+        if (self.kind != "drift" or not self.applies_to(source) or metric != self.metric
+                or (self.key is not None and key != self.key) or elapsed < self.start):
+            return 0.0, False
+        amount, relative = parse_amount(self.delta)  # type: ignore[arg-type]
+        hours = (elapsed - self.start) / 3600.0
+        if self.duration is not None:
+            hours = min(hours, self.duration / 3600.0)
+        return amount * hours, relative
+
     def applies_to(self, source: str) -> bool:
         return bool(self.source) and source in self.source  # type: ignore[operator]
 
@@ -197,7 +224,19 @@ class _ScenarioFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
+    # The first answer of each HTTP source also carries this much healthy history before
+    # t0 (as an API's first page of recent observations would), so a fresh engine's
+    # detectors are calibrated before the scenario's first fault. 0: the last 5 minutes.
+    backlog: float = 0.0
     faults: list[Fault] = []
+
+    @field_validator("backlog", mode="before")
+    @classmethod
+    def _backlog(cls, v: Any) -> Any:
+        value = 0.0 if v is None else parse_duration(v)
+        if value < 0 or value > 7 * 86400:
+            raise ValueError("backlog must be between 0 and 7d")
+        return value
 
 
 @dataclass
@@ -205,6 +244,7 @@ class Scenario:
     name: str
     description: str = ""
     faults: list[Fault] = field(default_factory=list)
+    backlog: float = 0.0  # seconds of history before t0 in each source's first answer
 
     @classmethod
     def parse(cls, data: Any, origin: str = "<scenario>") -> Scenario:
@@ -212,7 +252,8 @@ class Scenario:
             model = _ScenarioFile.model_validate(data if data is not None else {})
         except ValidationError as exc:
             raise ValueError(f"invalid scenario {origin}: {exc}") from exc
-        return cls(name=model.name, description=model.description, faults=list(model.faults))
+        return cls(name=model.name, description=model.description, faults=list(model.faults),
+                   backlog=model.backlog)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> Scenario:

@@ -142,8 +142,7 @@ class Simulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         if self._server is not None:
             raise RuntimeError("simulator already started")
-        self.t0 = self.clock.now()
-        self._anomalies = self._build_anomalies(self.t0)
+        self.begin()
         self._stopping = asyncio.Event()
         self._server = await ws_serve(
             self._ws_handler,
@@ -159,6 +158,22 @@ class Simulator:
         self.host = host
         self.port = sock.getsockname()[1]
         return self.port
+
+    def begin(self) -> None:
+        """Set t0 to the clock's now (the scenario's times count from it): :meth:`start`
+        does it; an offline reader of :meth:`payload` calls it instead of starting."""
+        self.t0 = self.clock.now()
+        self._anomalies = self._build_anomalies(self.t0)
+
+    def payload(self, source: str, now: float) -> tuple[bytes, str]:
+        """The body and Content-Type an HTTP source would answer at ``now`` (its data
+        faults and drifts applied; request faults such as outages are not), without the
+        server: for measuring what the pipeline makes of it (pipeline/demo/truth.py)."""
+        if self.t0 is None:
+            raise RuntimeError("call begin() or start() first")
+        self.request_counts[source] += 1
+        return self._payload(source, now, self._active_faults(source, now),
+                             self.request_counts[source])
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -241,6 +256,24 @@ class Simulator:
         ts = minute * 60.0
         return {m: self._apply_anomalies(flow, key, m, ts, v) for m, v in base.items()}
 
+    def source_bias(self, source: str, key: str, metric: str, minute: int) -> tuple[float, bool]:
+        """What the scenario's drift faults add to ``source``'s reading of ``metric`` at an
+        epoch minute, over the truth (and the source's noise): ``(amount, relative)``,
+        relative meaning a share of the value. The fixed calibration quirks are not in it."""
+        elapsed = minute * 60.0 - (self.t0 if self.t0 is not None else minute * 60.0)
+        total, rel = 0.0, False
+        for f in self.scenario.faults:
+            amount, relative = f.drift_bias(source, key, metric, elapsed)
+            total += amount
+            rel = rel or relative
+        return total, rel
+
+    def _drifted(self, source: str, key: str, metric: str, minute: int, value: float) -> float:
+        amount, relative = self.source_bias(source, key, metric, minute)
+        if not amount:
+            return value
+        return value * (1.0 + amount) if relative else value + amount
+
     # -- records
     def _keys(self, source: str) -> tuple[str, ...]:
         return NETWORKS[source] if source in NETWORKS else tuple(PAIRS)
@@ -255,14 +288,12 @@ class Simulator:
                 + TEMP_NOISE_C * hash_sym(seed, "noise", source, key, "temperature", minute)
                 + CALIBRATION_BIAS.get((source, key, "temperature"), 0.0)
             )
-            pres = truth["pressure"] + PRESSURE_NOISE_HPA * hash_sym(
-                seed, "noise", source, key, "pressure", minute
-            )
-            wind = max(
-                0.0,
+            temp = self._drifted(source, key, "temperature", minute, temp)
+            pres = self._drifted(source, key, "pressure", minute, truth["pressure"] + (
+                PRESSURE_NOISE_HPA * hash_sym(seed, "noise", source, key, "pressure", minute)))
+            wind = max(0.0, self._drifted(source, key, "wind_speed", minute, (
                 truth["wind_speed"]
-                + WIND_NOISE_MS * hash_sym(seed, "noise", source, key, "wind", minute),
-            )
+                + WIND_NOISE_MS * hash_sym(seed, "noise", source, key, "wind", minute))))
             if source == "metnet":
                 st = STATIONS[key]
                 return {
@@ -294,9 +325,9 @@ class Simulator:
                 "pressure_hpa": round(pres, 1),
                 "wind_kmh": round(wind * MS_TO_KMH, 1),
             }
-        rate = truth["rate"] * (
+        rate = self._drifted(source, key, "rate", minute, truth["rate"] * (
             1.0 + FX_NOISE_REL * hash_sym(seed, "noise", source, key, "rate", minute)
-        )
+        ))
         if source == "ecbx":
             return {
                 "symbol": ECBX_SYMBOLS[key],
@@ -389,7 +420,10 @@ class Simulator:
         """Body and Content-Type of one answer (data faults and malformed variants applied)."""
         spec = SOURCES[source]
         cur = int(now // 60) - spec.lag_minutes
-        minutes = range(cur - WINDOW_MINUTES + 1, cur + 1)
+        window = WINDOW_MINUTES
+        if n == 1 and self.scenario.backlog:  # the first answer: the scenario's backlog too
+            window = max(window, int(self.scenario.backlog // 60) + WINDOW_MINUTES)
+        minutes = range(cur - window + 1, cur + 1)
         records = self._records(source, minutes, faults, n)
         variant = self._malformed_variant(source, faults, n)
         if variant in ("missing_fields", "wrong_types", "nan"):

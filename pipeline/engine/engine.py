@@ -44,6 +44,7 @@ from flowdeck.pipeline.engine.guard import StoreGuard
 from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
+from flowdeck.pipeline.stages.resolve import AGREEMENT_HISTORY_MS
 from flowdeck.storage.caches import Caches, CacheSettings
 from flowdeck.storage.db import UNAVAILABLE
 from flowdeck.storage.model import BatchWrite, IssueDraft, RawDraft
@@ -169,6 +170,10 @@ class Engine:
             hist = self.store.recent_values(rt.name, spec.metric,
                                             rt.chain.detector.history_points(spec.metric))
             rt.chain.detector.warm(spec.metric, hist)
+        # The resolver's source agreement, from the last hours' stored contributions.
+        since = self.clock.now_ms() - AGREEMENT_HISTORY_MS
+        rt.chain.resolver.warm((r["key"], r["ts_ms"], r["contributions"])
+                               for r in self.store.records_since(rt.name, since))
 
     async def _retry_store(self) -> None:
         """The store's retry timer (StoreGuard.retry), its runs waited for at stop."""

@@ -12,6 +12,7 @@ of one episode never reopen it and the next episode is a new issue.
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import Any
 
 from flowdeck.pipeline.config import RESERVED_FIELD, DetectSpec, FlowConfig
@@ -21,6 +22,7 @@ from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
 VERSION = "detect/2"
+_TS = attrgetter("ts")
 
 REASON_KEY = RESERVED_FIELD
 """The key of a flagged record's data that holds why it was flagged (docs/detection.md)."""
@@ -91,14 +93,28 @@ class AnomalyDetector:
     def run(self, batch: Batch, now_ms: int) -> None:
         if not self.detectors:
             return
-        recs = sorted(batch.records, key=lambda r: r.ts)
+        recs = sorted(batch.records, key=_TS)
         best: dict[int, float] = {}  # id(rec) -> score of the reason it carries
+        isfinite = math.isfinite
         for metric, det in self.detectors:
+            series_of = det.series_detector  # one look-up per key and batch, not per point
+            seen: dict[str, Any] = {}
             for rec in recs:
-                v = rec.data.get(metric)
-                if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+                v: Any = rec.data.get(metric)
+                t = type(v)
+                if t is not float:
+                    if t is not int or not isfinite(v):  # bool, str, None: not a value
+                        continue
+                    v = float(v)
+                elif not isfinite(v):
                     continue
-                sc = det.score((rec.key, metric), rec.ts / 1000, float(v))
+                key = rec.key
+                series = seen.get(key)
+                if series is None:
+                    series = seen[key] = series_of((key, metric))
+                sc = series.score(rec.ts / 1000, v)
+                if sc.score == 0.0:
+                    continue
                 score = round(sc.score, 4)
                 if score > rec.anomaly:
                     rec.anomaly = score
@@ -113,6 +129,8 @@ class AnomalyDetector:
                 if not sc.anomalous:
                     continue
                 rec.anomalous = True
+                if sc.again:  # a late source merged into the onset: its issue is raised
+                    continue
                 batch.issues.append(IssueDraft(
                     flow=self.flow_name, kind="anomaly",
                     severity="error" if sc.score >= 0.9 else "warning",

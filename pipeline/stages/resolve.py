@@ -3,14 +3,22 @@
 Each stored record keeps every source's contribution, so a source that
 reports late (a lagging provider, a replay) is merged with what is already
 stored instead of overwriting it: resolving is idempotent and order-free.
+
+Agreement (``median`` and ``weighted``, ``resolve.agreement``, on by default): every
+record three or more sources report a numeric field for teaches :class:`Agreement`
+each source's deviation from the consensus (the median of all of them); a source whose
+running mean deviation (its *bias*) is large against the usual disagreement of the
+sources loses weight, and is named in a ``source_drift`` issue. The weights of a record
+come from the records learned before it (causal); docs/detection.md, "Resolution".
 """
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flowdeck.pipeline.config import FlowConfig
@@ -18,7 +26,126 @@ from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
-VERSION = "resolve/1"
+VERSION = "resolve/2"
+
+AGREEMENT_ALPHA = 0.05
+"""Weight of a new deviation in a source's running bias (about 20 records of memory)."""
+AGREEMENT_MIN = 30
+"""Records a (key, field, source) needs before its agreement may lower its weight."""
+AGREEMENT_Z = 3.0
+"""A bias this many times the usual disagreement halves the source's weight."""
+DRIFT_REPORT = 0.5
+"""Agreement below which a source is named in a ``source_drift`` issue."""
+DRIFT_CLEAR = 0.8
+"""Agreement above which a reported source is healthy again (the next drift is a new issue)."""
+AGREEMENT_HISTORY_MS = 3 * 3600 * 1000
+"""Stored records a restarted engine replays into the agreement (Resolver.warm)."""
+AGREEMENT_MAX = 20_000
+"""(key, field) pairs tracked; the least recently updated is forgotten beyond this."""
+
+
+class Agreement:
+    """Per (key, field): how far each source's values run from the consensus.
+
+    For a record with three or more numeric values of a field: the consensus ``c`` is
+    their median; each source's deviation ``d = v - c`` moves its running bias (an EWMA,
+    :data:`AGREEMENT_ALPHA`), and the median of the ``|d|`` (the disagreement of the
+    sources that agree) moves the pair's running *noise*. A source's agreement is
+    ``1 / (1 + (|bias| / (AGREEMENT_Z * noise)) ** 2)``: 1 for a source that agrees, 0.5 at
+    a bias of three times the noise, towards 0 as it drifts away; 1 until
+    :data:`AGREEMENT_MIN` records. Bounded: a few numbers per (key, field, source), at most
+    :data:`AGREEMENT_MAX` (key, field) pairs. JSON-able (:meth:`state`)."""
+
+    def __init__(self) -> None:
+        # (key, field) -> {"ts": last ts learned, "n": records, "noise": ewma,
+        #                  "src": {source: [n, bias, reported]}}
+        self.pairs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def weights(self, key: str, field: str, sources: list[str]) -> list[float] | None:
+        """Each source's agreement, in order; None when every one is 1 (nothing known)."""
+        pair = self.pairs.get((key, field))
+        if pair is None:
+            return None
+        out = [self._agreement(pair, pair["src"].get(s)) for s in sources]
+        return None if all(w == 1.0 for w in out) else out
+
+    @staticmethod
+    def _agreement(pair: dict[str, Any], src: list | None) -> float:
+        if src is None or src[0] < AGREEMENT_MIN:
+            return 1.0
+        scale = AGREEMENT_Z * max(pair["noise"], abs(pair["c"]) * 1e-9, 1e-12)
+        z = abs(src[1]) / scale
+        return 1.0 / (1.0 + z * z)
+
+    def learn(self, key: str, field: str, ts: int, values: list[tuple[str, float]]
+              ) -> list[tuple[str, float, float, float]]:
+        """Learn one record's values (only once per (key, field) and timestamp, in time
+        order); returns the sources that crossed :data:`DRIFT_REPORT` just now, as
+        ``(source, agreement, bias, noise)``."""
+        if len(values) < 3:
+            return []
+        pk = (key, field)
+        pair = self.pairs.pop(pk, None)  # re-inserted last: the dict is in LRU order
+        if pair is None:
+            pair = {"ts": None, "n": 0, "noise": 0.0, "c": 0.0, "src": {}}
+        self.pairs[pk] = pair
+        if len(self.pairs) > AGREEMENT_MAX:
+            del self.pairs[next(iter(self.pairs))]
+        if pair["ts"] is not None and ts <= pair["ts"]:
+            return []
+        pair["ts"] = ts
+        c = statistics.median(v for _, v in values)
+        devs = [(s, v - c) for s, v in values]
+        spread = statistics.median(abs(d) for _, d in devs)
+        a = AGREEMENT_ALPHA
+        pair["noise"] = spread if pair["n"] == 0 else pair["noise"] + a * (spread - pair["noise"])
+        pair["c"] = c
+        pair["n"] += 1
+        crossed = []
+        for s, d in devs:
+            src = pair["src"].get(s)
+            if src is None:
+                src = pair["src"][s] = [0, d, False]
+            else:
+                src[1] += a * (d - src[1])
+            src[0] += 1
+            agreement = self._agreement(pair, src)
+            if not src[2] and agreement < DRIFT_REPORT:
+                src[2] = True
+                crossed.append((s, agreement, src[1], pair["noise"]))
+            elif src[2] and agreement > DRIFT_CLEAR:
+                src[2] = False
+        return crossed
+
+    def snapshot(self, key: str, field: str) -> dict[str, dict[str, float]]:
+        """{source: {"agreement", "bias", "n"}} of one (key, field), for display and tests."""
+        pair = self.pairs.get((key, field))
+        if pair is None:
+            return {}
+        return {s: {"agreement": self._agreement(pair, src), "bias": src[1], "n": src[0]}
+                for s, src in pair["src"].items()}
+
+    def state(self) -> list:
+        return [[k, f, p] for (k, f), p in self.pairs.items()]
+
+    def restore(self, state: list) -> None:
+        self.pairs = {(k, f): p for k, f, p in state}
+
+
+def weighted_median(values: list[float], weights: list[float]) -> float:
+    """The value at half the total weight (the mean of two at an exact tie); equal weights
+    give :func:`statistics.median`."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    total = math.fsum(weights)
+    half = total / 2.0
+    acc = 0.0
+    for j, i in enumerate(order):
+        acc += weights[i]
+        if acc > half * (1 + 1e-12):
+            return values[i]
+        if abs(acc - half) <= half * 1e-12 and j + 1 < len(order):
+            return (values[i] + values[order[j + 1]]) / 2.0
+    return values[order[-1]]
 _BY_TS_KEY = operator.attrgetter("ts", "key")
 
 
@@ -38,8 +165,11 @@ class Resolver:
         self.tolerance = dict(flow.resolve.tolerance)
         self.priority = {s.name: s.priority for s in flow.sources}
         self.reliability = {s.name: s.reliability for s in flow.sources}
-        self.merge_value: Callable[[list[tuple[str, Any, dict]]], Any] = getattr(
-            self, f"_{self.strategy}")
+        self.merge_value: Callable[..., Any] = getattr(self, f"_{self.strategy}")
+        self.agreement = Agreement()
+        # Whether the agreement changes the merged values (it is measured either way,
+        # so a drift is named whatever the strategy).
+        self.use_agreement = flow.resolve.agreement and self.strategy in ("median", "weighted")
 
     def bucket(self, ts: int) -> int:
         w = self.window_ms
@@ -47,24 +177,49 @@ class Resolver:
 
     # ---- strategies: each takes [(source, value, contribution)] of one field, numeric values
 
-    def _priority(self, vals):
+    # ``agreement``: each source's agreement (Agreement.weights), or None; only median and
+    # weighted use it.
+
+    def _priority(self, vals, agreement=None):
         return min(vals, key=lambda t: (self.priority.get(t[0], 99), t[0]))[1]
 
-    def _median(self, vals):
+    def _median(self, vals, agreement=None):
+        # Only once a source is known to disagree: near-equal weights of sources that
+        # agree must not turn a two-source median (their mean) into one of the two.
+        if agreement is not None and min(agreement) < DRIFT_REPORT and sum(agreement) > 0:
+            return weighted_median([v for _, v, _ in vals], agreement)
         return statistics.median(v for _, v, _ in vals)
 
-    def _mean(self, vals):
+    def _mean(self, vals, agreement=None):
         return math.fsum(v for _, v, _ in vals) / len(vals)
 
-    def _most_recent(self, vals):
+    def _most_recent(self, vals, agreement=None):
         return max(vals, key=lambda t: (t[2]["ts"], -self.priority.get(t[0], 99)))[1]
 
-    def _weighted(self, vals):
+    def _weighted(self, vals, agreement=None):
         weights = [(self.reliability.get(s, 1.0) * c.get("q", 1.0), v) for s, v, c in vals]
+        if agreement is not None:
+            weights = [(w * a, v) for (w, v), a in zip(weights, agreement, strict=True)]
         total = sum(w for w, _ in weights)
         if total <= 0:
             return self._mean(vals)
         return math.fsum(w * v for w, v in weights) / total
+
+    def warm(self, rows: Iterable[tuple[str, int, dict]]) -> None:
+        """Learn the agreement from stored records ``(key, ts, contributions)``, oldest
+        first, so a restarted engine weighs its sources as a running one did."""
+        for key, ts, contribs in rows:
+            if isinstance(contribs, str):
+                contribs = json.loads(contribs)
+            if not contribs or len(contribs) < 3:
+                continue
+            fields: dict[str, list[tuple[str, float]]] = {}
+            for src, c in contribs.items():
+                for f, v in (c.get("v") or {}).items():
+                    if _num(v):
+                        fields.setdefault(f, []).append((src, v))
+            for f, vals in fields.items():
+                self.agreement.learn(key, f, ts, vals)
 
     # ----
 
@@ -90,9 +245,11 @@ class Resolver:
             if rec.flags:
                 g[1].update(rec.flags)
         merge = self._merge
+        # In time order: the agreement learns each (key, field) once per timestamp, in
+        # order, so a late source's older windows must come before the batch's newest.
         out = [merge(batch, key, ts, contribs, flags, recs)
-               for (key, ts), (contribs, flags, recs) in groups.items()]
-        out.sort(key=_BY_TS_KEY)
+               for (key, ts), (contribs, flags, recs) in sorted(
+                   groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
         batch.records = out
 
     def _merge(self, batch: Batch, key: str, ts: int, contribs: dict[str, dict],
@@ -123,6 +280,7 @@ class Resolver:
                     fields.append(f)
         data: dict[str, Any] = {}
         conflicts = []
+        drifts: list[tuple[str, str, float, float, float]] = []
         for f in fields:
             vals = [(s, contribs[s]["v"].get(f), contribs[s]) for s in order]
             present = [t for t in vals if t[1] is not None]
@@ -131,7 +289,12 @@ class Resolver:
                 continue
             numeric = [t for t in present if _num(t[1])]
             if len(numeric) == len(present) and len(numeric) > 1:
-                data[f] = self.merge_value(numeric)
+                weights = (self.agreement.weights(key, f, [s for s, _, _ in numeric])
+                           if self.use_agreement else None)
+                data[f] = self.merge_value(numeric, weights)
+                for src, agreement, bias, noise in self.agreement.learn(
+                        key, f, ts, [(s, v) for s, v, _ in numeric]):
+                    drifts.append((f, src, agreement, bias, noise))
                 tol = self.tolerance.get(f)
                 if tol is not None:
                     lo = min(numeric, key=lambda t: t[1])
@@ -159,5 +322,16 @@ class Resolver:
                 fingerprint=f"conflict:{self.flow_name}:{key}:{f}:{','.join(sorted(values))}",
                 key=key, detail={"field": f, "values": values, "spread": spread,
                                  "tolerance": tol, "ts": ts},
+                record_keys=[(key, ts)], raw_ids=rec.raw_ids))
+        for f, src, agreement, bias, noise in drifts:
+            batch.issues.append(IssueDraft(
+                flow=self.flow_name, kind="source_drift", severity="warning",
+                title=f"{src} drifts from the other sources on {key} {f}: bias {bias:+.4g} "
+                      f"(usual disagreement {noise:.3g}); its weight is down to {agreement:.2f}",
+                fingerprint=f"source_drift:{self.flow_name}:{src}:{f}:{key}",
+                key=key, source=src,
+                detail={"source": src, "metric": f, "bias": bias, "noise": noise,
+                        "agreement": agreement, "ts": ts,
+                        "weighted": self.use_agreement},
                 record_keys=[(key, ts)], raw_ids=rec.raw_ids))
         return rec

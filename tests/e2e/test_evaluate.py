@@ -136,3 +136,20 @@ def test_evaluate_the_bundled_corpus(tmp_path):
     assert len(labels) >= 30
     for rel in labels:
         assert len(scores_rows(out / rel)) == len(input_rows(DETECTION / rel)), rel
+
+
+def test_evaluate_resolve_prints_each_strategys_error_and_the_drifting_source(tmp_path):
+    out = run(["evaluate", "--resolve", "--scenario", "drift", "--minutes", "120"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0] for line in out.stdout.splitlines()[2:9]}
+    assert rows == {"priority", "median", "mean", "most_recent", "weighted"}
+    assert "source_drift: ecbx drifts from the other sources on GBPUSD rate" in out.stdout
+    out = run(["evaluate", "--resolve", "--scenario", "normal", "--minutes", "60", "--json"],
+              tmp_path)
+    report = json.loads(out.stdout)
+    assert set(report["errors"]) == {"priority", "median", "mean", "most_recent", "weighted",
+                                     "median (no agreement)", "weighted (no agreement)"}
+    assert report["errors"]["median"]["fx.rate"]["n"] > 0
+    assert all(not issues for issues in report["source_drift"].values())
+    out = run(["evaluate"], tmp_path)
+    assert out.returncode == 2 and "--data and --labels are required" in out.stderr

@@ -499,8 +499,29 @@ async def test_clock_skew_shifts_timestamps():
         assert skewed - base == 60 + 600 and skewed > clock.now() + 500
 
 
+async def test_the_first_answer_carries_the_scenarios_backlog():
+    """`backlog: 3h` (the anomalies scenario): a source's first answer also carries the
+    three healthy hours before t0; every later one the last 5 minutes, as always."""
+    scenario = Scenario.load("anomalies")
+    assert scenario.backlog == 3 * 3600
+    async with running(scenario) as (sim, c, clock):
+        first = rows_csv((await c.get(PATHS["skyobs"])).text)
+        stations = len({r["station"] for r in first})
+        minutes = sorted({r["observed_at"] for r in first})
+        assert len(minutes) == 180 + 5 and len(first) == stations * 185
+        span = datetime.fromisoformat(minutes[-1]) - datetime.fromisoformat(minutes[0])
+        assert span == timedelta(minutes=184)
+        assert datetime.fromisoformat(minutes[-1]).replace(tzinfo=UTC).timestamp() <= sim.t0
+        clock.advance(60)
+        later = rows_csv((await c.get(PATHS["skyobs"])).text)
+        assert len({r["observed_at"] for r in later}) == 5
+    with pytest.raises(ValueError, match="backlog"):
+        Scenario.parse({"name": "x", "backlog": "-1h"})
+
+
 async def test_spike_and_level_shift_visible_and_labelled(tmp_path):
     anomalies = Scenario.load("anomalies")
+    anomalies.backlog = 0.0  # minute-by-minute against a plain simulator's answers
     async with running(anomalies) as (sim, c, clock), running() as (_, plain, pclock):
         labels = sim.labels()
         assert len(labels) == 6

@@ -722,6 +722,29 @@ def test_a_late_point_is_scored_but_not_flagged() -> None:
     assert detector.score(SERIES, T0 + 1000, 500.0).anomalous
 
 
+def test_a_flagged_point_merged_again_keeps_its_verdict() -> None:
+    """A late source merging into a stored onset re-scores it at the same timestamp: the
+    onset stays the onset (flag, score, reason, episode), with the value it has now; a
+    merge that brings the value back inside the expected range withdraws the verdict."""
+    detector = Detector()
+    values = noisy(5, 1200)
+    values[1100] = 80.0
+    scores = scored(detector, values)
+    onset = scores[1100]
+    assert onset.anomalous and onset.episode == 1
+    again = detector.score(SERIES, T0 + 1100, 79.0)  # a second source's reading merged in
+    assert again.anomalous and again.again and again.episode == onset.episode
+    assert again.score == onset.score and again.method == onset.method
+    assert (again.low, again.high, again.expected) == (onset.low, onset.high, onset.expected)
+    assert again.observed == 79.0
+    inside = detector.score(SERIES, T0 + 1100, 50.0)
+    assert not inside.anomalous and not inside.again and inside.score < 0.5
+    # The memory of flagged points survives a restart.
+    restored = Detector()
+    restored.restore(SERIES, json.loads(json.dumps(detector.state(SERIES))))
+    assert restored.score(SERIES, T0 + 1100, 79.0) == again
+
+
 @pytest.mark.parametrize("season", [None, 3600.0])
 def test_restart_from_state_scores_the_same(season: float | None) -> None:
     settings = DetectorSettings(methods=METHODS, season=season, warmup=100)
