@@ -598,6 +598,8 @@ def parse_payload(
             if positional:
                 names = list(positional)
             items = _to_records(_locate(root, records), names, loose=bool(positional))
+            if parents and names is not None:
+                _adopt(items, _holder(root, records))
     if parents and fmt in ("csv", "jsonl"):
         items = [_with_parents(item, None) if item.__class__ is dict else item
                  for item in items]
@@ -610,6 +612,26 @@ def parse_payload(
             if item.__class__ is BadItem:
                 item.index = index
     return items
+
+
+def _holder(root: Any, records: str | None) -> Node | None:
+    """The object holding the rows of a records path without ``[]`` ("result.list" ->
+    root["result"]); None when rows come from several places."""
+    if not records or "[]" in records:
+        return root if isinstance(root, Node) else None
+    node = root
+    for key in records.split(".")[:-1]:
+        node = _child(node, key)
+    return node if isinstance(node, Node) else None
+
+
+def _adopt(items: list[Any], parent: Node | None) -> None:
+    """Rows built from arrays become Nodes of ``parent`` (``../symbol`` beside the rows)."""
+    for i, item in enumerate(items):
+        if item.__class__ is dict:
+            node = Node(item)
+            node.parent = parent
+            items[i] = node
 
 
 def _with_parents(value: Any, parent: Node | None) -> Any:
