@@ -734,11 +734,11 @@ def _shape_problems(sloc: tuple, src: SourceConfig, flow: FlowConfig) -> list[tu
             out.append((sloc + ("zip",), str(exc)))
     for f, path in src.unit_from.items():
         uloc = sloc + ("units", f)
-        spec = flow.fields.get(f)
-        if spec is None:
+        fspec = flow.fields.get(f)
+        if fspec is None:
             out.append((uloc, f"'{f}' is not one of the flow's fields"))
             continue
-        if spec.unit is None:
+        if fspec.unit is None:
             out.append((uloc, f"field '{f}' declares no unit to convert to"))
         try:
             compile_path(path)

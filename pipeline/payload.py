@@ -594,7 +594,7 @@ def parse_payload(
                 root = _with_parents(root, None)
             if fmt == "geojson" and records is None:
                 records = GEOJSON_RECORDS
-            names = _column_names(root, columns) if columns else None
+            names: list[Any] | None = _column_names(root, columns) if columns else None
             if positional:
                 names = list(positional)
             items = _to_records(_locate(root, records), names, loose=bool(positional))
