@@ -754,15 +754,16 @@ def split_anchor(path: str) -> tuple[int, str]:
         if not path.startswith("$.") or len(path) == 2:
             raise ValueError(f"invalid field path {path!r}: '$' must be followed by '.name'")
         rest = path[2:]
-        _split_path(rest, "field path")
+        if any(not segment for segment in rest.split(".")):
+            raise ValueError(f"invalid field path {path!r}: empty segment")
         return -1, rest
     up = 0
     rest = path
     while rest == ".." or rest.startswith("../"):
         up += 1
         rest = rest[3:]
-    if up and rest:
-        _split_path(rest, "field path")
+    if up and rest and any(not segment for segment in rest.split(".")):
+        raise ValueError(f"invalid field path {path!r}: empty segment")
     return up, rest
 
 
