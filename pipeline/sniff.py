@@ -239,27 +239,29 @@ def _xml_layout(body: bytes) -> dict[str, Any]:
     from flowdeck.pipeline.xmlparse import _split, parse_xml
 
     root = parse_xml(decode_text(body))
-    best: tuple[int, int, list[str]] = (0, 0, [_split(root.tag)[1]])
-
-    def visit(el, path: list[str], depth: int) -> None:
-        if depth > 12:
-            return
-        counts = Counter(_split(c.tag)[1] for c in el if isinstance(c.tag, str))
-        for name, n in counts.items():
-            child = next(c for c in el if isinstance(c.tag, str) and _split(c.tag)[1] == name)
-            rich = 1 if (child.attrib or len(child)) else 0
-            total = n * (2 if rich else 1)
-            # the same element path repeated under repeated parents adds up
-            key = path + [name]
-            nonlocal best
-            score = total if n > 1 else 0
-            if score > best[0] or (score == best[0] and score and len(key) > len(best[2])):
-                best = (score, rich, key)
-            visit(child, key, depth + 1)
-
-    visit(root, [_split(root.tag)[1]], 0)
-    # count every element on the best path, not only under the first parent
-    return {"records": ".".join(best[2])}
+    # every element path with how often it occurs in the whole document (bounded walk)
+    counts: Counter[tuple[str, ...]] = Counter()
+    rich: set[tuple[str, ...]] = set()
+    stack = [(root, (_split(root.tag)[1],))]
+    seen = 0
+    while stack and seen < 200_000:
+        el, path = stack.pop()
+        seen += 1
+        for child in el:
+            if isinstance(child.tag, str):
+                key = (*path, _split(child.tag)[1])
+                counts[key] += 1
+                if child.attrib or len(child):
+                    rich.add(key)
+                if len(key) < 16:
+                    stack.append((child, key))
+    best = (_split(root.tag)[1],)
+    score = 0
+    for key, n in counts.items():
+        s_key = n * (2 if key in rich else 1) if n > 1 else 0
+        if s_key > score or (s_key == score and s_key and len(key) > len(best)):
+            best, score = key, s_key
+    return {"records": ".".join(best)}
 
 
 def _flatten(item: Any, prefix: str = "", depth: int = 0, skip: Any = None) -> dict[str, Any]:
@@ -527,7 +529,9 @@ def render_flow(s: Sniffed, flow: str, *, kind: str, where: str, now: datetime |
                      "  # guessed names: rename them")
     lines.append("        fields:")
     for name, path in s.fields.items():
-        lines.append(f"          {name}: {_q(path)}")
+        note = (f"  # guessed timestamp ({s.ts_format})" if name == "ts"
+                else "  # guessed key" if name == s.key else "")
+        lines.append(f"          {name}: {_q(path)}{note}")
     if s.ts_format and s.ts_format != "iso":
         lines.append(f"        timestamp: {{format: {_q(s.ts_format)}}}  # detected")
     if s.units:

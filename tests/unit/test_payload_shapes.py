@@ -174,3 +174,18 @@ def test_unit_codes_map_onto_pint(code, unit, value, expected):
 def test_unknown_unit_codes_are_refused(code):
     with pytest.raises(UnitError):
         unit_code(code)
+
+
+def test_deeply_nested_xml_is_too_deep_not_a_crash():
+    body = b"<r>" + b"<a>" * 400 + b"x" + b"</a>" * 400 + b"</r>"
+    with pytest.raises(PayloadError) as exc:
+        parse_payload(body, "xml", records="r.a")
+    assert exc.value.reason == "too_deep"
+
+
+def test_melt_after_xml_rows():
+    body = b'<rows><row date="2024-01-01" NO2="12.5" O3="30"/></rows>'
+    items = parse_payload(body, "xml", records="rows.row",
+                          melt=Melt("pollutant", "value", pattern=r"@(NO2|O3)"))
+    assert items == [{"@date": "2024-01-01", "pollutant": "NO2", "value": "12.5"},
+                     {"@date": "2024-01-01", "pollutant": "O3", "value": "30"}]
