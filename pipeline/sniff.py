@@ -336,6 +336,8 @@ def _field_name(path: str, taken: set[str]) -> str:
     if last in ("value", "#text") and "." in path:
         last = path.split(".")[-2]
     name = _NAME_SAFE.sub("_", last.lstrip("@#.")).strip("_").lower() or "field"
+    if name in taken or name == "ts":  # a.qualityControl, b.qualityControl: name by path
+        name = _NAME_SAFE.sub("_", path.replace("../", "").lstrip("@#.")).strip("_").lower()
     if name[0].isdigit():
         name = "f_" + name
     base, i = name, 2
@@ -430,7 +432,11 @@ def sniff(body: bytes, *, hint: str = "", content_type: str | None = None) -> Sn
 
     key_candidates = [p for p in strings + [n for n in numeric if _KEY_NAMES.search(n)]
                       if unique_with_ts(p)]
-    key_candidates.sort(key=lambda p: (_key_rank(p), p in numeric,
+    def is_url(p: str) -> bool:
+        return any(isinstance(v, str) and v.startswith(("http://", "https://"))
+                   for v in paths[p])
+
+    key_candidates.sort(key=lambda p: (is_url(p), _key_rank(p), p in numeric,
                                        len({repr(v) for v in paths[p]}) == len(sample),
                                        p.startswith("../"), len(p)))
     key_path = key_candidates[0] if key_candidates else None
