@@ -591,7 +591,10 @@ def parse_payload(
         else:
             root = _load_json(text, body, max_depth)
             if parents:
-                root = _with_parents(root, None)
+                steps = _parse_records_path(records) if records else []
+                if fmt == "geojson" and records is None:
+                    steps = _parse_records_path(GEOJSON_RECORDS)
+                root = _spine(root, steps, None)
             if fmt == "geojson" and records is None:
                 records = GEOJSON_RECORDS
             names: list[Any] | None = _column_names(root, columns) if columns else None
@@ -601,8 +604,7 @@ def parse_payload(
             if parents and names is not None:
                 _adopt(items, _holder(root, records))
     if parents and fmt in ("csv", "jsonl"):
-        items = [_with_parents(item, None) if item.__class__ is dict else item
-                 for item in items]
+        items = [Node(item) if item.__class__ is dict else item for item in items]
     if zip:
         items = _zip_all(items, zip)
     if melt is not None:
@@ -634,17 +636,30 @@ def _adopt(items: list[Any], parent: Node | None) -> None:
             items[i] = node
 
 
-def _with_parents(value: Any, parent: Node | None) -> Any:
-    """A copy of a JSON value with every object a Node pointing at its enclosing object."""
-    if isinstance(value, dict):
-        node = Node()
-        node.parent = parent
-        for key, child in value.items():
-            node[key] = _with_parents(child, node)
+def _spine(node: Any, steps: list[tuple[str, bool]], parent: Node | None) -> Any:
+    """The objects along a records path (and the records) as Nodes pointing at the object
+    they are in; everything below a record stays as decoded (paths only read it). Costs
+    one shallow copy per object on the path, not a copy of the payload."""
+    if isinstance(node, dict):
+        copy = Node(node)
+        copy.parent = parent
+        node = parent = copy
+    elif isinstance(node, list) and not steps:  # the records themselves
+        return [_spine(x, [], parent) for x in node]
+    if not steps:
         return node
-    if isinstance(value, list):
-        return [_with_parents(child, parent) for child in value]
-    return value
+    (key, each), rest = steps[0], steps[1:]
+    if key and not (isinstance(node, dict) and key in node):
+        return node  # _locate says what is missing
+    child = node[key] if key else node
+    if each and isinstance(child, list):
+        new = [_spine(x, rest, parent) for x in child]
+    else:
+        new = _spine(child, rest, parent)
+    if key:
+        node[key] = new
+        return node
+    return new
 
 
 def _zip_all(items: list[Any], path: str) -> list[Any]:

@@ -446,6 +446,7 @@ def sniff(body: bytes, *, hint: str = "", content_type: str | None = None) -> Sn
         notes.append("key guessed; other candidates: "
                      + ", ".join(key_candidates[1:6]))
 
+    notes.extend(_melt_hint(numeric))
     taken: set[str] = set()
     fields: dict[str, str] = {}
     types: dict[str, str] = {}
@@ -493,6 +494,24 @@ def sniff(body: bytes, *, hint: str = "", content_type: str | None = None) -> Sn
         types[name] = "str"
     return Sniffed(fmt, options, items, fields, types, units, flow_units, key_name, ts_path,
                    ts_format, notes)
+
+
+def _melt_hint(numeric: list[str]) -> list[str]:
+    """A note when several numeric columns look like one series each (a shared prefix)."""
+    plain = [p for p in numeric if "." not in p and "/" not in p]
+    by_prefix: dict[str, list[str]] = {}
+    for p in plain:
+        head, sep, _tail = p.rpartition("_")
+        while sep:
+            by_prefix.setdefault(head + "_", []).append(p)
+            head, sep, _tail = head.rpartition("_")
+    best = max(by_prefix.items(), key=lambda kv: (len(kv[1]), len(kv[0])), default=None)
+    if best is None or len(best[1]) < 2 or len(best[1]) < len(plain) / 2:
+        return []
+    prefix = best[0]
+    return [f"{len(best[1])} columns start with {prefix!r}: if each is one series, add "
+            f"melt: {{pattern: {json.dumps(re.escape(prefix) + '(.+)')}, name: series, "
+            "value: value} and key the flow by series"]
 
 
 def _value_at(item: Any, path: str) -> Any:
