@@ -92,3 +92,19 @@ def test_unit_codes_convert_per_record_and_unknown_codes_quarantine():
         ("bad_unit", "temperature: unknown unit code 'wmoUnit:furlongC'"),
         ("bad_unit", "temperature: no unit at 'temperature.unitCode' (paths are relative to "
                      "the record; '../' climbs, '$.' starts at the payload's root)")]
+
+
+LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+          + b"".join(b'<!ENTITY lol%d "%s">' % (i, b"".join(b"&lol%d;" % (i - 1) if i > 1
+                                                          else b"&lol;" for _ in range(10)))
+                     for i in range(1, 10))
+          + b"]><rows><row station='KCNK' timestamp='2024-03-01T00:00:00'>&lol9;</row></rows>")
+
+
+def test_hostile_xml_payload_is_quarantined_whole_with_its_reason():
+    cfg = config(fmt="xml", extra="        records: rows.row", ts='"@timestamp"')
+    run = dry_run(cfg, "obs", "nws", LAUGHS, now_ms=1_900_000_000_000)
+    assert run.records == []
+    (q,) = run.quarantine
+    assert (q.stage, q.reason, q.item) == ("collect", "xml_forbidden", -1)
+    assert q.message.startswith("XML refused: it declares a dtd")
