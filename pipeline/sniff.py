@@ -242,25 +242,25 @@ def _xml_layout(body: bytes) -> dict[str, Any]:
     # every element path with how often it occurs in the whole document (bounded walk)
     counts: Counter[tuple[str, ...]] = Counter()
     rich: set[tuple[str, ...]] = set()
-    stack = [(root, (_split(root.tag)[1],))]
+    stack: list[tuple[Any, tuple[str, ...]]] = [(root, (_split(root.tag)[1],))]
     seen = 0
     while stack and seen < 200_000:
         el, path = stack.pop()
         seen += 1
         for child in el:
             if isinstance(child.tag, str):
-                key = (*path, _split(child.tag)[1])
+                key: tuple[str, ...] = (*path, _split(child.tag)[1])
                 counts[key] += 1
                 if child.attrib or len(child):
                     rich.add(key)
                 if len(key) < 16:
                     stack.append((child, key))
-    best = (_split(root.tag)[1],)
+    best: tuple[str, ...] = (_split(root.tag)[1],)
     score = 0
-    for key, n in counts.items():
-        s_key = n * (2 if key in rich else 1) if n > 1 else 0
-        if s_key > score or (s_key == score and s_key and len(key) > len(best)):
-            best, score = key, s_key
+    for found, n in counts.items():
+        s_key = n * (2 if found in rich else 1) if n > 1 else 0
+        if s_key > score or (s_key == score and s_key and len(found) > len(best)):
+            best, score = found, s_key
     return {"records": ".".join(best)}
 
 
