@@ -74,6 +74,32 @@ class TimestampSpec(Strict):
     tz: str = "UTC"  # zone for naive timestamps
 
 
+class MeltSpec(Strict):
+    """Wide -> long: one record per (row, column); the column's name goes to ``name``."""
+
+    columns: list[str] | None = None
+    pattern: str | None = None  # a regular expression matched against whole keys
+    name: str
+    value: str
+
+    @model_validator(mode="after")
+    def _one(self) -> MeltSpec:
+        if (self.columns is None) == (self.pattern is None):
+            raise ValueError("give exactly one of 'columns' or 'pattern'")
+        if self.columns is not None and not self.columns:
+            raise ValueError("'columns' is empty")
+        if self.pattern is not None:
+            try:
+                rx = re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression: {exc}") from None
+            if rx.groups > 1:
+                raise ValueError("the pattern may have at most one group (the name kept)")
+        if self.name == self.value:
+            raise ValueError("'name' and 'value' must differ")
+        return self
+
+
 class FieldSource(Strict):
     """A source field with a value map, e.g. ``{path: symbol, map: {"USD/EUR": EURUSD}}``."""
 
@@ -86,12 +112,18 @@ class SourceConfig(Strict):
     kind: Literal["http", "file", "websocket", "simulated"]
     url: str | None = None
     path: str | None = None  # file sources: a path or a glob
-    format: Literal["json", "geojson", "jsonl", "csv"] = "json"
+    format: Literal["json", "geojson", "jsonl", "csv", "xml"] = "json"
     records: str | None = None
     columns: str | None = None
+    positional: list[str | None] | None = None  # names for headerless array rows
+    zip: str | None = None  # path in each item to an object of parallel arrays
+    melt: MeltSpec | None = None  # wide -> long
+    namespaces: dict[str, str] = {}  # xml: prefix -> URI for prefixed records path segments
     fields: dict[str, str | FieldSource] = {}
     timestamp: TimestampSpec = TimestampSpec()
     units: dict[str, str] = {}
+    # Filled from `units: {field: {from: PATH}}`: the unit read per record from the payload.
+    unit_from: dict[str, str] = {}
     invert: list[str] = []  # fields quoted the other way round (x -> 1/x)
     priority: int = 1
     reliability: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -103,8 +135,33 @@ class SourceConfig(Strict):
     params: dict[str, str] = {}
     max_bytes: Size = 16 * 2**20
 
+    @model_validator(mode="before")
+    @classmethod
+    def _units_from(cls, data: Any) -> Any:
+        """`units: {f: {from: PATH}}` -> unit_from[f] = PATH (the rest stay fixed units)."""
+        if isinstance(data, dict) and isinstance(data.get("units"), dict):
+            units = data["units"]
+            taken = {f: u for f, u in units.items() if isinstance(u, dict)}
+            if taken:
+                data = dict(data)
+                data["units"] = {f: u for f, u in units.items() if f not in taken}
+                unit_from = dict(data.get("unit_from") or {})
+                for f, u in taken.items():
+                    if set(u) != {"from"} or not isinstance(u["from"], str) or not u["from"]:
+                        raise ValueError(f"units.{f}: expected a unit name or {{from: PATH}}, "
+                                         f"got {u!r}")
+                    unit_from[f] = u["from"]
+                data["unit_from"] = unit_from
+        return data
+
     @model_validator(mode="after")
     def _where(self) -> SourceConfig:
+        if self.columns and self.positional:
+            raise ValueError("give either 'columns' or 'positional', not both")
+        if self.format in ("csv", "jsonl") and (self.records or self.columns or self.positional):
+            raise ValueError(f"records/columns/positional do not apply to format {self.format}")
+        if self.namespaces and self.format != "xml":
+            raise ValueError("'namespaces' only applies to format xml")
         if self.kind in ("http", "websocket", "simulated") and not self.url:
             raise ValueError(f"a {self.kind} source needs 'url'")
         if self.kind == "file" and not self.path:
@@ -574,6 +631,7 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
             for f in src.fields:
                 if f not in known:
                     out.append((sloc + ("fields", f), f"'{f}' is not one of the flow's fields"))
+            out.extend(_shape_problems(sloc, src, flow))
             for f, unit in src.units.items():
                 uloc = sloc + ("units", f)
                 spec = flow.fields.get(f)
@@ -645,4 +703,48 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
             if d.warmup > d.calibration_window:
                 out.append((base + ("detect", i, "warmup"),
                             f"must not exceed calibration_window ({d.calibration_window})"))
+    return out
+
+
+def _shape_problems(sloc: tuple, src: SourceConfig, flow: FlowConfig) -> list[tuple[tuple, str]]:
+    """Every path the engine will compile (fields, records, zip, unit_from) compiled now, so
+    a config `check` accepts is never refused when the daemon starts."""
+    from flowdeck.pipeline.payload import _parse_records_path, _split_path, compile_path
+
+    out: list[tuple[tuple, str]] = []
+    for f, spec in src.fields.items():
+        path = spec.path if isinstance(spec, FieldSource) else spec
+        floc = sloc + ("fields", f) + (("path",) if isinstance(spec, FieldSource) else ())
+        try:
+            compile_path(path)
+        except ValueError as exc:
+            out.append((floc, str(exc)))
+    try:
+        if src.records and src.format in ("json", "geojson"):
+            _parse_records_path(src.records)
+        if src.records and src.format == "xml":
+            for seg in _split_path(src.records, "records path"):
+                prefix, sep, _local = seg.rpartition(":")
+                if sep and prefix not in src.namespaces:
+                    raise ValueError(f"namespace prefix '{prefix}' is not declared in "
+                                     "'namespaces'")
+    except ValueError as exc:
+        out.append((sloc + ("records",), str(exc)))
+    if src.zip:
+        try:
+            _split_path(src.zip, "zip path")
+        except ValueError as exc:
+            out.append((sloc + ("zip",), str(exc)))
+    for f, path in src.unit_from.items():
+        uloc = sloc + ("units", f)
+        fspec = flow.fields.get(f)
+        if fspec is None:
+            out.append((uloc, f"'{f}' is not one of the flow's fields"))
+            continue
+        if fspec.unit is None:
+            out.append((uloc, f"field '{f}' declares no unit to convert to"))
+        try:
+            compile_path(path)
+        except ValueError as exc:
+            out.append((uloc + ("from",), str(exc)))
     return out

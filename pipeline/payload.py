@@ -14,13 +14,14 @@ programming/config errors: an unknown format, a malformed path, a ``str`` body.
 
 from __future__ import annotations
 
+import builtins
 import csv
 import io
 import json
 import operator
 import re
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, count
 from typing import Any
@@ -28,13 +29,17 @@ from typing import Any
 __all__ = [
     "FORMATS",
     "BadItem",
+    "Melt",
+    "Node",
     "PayloadError",
     "compile_path",
+    "split_anchor",
+    "uses_anchor",
     "decode_text",
     "parse_payload",
 ]
 
-FORMATS = frozenset({"json", "geojson", "jsonl", "csv"})
+FORMATS = frozenset({"json", "geojson", "jsonl", "csv", "xml"})
 GEOJSON_RECORDS = "features[].properties"
 MAX_EXCERPT = 500
 
@@ -56,6 +61,32 @@ class PayloadError(ValueError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Node(dict):
+    """A dict that knows the object it was found in (``parent``; None at the payload's root).
+
+    Field paths may climb out of a record with ``../`` (the record's parent) or start at
+    the payload's root with ``$.``; items carry their parents as Nodes for that.
+    """
+
+    __slots__ = ("parent",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parent: Node | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Melt:
+    """Wide -> long: one item per (item, melted column), the column's name under ``name``
+    and its value under ``value``; ``columns`` lists them, or ``pattern`` (a regular
+    expression matched against whole keys; its first group, if any, is the name kept)."""
+
+    name: str
+    value: str
+    columns: tuple[str, ...] = ()
+    pattern: str | None = None
 
 
 @dataclass(slots=True)
@@ -455,8 +486,12 @@ def _column_names(root: Any, columns: str) -> list[str]:
     return node
 
 
-def _to_records(items: list[Any], names: list[str] | None) -> list[Any]:
-    """Check/convert located items; number every BadItem with its position."""
+def _to_records(items: list[Any], names: list[Any] | None, loose: bool = False) -> list[Any]:
+    """Check/convert located items; number every BadItem with its position.
+
+    ``loose`` (positional names): a row may be longer than the names (the cells past
+    them are not kept) and a None name skips its cell; a shorter row is a BadItem.
+    """
     if names is None and all(item.__class__ is dict for item in items):
         return items
     width = 0 if names is None else len(names)
@@ -466,12 +501,16 @@ def _to_records(items: list[Any], names: list[str] | None) -> list[Any]:
             item.index = index
             out.append(item)
         elif names is not None:
-            if item.__class__ is list and len(item) == width:
+            if item.__class__ is list and len(item) == width and not loose:
                 out.append(dict(zip(names, item, strict=True)))
+            elif loose and item.__class__ is list and len(item) >= width:
+                out.append({n: v for n, v in zip(names, item, strict=False) if n is not None})
             else:
                 if isinstance(item, list):
                     values = "value" if len(item) == 1 else "values"
-                    message = f"row {index} has {len(item)} {values}, expected {width} columns"
+                    at_least = "at least " if loose else ""
+                    message = (f"row {index} has {len(item)} {values}, expected "
+                               f"{at_least}{width} columns")
                 else:
                     message = f"row {index} is {_describe(item)}, expected an array of values"
                 out.append(BadItem(index, "columns", message, _clip(_repr.repr(item))))
@@ -497,20 +536,34 @@ def parse_payload(
     content_type: str | None = None,
     max_bytes: int | None = None,
     max_depth: int = 200,
+    zip: str | None = None,
+    positional: Sequence[str | None] | None = None,
+    melt: Melt | None = None,
+    namespaces: dict[str, str] | None = None,
+    parents: bool = False,
 ) -> list[dict[str, Any] | BadItem]:
     """Decode a fetched ``body`` into a list of items (dicts) and BadItems.
 
-    ``fmt`` is "json", "geojson", "jsonl" or "csv".  For json/geojson,
+    ``fmt`` is "json", "geojson", "jsonl", "csv" or "xml".  For json/geojson,
     ``records`` locates the items ("features[].properties", "data.rows";
     None/"" = the root: an array gives its elements, an object is one item;
     geojson defaults to "features[].properties" when ``records`` is None), and
-    ``columns`` (a path from the root to a list of names) turns row arrays into
-    dicts.  Raises PayloadError when the payload as a whole is unusable.
+    ``columns`` (a path from the root to a list of names) or ``positional`` (the
+    names themselves, None to skip a cell) turns row arrays into dicts.  For xml,
+    ``records`` is an element path (see :mod:`flowdeck.pipeline.xmlparse`).
+    Then, for any format: ``zip`` (a path inside each item to an object of equal-length
+    arrays) gives one item per index, and ``melt`` one item per melted column.
+    With ``parents`` every dict is a :class:`Node` (field paths may use ``../`` and
+    ``$.``); xml items, zipped and melted items always are.  Raises PayloadError when
+    the payload as a whole is unusable.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown payload format {fmt!r} (expected one of {sorted(FORMATS)})")
-    if fmt in ("jsonl", "csv") and (records or columns):
-        raise ValueError(f"records/columns paths only apply to json and geojson, not {fmt}")
+    if fmt in ("jsonl", "csv") and (records or columns or positional):
+        raise ValueError(f"records/columns/positional only apply to json, geojson and xml, "
+                         f"not {fmt}")
+    if columns and positional:
+        raise ValueError("give either columns or positional, not both")
     if isinstance(body, str):
         raise TypeError("body must be bytes, not str")
     if not isinstance(body, bytes):
@@ -524,16 +577,214 @@ def parse_payload(
     text = decode_text(body)
     if not text or text.isspace():
         raise PayloadError("empty", "payload has no content after the byte order mark")
+    items: list[Any]
     if fmt == "csv":
-        return _parse_csv(text)
-    _reject_markup(text, content_type)
-    if fmt == "jsonl":
-        return _parse_jsonl(text, max_depth)
-    root = _load_json(text, body, max_depth)
-    if fmt == "geojson" and records is None:
-        records = GEOJSON_RECORDS
-    names = _column_names(root, columns) if columns else None
-    return _to_records(_locate(root, records), names)
+        items = _parse_csv(text)
+    elif fmt == "xml":
+        from flowdeck.pipeline.xmlparse import locate_xml, parse_xml
+
+        items = locate_xml(parse_xml(text), records, namespaces, max_depth)
+    else:
+        _reject_markup(text, content_type)
+        if fmt == "jsonl":
+            items = _parse_jsonl(text, max_depth)
+        else:
+            root = _load_json(text, body, max_depth)
+            if parents:
+                steps = _parse_records_path(records) if records else []
+                if fmt == "geojson" and records is None:
+                    steps = _parse_records_path(GEOJSON_RECORDS)
+                root = _spine(root, steps, None)
+            if fmt == "geojson" and records is None:
+                records = GEOJSON_RECORDS
+            names: list[Any] | None = _column_names(root, columns) if columns else None
+            if positional:
+                names = list(positional)
+            items = _to_records(_locate(root, records), names, loose=bool(positional))
+            if parents and names is not None:
+                _adopt(items, _holder(root, records))
+    if parents and fmt in ("csv", "jsonl"):
+        items = [Node(item) if item.__class__ is dict else item for item in items]
+    if zip:
+        items = _zip_all(items, zip)
+    if melt is not None:
+        items = _melt_all(items, melt)
+    if zip or melt is not None:
+        for index, item in enumerate(items):
+            if item.__class__ is BadItem:
+                item.index = index
+    return items
+
+
+def _holder(root: Any, records: str | None) -> Node | None:
+    """The object holding the rows of a records path without ``[]`` ("result.list" ->
+    root["result"]); None when rows come from several places."""
+    if not records or "[]" in records:
+        return root if isinstance(root, Node) else None
+    node = root
+    for key in records.split(".")[:-1]:
+        node = _child(node, key)
+    return node if isinstance(node, Node) else None
+
+
+def _adopt(items: list[Any], parent: Node | None) -> None:
+    """Rows built from arrays become Nodes of ``parent`` (``../symbol`` beside the rows)."""
+    for i, item in enumerate(items):
+        if item.__class__ is dict:
+            node = Node(item)
+            node.parent = parent
+            items[i] = node
+
+
+def _spine(node: Any, steps: list[tuple[str, bool]], parent: Node | None) -> Any:
+    """The objects along a records path (and the records) as Nodes pointing at the object
+    they are in; everything below a record stays as decoded (paths only read it). Costs
+    one shallow copy per object on the path, not a copy of the payload."""
+    if isinstance(node, dict):
+        copy = Node(node)
+        copy.parent = parent
+        node = parent = copy
+    elif isinstance(node, list) and not steps:  # the records themselves
+        return [_spine(x, [], parent) for x in node]
+    if not steps:
+        return node
+    (key, each), rest = steps[0], steps[1:]
+    if key and not (isinstance(node, dict) and key in node):
+        return node  # _locate says what is missing
+    child = node[key] if key else node
+    if each and isinstance(child, list):
+        new = [_spine(x, rest, parent) for x in child]
+    else:
+        new = _spine(child, rest, parent)
+    if key:
+        node[key] = new
+        return node
+    return new
+
+
+def _zip_all(items: list[Any], path: str) -> list[Any]:
+    """Every item's object of parallel arrays at ``path`` -> one Node per index."""
+    segments = _split_path(path, "zip path")
+    out: list[Any] = []
+    errors: list[BadItem] = []
+    good = 0
+    for item in items:
+        if item.__class__ is BadItem:
+            out.append(item)
+            continue
+        try:
+            rows = _zip_one(item, segments, path)
+        except PayloadError as exc:
+            bad = BadItem(-1, exc.reason, exc.message, _clip(_repr.repr(item)))
+            errors.append(bad)
+            out.append(bad)
+            continue
+        good += 1
+        out.extend(rows)
+    if errors and not good:
+        raise PayloadError(errors[0].reason, errors[0].message)
+    return out
+
+
+def _zip_one(item: Any, segments: list[str], path: str) -> list[Node]:
+    node = item
+    for key in segments:
+        child = _child(node, key)
+        if child is _MISSING:
+            raise PayloadError("records_path", f"no '{path}' in the payload (zip path)")
+        node = child
+    if not isinstance(node, dict):
+        raise PayloadError("columns", f"'{path}' is {_describe(node)}, expected an object "
+                           "of parallel arrays (zip)")
+    lengths: dict[str, int] = {}
+    for name, column in node.items():
+        if not isinstance(column, list):
+            raise PayloadError("columns", f"'{path}.{name}' is {_describe(column)}, "
+                               "expected an array (zip)")
+        lengths[name] = len(column)
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+        raise PayloadError("columns", f"parallel arrays under '{path}' differ in length: "
+                           f"{shown}")
+    names = list(node)
+    parent = item if isinstance(item, Node) else None
+    rows = []
+    for values in builtins.zip(*node.values(), strict=True):
+        row = Node(builtins.zip(names, values, strict=True))
+        row.parent = parent
+        rows.append(row)
+    return rows
+
+
+def _melt_all(items: list[Any], melt: Melt) -> list[Any]:
+    """Wide -> long: one Node per (item, melted column)."""
+    pattern = re.compile(melt.pattern) if melt.pattern else None
+    wanted = set(melt.columns)
+    out: list[Any] = []
+    good = 0
+    first_bad: BadItem | None = None
+    for item in items:
+        if not isinstance(item, dict):
+            out.append(item)
+            continue
+        melted: list[tuple[str, str]] = []  # (key in the item, name to keep)
+        for key in item:
+            if pattern is not None:
+                m = pattern.fullmatch(key)
+                if m:
+                    melted.append((key, m.group(1) if m.groups() else key))
+            elif key in wanted:
+                melted.append((key, key))
+        if not melted:
+            which = f"pattern {melt.pattern!r}" if pattern else f"columns {list(melt.columns)}"
+            bad = BadItem(-1, "records_path", f"no key matches the melt {which}",
+                          _clip(_repr.repr(item)))
+            first_bad = first_bad or bad
+            out.append(bad)
+            continue
+        good += 1
+        dropped = {key for key, _ in melted}
+        base = {k: v for k, v in item.items() if k not in dropped}
+        parent = item.parent if isinstance(item, Node) else None
+        for key, name in melted:
+            row = Node(base)
+            row.parent = parent
+            row[melt.name] = name
+            row[melt.value] = item[key]
+            out.append(row)
+    if first_bad is not None and not good:
+        raise PayloadError(first_bad.reason, first_bad.message)
+    return out
+
+
+def split_anchor(path: str) -> tuple[int, str]:
+    """``"../../a.b"`` -> (2, "a.b"); ``"$.a"`` -> (-1, "a"); ``"a"`` -> (0, "a").
+
+    Raises ValueError for a malformed path, so ``flowdeck check`` refuses what the
+    engine would refuse.
+    """
+    if path.startswith("$"):
+        if path == "$":
+            return -1, ""
+        if not path.startswith("$.") or len(path) == 2:
+            raise ValueError(f"invalid field path {path!r}: '$' must be followed by '.name'")
+        rest = path[2:]
+        if any(not segment for segment in rest.split(".")):
+            raise ValueError(f"invalid field path {path!r}: empty segment")
+        return -1, rest
+    up = 0
+    rest = path
+    while rest == ".." or rest.startswith("../"):
+        up += 1
+        rest = rest[3:]
+    if up and rest and any(not segment for segment in rest.split(".")):
+        raise ValueError(f"invalid field path {path!r}: empty segment")
+    return up, rest
+
+
+def uses_anchor(path: str) -> bool:
+    """Whether ``path`` climbs out of the item (``../``) or starts at the root (``$.``)."""
+    return path.startswith("$") or path == ".." or path.startswith("../")
 
 
 def compile_path(path: str) -> Callable[[Any], Any]:
@@ -541,7 +792,27 @@ def compile_path(path: str) -> Callable[[Any], Any]:
 
     ``"temperature.value"`` reads nested objects; an integer segment indexes an
     array (``"coords.1"``, ``"coords.-1"``) or reads that key from an object.
+    ``"../@time"`` starts at the item's parent (each ``../`` one level up) and
+    ``"$.hourly_units.temperature_2m"`` at the payload's root: both need items that
+    are :class:`Node` s (see ``parents`` in :func:`parse_payload`).
     """
+    up, rest = split_anchor(path)
+    if up:
+        inner = compile_path(rest) if rest else (lambda node: node)
+
+        def get_up(item: Any) -> Any:
+            node = item
+            if up == -1:  # the root
+                while isinstance(node, Node) and node.parent is not None:
+                    node = node.parent
+            else:
+                for _ in range(up):
+                    node = getattr(node, "parent", None)
+                    if node is None:
+                        return None
+            return inner(node)
+
+        return get_up
     segments = _split_path(path, "field path")
     for segment in segments:
         if segment.endswith("[]"):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pint
 
-__all__ = ["UnitError", "affine", "check_unit", "convert_values"]
+__all__ = ["UnitError", "affine", "check_unit", "convert_values", "unit_code"]
 
 MAX_UNIT_LENGTH = 100
 
@@ -113,3 +113,47 @@ def convert_values(values: list[Any], a: float, b: float) -> list[Any]:
     if b == 0.0:
         return [a * v if (v.__class__ is float or v.__class__ is int) else v for v in values]
     return [a * v + b if (v.__class__ is float or v.__class__ is int) else v for v in values]
+
+
+# Unit codes as APIs write them beside values: WMO codes (``wmoUnit:degC``, ``unit:m_s-1``,
+# ``wmoUnit:km_h-1``) and the symbols of side tables (``°C``, ``km/h``, ``%``).
+_CODE_NAMES = {
+    "percent": "percent", "%": "percent", "degree_(angle)": "degree", "°": "degree",
+    "degC": "degC", "°C": "degC", "degF": "degF", "°F": "degF", "K": "K",
+    "kn": "knot", "kt": "knot", "knots": "knot", "mph": "mph", "inch": "inch", "in": "inch",
+    "W/m²": "W/m**2", "m²": "m**2", "m³": "m**3", "mm/h": "mm/h",
+}
+_CODE_PREFIX = re.compile(r"^(?:wmoUnit|wmo|unit|uom):", re.IGNORECASE)
+_WMO_FACTOR = re.compile(r"^([A-Za-z]+)(-?[1-4])?$")
+
+
+@lru_cache(maxsize=256)
+def unit_code(code: str) -> str:
+    """The pint unit name for a unit code read from a payload; UnitError if unknown.
+
+    ``wmoUnit:degC`` -> ``degC``, ``unit:m_s-1`` -> ``m * s**-1``, ``wmoUnit:km_h-1`` ->
+    ``km * h**-1``, ``wmoUnit:Pa`` -> ``Pa``, ``wmoUnit:percent`` -> ``percent``,
+    ``°C`` -> ``degC``, ``km/h`` stays ``km/h``. A code pint does not know is refused,
+    never guessed.
+    """
+    if not isinstance(code, str) or not code.strip():
+        raise UnitError(f"unit code must be a non-empty string, got {code!r}")
+    if len(code) > MAX_UNIT_LENGTH:
+        raise UnitError(f"unit code is too long ({len(code)} characters)")
+    bare = _CODE_PREFIX.sub("", code.strip())
+    name = _CODE_NAMES.get(bare)
+    if name is None and "_" in bare and "/" not in bare and "*" not in bare:
+        factors = []
+        for part in bare.split("_"):
+            m = _WMO_FACTOR.match(part)
+            if not m:
+                raise UnitError(f"unknown unit code '{code}'")
+            factors.append(m.group(1) + (f"**{m.group(2)}" if m.group(2) else ""))
+        name = " * ".join(factors)
+    if name is None:
+        name = bare
+    try:
+        check_unit(name)
+    except UnitError:
+        raise UnitError(f"unknown unit code '{code}'") from None
+    return name

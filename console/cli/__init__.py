@@ -3,7 +3,7 @@ non-zero exit, never a traceback.
 
 Each command group is a module here that registers its own subcommands with
 `add_parsers(sub)`: common (shared helpers and options), console (demo, console),
-daemon, watch, simulate, check, status, records (export, lineage, replay), issues
+daemon, watch, simulate, check, sniff, status, records (export, lineage, replay), issues
 (issues, actions, act), db (db upgrade) and evaluate. A new command is one module plus one line in
 `build_parser`. Only `console` opens a console, so only a console command loads Textual.
 """
@@ -25,6 +25,7 @@ from flowdeck.console.cli import (
     issues,
     records,
     simulate,
+    sniff,
     status,
     watch,
 )
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_parsers(sub)     # watch
     simulate.add_parsers(sub)  # simulate
     check.add_parsers(sub)     # check
+    sniff.add_parsers(sub)     # sniff
     status.add_parsers(sub)    # status
     records.add_parsers(sub)   # export, lineage, replay
     issues.add_parsers(sub)    # issues, actions, act

@@ -11,7 +11,7 @@ from flowdeck.pipeline.sources.base import FetchError, Source, SourceContext, re
 from flowdeck.storage.model import RawDraft
 
 _TYPES = {"json": "application/json", "geojson": "application/geo+json",
-          "jsonl": "application/x-ndjson", "csv": "text/csv"}
+          "jsonl": "application/x-ndjson", "csv": "text/csv", "xml": "application/xml"}
 
 
 class FileSource:

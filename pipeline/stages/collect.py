@@ -11,8 +11,16 @@ from typing import Any
 
 from flowdeck.pipeline.config import FieldSource, FlowConfig, SourceConfig
 from flowdeck.pipeline.model import Batch, Rec
-from flowdeck.pipeline.payload import BadItem, PayloadError, compile_path, parse_payload
+from flowdeck.pipeline.payload import (
+    BadItem,
+    Melt,
+    PayloadError,
+    compile_path,
+    parse_payload,
+    uses_anchor,
+)
 from flowdeck.pipeline.stages.base import register
+from flowdeck.pipeline.units import UnitError, affine, unit_code
 
 VERSION = "collect/1"
 SEEN_LIMIT = 200_000  # (key, ts) pairs remembered per source for de-duplication
@@ -94,9 +102,39 @@ class SourceCollector:
         self.plain = ([(t, k) for (t, _g, _m), k in zip(getters, keys, strict=True)]
                       if len(keys) == len(getters) and None not in keys else None)
         self.parse_ts = timestamp_parser(src.timestamp.format, src.timestamp.tz)
+        # Units read per record (`units: {f: {from: PATH}}`): converted here to the flow's.
+        self.unit_from = [(f, p, compile_path(p), flow.fields[f].unit or "")
+                          for f, p in src.unit_from.items() if f in flow.fields]
+        paths = [s.path if isinstance(s, FieldSource) else s for s in src.fields.values()]
+        self.parents = any(uses_anchor(p) for p in (*paths, *src.unit_from.values()))
+        self.melt = (Melt(src.melt.name, src.melt.value, tuple(src.melt.columns or ()),
+                          src.melt.pattern) if src.melt else None)
         self.seen: OrderedDict[tuple[str, int], int | None] = OrderedDict()  # -> content hash
         self.seen_hashes: OrderedDict[int, None] = OrderedDict()
         self.last_ts: dict[str, int] = {}
+
+    def convert_units(self, item: Any, data: dict) -> str | None:
+        """Convert the unit_from fields of one record in place; the problem, if any."""
+        for field, path, get, target in self.unit_from:
+            v = data.get(field)
+            if v is None:
+                continue
+            code = get(item)
+            if code is None or code == "":
+                return f"{field}: no unit at '{path}' (paths are relative to the record; " \
+                       "'../' climbs, '$.' starts at the payload's root)"
+            try:
+                a, b = affine(unit_code(code), target)
+            except UnitError as exc:
+                return f"{field}: {exc}"
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    continue  # not a number: validation says so
+            if isinstance(v, int | float) and not isinstance(v, bool) and (a, b) != (1.0, 0.0):
+                data[field] = a * v + b
+        return None
 
     def trim(self) -> None:
         """Forget the oldest pairs and hashes beyond SEEN_LIMIT."""
@@ -117,11 +155,14 @@ class Collector:
 
     def decode(self, batch: Batch, body: bytes, content_type: str | None) -> None:
         """Turn the payload into items; a payload that cannot be read is quarantined whole."""
-        src = self.sources[batch.source].src
+        sc = self.sources[batch.source]
+        src = sc.src
         try:
             batch.items = parse_payload(body, src.format, records=src.records,
                                         columns=src.columns, content_type=content_type,
-                                        max_bytes=src.max_bytes)
+                                        max_bytes=src.max_bytes, zip=src.zip,
+                                        positional=src.positional, melt=sc.melt,
+                                        namespaces=src.namespaces or None, parents=sc.parents)
         except PayloadError as exc:
             batch.items = []
             batch.reject(None, stage="collect", reason=exc.reason, message=exc.message, item=-1,
@@ -171,6 +212,12 @@ class Collector:
                 batch.reject(None, stage="collect", reason="bad_timestamp", item=idx,
                              record=item, message=str(exc))
                 continue
+            if sc.unit_from:
+                problem = sc.convert_units(item, data)
+                if problem:
+                    batch.reject(None, stage="collect", reason="bad_unit", item=idx,
+                                 record=item, message=problem)
+                    continue
             key = str(key)
             rec = Rec(key, ts, data, batch.source, batch.raw_id, idx)
             if ts > max_future:

@@ -421,8 +421,8 @@ def test_csv_oversized_field_is_a_bad_item() -> None:
 
 
 def test_unknown_format_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="unknown payload format 'xml'") as info:
-        parse_payload(b"[]", "xml")
+    with pytest.raises(ValueError, match="unknown payload format 'yaml'") as info:
+        parse_payload(b"[]", "yaml")
     assert not isinstance(info.value, PayloadError)
 
 
