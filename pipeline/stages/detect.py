@@ -64,6 +64,9 @@ class AnomalyDetector:
 
     def __init__(self, flow_name: str, flow: FlowConfig) -> None:
         self.flow_name = flow_name
+        # Detector state per series: the record key, or the field named by ``series`` (an
+        # event feed keyed by event id has one record per key, so per-key state learns nothing).
+        self.series_field = flow.series
         self.specs: dict[str, DetectSpec] = {}
         self.detectors: list[tuple[str, Detector]] = []
         for spec in flow.detect:
@@ -80,6 +83,8 @@ class AnomalyDetector:
 
         Give it :meth:`history_points` points per series: fewer leave the calibration short
         and its methods in warm-up again (quiet, never noisy)."""
+        if self.series_field is not None:
+            return  # stored history is per record key, not per series: start cold
         for m, det in self.detectors:
             if m != metric:
                 continue
@@ -93,12 +98,14 @@ class AnomalyDetector:
             return
         recs = sorted(batch.records, key=lambda r: r.ts)
         best: dict[int, float] = {}  # id(rec) -> score of the reason it carries
+        series_field = self.series_field
         for metric, det in self.detectors:
             for rec in recs:
                 v = rec.data.get(metric)
                 if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
                     continue
-                sc = det.score((rec.key, metric), rec.ts / 1000, float(v))
+                series = rec.key if series_field is None else str(rec.data.get(series_field))
+                sc = det.score((series, metric), rec.ts / 1000, float(v))
                 score = round(sc.score, 4)
                 if score > rec.anomaly:
                     rec.anomaly = score
