@@ -96,7 +96,8 @@ class FieldSource(Strict):
     path: str
     map: dict[str, Any] = {}
     # A value the map does not list: kept as it is, made null, or the record quarantined.
-    unmatched: Literal["keep", "null", "reject"] = "keep"
+    unmatched: Annotated[Literal["keep", "null", "reject"],
+                         BeforeValidator(lambda v: "null" if v is None else v)] = "keep"
 
 
 class SourceConfig(Strict):
