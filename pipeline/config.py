@@ -173,7 +173,9 @@ class Schedule(Strict):
 
 class TimestampChecks(Strict):
     max_future: Duration | None = 300.0  # later than now + this: rejected (null: no bound)
-    skew: Duration = 30.0  # later than now + this (but not rejected): flagged clock_skew
+    # later than now + this (but not rejected): flagged clock_skew; null (and max_future:
+    # null, forecasts) never flags
+    skew: Duration | None = 30.0
     max_age: Duration | None = None  # older than now - this: rejected as stale
 
 

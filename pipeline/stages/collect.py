@@ -214,7 +214,8 @@ class Collector:
         checks = self.flow.timestamps
         max_future = (now_ms + int(checks.max_future * 1000) if checks.max_future is not None
                       else 253_402_300_800_000)
-        skew = now_ms + int(checks.skew * 1000)
+        skew = (now_ms + int(checks.skew * 1000) if checks.skew is not None
+                and checks.max_future is not None else 253_402_300_800_000)
         min_ts = now_ms - int(checks.max_age * 1000) if checks.max_age else None
         ts_field, key_field, key_fields = sc.ts_field, sc.key_field, sc.key_fields
         single_key = key_fields[0] if len(key_fields) == 1 else None
