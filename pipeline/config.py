@@ -633,10 +633,10 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
                 if k not in src.fields and k not in constant and k not in flow.derive:
                     out.append((sloc + ("fields",), f"no mapping for the key field '{k}' "
                                 "(map it, derive it, or give the source a constant 'key')"))
-            for f, spec in src.fields.items():
+            for f, fsrc in src.fields.items():
                 if f not in known:
                     out.append((sloc + ("fields", f), f"'{f}' is not one of the flow's fields"))
-                path = spec.path if isinstance(spec, FieldSource) else spec
+                path = fsrc.path if isinstance(fsrc, FieldSource) else fsrc
                 try:  # the daemon's own path compiler: check never passes what it refuses
                     compile_path(path)
                 except ValueError as exc:

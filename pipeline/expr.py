@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import re2  # google-re2
+import re2  # type: ignore[import-untyped]  # google-re2
 
 __all__ = ["Expr", "ExprError", "compile_expr", "FUNCTIONS"]
 
@@ -735,6 +735,9 @@ class _Compiler:
 
     # -- calls ---------------------------------------------------------------
 
+    def regex(self, node: ast.Call, depth: int) -> Fn:
+        return _regex_call(self, node, depth)
+
     def call(self, node: ast.Call, depth: int) -> Fn:
         func = node.func
         if not isinstance(func, ast.Name):
@@ -836,9 +839,6 @@ def _regex_call(self: _Compiler, node: ast.Call, depth: int) -> Fn:
         return None if value is None else run(value)
 
     return call
-
-
-_Compiler.regex = _regex_call  # type: ignore[attr-defined]
 
 
 def _membership(values: frozenset[Any], negate: bool) -> Callable[[Any, Any], bool]:

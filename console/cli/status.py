@@ -33,8 +33,9 @@ def cmd_status(args) -> int:
             last = runs[0] if runs else None
             latest = store.latest(name)
             newest = max((r["ts_ms"] for r in latest), default=None)
-            stale = not flow.historical and (
-                newest is None or now - newest > (flow.freshness or 0) * 1000)
+            stale = newest is None or now - newest > (flow.freshness or 0) * 1000
+            if flow.historical:  # history: true / freshness: null is never stale
+                stale = False
             if last is None or last["status"] == "failed":
                 state = "failing"
             elif last["status"] == "partial" or stale:

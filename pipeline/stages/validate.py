@@ -192,7 +192,7 @@ class Validator:
                 field = ".".join(str(p) for p in loc[1:] if not str(p).startswith(("function", "literal")))
                 got = err.get("input")
                 if len(loc) > 1 and isinstance(loc[1], str):  # as it came, before coercion
-                    got = recs[idx].data.get(loc[1], got)
+                    got = recs[int(idx)].data.get(loc[1], got)
                 msg = f"{field}: {err['msg']}" if field else err["msg"]
                 if err["type"] != "missing":
                     msg += f" (got {got!r:.60})"
