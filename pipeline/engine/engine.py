@@ -558,10 +558,9 @@ class Engine:
             reasons[q.reason] = reasons.get(q.reason, 0) + 1
         sources = sorted({q.source for q in rows})
         text = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
-        # A run that stored nothing is an error whatever the count: the flow is not loading.
+        # A run that stored nothing says so (the run itself is failed).
         return IssueDraft(
-            flow=rt.name, kind="quarantine",
-            severity="error" if len(rows) > 10 or everything else "warning",
+            flow=rt.name, kind="quarantine", severity="error" if len(rows) > 10 else "warning",
             title=(f"every item quarantined ({len(rows)}), nothing stored, from "
                    if everything else f"{len(rows)} item(s) quarantined from ")
                   + f"{', '.join(sources)}: {text}",

@@ -122,11 +122,24 @@ async def test_run_that_quarantines_everything_fails(tmp_path, sqlite_url, capsy
         (issue,) = [i for i in store.issues(flow="obs") if i["kind"] == "quarantine"]
     finally:
         store.close()
-    assert issue["severity"] == "error" and "nothing stored" in issue["title"]
-    # ...and `daemon --once` says so with its exit code.
-    code = main(["daemon", "--once", "--config", str(cfg), "--db",
-                 sqlite_url.replace(".db", "-cli.db")])
-    assert code != 0
+    assert issue["title"].startswith("every item quarantined (3), nothing stored, from feed")
+
+
+def test_daemon_once_exits_non_zero_when_everything_is_quarantined(tmp_path, sqlite_url,
+                                                                   capsys):
+    payload = tmp_path / "obs.json"
+    payload.write_text(json.dumps({"observations": [
+        {"station": "KCNK", "time": "2026-01-01T00:00:00Z", "temp": 500.0}]}))
+    cfg = write_config(tmp_path, obs_flow(payload, history=True))
+    assert main(["daemon", "--once", "--json", "--config", str(cfg), "--db", sqlite_url]) == 1
+    out = json.loads(capsys.readouterr().out)["flows"]["obs"]
+    assert out["status"] == "failed" and out["quarantined"] == 1
+    assert out["error"] == "every record was quarantined (1); nothing stored"
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"observations": [
+        {"station": "KCNK", "time": "2026-01-01T00:00:00Z", "temp": 5.0}]}))
+    cfg = write_config(tmp_path, obs_flow(good, history=True))
+    assert main(["daemon", "--once", "--config", str(cfg), "--db", sqlite_url]) == 0
 
 
 async def test_csv_strings_are_coerced_before_allowed(tmp_path, sqlite_url):
@@ -178,6 +191,10 @@ def test_check_parses_every_field_path_and_warns(tmp_path, capsys):
     assert main(["check", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"{cfg}:" in err and "flows.obs.sources[0].fields.ts: invalid field path" in err
+    flow = obs_flow(tmp_path / "x.json")
+    flow["sources"][0]["records"] = "data..rows"
+    assert main(["check", str(write_config(tmp_path, flow))]) == 2
+    assert "sources[0].records: invalid records path 'data..rows'" in capsys.readouterr().err
     flow = obs_flow(tmp_path / "x.json", detect=[{"metric": "temp"}])
     flow["key"] = "event_id"
     flow["fields"]["event_id"] = {"type": "str"}
