@@ -11,7 +11,7 @@ import json
 import os
 from datetime import UTC, datetime
 
-from flowdeck.pipeline.config import Config, load_config
+from flowdeck.pipeline.config import BUNDLED_CONFIG, Config, load_config
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -49,6 +49,11 @@ def store_config(args) -> Config:
     if not flows:
         raise CliError("the database holds no flows yet (run the daemon on it, or pass "
                        "--config)", EXIT_USAGE)
+    # The bundled demo's flows are the bundled config (its reference tables resolve from
+    # there); other flows' relative paths resolve from the working folder.
+    bundled = load_config(BUNDLED_CONFIG)
+    if flows == {n: f.model_dump(mode="json") for n, f in bundled.flows.items()}:
+        return bundled
     try:
         return Config.model_validate({"flows": flows})
     except ValidationError as exc:
