@@ -633,13 +633,19 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
                 if k not in src.fields and k not in constant and k not in flow.derive:
                     out.append((sloc + ("fields",), f"no mapping for the key field '{k}' "
                                 "(map it, derive it, or give the source a constant 'key')"))
-            if src.records and src.format != "csv":
-                from flowdeck.pipeline.payload import _parse_records_path
+            if src.format != "csv":
+                from flowdeck.pipeline.payload import _parse_records_path, _split_path
 
                 try:  # as the daemon reads it, so a path check passes is one it can follow
-                    _parse_records_path(src.records)
+                    if src.records:
+                        _parse_records_path(src.records)
                 except ValueError as exc:
                     out.append((sloc + ("records",), str(exc)))
+                try:
+                    if src.columns:
+                        _split_path(src.columns, "columns path")
+                except ValueError as exc:
+                    out.append((sloc + ("columns",), str(exc)))
             for f, fsrc in src.fields.items():
                 if f not in known:
                     out.append((sloc + ("fields", f), f"'{f}' is not one of the flow's fields"))

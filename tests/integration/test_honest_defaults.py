@@ -195,6 +195,9 @@ def test_check_parses_every_field_path_and_warns(tmp_path, capsys):
     flow["sources"][0]["records"] = "data..rows"
     assert main(["check", str(write_config(tmp_path, flow))]) == 2
     assert "sources[0].records: invalid records path 'data..rows'" in capsys.readouterr().err
+    flow["sources"][0].update(records="rows", columns="meta.")
+    assert main(["check", str(write_config(tmp_path, flow))]) == 2
+    assert "sources[0].columns: invalid columns path 'meta.'" in capsys.readouterr().err
     flow = obs_flow(tmp_path / "x.json", detect=[{"metric": "temp"}])
     flow["key"] = "event_id"
     flow["fields"]["event_id"] = {"type": "str"}
