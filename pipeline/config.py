@@ -70,8 +70,24 @@ class Strict(BaseModel):
 class TimestampSpec(Strict):
     """How a source writes its timestamps."""
 
-    format: str = "iso"  # iso | epoch_s | epoch_ms | a strptime pattern
+    format: str = "iso"  # iso | epoch (s/ms/us by magnitude) | epoch_s | epoch_ms | strptime
     tz: str = "UTC"  # zone for naive timestamps
+    # An ISO 8601 interval ("start/PT1H") keeps its start as the timestamp and its length,
+    # in seconds, in this field (default: "<flow ts>_duration_s").
+    duration_field: Annotated[str, Field(pattern=NAME_RE)] | None = None
+
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v.upper() != "UTC":
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name like "
+                                 "'Europe/Berlin')") from None
+        return v
 
 
 class MeltSpec(Strict):
@@ -105,6 +121,9 @@ class FieldSource(Strict):
 
     path: str
     map: dict[str, Any] = {}
+    # A value the map does not list: kept as it is, made null, or the record quarantined.
+    unmatched: Annotated[Literal["keep", "null", "reject"],
+                         BeforeValidator(lambda v: "null" if v is None else v)] = "keep"
 
 
 class SourceConfig(Strict):
@@ -125,6 +144,9 @@ class SourceConfig(Strict):
     # Filled from `units: {field: {from: PATH}}`: the unit read per record from the payload.
     unit_from: dict[str, str] = {}
     invert: list[str] = []  # fields quoted the other way round (x -> 1/x)
+    # The key of every record from this source (one station per URL): a value for the
+    # flow's key field, or {field: value} for parts of a composite key.
+    key: str | int | dict[str, str | int] | None = None
     priority: int = 1
     reliability: Annotated[float, Field(ge=0, le=1)] = 1.0
     enabled: bool = True
@@ -207,8 +229,10 @@ class Schedule(Strict):
 
 
 class TimestampChecks(Strict):
-    max_future: Duration = 300.0  # later than now + this: rejected
-    skew: Duration = 30.0  # later than now + this (but not rejected): flagged clock_skew
+    max_future: Duration | None = 300.0  # later than now + this: rejected (null: no bound)
+    # later than now + this (but not rejected): flagged clock_skew; null (and max_future:
+    # null, forecasts) never flags
+    skew: Duration | None = 30.0
     max_age: Duration | None = None  # older than now - this: rejected as stale
 
 
@@ -320,9 +344,11 @@ class IssuesConfig(Strict):
 class FlowConfig(Strict):
     description: str = ""
     schedule: Schedule = Schedule(every=10.0)
-    key: str
+    key: str | Annotated[list[Annotated[str, Field(pattern=NAME_RE)]], Field(min_length=1)]
     ts: str = "ts"
-    freshness: Duration = 120.0
+    freshness: Duration | None = 120.0  # null: historical (as history: true)
+    history: bool = False  # historical data: no freshness penalty, never stale
+    series: str | None = None  # the field detection keys its state by (default: the key)
     availability: Annotated[float, Field(ge=0, le=1)] = 0.99  # SLA target
     timestamps: TimestampChecks = TimestampChecks()
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
@@ -336,11 +362,22 @@ class FlowConfig(Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     issues: IssuesConfig = IssuesConfig()
 
+    @property
+    def key_fields(self) -> list[str]:
+        """The key's fields: one, or the parts of a composite key (stored joined by '/')."""
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+    @property
+    def historical(self) -> bool:
+        """``history: true`` or ``freshness: null``: no freshness score, never stale."""
+        return self.history or self.freshness is None
+
     def metrics(self) -> list[str]:
         """Fields kept as time series: numeric fields (and derived ones) unless told otherwise."""
+        keys = self.key_fields
         out = [n for n, f in self.fields.items()
-               if f.metric or (f.metric is None and f.type in ("int", "float") and n != self.key)]
-        return out + [n for n in self.derive if n not in out]
+               if f.metric or (f.metric is None and f.type in ("int", "float") and n not in keys)]
+        return out + [n for n in self.derive if n not in out and n not in keys]
 
 
 class L1Config(Strict):
@@ -437,6 +474,8 @@ class Config(Strict):
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: Path = Field(default=Path("."), exclude=True)
     path: Path | None = Field(default=None, exclude=True)
+    # Where each key of the file is (loc tuple -> line), for warnings after loading.
+    lines: dict[tuple, int] = Field(default_factory=dict, exclude=True)
 
     def resolve_path(self, p: str) -> Path:
         q = Path(os.path.expanduser(p))
@@ -580,7 +619,7 @@ def parse_config(text: str, filename: str = "<config>", base_dir: Path | None = 
                 problems.append(p)
         raise ConfigError(problems) from None
     base = base_dir if base_dir is not None else Path(filename).resolve().parent
-    cfg = cfg.model_copy(update={"base_dir": base,
+    cfg = cfg.model_copy(update={"base_dir": base, "lines": lines,
                                  "path": Path(filename) if filename != "<config>" else None})
     problems = [Problem(filename, _line_for(lines, loc), _loc_str(loc), msg)
                 for loc, msg in semantic_problems(cfg)]
@@ -608,6 +647,15 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 # ---------------------------------------------------------------- cross-checks
 
 
+def source_key_constants(flow: FlowConfig, src: SourceConfig) -> dict[str, str]:
+    """The key parts a source fixes for every record (``key:`` on the source), as strings."""
+    if src.key is None:
+        return {}
+    if isinstance(src.key, dict):
+        return {k: str(v) for k, v in src.key.items()}
+    return {flow.key_fields[0]: str(src.key)}
+
+
 def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
     """Checks that need more than one key at a time: names that must exist, units, expressions."""
     from flowdeck.pipeline.expr import ExprError, compile_expr
@@ -617,8 +665,14 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
     for fname, flow in cfg.flows.items():
         base = ("flows", fname)
         known = set(flow.fields) | {flow.ts}
-        if flow.key not in flow.fields:
-            out.append((base + ("key",), f"'{flow.key}' is not one of the flow's fields"))
+        keys = flow.key_fields
+        for k in keys:
+            if k not in flow.fields and k not in flow.derive:
+                out.append((base + ("key",), f"'{k}' is not one of the flow's fields"))
+        if len(set(keys)) < len(keys):
+            out.append((base + ("key",), "a key part is named twice"))
+        if flow.series is not None and flow.series not in known | set(flow.derive):
+            out.append((base + ("series",), f"'{flow.series}' is not a field"))
         names = [s.name for s in flow.sources]
         for i, src in enumerate(flow.sources):
             sloc = base + ("sources", i)
@@ -626,8 +680,25 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
                 out.append((sloc + ("name",), f"duplicate source name '{src.name}'"))
             if flow.ts not in src.fields:
                 out.append((sloc + ("fields",), f"no mapping for the timestamp field '{flow.ts}'"))
-            if flow.key not in src.fields:
-                out.append((sloc + ("fields",), f"no mapping for the key field '{flow.key}'"))
+            constant = source_key_constants(flow, src)
+            if isinstance(src.key, dict):
+                for k in src.key:
+                    if k not in keys:
+                        out.append((sloc + ("key", k), f"'{k}' is not a part of the flow's key"))
+            elif src.key is not None and len(keys) > 1:
+                out.append((sloc + ("key",), "the flow's key has several parts: give "
+                            "{part: value} for the parts this source fixes"))
+            for k in keys:
+                if k not in src.fields and k not in constant and k not in flow.derive:
+                    out.append((sloc + ("fields",), f"no mapping for the key field '{k}' "
+                                "(map it, derive it, or give the source a constant 'key')"))
+            if src.format != "csv" and src.columns:
+                from flowdeck.pipeline.payload import _split_path
+
+                try:  # as the daemon reads it (records, zip and field paths: _shape_problems)
+                    _split_path(src.columns, "columns path")
+                except ValueError as exc:
+                    out.append((sloc + ("columns",), str(exc)))
             for f in src.fields:
                 if f not in known:
                     out.append((sloc + ("fields", f), f"'{f}' is not one of the flow's fields"))
@@ -748,3 +819,36 @@ def _shape_problems(sloc: tuple, src: SourceConfig, flow: FlowConfig) -> list[tu
         except ValueError as exc:
             out.append((uloc + ("from",), str(exc)))
     return out
+
+
+_ID_LIKE = re.compile(r"(?:^|_)(?:id|uuid|guid|event|code)(?:$|_)", re.IGNORECASE)
+
+
+def config_warnings(cfg: Config) -> list[Problem]:
+    """What loads but may not do what the author expects (``flowdeck check`` prints these
+    as ``file:line: field: warning: ...`` and still passes)."""
+    filename = str(cfg.path) if cfg.path is not None else "<config>"
+    out: list[tuple[tuple, str]] = []
+    for fname, flow in cfg.flows.items():
+        base = ("flows", fname)
+        for i, src in enumerate(flow.sources):
+            ts = src.timestamp
+            if "tz" in ts.model_fields_set or ts.format.startswith("epoch"):
+                continue
+            if ts.format == "iso":
+                what = "ISO timestamps without an offset"
+            elif "%z" in ts.format or "%Z" in ts.format:
+                continue
+            else:
+                what = f"timestamps read by {ts.format!r} carry no zone and"
+            out.append((base + ("sources", i, "timestamp"),
+                        f"{what} are taken as UTC in field '{flow.ts}' (set timestamp.tz "
+                        "to say which zone they are in)"))
+        if flow.detect and flow.series is None and any(_ID_LIKE.search(k)
+                                                       for k in flow.key_fields):
+            out.append((base + ("detect",),
+                        f"detection keeps its state per key ('{'/'.join(flow.key_fields)}'); "
+                        "if every key has one record (an event feed keyed by event id), "
+                        "nothing is ever detected: name the series with 'series: FIELD'"))
+    return [Problem(filename, _line_for(cfg.lines, loc), _loc_str(loc), "warning: " + msg)
+            for loc, msg in out]

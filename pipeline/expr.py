@@ -20,7 +20,15 @@ Evaluation semantics, chosen so that one odd record can never stop a batch:
   type mismatches (``"a" - 1``) give ``None``; incomparable operands (``"a" < 1``)
   compare ``False``.
 * Arithmetic works on numbers (``int``/``float``/``bool``).  The only string
-  operations are ``str + str`` and ``str * int``.
+  operators are ``str + str`` and ``str * int``; the string functions are
+  ``split(s, sep, index)``, ``regex(s, pattern[, group])``, ``replace(s, old, new)``,
+  ``substr(s, start[, end])``, ``to_number(x)`` and ``to_str(x)``.
+* ``regex``: the pattern must be a constant string; it is checked and compiled
+  once, at compile time, by RE2 (google-re2: linear-time matching, so no pattern
+  can backtrack catastrophically). Constructs that only a backtracking engine has
+  (back-references, look-ahead and look-behind, possessive and atomic groups)
+  are refused with a message, and inputs longer than 10,000 characters give
+  ``None``.
 * Resource guards: text longer than 1000 characters or nested deeper than 100
   levels is rejected at compile time; ``**`` with ``|exponent| > 1000``, integer
   results wider than 8192 bits and string results longer than 10,000
@@ -32,9 +40,12 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import re2  # type: ignore[import-untyped]  # google-re2
 
 __all__ = ["Expr", "ExprError", "compile_expr", "FUNCTIONS"]
 
@@ -302,6 +313,106 @@ def _is_null(x: Any) -> bool:
     return x is None
 
 
+def _split(s: Any, sep: Any, index: Any) -> Any:
+    if not (isinstance(s, str) and isinstance(sep, str) and sep and type(index) is int):
+        return None
+    parts = s.split(sep)
+    return parts[index] if -len(parts) <= index < len(parts) else None
+
+
+def _replace(s: Any, old: Any, new: Any) -> Any:
+    if not (isinstance(s, str) and isinstance(old, str) and isinstance(new, str)) or not old:
+        return None
+    if len(new) > len(old) and len(s) + s.count(old) * (len(new) - len(old)) > MAX_STR:
+        return None
+    return s.replace(old, new)
+
+
+def _substr(s: Any, start: Any, end: Any = _MISSING) -> Any:
+    if not isinstance(s, str) or type(start) is not int:
+        return None
+    if end is _MISSING:
+        return s[start:]
+    if type(end) is not int:
+        return None
+    return s[start:end]
+
+
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _to_number(x: Any) -> Any:
+    """A number from a number or numeric text (whitespace ignored); None if it is not one."""
+    cls = x.__class__
+    if cls is int or cls is float:
+        return x if cls is int or math.isfinite(x) else None
+    if not isinstance(x, str) or len(x) > 400:
+        return None
+    text = x.strip()
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    try:
+        r = float(text)
+    except ValueError:
+        return None
+    return r if math.isfinite(r) else None
+
+
+def _to_str(x: Any) -> Any:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int | float):
+        try:
+            r = str(x)
+        except ValueError:  # int too large to print
+            return None
+        return r if len(r) <= MAX_STR else None
+    return None
+
+
+# Constructs only a backtracking engine has, refused with a message before RE2 sees them.
+_BACKTRACKING_ONLY = (
+    (re.compile(r"\\[1-9]|\\g<|\(\?P="), "back-references"),
+    (re.compile(r"\(\?<?[=!]"), "look-ahead and look-behind"),
+    (re.compile(r"\(\?>|[*+?}]\+"), "atomic groups and possessive quantifiers"),
+)
+MAX_PATTERN = 200
+
+
+def compile_regex(pattern: str) -> Any:
+    """An RE2 pattern (linear-time matching) or ExprError saying why not."""
+    if len(pattern) > MAX_PATTERN:
+        raise ExprError(f"regex pattern is too long (max {MAX_PATTERN} characters)")
+    for rx, what in _BACKTRACKING_ONLY:
+        if rx.search(pattern):
+            raise ExprError(f"regex pattern uses {what}, which can backtrack without bound; "
+                            "only the RE2 syntax is allowed")
+    try:
+        re.compile(pattern)  # the clearer message for plain syntax errors
+    except re.error as exc:
+        raise ExprError(f"bad regex pattern: {exc}") from None
+    try:
+        opts = re2.Options()
+        opts.log_errors = False
+        return re2.compile(pattern, opts)
+    except re2.error as exc:
+        raise ExprError(f"regex pattern is not in the RE2 syntax: {exc}") from None
+
+
+def _regex_fn(compiled: Any, group: int) -> Callable[[Any], Any]:
+    search = compiled.search
+
+    def run(s: Any) -> Any:
+        if not isinstance(s, str) or len(s) > MAX_STR:
+            return None
+        m = search(s)
+        return None if m is None else m.group(group)
+
+    return run
+
+
 # name -> (implementation, min args, max args or None, propagates None)
 FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None, bool]] = {
     "abs": (_math1(abs), 1, 1, True),
@@ -320,6 +431,12 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None, bool]] = {
     "round": (_round, 1, 2, True),
     "sqrt": (_math1(math.sqrt), 1, 1, True),
     "upper": (_upper, 1, 1, True),
+    "split": (_split, 3, 3, True),
+    "regex": (_regex_fn, 2, 3, True),  # compiled specially, see _Compiler.regex
+    "replace": (_replace, 3, 3, True),
+    "substr": (_substr, 2, 3, True),
+    "to_number": (_to_number, 1, 1, True),
+    "to_str": (_to_str, 1, 1, True),
 }
 _ALLOWED = ", ".join(sorted(FUNCTIONS))
 
@@ -618,6 +735,9 @@ class _Compiler:
 
     # -- calls ---------------------------------------------------------------
 
+    def regex(self, node: ast.Call, depth: int) -> Fn:
+        return _regex_call(self, node, depth)
+
     def call(self, node: ast.Call, depth: int) -> Fn:
         func = node.func
         if not isinstance(func, ast.Name):
@@ -646,6 +766,8 @@ class _Compiler:
                 expected = f"{min_args} to {max_args}"
             plural = "" if expected.endswith(" 1") or expected == "1" else "s"
             raise self.error(f"{name}() takes {expected} argument{plural}, got {n}", node)
+        if name == "regex":
+            return self.regex(node, depth)
         args = [_as_fn(self.build(arg, depth)) for arg in node.args]
 
         if name == "coalesce":
@@ -689,6 +811,34 @@ class _Compiler:
 
             return run_n
         return lambda env: impl(*[arg(env) for arg in args])
+
+
+def _regex_call(self: _Compiler, node: ast.Call, depth: int) -> Fn:
+    """``regex(s, "pattern"[, group])``: the pattern (and group) constants, compiled now."""
+    pattern_node = node.args[1]
+    if not (isinstance(pattern_node, ast.Constant) and isinstance(pattern_node.value, str)):
+        raise self.error("regex() needs its pattern as a constant string", pattern_node)
+    try:
+        compiled = compile_regex(pattern_node.value)
+    except ExprError as exc:
+        raise self.error(exc.message, pattern_node) from None
+    group = 1 if compiled.groups else 0
+    if len(node.args) == 3:
+        g = node.args[2]
+        if not (isinstance(g, ast.Constant) and type(g.value) is int):
+            raise self.error("regex() needs its group as a constant integer", g)
+        group = g.value
+    if not 0 <= group <= compiled.groups:
+        raise self.error(f"regex pattern has {compiled.groups} group(s), no group {group}",
+                         node)
+    subject = _as_fn(self.build(node.args[0], depth))
+    run = _regex_fn(compiled, group)
+
+    def call(env: Env) -> Any:
+        value = subject(env)
+        return None if value is None else run(value)
+
+    return call
 
 
 def _membership(values: frozenset[Any], negate: bool) -> Callable[[Any, Any], bool]:

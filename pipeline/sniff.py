@@ -441,7 +441,7 @@ def sniff(body: bytes, *, hint: str = "", content_type: str | None = None) -> Sn
                                        p.startswith("../"), len(p)))
     key_path = key_candidates[0] if key_candidates else None
     if key_path is None:
-        notes.append("no key candidate: every record needs a key field")
+        notes.append("no key candidate in the records: the source gives a constant key")
     elif len(key_candidates) > 1:
         notes.append("key guessed; other candidates: "
                      + ", ".join(key_candidates[1:6]))
@@ -542,9 +542,12 @@ def render_flow(s: Sniffed, flow: str, *, kind: str, where: str, now: datetime |
              "# Guesses are marked; check them, then run `flowdeck check THIS --sample PAYLOAD`."]
     lines += [f"# note: {n}" for n in s.notes]
     lines += ["flows:", f"  {flow}:", "    schedule: {every: 1m}  # guessed: how often to fetch",
-              f"    key: {s.key or 'key'}  # guessed",
+              f"    key: {s.key or 'series'}  # guessed",
               "    sources:", f"      - name: {flow}_src", f"        kind: {kind}"]
     lines.append(f"        {'url' if kind == 'http' else 'path'}: {_q(where)}")
+    if s.key is None:  # nothing in the records names them: one series per source
+        lines.append(f"        key: {flow}  # guessed: every record of this source is one "
+                     "series; name it")
     lines.append(f"        format: {s.format}")
     for opt in ("records", "columns", "zip"):
         if s.options.get(opt):
@@ -564,6 +567,8 @@ def render_flow(s: Sniffed, flow: str, *, kind: str, where: str, now: datetime |
         for name, u in s.units.items():
             lines.append(f"          {name}: {{from: {_q(u['from'])}}}")
     lines.append("    fields:")
+    if s.key is None:
+        lines.append("      series: {type: str}  # the key, given by the source")
     for name, t in s.types.items():
         extra = ", required: true" if name == s.key else ""
         unit = f", unit: {_q(s.flow_units[name])}" if name in s.flow_units else ""

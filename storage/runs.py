@@ -36,6 +36,14 @@ class Runs(Repository):
                 s.pipeline_versions.c.id == version_id)).mappings().first()
         return dict(row) if row else None
 
+    def flow_configs(self) -> dict[str, dict]:
+        """Each flow's newest stored configuration (what a store-reading command uses when
+        no config file is given), by flow name."""
+        pv = s.pipeline_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(pv.c.flow, pv.c.config).order_by(pv.c.id)).all()
+        return {flow: config for flow, config in rows}
+
     def start_run(self, flow: str, trigger: str, now_ms: int) -> int:
         with self.engine.begin() as conn:
             res = conn.execute(insert(s.runs).values(flow=flow, trigger=trigger,

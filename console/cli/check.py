@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flowdeck.console.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE
-from flowdeck.pipeline.config import ConfigError, load_config
+from flowdeck.pipeline.config import ConfigError, config_warnings, load_config
 
 
 def add_parsers(sub) -> None:
@@ -38,6 +38,8 @@ def cmd_check(args) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return EXIT_USAGE
+    for w in config_warnings(cfg):  # loads, but may not do what was meant: said, not failed
+        print(w, file=sys.stderr)
     sources = sum(len(f.sources) for f in cfg.flows.values())
     print(f"{args.file}: ok ({len(cfg.flows)} flows, {sources} sources)")
     if args.sample:

@@ -11,7 +11,7 @@ import json
 import os
 from datetime import UTC, datetime
 
-from flowdeck.pipeline.config import Config, load_config
+from flowdeck.pipeline.config import BUNDLED_CONFIG, Config, load_config
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -24,9 +24,41 @@ class CliError(Exception):
         self.code = code
 
 
-def config(args) -> Config:
-    """The config named by --config (else $FLOWDECK_CONFIG, else the bundled demo)."""
-    return load_config(getattr(args, "config", None))
+def config(args, *, from_store: bool = False) -> Config:
+    """The config named by --config (else $FLOWDECK_CONFIG, else the bundled demo).
+
+    ``from_store`` (commands that read a store): with no config named and a database named
+    (--db or $FLOWDECK_DB), the flows are that database's own, as its pipeline versions
+    recorded them, not the bundled demo's."""
+    named = getattr(args, "config", None) or os.environ.get("FLOWDECK_CONFIG")
+    db = getattr(args, "db", None) or os.environ.get("FLOWDECK_DB")
+    if from_store and not named and db:
+        return store_config(args)
+    return load_config(named)
+
+
+def store_config(args) -> Config:
+    """A config of the flows the database at --db holds (their newest pipeline version)."""
+    from pydantic import ValidationError
+
+    s = store(args, create=False)
+    try:
+        flows = s.flow_configs()
+    finally:
+        s.close()
+    if not flows:
+        raise CliError("the database holds no flows yet (run the daemon on it, or pass "
+                       "--config)", EXIT_USAGE)
+    # The bundled demo's flows are the bundled config (its reference tables resolve from
+    # there); other flows' relative paths resolve from the working folder.
+    bundled = load_config(BUNDLED_CONFIG)
+    if flows == {n: f.model_dump(mode="json") for n, f in bundled.flows.items()}:
+        return bundled
+    try:
+        return Config.model_validate({"flows": flows})
+    except ValidationError as exc:
+        raise CliError(f"the database's flow configs cannot be read by this flowdeck "
+                       f"({exc.error_count()} problem(s)); pass --config") from None
 
 
 def store(args, config: Config | None = None, *, create: bool = True):

@@ -73,7 +73,7 @@ def add_parsers(sub) -> None:
 def cmd_issues(args) -> int:
     from flowdeck.pipeline.serve.queries import iso
 
-    config = common.config(args)
+    config = common.config(args, from_store=True)
     store = common.store(args, config, create=False)
     try:
         if args.action in ("ack", "resolve", "mute"):
@@ -107,7 +107,7 @@ def cmd_issues(args) -> int:
 def cmd_actions(args) -> int:
     from flowdeck.pipeline.serve.queries import iso
 
-    config = common.config(args)
+    config = common.config(args, from_store=True)
     store = common.store(args, config, create=False)
     try:
         rows = store.actions(flow=args.flow, limit=args.limit)

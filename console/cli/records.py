@@ -39,7 +39,7 @@ def add_parsers(sub) -> None:
 def cmd_export(args) -> int:
     from flowdeck.pipeline.serve.queries import export_text, parse_since
 
-    config = common.config(args)
+    config = common.config(args, from_store=True)
     flow = common.flow(config, args.flow)
     store = common.store(args, config, create=False)
     try:
@@ -60,7 +60,7 @@ def cmd_export(args) -> int:
 def cmd_lineage(args) -> int:
     from flowdeck.pipeline.serve.queries import lineage, render_lineage
 
-    config = common.config(args)
+    config = common.config(args, from_store=True)
     store = common.store(args, config, create=False)
     try:
         info = lineage(store, config, args.record_id)
@@ -79,7 +79,7 @@ def cmd_replay(args) -> int:
     from flowdeck.pipeline.engine.engine import Engine
     from flowdeck.pipeline.serve.queries import parse_since
 
-    config = common.config(args)
+    config = common.config(args, from_store=True)
     flow = common.flow(config, args.flow)
     if not args.quarantine and not args.raw:
         raise CliError("say what to replay: --quarantine, or --raw [--since TS]", EXIT_USAGE)

@@ -21,7 +21,7 @@ def cmd_status(args) -> int:
     """Flows, last run, open issues; exit 0 healthy, 1 degraded, 2 failing."""
     from flowdeck.pipeline.serve.queries import iso
 
-    config = common.config(args)
+    config = common.config(args, from_store=True)
     store = common.store(args, config, create=False)
     try:
         counts = store.open_issue_counts()
@@ -33,7 +33,9 @@ def cmd_status(args) -> int:
             last = runs[0] if runs else None
             latest = store.latest(name)
             newest = max((r["ts_ms"] for r in latest), default=None)
-            stale = newest is None or now - newest > flow.freshness * 1000
+            stale = newest is None or now - newest > (flow.freshness or 0) * 1000
+            if flow.historical:  # history: true / freshness: null is never stale
+                stale = False
             if last is None or last["status"] == "failed":
                 state = "failing"
             elif last["status"] == "partial" or stale:

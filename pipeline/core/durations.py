@@ -73,3 +73,26 @@ def format_duration(seconds: float) -> str:
         if n:
             out.append(f"{n}{unit}")
     return sign + "".join(out)
+
+
+YEAR = 365.25 * 86400
+
+
+def human_duration(seconds: float) -> str:
+    """A duration for people, in the unit that reads best: '45s', '12 minutes', '5.5 hours',
+    '3.2 days', '10.1 years' (days up to 90 days, years beyond; one decimal from hours on).
+    Not parseable: messages use it, configs use :func:`format_duration`."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    sign, s = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if s < 120:
+        text = f"{s:.0f}s" if s >= 1 or s == 0 else f"{s * 1000:.0f}ms"
+    elif s < 2 * 3600:
+        text = f"{s / 60:.0f} minutes"
+    elif s < 2 * 86400:
+        text = f"{s / 3600:.1f} hours"
+    elif s < 90 * 86400:
+        text = f"{s / 86400:.1f} days"
+    else:
+        text = f"{s / YEAR:.1f} years"
+    return sign + text

@@ -283,7 +283,7 @@ class ViewerFlow(FlowSnapshot):
     (``LocalControl.snapshot``); the ``flows`` channel's summaries."""
 
     description: str
-    freshness_s: float  # the freshness target
+    freshness_s: float | None  # the freshness target (None: a historical flow)
     availability_target: float
     metrics: list[str]
     key_field: str

@@ -152,6 +152,7 @@ class Engine:
             for src in rt.cfg.sources:
                 rt.fetchers[src.name] = await SOURCES[src.kind](src, self.sources)
             await self._db(self._warm_detectors, rt)
+            await self._db(self._warm_order, rt)
             await self._db(self.failover.load_state, rt)
         await self.caches.start()
         self._cache_ticks = loop.create_task(self._cache_stats())
@@ -174,6 +175,10 @@ class Engine:
         since = self.clock.now_ms() - AGREEMENT_HISTORY_MS
         rt.chain.resolver.warm((r["key"], r["ts_ms"], r["contributions"])
                                for r in self.store.records_since(rt.name, since))
+
+    def _warm_order(self, rt: FlowRuntime) -> None:
+        """What is stored per key (its newest timestamp): out-of-order is relative to it."""
+        rt.chain.collector.stored({r["key"]: r["ts_ms"] for r in self.store.latest(rt.name)})
 
     async def _retry_store(self) -> None:
         """The store's retry timer (StoreGuard.retry), its runs waited for at stop."""
@@ -347,6 +352,10 @@ class Engine:
                 summary.status = "failed"
                 summary.error = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
                                           for s, i in summary.sources.items())
+            elif summary.all_quarantined:
+                summary.status = "failed"
+                summary.error = (f"every record was quarantined ({summary.quarantined}); "
+                                 "nothing stored")
             elif errors:
                 summary.status = "partial"
             if guard.down_since is not None:
@@ -432,7 +441,7 @@ class Engine:
             issues.extend(batch.issues)
             merged.records.extend(batch.records)
         if quarantine:
-            issues.append(self._quarantine_issue(rt, quarantine))
+            issues.append(self._quarantine_issue(rt, quarantine, everything=not merged.records))
         chain.merge(merged, now, functools.partial(self.store.contributions, rt.name), stats=st)
         bucket = chain.resolver.bucket
         for d in issues:  # quality issues named records by source timestamp: use the window
@@ -490,6 +499,13 @@ class Engine:
             raise
         if defer:
             self.deferred.written()
+        newest: dict[str, int] = {}
+        for r in merged.records:
+            if r.ts > newest.get(r.key, r.ts - 1):
+                newest[r.key] = r.ts
+        chain.collector.stored(newest)
+        if quarantine and not merged.records:
+            summary.all_quarantined = True
         summary.changed_keys.update(r["key"] for r in write.records)
         ss = st["store"]
         ss.records_in += len(write.records)
@@ -541,15 +557,18 @@ class Engine:
         summary.finished_ms = self.clock.now_ms()
         return summary
 
-    def _quarantine_issue(self, rt: FlowRuntime, rows) -> IssueDraft:
+    def _quarantine_issue(self, rt: FlowRuntime, rows, everything: bool = False) -> IssueDraft:
         reasons: dict[str, int] = {}
         for q in rows:
             reasons[q.reason] = reasons.get(q.reason, 0) + 1
         sources = sorted({q.source for q in rows})
         text = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        # A run that stored nothing says so (the run itself is failed).
         return IssueDraft(
             flow=rt.name, kind="quarantine", severity="error" if len(rows) > 10 else "warning",
-            title=f"{len(rows)} item(s) quarantined from {', '.join(sources)}: {text}",
+            title=(f"every item quarantined ({len(rows)}), nothing stored, from "
+                   if everything else f"{len(rows)} item(s) quarantined from ")
+                  + f"{', '.join(sources)}: {text}",
             fingerprint=f"quarantine:{rt.name}:{','.join(sources)}",
             source=sources[0] if len(sources) == 1 else None,
             detail={"reasons": reasons, "examples": [q.message[:200] for q in rows[:5]]},

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flowdeck.pipeline.core.clock import Clock
+from flowdeck.pipeline.core.durations import human_duration
 from flowdeck.pipeline.engine.breakers import CLOSED, HALF_OPEN, Breaker
 from flowdeck.pipeline.engine.guard import StoreGuard
 from flowdeck.pipeline.sources.base import FetchError
@@ -248,7 +249,8 @@ class Failover:
         longer than the freshness target (stale), and a high error rate over a window."""
         rec = rt.cfg.recovery
         now = self.clock.now_ms()
-        stale_after = rec.stale_after if rec.stale_after is not None else rt.cfg.freshness
+        stale_after = (rec.stale_after if rec.stale_after is not None
+                       else rt.cfg.freshness or 0.0)
         for src in rt.cfg.sources:
             s, h = src.name, rt.health[src.name]
             if not src.enabled:
@@ -256,16 +258,18 @@ class Failover:
             newest = max(rt.chain.collector.sources[s].last_ts.values(), default=None)
             if newest is not None:
                 h.newest_ts_ms = newest
-            if rec.stale and s in answered:
+            if rec.stale and not rt.cfg.historical and s in answered:
                 base = h.newest_ts_ms if h.newest_ts_ms is not None else h.first_ok_ms
                 age_s = (now - base) / 1000 if base is not None else 0.0
                 if age_s > stale_after and not h.stale:
                     h.stale = True
-                    what = (f"its newest record is {age_s:.0f}s old" if h.newest_ts_ms
-                            is not None else f"it brought no record in {age_s:.0f}s")
+                    what = (f"its newest record is {human_duration(age_s)} old" if
+                            h.newest_ts_ms is not None
+                            else f"it brought no record in {human_duration(age_s)}")
                     await self._condition(
                         rt, s, "stale_source", "stale", True, "warning",
-                        f"{s} answers but {what} (freshness target {stale_after:g}s)",
+                        f"{s} answers but {what} (freshness target "
+                        f"{human_duration(stale_after)})",
                         {"newest_ts_ms": h.newest_ts_ms, "stale_after_s": stale_after})
                 elif age_s <= stale_after and h.stale:
                     h.stale = False

@@ -36,6 +36,7 @@ class RunSummary:
     buffered: int = 0  # payloads spooled because the store was unavailable
     error: str | None = None
     changed_keys: set[str] = field(default_factory=set)  # keys with new values stored
+    all_quarantined: bool = False  # records came in, every one was quarantined
 
     def as_dict(self) -> RunSummaryDict:
         return {"flow": self.flow, "run_id": self.run_id, "trigger": self.trigger,

@@ -103,7 +103,7 @@ class LocalControl:
             f["freshness_s"] = fc.freshness
             f["availability_target"] = fc.availability
             f["metrics"] = fc.metrics()
-            f["key_field"] = fc.key
+            f["key_field"] = "/".join(fc.key_fields)
             f["schedule"] = (f"every {format_duration(fc.schedule.every)}"
                              if fc.schedule.every is not None else f"cron {fc.schedule.cron}")
         self._store_error = None

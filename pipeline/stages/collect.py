@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 import zoneinfo
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flowdeck.pipeline.config import FieldSource, FlowConfig, SourceConfig
+from flowdeck.pipeline.config import FieldSource, FlowConfig, SourceConfig, source_key_constants
+from flowdeck.pipeline.core.durations import human_duration
+from flowdeck.pipeline.expr import compile_expr
 from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.payload import (
     BadItem,
@@ -30,8 +33,40 @@ class TimestampError(ValueError):
     pass
 
 
+# format: epoch reads the unit from the magnitude of |value|: below 1e11 seconds (up to the
+# year 5138), below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds.
+EPOCH_LIMITS = ((1e11, 1000.0), (1e14, 1.0), (1e17, 1e-3))
+
+_ISO_DURATION = re.compile(
+    r"P(?:(\d+(?:\.\d+)?)Y)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
+    r"(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?")
+# Seconds per ISO 8601 designator; a year is 365 days and a month 30 (a nominal length:
+# the interval's start is exact, its duration is what the payload says in these units).
+_ISO_UNITS = (365 * 86400, 30 * 86400, 7 * 86400, 86400, 3600, 60, 1)
+
+
+def iso_duration(text: str) -> float:
+    """``PT1H`` -> 3600.0; ``P1DT6H`` -> 108000.0. TimestampError if not a duration."""
+    m = _ISO_DURATION.fullmatch(text)
+    if not m or text in ("P", "PT") or text.endswith("T"):
+        raise TimestampError(f"not an ISO 8601 duration: {text[:40]!r}")
+    return float(sum(float(g) * u for g, u in zip(m.groups(), _ISO_UNITS, strict=True) if g))
+
+
 def timestamp_parser(fmt: str, tz: str) -> Callable[[Any], int]:
     """Build a parser from a source's timestamp format to epoch milliseconds (UTC)."""
+    parse = interval_parser(fmt, tz)
+
+    def start(v: Any) -> int:
+        return parse(v)[0]
+
+    return start
+
+
+def interval_parser(fmt: str, tz: str) -> Callable[[Any], tuple[int, float | None]]:
+    """Like :func:`timestamp_parser`, but an ISO 8601 interval (``start/PT1H``,
+    ``start/end``, ``duration/end``) gives its start and its length in seconds; a plain
+    timestamp gives (ms, None)."""
     zone = UTC if tz.upper() == "UTC" else zoneinfo.ZoneInfo(tz)
 
     def from_dt(dt: datetime) -> int:
@@ -50,7 +85,14 @@ def timestamp_parser(fmt: str, tz: str) -> Callable[[Any], int]:
             raise TimestampError(f"not a finite timestamp: {v!r}")
         return x
 
-    if fmt == "epoch_s":
+    if fmt == "epoch":
+        def parse(v: Any) -> int:
+            x = number(v)
+            for limit, factor in EPOCH_LIMITS:
+                if abs(x) < limit:
+                    return int(round(x * factor))
+            return int(round(x / 1e6))
+    elif fmt == "epoch_s":
         def parse(v: Any) -> int:
             return int(round(number(v) * 1000))
     elif fmt == "epoch_ms":
@@ -73,11 +115,24 @@ def timestamp_parser(fmt: str, tz: str) -> Callable[[Any], int]:
             except ValueError:
                 raise TimestampError(f"timestamp {v[:40]!r} does not match {fmt!r}") from None
 
-    def checked(v: Any) -> int:
+    def one(v: Any) -> int:
         ms = parse(v)
         if not -62_135_596_800_000 < ms < 253_402_300_800_000:  # years 1..9999
             raise TimestampError(f"impossible timestamp {v!r}")
         return ms
+
+    def checked(v: Any) -> tuple[int, float | None]:
+        if fmt != "iso" or type(v) is not str or "/" not in v:
+            return one(v), None
+        a, _, b = v.partition("/")
+        if a.startswith("P"):  # duration/end
+            seconds = iso_duration(a)
+            end = one(b)
+            return end - int(round(seconds * 1000)), seconds
+        begin = one(a)
+        if b.startswith("P"):  # start/duration
+            return begin, iso_duration(b)
+        return begin, (one(b) - begin) / 1000  # start/end
 
     return checked
 
@@ -88,11 +143,15 @@ class SourceCollector:
     def __init__(self, flow: FlowConfig, src: SourceConfig) -> None:
         self.src = src
         self.ts_field = flow.ts
-        self.key_field = flow.key
+        self.key_fields = flow.key_fields
+        self.key_field = "/".join(self.key_fields)
         getters: list[tuple[str, Callable, dict | None]] = []
+        self.unmatched: dict[str, str] = {}  # field -> null | reject, for mapped fields
         for target, spec in src.fields.items():
             if isinstance(spec, FieldSource):
                 getters.append((target, compile_path(spec.path), spec.map or None))
+                if spec.map and spec.unmatched != "keep":
+                    self.unmatched[target] = spec.unmatched
             else:
                 getters.append((target, compile_path(spec), None))
         self.getters = getters
@@ -101,7 +160,6 @@ class SourceCollector:
         keys = [getattr(get, "key", None) for _t, get, vmap in getters if vmap is None]
         self.plain = ([(t, k) for (t, _g, _m), k in zip(getters, keys, strict=True)]
                       if len(keys) == len(getters) and None not in keys else None)
-        self.parse_ts = timestamp_parser(src.timestamp.format, src.timestamp.tz)
         # Units read per record (`units: {f: {from: PATH}}`): converted here to the flow's.
         self.unit_from = [(f, p, compile_path(p), flow.fields[f].unit or "")
                           for f, p in src.unit_from.items() if f in flow.fields]
@@ -109,9 +167,18 @@ class SourceCollector:
         self.parents = any(uses_anchor(p) for p in (*paths, *src.unit_from.values()))
         self.melt = (Melt(src.melt.name, src.melt.value, tuple(src.melt.columns or ()),
                           src.melt.pattern) if src.melt else None)
+        # Key parts this source fixes (``key:`` on the source), and derived fields up to the
+        # last one that gives a key part: computed here, on the values as the source sent
+        # them, because the key is needed before validation (duplicates, out-of-order).
+        self.constants = source_key_constants(flow, src)
+        names = list(flow.derive)
+        last = max((names.index(k) for k in self.key_fields if k in flow.derive), default=-1)
+        self.key_derive = [(n, compile_expr(flow.derive[n])) for n in names[:last + 1]]
+        self.parse_ts = interval_parser(src.timestamp.format, src.timestamp.tz)
+        self.duration_field = src.timestamp.duration_field or f"{flow.ts}_duration_s"
         self.seen: OrderedDict[tuple[str, int], int | None] = OrderedDict()  # -> content hash
         self.seen_hashes: OrderedDict[int, None] = OrderedDict()
-        self.last_ts: dict[str, int] = {}
+        self.last_ts: dict[str, int] = {}  # newest timestamp seen per key (staleness)
 
     def convert_units(self, item: Any, data: dict) -> str | None:
         """Convert the unit_from fields of one record in place; the problem, if any."""
@@ -152,6 +219,17 @@ class Collector:
         self.flow_name = flow_name
         self.flow = flow
         self.sources = {s.name: SourceCollector(flow, s) for s in flow.sources}
+        # Newest *stored* timestamp per key (the engine warms it from the store and adds
+        # each stored run): a record older than it is out of order. Order within a payload,
+        # or between the payloads of one run, is not disorder.
+        self.stored_newest: dict[str, int] = {}
+
+    def stored(self, newest: dict[str, int]) -> None:
+        """Keys and timestamps now in the store (newest per key)."""
+        known = self.stored_newest
+        for key, ts in newest.items():
+            if ts > known.get(key, ts - 1):
+                known[key] = ts
 
     def decode(self, batch: Batch, body: bytes, content_type: str | None) -> None:
         """Turn the payload into items; a payload that cannot be read is quarantined whole."""
@@ -175,12 +253,18 @@ class Collector:
         if replay:
             sc = SourceCollector(self.flow, sc.src)
         checks = self.flow.timestamps
-        max_future = now_ms + int(checks.max_future * 1000)
-        skew = now_ms + int(checks.skew * 1000)
+        max_future = (now_ms + int(checks.max_future * 1000) if checks.max_future is not None
+                      else 253_402_300_800_000)
+        skew = (now_ms + int(checks.skew * 1000) if checks.skew is not None
+                and checks.max_future is not None else 253_402_300_800_000)
         min_ts = now_ms - int(checks.max_age * 1000) if checks.max_age else None
-        ts_field, key_field = sc.ts_field, sc.key_field
+        ts_field, key_field, key_fields = sc.ts_field, sc.key_field, sc.key_fields
+        single_key = key_fields[0] if len(key_fields) == 1 else None
         plain = sc.plain
+        constants, key_derive, unmatched = sc.constants, sc.key_derive, sc.unmatched
         seen, seen_hashes, last_ts = sc.seen, sc.seen_hashes, sc.last_ts
+        stored_newest = {} if replay else self.stored_newest
+        duration_field = sc.duration_field
         out = batch.records
         for idx, item in enumerate(batch.items):
             if isinstance(item, BadItem):
@@ -191,13 +275,34 @@ class Collector:
                 data = {target: item.get(k) for target, k in plain}
             else:
                 data = {}
+                unmapped = None
                 for target, get, vmap in sc.getters:
                     v = get(item)
                     if vmap is not None and isinstance(v, str | int | float | bool):
-                        v = vmap.get(v, v)
+                        v, hit = map_value(vmap, v)
+                        if not hit and target in unmatched:
+                            if unmatched[target] == "reject":
+                                unmapped = (target, v)
+                            v = None
                     data[target] = v
+                if unmapped is not None:
+                    batch.reject(None, stage="collect", reason="unmapped", item=idx,
+                                 record=item, message=f"{unmapped[0]}: {unmapped[1]!r:.60} is "
+                                                      "not in the field's map")
+                    continue
+            if constants:
+                data.update(constants)
+            for name, expr in key_derive:
+                data[name] = expr(data)
             raw_ts = data.pop(ts_field, None)
-            key = data.get(key_field)
+            if single_key is not None:
+                key = data.get(single_key)
+                if key is not None and type(key) is not str:
+                    key = key_text(key)
+            else:
+                parts = [data.get(k) for k in key_fields]
+                key = (None if any(p is None or p == "" for p in parts)
+                       else "/".join(key_text(p) for p in parts))
             if key is None or key == "":
                 batch.reject(None, stage="collect", reason="missing_key", item=idx, record=item,
                              message=f"no value for the key field '{key_field}'")
@@ -207,27 +312,30 @@ class Collector:
                              record=item, message=f"no value for the timestamp field '{ts_field}'")
                 continue
             try:
-                ts = sc.parse_ts(raw_ts)
+                ts, duration = sc.parse_ts(raw_ts)
             except TimestampError as exc:
                 batch.reject(None, stage="collect", reason="bad_timestamp", item=idx,
                              record=item, message=str(exc))
                 continue
+            if duration is not None:
+                data[duration_field] = duration
             if sc.unit_from:
                 problem = sc.convert_units(item, data)
                 if problem:
                     batch.reject(None, stage="collect", reason="bad_unit", item=idx,
                                  record=item, message=problem)
                     continue
-            key = str(key)
             rec = Rec(key, ts, data, batch.source, batch.raw_id, idx)
             if ts > max_future:
                 batch.reject(rec, stage="collect", reason="future_timestamp",
-                             message=f"timestamp {_iso(ts)} is more than {checks.max_future:g}s "
-                                     f"ahead of now ({_iso(now_ms)})")
+                             message=f"timestamp {_iso(ts)} is more than "
+                                     f"{human_duration(checks.max_future or 0)} ahead of now "
+                                     f"({_iso(now_ms)})")
                 continue
             if min_ts is not None and ts < min_ts:
                 batch.reject(rec, stage="collect", reason="too_old",
-                             message=f"timestamp {_iso(ts)} is older than {checks.max_age:g}s")
+                             message=f"timestamp {_iso(ts)} is older than "
+                                     f"{human_duration(checks.max_age or 0)}")
                 continue
             kt = (key, ts)
             if kt in seen:
@@ -245,10 +353,10 @@ class Collector:
             seen[kt] = h
             if ts > skew:
                 rec.flags.append("clock_skew")
-            last = last_ts.get(key)
-            if last is not None and ts < last:
+            newest = stored_newest.get(key)
+            if newest is not None and ts < newest:
                 rec.flags.append("out_of_order")
-            else:
+            if ts > last_ts.get(key, ts - 1):
                 last_ts[key] = ts
             out.append(rec)
         sc.trim()  # once per batch, not per record
@@ -260,6 +368,34 @@ class Collector:
             h = sc.seen.pop(kt, None)
             if h is not None:
                 sc.seen_hashes.pop(h, None)
+
+
+def map_value(vmap: dict, v: Any) -> tuple[Any, bool]:
+    """A value through a field's ``map`` (whose keys YAML gave as text): exact first, then
+    its text (``900`` finds ``"900"``, ``true`` finds ``"true"``). -> (value, matched)."""
+    try:
+        if v in vmap:
+            return vmap[v], True
+    except TypeError:
+        return v, False
+    text = key_text(v)
+    if text in vmap:
+        return vmap[text], True
+    if type(v) is bool and str(v) in vmap:
+        return vmap[str(v)], True
+    return v, False
+
+
+def key_text(v: Any) -> str:
+    """A key part as text: strings as they are, integral numbers without '.0', bools
+    lower-case."""
+    if type(v) is str:
+        return v
+    if type(v) is bool:
+        return "true" if v else "false"
+    if type(v) is float and v.is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def _iso(ms: int) -> str:

@@ -66,6 +66,9 @@ class AnomalyDetector:
 
     def __init__(self, flow_name: str, flow: FlowConfig) -> None:
         self.flow_name = flow_name
+        # Detector state per series: the record key, or the field named by ``series`` (an
+        # event feed keyed by event id has one record per key, so per-key state learns nothing).
+        self.series_field = flow.series
         self.specs: dict[str, DetectSpec] = {}
         self.detectors: list[tuple[str, Detector]] = []
         for spec in flow.detect:
@@ -82,6 +85,8 @@ class AnomalyDetector:
 
         Give it :meth:`history_points` points per series: fewer leave the calibration short
         and its methods in warm-up again (quiet, never noisy)."""
+        if self.series_field is not None:
+            return  # stored history is per record key, not per series: start cold
         for m, det in self.detectors:
             if m != metric:
                 continue
@@ -96,6 +101,7 @@ class AnomalyDetector:
         recs = sorted(batch.records, key=_TS)
         best: dict[int, float] = {}  # id(rec) -> score of the reason it carries
         isfinite = math.isfinite
+        series_field = self.series_field
         for metric, det in self.detectors:
             series_of = det.series_detector  # one look-up per key and batch, not per point
             seen: dict[str, Any] = {}
@@ -108,7 +114,7 @@ class AnomalyDetector:
                     v = float(v)
                 elif not isfinite(v):
                     continue
-                key = rec.key
+                key = rec.key if series_field is None else str(rec.data.get(series_field))
                 series = seen.get(key)
                 if series is None:
                     series = seen[key] = series_of((key, metric))

@@ -25,7 +25,8 @@ class QualityCheck:
                   w.reliability / total)
         self.threshold = flow.quality.threshold
         self.fields = [n for n in flow.fields if n not in (flow.ts,)]
-        self.freshness_ms = flow.freshness * 1000
+        # Historical flows (history: true, freshness: null) are not scored on age.
+        self.freshness_ms = None if flow.historical else (flow.freshness or 0) * 1000
         self.reliability = {s.name: s.reliability for s in flow.sources}
 
     def score(self, data: dict, flags: list[str], age_ms: float, reliability: float) -> float:
@@ -37,7 +38,7 @@ class QualityCheck:
             validity -= FLAG_PENALTY.get(f, 0.0)
         validity = max(validity, 0.0)
         fr = self.freshness_ms
-        freshness = 1.0 if age_ms <= fr else max(0.0, 1.0 - (age_ms - fr) / fr)
+        freshness = 1.0 if fr is None or age_ms <= fr else max(0.0, 1.0 - (age_ms - fr) / fr)
         wc, wv, wf, wr = self.w
         return round(wc * completeness + wv * validity + wf * freshness + wr * reliability, 4)
 

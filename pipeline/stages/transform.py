@@ -48,7 +48,10 @@ class Transformer:
         for src in flow.sources:
             self.conversions[src.name] = source_conversions(flow, src)
             self.inverts[src.name] = list(src.invert)
-        self.derive = [(name, compile_expr(text)) for name, text in flow.derive.items()]
+        # Key parts that are derived were computed in collect (the key is needed there).
+        keys = flow.key_fields
+        self.derive = [(name, compile_expr(text)) for name, text in flow.derive.items()
+                       if name not in keys]
 
     def run(self, batch: Batch, now_ms: int) -> None:
         recs = batch.records

@@ -8,6 +8,8 @@ once, when the model is built, instead of converting every value twice.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal, NotRequired, Required
 
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
@@ -22,6 +24,74 @@ from flowdeck.pipeline.units import affine
 
 VERSION = "validate/1"
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+# ---------------------------------------------------------------- coercion
+# Before validation, each value is converted to its field's type by one rule per type
+# (docs/configuration.md, "Coercion"); a value no rule converts is left as it came, and
+# validation then refuses it with its original value in the message.
+_INT_TEXT = re.compile(r"[+-]?\d+")
+_TRUE = {"true", "yes", "1"}
+_FALSE = {"false", "no", "0"}
+
+
+def _to_int(v: Any) -> Any:
+    t = type(v)
+    if t is float:  # integral floats only (12.0 -> 12); 12.5 stays and is refused
+        return int(v) if v.is_integer() else v
+    if t is str:
+        text = v.strip()
+        if _INT_TEXT.fullmatch(text):
+            return int(text)
+        try:
+            x = float(text)
+        except ValueError:
+            return v
+        return int(x) if x.is_integer() else v
+    return v
+
+
+def _to_float(v: Any) -> Any:
+    t = type(v)
+    if t is int:
+        return float(v)
+    if t is str:
+        try:
+            return float(v.strip())  # NaN and infinities are refused by validation
+        except ValueError:
+            return v
+    return v
+
+
+def _to_bool(v: Any) -> Any:
+    t = type(v)
+    if t is int and v in (0, 1):
+        return bool(v)
+    if t is str:
+        text = v.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return v
+
+
+def _to_str(v: Any) -> Any:
+    t = type(v)
+    if t is int:
+        return str(v)
+    if t is float and math.isfinite(v):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return v
+
+
+# type name -> (the value's type when it needs nothing, the rule)
+COERCE = {"int": (int, _to_int), "float": (float, _to_float), "bool": (bool, _to_bool),
+          "str": (str, _to_str)}
+
+
+def coercions(flow: FlowConfig) -> list[tuple[str, type, Any]]:
+    """[(field, type it already has when fine, rule)] for the flow's fields."""
+    return [(n, *COERCE[spec.type]) for n, spec in flow.fields.items() if n != flow.ts]
 
 
 def _bounds_in_source(spec: FieldSpec, src_unit: str | None, inverted: bool):
@@ -61,6 +131,14 @@ def _field_type(spec: FieldSpec, lo: float | None, hi: float | None) -> Any:
 def build_model(flow: FlowConfig, src: SourceConfig) -> TypeAdapter:
     """A TypedDict of the fields this source provides, validated as a list in one call."""
     annotations: dict[str, Any] = {}
+    # Key parts that are derived (computed in collect) and the duration of interval
+    # timestamps are kept without a declared type, unless the flow declares them.
+    for name in flow.key_fields:
+        if name not in flow.fields:
+            annotations[name] = NotRequired[Any]
+    duration = src.timestamp.duration_field or f"{flow.ts}_duration_s"
+    if duration not in flow.fields:
+        annotations[duration] = NotRequired[float | None]
     for name, spec in flow.fields.items():
         if name == flow.ts:
             continue
@@ -88,6 +166,7 @@ class Validator:
         self.to_flow_units = {s.name: (source_conversions(flow, s), list(s.invert))
                               for s in flow.sources}
         self.optional = [n for n, f in flow.fields.items() if not f.required and n != flow.ts]
+        self.coerce = coercions(flow)
 
     def run(self, batch: Batch, now_ms: int) -> None:
         recs = batch.records
@@ -96,6 +175,12 @@ class Validator:
         adapter = self.models[batch.source]
         # Absent values are left out, so a missing required field reads "Field required".
         datas = [{k: v for k, v in r.data.items() if v is not None} for r in recs]
+        coerce = self.coerce
+        for d in datas:
+            for name, ok, rule in coerce:
+                v = d.get(name)
+                if v is not None and type(v) is not ok:
+                    d[name] = rule(v)
         try:
             valid = adapter.validate_python(datas)
             bad: dict[int, list[str]] = {}
@@ -106,6 +191,8 @@ class Validator:
                 idx = loc[0]
                 field = ".".join(str(p) for p in loc[1:] if not str(p).startswith(("function", "literal")))
                 got = err.get("input")
+                if len(loc) > 1 and isinstance(loc[1], str):  # as it came, before coercion
+                    got = recs[int(idx)].data.get(loc[1], got)
                 msg = f"{field}: {err['msg']}" if field else err["msg"]
                 if err["type"] != "missing":
                     msg += f" (got {got!r:.60})"

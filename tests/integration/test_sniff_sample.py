@@ -21,9 +21,9 @@ SHAPES = sorted(p.name for p in CORPUS.iterdir() if (p / "expected.yaml").is_fil
 
 
 def payload_of(shape: str) -> Path:
-    (path,) = [p for p in (CORPUS / shape).iterdir()
-               if p.name not in ("config.yaml", "expected.yaml")]
-    return path
+    # the first payload of the shape (a shape may have one per source)
+    return sorted(p for p in (CORPUS / shape).iterdir()
+                  if p.name not in ("config.yaml", "expected.yaml"))[0]
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -282,7 +282,7 @@ def test_collect_forget_lets_the_same_reading_in_again():
     assert [r.key for r in b.records] == ["K1"]
 
 
-def test_collect_accepts_and_flags_out_of_order_records():
+def test_collect_out_of_order_is_relative_to_what_is_stored_not_to_payload_order():
     c = Collector("w", flow_of(COLLECT))
     t = T0 - 10 * MIN
     b = collect(
@@ -294,14 +294,23 @@ def test_collect_accepts_and_flags_out_of_order_records():
             obs("K1", iso(t + 3 * MIN)),
         ],
     )
+    # Nothing stored yet: the order inside one payload is not disorder.
     assert [(r.key, r.ts - t, r.flags) for r in b.records] == [
         ("K1", 2 * MIN, []),
-        ("K1", MIN, ["out_of_order"]),
+        ("K1", MIN, []),
         ("K2", 0, []),
         ("K1", 3 * MIN, []),
     ]
+    c.stored({"K1": t + 3 * MIN, "K2": t})  # what the engine stored of that batch
     late = collect(c, [obs("K1", iso(t)), obs("K2", iso(t + MIN))], raw_id=2)
     assert [(r.key, r.flags) for r in late.records] == [("K1", ["out_of_order"]), ("K2", [])]
+
+
+def test_collect_newest_first_payload_of_48_gets_no_flags():
+    c = Collector("w", flow_of(COLLECT))
+    items = [obs("K1", iso(T0 - i * MIN)) for i in range(48)]  # newest first
+    b = collect(c, items)
+    assert len(b.records) == 48 and all(r.flags == [] for r in b.records)
 
 
 def test_collect_replay_ignores_and_keeps_the_duplicate_memory():
