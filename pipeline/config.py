@@ -101,7 +101,29 @@ class SourceConfig(Strict):
     backoff: Duration = 0.2  # first retry wait; doubles, with jitter of the same size
     headers: dict[str, str] = {}
     params: dict[str, str] = {}
+    # Credentials never sit in the config: header / query parameter -> the environment
+    # variable (or, for headers_from_file, the file) holding its value. Their values are
+    # registered as secrets and masked in logs, errors, the feed and exports.
+    headers_from_env: dict[str, str] = {}
+    params_from_env: dict[str, str] = {}
+    headers_from_file: dict[str, str] = {}
     max_bytes: Size = 16 * 2**20
+
+    def resolved_headers(self, base_dir: Path | None = None) -> dict[str, str]:
+        """``headers`` plus the ones read from the environment and files (SecretError if
+        one is missing); every value read is registered as a secret."""
+        out = dict(self.headers)
+        for name, var in self.headers_from_env.items():
+            out[name] = _secret_from_env(var, f"header {name}")
+        for name, path in self.headers_from_file.items():
+            out[name] = _secret_from_file(path, base_dir, f"header {name}")
+        return out
+
+    def resolved_params(self) -> dict[str, str]:
+        out = dict(self.params)
+        for name, var in self.params_from_env.items():
+            out[name] = _secret_from_env(var, f"parameter {name}")
+        return out
 
     @model_validator(mode="after")
     def _where(self) -> SourceConfig:
@@ -110,6 +132,60 @@ class SourceConfig(Strict):
         if self.kind == "file" and not self.path:
             raise ValueError("a file source needs 'path'")
         return self
+
+
+class SecretError(ValueError):
+    """A credential a source reads from the environment or a file is not there."""
+
+
+def _secret_from_env(var: str, what: str) -> str:
+    from flowdeck.pipeline.core.redact import register_secret
+
+    value = os.environ.get(var)
+    if not value:
+        raise SecretError(f"{what}: the environment variable {var} is not set")
+    register_secret(value)
+    return value
+
+
+def _secret_from_file(path: str, base_dir: Path | None, what: str) -> str:
+    from flowdeck.pipeline.core.redact import register_secret
+
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    try:
+        value = p.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SecretError(f"{what}: cannot read {p}: {exc.strerror}") from None
+    if not value:
+        raise SecretError(f"{what}: {p} is empty")
+    register_secret(value)
+    return value
+
+
+def inline_secret_problems(src: SourceConfig) -> list[tuple[tuple, str]]:
+    """Credentials written into the config itself: refused (they would sit in every copy
+    of the file, and in the pipeline version the store keeps of it)."""
+    from flowdeck.pipeline.core.redact import SECRET_HEADERS, SECRET_PARAMS
+
+    out: list[tuple[tuple, str]] = []
+    for name in src.headers:
+        if SECRET_HEADERS.match(name):
+            out.append((("headers", name), "a credential inline in the config; read it with "
+                        f"headers_from_env: {{{name}: VAR}} or headers_from_file"))
+    for name in src.params:
+        if SECRET_PARAMS.match(name):
+            out.append((("params", name), "a credential inline in the config; read it with "
+                        f"params_from_env: {{{name}: VAR}}"))
+    if src.url and re.search(r"://[^/@\s]*:[^/@\s]+@", src.url):
+        out.append((("url",), "a password inline in the URL; put it in a header read with "
+                    "headers_from_env"))
+    if src.url and re.search(r"[?&](?:token|api_?key|apikey|access_token|password|secret)=",
+                             src.url, re.IGNORECASE):
+        out.append((("url",), "a credential inline in the URL's query; read it with "
+                    "params_from_env"))
+    return out
 
 
 # ---------------------------------------------------------------- stages
@@ -564,6 +640,7 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
             sloc = base + ("sources", i)
             if names.count(src.name) > 1:
                 out.append((sloc + ("name",), f"duplicate source name '{src.name}'"))
+            out.extend((sloc + loc, msg) for loc, msg in inline_secret_problems(src))
             if flow.ts not in src.fields:
                 out.append((sloc + ("fields",), f"no mapping for the timestamp field '{flow.ts}'"))
             if flow.key not in src.fields:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from flowdeck.console.cli import common
 from flowdeck.console.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
 from flowdeck.pipeline.config import Config
+from flowdeck.pipeline.core import logs
 
 
 def add_parsers(sub) -> None:
@@ -89,7 +90,7 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
     store = common.store(args, config)
     engine = Engine(config, store, **common.engine_kwargs(args))
     if getattr(args, "log_events", False):  # a console's engine: warnings reach its Events
-        logging.getLogger().addHandler(HubLogHandler(engine))
+        logging.getLogger().addHandler(logs.protect(HubLogHandler(engine)))
     feed = None
     if getattr(args, "serve_feed", False) and not args.once:
         try:

@@ -18,6 +18,7 @@ scheduler.py (the schedule) and alerts.py (webhooks).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import gc
 import logging
@@ -28,8 +29,10 @@ from typing import Any, cast
 import httpx
 
 from flowdeck.pipeline.config import Config
+from flowdeck.pipeline.core import logs
 from flowdeck.pipeline.core.clock import Clock, SystemClock
 from flowdeck.pipeline.core.hub import Event, Hub
+from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.core.shapes import (
     CacheSnapshot,
     EngineSnapshot,
@@ -128,8 +131,10 @@ class Engine:
     # ------------------------------------------------------------ lifecycle
 
     async def _db(self, fn, *args):
-        """Run a store call (or any work on the stage state) on the worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        """Run a store call (or any work on the stage state) on the worker thread, in the
+        caller's context (its log lines name the caller's flow and run)."""
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.worker, ctx.run, fn, *args)
 
     async def start(self, *, schedule: bool = True, resume: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -141,7 +146,7 @@ class Engine:
         self.alerter.bind(loop)
         self.sources = SourceContext(
             config=self.config, http=self.http, clock=self.clock,
-            log=lambda message: self.emit("log", None, message=message),
+            log=lambda message: self.emit("log", None, message=redact(message)),
             options=self.source_options)
         now = self.clock.now_ms()
         for rt in self.flows.values():
@@ -237,6 +242,7 @@ class Engine:
                           duration_ms: float | None = None, detail: dict | None = None) -> None:
         """Record a recovery action (automatic or operator) and announce it. While the store
         is away the row is held and written, with its own time, when it answers."""
+        reason = redact(reason)
         await self.guard.write(
             self.store.add_action, ts_ms=self.clock.now_ms(), action=action, actor=actor,
             reason=reason, outcome=outcome, flow=flow, source=source, duration_ms=duration_ms,
@@ -260,7 +266,8 @@ class Engine:
         async with rt.lock:
             rt.running = True
             try:
-                return await self._run(rt, trigger, fetch)
+                with logs.context(flow=name):
+                    return await self._run(rt, trigger, fetch)
             finally:
                 rt.running = False
 
@@ -275,6 +282,7 @@ class Engine:
         except UNAVAILABLE as exc:
             guard.failed(exc)
             run_id = None
+        logs.set_run(run_id)
         summary = RunSummary(rt.name, run_id, trigger, started)
         self.emit("run_started", rt.name, run_id=run_id, trigger=trigger)
         try:
@@ -340,8 +348,8 @@ class Engine:
             answered = [s for s in results if not isinstance(results[s], FetchError)]
             if fetch and enabled and not answered:
                 summary.status = "failed"
-                summary.error = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
-                                          for s, i in summary.sources.items())
+                summary.error = redact("; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
+                                                 for s, i in summary.sources.items()))
             elif errors:
                 summary.status = "partial"
             if guard.down_since is not None:
@@ -351,7 +359,7 @@ class Engine:
         except Exception as exc:
             log.exception("run %s of %s failed", run_id, rt.name)
             summary.status = "failed"
-            summary.error = f"{type(exc).__name__}: {exc}"
+            summary.error = redact(f"{type(exc).__name__}: {exc}")
         summary.finished_ms = self.clock.now_ms()
         if run_id is not None:
             await guard.write(self.store.finish_run, run_id, summary.status, summary.as_dict(),
