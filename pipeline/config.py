@@ -333,6 +333,63 @@ class IssuesConfig(Strict):
     auto_resolve: Duration | None = 600.0
 
 
+RETENTION_KEYS = ("raw", "records", "series", "series_1m", "series_1h", "quarantine",
+                  "actions", "issues_resolved", "runs")
+OptDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None
+
+
+class RetentionOverride(Strict):
+    """A flow's own retention: any key left out takes the global ``retention:`` value."""
+
+    raw: OptDuration = None
+    records: OptDuration = None
+    series: OptDuration = None
+    series_1m: OptDuration = None
+    series_1h: OptDuration = None
+    quarantine: OptDuration = None
+    actions: OptDuration = None
+    issues_resolved: OptDuration = None
+    runs: OptDuration = None
+    keep_forever: list[Literal["raw", "records", "series", "series_1m", "series_1h",
+                               "quarantine", "actions", "issues_resolved", "runs"]] = []
+
+
+class RetentionConfig(Strict):
+    """How long each kind of row is kept (docs/operations.md, Retention). ``null`` keeps
+    a kind forever. A background job deletes in steps of at most ``batch`` rows, each its
+    own short transaction on the engine's worker, every ``interval``."""
+
+    enabled: bool = True
+    raw: OptDuration = 7 * 86400.0
+    records: OptDuration = 30 * 86400.0
+    series: OptDuration = 7 * 86400.0
+    series_1m: OptDuration = 90 * 86400.0
+    series_1h: OptDuration = 730 * 86400.0
+    quarantine: OptDuration = 30 * 86400.0
+    actions: OptDuration = 90 * 86400.0
+    issues_resolved: OptDuration = 90 * 86400.0
+    runs: OptDuration = 90 * 86400.0
+    # Raw payloads stay while a kept record may name them (its lineage): raw rows go at
+    # min(raw, records - the flow's max_future) with this on, at ``raw`` with it off.
+    keep_lineage: bool = True
+    interval: Annotated[Duration, Field(ge=1)] = 600.0
+    batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # SQLite: free pages given back to the file system after a pass (incremental vacuum).
+    vacuum_pages: Annotated[int, Field(ge=0)] = 2000
+
+    def for_flow(self, override: RetentionOverride | None) -> dict[str, float | None]:
+        """Seconds to keep each kind for one flow (None: forever)."""
+        out: dict[str, float | None] = {k: getattr(self, k) for k in RETENTION_KEYS}
+        if override is not None:
+            for k in RETENTION_KEYS:
+                v = getattr(override, k)
+                if v is not None:
+                    out[k] = v
+            for k in override.keep_forever:
+                out[k] = None
+        return out
+
+
 class FlowConfig(Strict):
     description: str = ""
     schedule: Schedule = Schedule(every=10.0)
@@ -351,6 +408,7 @@ class FlowConfig(Strict):
     detect: list[DetectSpec] = []
     recovery: RecoveryConfig = RecoveryConfig()
     issues: IssuesConfig = IssuesConfig()
+    retention: RetentionOverride = RetentionOverride()
 
     def metrics(self) -> list[str]:
         """Fields kept as time series: numeric fields (and derived ones) unless told otherwise."""
@@ -449,6 +507,7 @@ class Config(Strict):
     feed: FeedConfig = FeedConfig()
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -100,6 +100,7 @@ class FlowStoreState(TypedDict):
     down_since_ms: int | None
     buffered: int
     buffered_bytes: int
+    buffered_max_bytes: int  # store.spool_max: past it new payloads are dropped
     dropped: int
 
 
@@ -173,6 +174,37 @@ class SeriesOwed(TypedDict):
     age_s: float | None  # since the oldest was deferred; None when nothing is owed
 
 
+class TableStats(TypedDict):
+    """One table's size: rows, its oldest row's time (epoch ms; None when empty), and on
+    PostgreSQL its bytes (table, indexes and TOAST)."""
+
+    rows: int
+    oldest_ms: int | None
+    bytes: NotRequired[int]
+
+
+class RetentionPass(TypedDict):
+    """The last retention pass (pipeline/engine/retention.py)."""
+
+    started_ms: int
+    finished_ms: int
+    duration_s: float
+    steps: int  # transactions, each of at most retention.batch rows
+    deleted: dict[str, int]  # per kind (records, series, raw, ...)
+    vacuum: dict[str, Any]  # what giving space back did
+    error: str | None
+
+
+class StorageSnapshot(TypedDict):
+    """The database's statistics as of the last retention pass (or start)."""
+
+    backend: str | None  # sqlite | postgresql; None before the first measurement
+    size_bytes: int | None
+    measured_ms: int | None
+    tables: dict[str, TableStats]
+    last_pass: RetentionPass | None
+
+
 class EngineSnapshot(TypedDict):
     """``Engine.snapshot()``: the engine's own state, from memory (no database read)."""
 
@@ -180,6 +212,7 @@ class EngineSnapshot(TypedDict):
     flows: dict[str, FlowSnapshot]
     caches: CacheSnapshot
     series_owed: SeriesOwed
+    storage: StorageSnapshot
 
 
 # ---------------------------------------------------------------- rows viewers receive
@@ -298,6 +331,7 @@ class ViewerSnapshot(TypedDict):
     flows: dict[str, ViewerFlow]
     caches: CacheSnapshot
     series_owed: SeriesOwed
+    storage: StorageSnapshot
     issues: list[IssueRow]  # open, acknowledged and muted
     actions: list[ActionRow]
     quarantine: list[QuarantinedRow]  # open

@@ -44,6 +44,7 @@ from flowdeck.pipeline.engine.deferred import DeferredSeries
 from flowdeck.pipeline.engine.failover import Failover
 from flowdeck.pipeline.engine.flow import FlowRuntime, RunSummary
 from flowdeck.pipeline.engine.guard import StoreGuard
+from flowdeck.pipeline.engine.retention import RetentionJob
 from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
@@ -124,6 +125,7 @@ class Engine:
         self.deferred = DeferredSeries(store, config.store.derived_delay, config.store.retry,
                                        self._db)
         self.scheduler = Scheduler(config, self.clock)
+        self.retention = RetentionJob(config, store, self.clock, self._db, self.auto_action)
         self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
                              timer=self.clock.now, emit=self.emit, on_action=self._cache_action,
                              settle=self.deferred.settle)
@@ -164,6 +166,8 @@ class Engine:
         if resume:
             await self.resume()
         _freeze_startup_heap()
+        if schedule and self.config.retention.enabled:
+            self.retention.start(loop)
         if schedule:
             self.scheduler.start(self.flows.values(),
                                  lambda name: self.run_flow(name, "schedule"),
@@ -205,6 +209,7 @@ class Engine:
     async def stop(self) -> None:
         """Finish the batch in progress, then release everything."""
         await self.scheduler.stop()
+        await self.retention.stop()
         for rt in self.flows.values():  # manual runs and replays in progress
             async with rt.lock:
                 pass
@@ -622,6 +627,7 @@ class Engine:
                           "down_since_ms": rt.store_down_since,
                           "buffered": len(spool),
                           "buffered_bytes": spool.bytes,
+                          "buffered_max_bytes": self.config.store.spool_max,
                           "dropped": spool.dropped},
                 # a source's health keys come from SourceHealth.as_dict (a plain dict)
                 "sources": {s.name: cast(SourceSnapshot, {
@@ -635,7 +641,9 @@ class Engine:
         caches = cast(CacheSnapshot, self.caches.snapshot())
         return {"ts": self.clock.now(), "flows": flows, "caches": caches,
                 # series points and raw status that runs still owe the store (derived_delay)
-                "series_owed": {"rows": rows, "age_s": age}}
+                "series_owed": {"rows": rows, "age_s": age},
+                # database size and rows per table as of the last retention pass
+                "storage": self.retention.snapshot()}
 
 
 def cache_settings(config: Config) -> CacheSettings:
