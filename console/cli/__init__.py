@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 
 from flowdeck.console.cli import (
+    backup,
     check,
     console,
     daemon,
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parsers(sub)    # status
     records.add_parsers(sub)   # export, lineage, replay
     issues.add_parsers(sub)    # issues, actions, act
-    db.add_parsers(sub)        # db upgrade
+    db.add_parsers(sub)        # db upgrade, stats, vacuum
+    backup.add_parsers(sub)    # backup, restore
     evaluate.add_parsers(sub)  # evaluate
     _log_options_everywhere(sub)
     return ap
