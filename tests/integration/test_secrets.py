@@ -126,8 +126,9 @@ async def test_a_configured_secret_never_leaves_the_process(tmp_path, upstream, 
                 break
         await c.close()
         _, _, metrics = await asyncio.to_thread(http_get, feed.url + "/metrics")
-        _, _, actions = await asyncio.to_thread(http_get, feed.url + "/api/v1/actions")
-        _, _, flows = await asyncio.to_thread(http_get, feed.url + "/api/v1/flows")
+        st_a, _, actions = await asyncio.to_thread(http_get, feed.url + "/api/actions")
+        st_f, _, flows = await asyncio.to_thread(http_get, feed.url + "/api/flows")
+        assert st_a == st_f == 200
     finally:
         await feed.stop()
         await engine.stop()
