@@ -390,6 +390,29 @@ class RetentionConfig(Strict):
         return out
 
 
+class MaintenanceConfig(Strict):
+    """A recurring maintenance window: from each time ``cron`` fires (UTC), for
+    ``duration``, the ``flows`` (empty: every flow) are paused (no scheduled runs) or
+    muted (runs go on, alerts are not sent, and the runs count for no SLA)."""
+
+    name: str | None = None
+    flows: list[str] = []
+    cron: str
+    duration: Annotated[Duration, Field(gt=0)]
+    mode: Literal["pause", "mute"] = "pause"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"bad cron expression: {exc}") from None
+        return v
+
+
 class FlowConfig(Strict):
     description: str = ""
     schedule: Schedule = Schedule(every=10.0)
@@ -508,6 +531,7 @@ class Config(Strict):
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()
+    maintenance: list[MaintenanceConfig] = []
 
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -689,6 +713,10 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
     from flowdeck.pipeline.units import UnitError, affine, check_unit
 
     out: list[tuple[tuple, str]] = []
+    for i, window in enumerate(cfg.maintenance):
+        for j, name in enumerate(window.flows):
+            if name not in cfg.flows:
+                out.append((("maintenance", i, "flows", j), f"no flow '{name}'"))
     for fname, flow in cfg.flows.items():
         base = ("flows", fname)
         known = set(flow.fields) | {flow.ts}

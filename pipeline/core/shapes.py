@@ -104,11 +104,22 @@ class FlowStoreState(TypedDict):
     dropped: int
 
 
+class MaintenanceState(TypedDict):
+    """The maintenance window a flow is in (pipeline/engine/maintenance.py)."""
+
+    mode: str  # pause | mute
+    name: str  # the window's name, "window N", or "operator"
+    start_ms: int
+    until_ms: int
+    actor: str  # auto (configured) or the operator who started it
+
+
 class FlowSnapshot(TypedDict):
     """One flow in ``Engine.snapshot()``."""
 
     state: str  # healthy | degraded | failing | paused
     paused: bool
+    maintenance: MaintenanceState | None  # the window it is in now
     running: bool
     runs: int
     failed_runs: int

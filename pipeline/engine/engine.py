@@ -44,6 +44,7 @@ from flowdeck.pipeline.engine.deferred import DeferredSeries
 from flowdeck.pipeline.engine.failover import Failover
 from flowdeck.pipeline.engine.flow import FlowRuntime, RunSummary
 from flowdeck.pipeline.engine.guard import StoreGuard
+from flowdeck.pipeline.engine.maintenance import Maintenance
 from flowdeck.pipeline.engine.retention import RetentionJob
 from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
@@ -126,6 +127,7 @@ class Engine:
                                        self._db)
         self.scheduler = Scheduler(config, self.clock)
         self.retention = RetentionJob(config, store, self.clock, self._db, self.auto_action)
+        self.maintenance = Maintenance(config, self.clock, self.auto_action)
         self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
                              timer=self.clock.now, emit=self.emit, on_action=self._cache_action,
                              settle=self.deferred.settle)
@@ -169,9 +171,17 @@ class Engine:
         if schedule and self.config.retention.enabled:
             self.retention.start(loop)
         if schedule:
-            self.scheduler.start(self.flows.values(),
-                                 lambda name: self.run_flow(name, "schedule"),
-                                 self._retry_store)
+            self.maintenance.start(loop)
+            self.scheduler.start(self.flows.values(), self.scheduled_run, self._retry_store)
+
+    async def scheduled_run(self, name: str) -> RunSummary | None:
+        """A scheduled run, unless a maintenance window pauses the flow; in a muting
+        window it runs as trigger ``maintenance`` (outside SLA figures and alerts)."""
+        st = self.maintenance.state(name)
+        if st is not None and st["mode"] == "pause":
+            self.maintenance.skipped[name] = self.maintenance.skipped.get(name, 0) + 1
+            return None
+        return await self.run_flow(name, "schedule" if st is None else "maintenance")
 
     def _warm_detectors(self, rt: FlowRuntime) -> None:
         for spec in rt.cfg.detect:
@@ -210,6 +220,7 @@ class Engine:
         """Finish the batch in progress, then release everything."""
         await self.scheduler.stop()
         await self.retention.stop()
+        await self.maintenance.stop()
         for rt in self.flows.values():  # manual runs and replays in progress
             async with rt.lock:
                 pass
@@ -238,8 +249,8 @@ class Engine:
         self.hub.publish(Event(type=type_, ts=self.clock.now(), flow=flow_name, data=data))
 
     def _notify(self, issue: dict) -> None:
-        """An issue just opened: to the alerter's webhooks."""
-        if self.alerter is not None:
+        """An issue just opened: to the alerter's webhooks (not in a maintenance window)."""
+        if self.alerter is not None and not self.maintenance.mutes(issue.get("flow")):
             self.alerter.notify(issue)
 
     async def auto_action(self, flow: str, action: str, *, reason: str, outcome: str = "ok",
@@ -506,7 +517,7 @@ class Engine:
         summary.quarantined += len(quarantine)
         summary.issues_raised += len(issues)
         summary.issues_opened += counts["issues_opened"]
-        if self.alerter is not None:
+        if self.alerter is not None and not self.maintenance.mutes(rt.name):
             for issue in counts["opened"]:
                 self.alerter.notify(issue)
         summary.conflicts += sum(1 for d in issues if d.kind == "conflict")
@@ -616,6 +627,7 @@ class Engine:
             spool = self.guard.spools[name]
             flows[name] = {
                 "state": rt.state(), "paused": rt.paused, "running": rt.running,
+                "maintenance": self.maintenance.state(name),
                 "runs": rt.runs, "failed_runs": rt.failed_runs,
                 "last_success_ms": rt.last_success_ms, "next_run_ms": self.next_run_ms(name),
                 "last_run": rt.last_run.as_dict() if rt.last_run else None,
