@@ -3,6 +3,8 @@ store; the exit code is the worst state (0 healthy, 1 degraded, 2 failing)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flowdeck.console.cli import common
 
 # Open issues of these kinds make `flowdeck status` say degraded (exit 1).
@@ -25,7 +27,7 @@ def cmd_status(args) -> int:
     store = common.store(args, config, create=False)
     try:
         counts = store.open_issue_counts()
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         worst = 0
         now = common.now_ms()
         for name, flow in config.flows.items():

@@ -29,7 +29,7 @@ MIN_SECRET_LEN = 4
 
 _SECRET_NAMES = (r"(?:access[_-]?token|refresh[_-]?token|id[_-]?token|auth[_-]?token|token|"
                  r"api[_-]?key|apikey|api[_-]?secret|client[_-]?secret|secret|password|passwd|"
-                 r"pwd|signature|sig|private[_-]?key|session[_-]?id|key)")
+                 r"pwd|signature|private[_-]?key|session[_-]?id)")
 
 # https://user:password@host -> https://user:***@host
 _URL_USERINFO = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?=@)")
@@ -46,7 +46,9 @@ _HEADER = re.compile(r"(?P<pre>\b(?:authorization|proxy-authorization|cookie|set
                      r"x-[a-z0-9-]*(?:key|token|secret|auth)[a-z0-9-]*)[\"']?\s*[:=]\s*[\"']?"
                      r"(?:(?:bearer|basic|token|digest)\s+)?)(?P<secret>[^\s\"',;}]+)",
                      re.IGNORECASE)
-SECRET_PARAMS = re.compile(r"^" + _SECRET_NAMES + r"$", re.IGNORECASE)
+# Query parameters that carry credentials when written in a config (a bare "key" or
+# "sig" too: in free text those words are too common to mask by name).
+SECRET_PARAMS = re.compile(r"^(?:" + _SECRET_NAMES + r"|key|sig)$", re.IGNORECASE)
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()

@@ -100,7 +100,6 @@ class FlowStoreState(TypedDict):
     down_since_ms: int | None
     buffered: int
     buffered_bytes: int
-    buffered_max_bytes: int  # store.spool_max: past it new payloads are dropped
     dropped: int
 
 
@@ -214,6 +213,7 @@ class StorageSnapshot(TypedDict):
     measured_ms: int | None
     tables: dict[str, TableStats]
     last_pass: RetentionPass | None
+    spool_max_bytes: int  # store.spool_max per flow: past it new payloads are dropped
 
 
 class EngineSnapshot(TypedDict):

@@ -639,7 +639,6 @@ class Engine:
                           "down_since_ms": rt.store_down_since,
                           "buffered": len(spool),
                           "buffered_bytes": spool.bytes,
-                          "buffered_max_bytes": self.config.store.spool_max,
                           "dropped": spool.dropped},
                 # a source's health keys come from SourceHealth.as_dict (a plain dict)
                 "sources": {s.name: cast(SourceSnapshot, {

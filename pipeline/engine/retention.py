@@ -159,4 +159,5 @@ class RetentionJob:
         st = self.stats or {}
         return {"backend": st.get("backend"), "size_bytes": st.get("size_bytes"),
                 "measured_ms": self.stats_ms, "tables": st.get("tables") or {},
-                "last_pass": self.last_pass}
+                "last_pass": self.last_pass,
+                "spool_max_bytes": self.config.store.spool_max}

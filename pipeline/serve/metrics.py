@@ -274,6 +274,7 @@ class FeedMetrics:
     def set_store(self, snapshot: ViewerSnapshot | dict) -> None:
         """The store's availability and each flow's spool."""
         up = 1
+        spool_max = (snapshot.get("storage") or {}).get("spool_max_bytes")
         for flow, f in snapshot.get("flows", {}).items():
             st = f.get("store") or {}
             if st.get("available") is False:
@@ -281,8 +282,8 @@ class FeedMetrics:
             self.spool_bytes.labels(flow).set(st.get("buffered_bytes") or 0)
             self.spool_payloads.labels(flow).set(st.get("buffered") or 0)
             self.spool_dropped.labels(flow).set(st.get("dropped") or 0)
-            if st.get("buffered_max_bytes"):
-                self.spool_max_bytes.labels(flow).set(st["buffered_max_bytes"])
+            if spool_max:
+                self.spool_max_bytes.labels(flow).set(spool_max)
         self.store_up.set(up)
 
     def set_storage(self, snapshot: ViewerSnapshot | dict) -> None:
