@@ -219,19 +219,41 @@ def _walk(conn: Connection, table, order: list, ident: list, where: list, cursor
 
 
 def _delete_by(conn: Connection, table, cols: list, values: list[tuple]) -> int:
-    """Delete rows whose ``cols`` equal one of ``values``, a few hundred per statement."""
+    """Delete rows whose one key column (``cols[0]``) is among ``values``, a few hundred
+    per statement."""
     n = 0
+    col = cols[0]
     for i in range(0, len(values), 400):
-        chunk = values[i:i + 400]
-        if len(cols) == 1:
-            cond = cols[0].in_([v[0] for v in chunk])
-        else:
-            cond = tuple_(*cols).in_(chunk)
-        n += conn.execute(delete(table).where(cond)).rowcount or 0
+        n += conn.execute(delete(table).where(col.in_([v[0] for v in values[i:i + 400]]))
+                          ).rowcount or 0
     return n
 
 
 Step = Callable[[Connection, Scope, int, Cursor, int, Protected], tuple[int, Cursor]]
+
+
+def _series_order(t, time_col, scope: Scope) -> list:
+    """The walk order of a series or roll-up table: its primary key after the flow when
+    one flow is walked (``flow = ?`` then a row-value range the index serves: a step
+    starts where the last stopped instead of rescanning the flow), the whole key else."""
+    tail = [t.c.key, t.c.metric, time_col]
+    return tail if scope.flow is not None else [t.c.flow, *tail]
+
+
+def _delete_pk(conn: Connection, t, time_col, rows: list) -> int:
+    """Delete series/roll-up rows walked with ``[flow] + _series_order`` columns."""
+    # Per series, ``flow = ? AND key = ? AND metric = ? AND time IN (...)``: a primary-key
+    # search (a row-value IN list is a full scan on SQLite).
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.flow, r.key, r.metric), []).append(r[-1])
+    n = 0
+    for (flow, key, metric), times in groups.items():
+        for i in range(0, len(times), 400):
+            n += conn.execute(delete(t).where(t.c.flow == flow, t.c.key == key,
+                                              t.c.metric == metric,
+                                              time_col.in_(times[i:i + 400]))).rowcount or 0
+    return n
 
 
 def _records(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
@@ -248,10 +270,10 @@ def _series(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
     cutoff -= cutoff % HOUR_MS
     rolled = exists().where(m.c.flow == t.c.flow, m.c.key == t.c.key, m.c.metric == t.c.metric,
                             m.c.bucket_ms == t.c.ts_ms - t.c.ts_ms % s.ROLLUP_1M)
-    order = [t.c.flow, t.c.key, t.c.metric, t.c.ts_ms]
-    rows, nxt = _walk(conn, t, order, [], [scope.where(t), t.c.ts_ms < cutoff, rolled],
+    order = _series_order(t, t.c.ts_ms, scope)
+    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.ts_ms < cutoff, rolled],
                       cursor, limit)
-    return _delete_by(conn, t, order, [tuple(r) for r in rows]), nxt
+    return _delete_pk(conn, t, t.c.ts_ms, rows), nxt
 
 
 def _minutes(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
@@ -259,19 +281,19 @@ def _minutes(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
     cutoff -= cutoff % HOUR_MS
     rolled = exists().where(h.c.flow == t.c.flow, h.c.key == t.c.key, h.c.metric == t.c.metric,
                             h.c.bucket_ms == t.c.bucket_ms - t.c.bucket_ms % HOUR_MS)
-    order = [t.c.flow, t.c.key, t.c.metric, t.c.bucket_ms]
-    rows, nxt = _walk(conn, t, order, [], [scope.where(t), t.c.bucket_ms < cutoff, rolled],
-                      cursor, limit)
-    return _delete_by(conn, t, order, [tuple(r) for r in rows]), nxt
+    order = _series_order(t, t.c.bucket_ms, scope)
+    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.bucket_ms < cutoff,
+                                                   rolled], cursor, limit)
+    return _delete_pk(conn, t, t.c.bucket_ms, rows), nxt
 
 
 def _hours(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
     t = s.series_1h
     cutoff -= cutoff % HOUR_MS
-    order = [t.c.flow, t.c.key, t.c.metric, t.c.bucket_ms]
-    rows, nxt = _walk(conn, t, order, [], [scope.where(t), t.c.bucket_ms < cutoff],
+    order = _series_order(t, t.c.bucket_ms, scope)
+    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.bucket_ms < cutoff],
                       cursor, limit)
-    return _delete_by(conn, t, order, [tuple(r) for r in rows]), nxt
+    return _delete_pk(conn, t, t.c.bucket_ms, rows), nxt
 
 
 def _quarantine(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
