@@ -155,6 +155,12 @@ class SourceConfig(Strict):
     backoff: Duration = 0.2  # first retry wait; doubles, with jitter of the same size
     headers: dict[str, str] = {}
     params: dict[str, str] = {}
+    # Credentials never sit in the config: header / query parameter -> the environment
+    # variable (or, for headers_from_file, the file) holding its value. Their values are
+    # registered as secrets and masked in logs, errors, the feed and exports.
+    headers_from_env: dict[str, str] = {}
+    params_from_env: dict[str, str] = {}
+    headers_from_file: dict[str, str] = {}
     max_bytes: Size = 16 * 2**20
 
     @model_validator(mode="before")
@@ -176,6 +182,22 @@ class SourceConfig(Strict):
                 data["unit_from"] = unit_from
         return data
 
+    def resolved_headers(self, base_dir: Path | None = None) -> dict[str, str]:
+        """``headers`` plus the ones read from the environment and files (SecretError if
+        one is missing); every value read is registered as a secret."""
+        out = dict(self.headers)
+        for name, var in self.headers_from_env.items():
+            out[name] = _secret_from_env(var, f"header {name}")
+        for name, path in self.headers_from_file.items():
+            out[name] = _secret_from_file(path, base_dir, f"header {name}")
+        return out
+
+    def resolved_params(self) -> dict[str, str]:
+        out = dict(self.params)
+        for name, var in self.params_from_env.items():
+            out[name] = _secret_from_env(var, f"parameter {name}")
+        return out
+
     @model_validator(mode="after")
     def _where(self) -> SourceConfig:
         if self.columns and self.positional:
@@ -189,6 +211,60 @@ class SourceConfig(Strict):
         if self.kind == "file" and not self.path:
             raise ValueError("a file source needs 'path'")
         return self
+
+
+class SecretError(ValueError):
+    """A credential a source reads from the environment or a file is not there."""
+
+
+def _secret_from_env(var: str, what: str) -> str:
+    from flowdeck.pipeline.core.redact import register_secret
+
+    value = os.environ.get(var)
+    if not value:
+        raise SecretError(f"{what}: the environment variable {var} is not set")
+    register_secret(value)
+    return value
+
+
+def _secret_from_file(path: str, base_dir: Path | None, what: str) -> str:
+    from flowdeck.pipeline.core.redact import register_secret
+
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    try:
+        value = p.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SecretError(f"{what}: cannot read {p}: {exc.strerror}") from None
+    if not value:
+        raise SecretError(f"{what}: {p} is empty")
+    register_secret(value)
+    return value
+
+
+def inline_secret_problems(src: SourceConfig) -> list[tuple[tuple, str]]:
+    """Credentials written into the config itself: refused (they would sit in every copy
+    of the file, and in the pipeline version the store keeps of it)."""
+    from flowdeck.pipeline.core.redact import SECRET_HEADERS, SECRET_PARAMS
+
+    out: list[tuple[tuple, str]] = []
+    for name in src.headers:
+        if SECRET_HEADERS.match(name):
+            out.append((("headers", name), "a credential inline in the config; read it with "
+                        f"headers_from_env: {{{name}: VAR}} or headers_from_file"))
+    for name in src.params:
+        if SECRET_PARAMS.match(name):
+            out.append((("params", name), "a credential inline in the config; read it with "
+                        f"params_from_env: {{{name}: VAR}}"))
+    if src.url and re.search(r"://[^/@\s]*:[^/@\s]+@", src.url):
+        out.append((("url",), "a password inline in the URL; put it in a header read with "
+                    "headers_from_env"))
+    if src.url and re.search(r"[?&](?:token|api_?key|apikey|access_token|password|secret)=",
+                             src.url, re.IGNORECASE):
+        out.append((("url",), "a credential inline in the URL's query; read it with "
+                    "params_from_env"))
+    return out
 
 
 # ---------------------------------------------------------------- stages
@@ -341,6 +417,86 @@ class IssuesConfig(Strict):
     auto_resolve: Duration | None = 600.0
 
 
+RETENTION_KEYS = ("raw", "records", "series", "series_1m", "series_1h", "quarantine",
+                  "actions", "issues_resolved", "runs")
+OptDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None
+
+
+class RetentionOverride(Strict):
+    """A flow's own retention: any key left out takes the global ``retention:`` value."""
+
+    raw: OptDuration = None
+    records: OptDuration = None
+    series: OptDuration = None
+    series_1m: OptDuration = None
+    series_1h: OptDuration = None
+    quarantine: OptDuration = None
+    actions: OptDuration = None
+    issues_resolved: OptDuration = None
+    runs: OptDuration = None
+    keep_forever: list[Literal["raw", "records", "series", "series_1m", "series_1h",
+                               "quarantine", "actions", "issues_resolved", "runs"]] = []
+
+
+class RetentionConfig(Strict):
+    """How long each kind of row is kept (docs/operations.md, Retention). ``null`` keeps
+    a kind forever. A background job deletes in steps of at most ``batch`` rows, each its
+    own short transaction on the engine's worker, every ``interval``."""
+
+    enabled: bool = True
+    raw: OptDuration = 7 * 86400.0
+    records: OptDuration = 30 * 86400.0
+    series: OptDuration = 7 * 86400.0
+    series_1m: OptDuration = 90 * 86400.0
+    series_1h: OptDuration = 730 * 86400.0
+    quarantine: OptDuration = 30 * 86400.0
+    actions: OptDuration = 90 * 86400.0
+    issues_resolved: OptDuration = 90 * 86400.0
+    runs: OptDuration = 90 * 86400.0
+    # Raw payloads stay while a kept record may name them (its lineage): raw rows go at
+    # min(raw, records - the flow's max_future) with this on, at ``raw`` with it off.
+    keep_lineage: bool = True
+    interval: Annotated[Duration, Field(ge=1)] = 600.0
+    batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # SQLite: free pages given back to the file system after a pass (incremental vacuum).
+    vacuum_pages: Annotated[int, Field(ge=0)] = 2000
+
+    def for_flow(self, override: RetentionOverride | None) -> dict[str, float | None]:
+        """Seconds to keep each kind for one flow (None: forever)."""
+        out: dict[str, float | None] = {k: getattr(self, k) for k in RETENTION_KEYS}
+        if override is not None:
+            for k in RETENTION_KEYS:
+                v = getattr(override, k)
+                if v is not None:
+                    out[k] = v
+            for k in override.keep_forever:
+                out[k] = None
+        return out
+
+
+class MaintenanceConfig(Strict):
+    """A recurring maintenance window: from each time ``cron`` fires (UTC), for
+    ``duration``, the ``flows`` (empty: every flow) are paused (no scheduled runs) or
+    muted (runs go on, alerts are not sent, and the runs count for no SLA)."""
+
+    name: str | None = None
+    flows: list[str] = []
+    cron: str
+    duration: Annotated[Duration, Field(gt=0)]
+    mode: Literal["pause", "mute"] = "pause"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"bad cron expression: {exc}") from None
+        return v
+
+
 class FlowConfig(Strict):
     description: str = ""
     schedule: Schedule = Schedule(every=10.0)
@@ -361,6 +517,7 @@ class FlowConfig(Strict):
     detect: list[DetectSpec] = []
     recovery: RecoveryConfig = RecoveryConfig()
     issues: IssuesConfig = IssuesConfig()
+    retention: RetentionOverride = RetentionOverride()
 
     @property
     def key_fields(self) -> list[str]:
@@ -470,6 +627,8 @@ class Config(Strict):
     feed: FeedConfig = FeedConfig()
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
+    retention: RetentionConfig = RetentionConfig()
+    maintenance: list[MaintenanceConfig] = []
 
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -662,6 +821,10 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
     from flowdeck.pipeline.units import UnitError, affine, check_unit
 
     out: list[tuple[tuple, str]] = []
+    for i, window in enumerate(cfg.maintenance):
+        for j, name in enumerate(window.flows):
+            if name not in cfg.flows:
+                out.append((("maintenance", i, "flows", j), f"no flow '{name}'"))
     for fname, flow in cfg.flows.items():
         base = ("flows", fname)
         known = set(flow.fields) | {flow.ts}
@@ -678,6 +841,7 @@ def semantic_problems(cfg: Config) -> list[tuple[tuple, str]]:
             sloc = base + ("sources", i)
             if names.count(src.name) > 1:
                 out.append((sloc + ("name",), f"duplicate source name '{src.name}'"))
+            out.extend((sloc + loc, msg) for loc, msg in inline_secret_problems(src))
             if flow.ts not in src.fields:
                 out.append((sloc + ("fields",), f"no mapping for the timestamp field '{flow.ts}'"))
             constant = source_key_constants(flow, src)

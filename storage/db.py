@@ -50,6 +50,9 @@ def _sqlite_pragmas(busy_timeout_ms: int):
     def on_connect(dbapi_conn, _record) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # A new file starts in incremental auto-vacuum (an existing one keeps its mode until
+        # `flowdeck db vacuum`): retention gives freed pages back (storage/retention.py).
+        cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")

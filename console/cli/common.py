@@ -83,8 +83,13 @@ def flow(config: Config, name: str) -> str:
 
 
 def feed_token(args, config: Config) -> str | None:
-    """--token, else the variable named by the config's feed.token_env, else none."""
-    return args.token or os.environ.get(config.feed.token_env) or None
+    """--token, else the variable named by the config's feed.token_env, else none (a
+    secret from then on: masked in every log line and error)."""
+    from flowdeck.pipeline.core.redact import register_secret
+
+    token = args.token or os.environ.get(config.feed.token_env) or None
+    register_secret(token)
+    return token
 
 
 def now_ms() -> int:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from flowdeck.console.cli import common
 from flowdeck.console.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError
 from flowdeck.pipeline.config import Config
+from flowdeck.pipeline.core import logs
 
 
 def add_parsers(sub) -> None:
@@ -36,11 +37,65 @@ def add_parsers(sub) -> None:
     p.set_defaults(fn=cmd_daemon)
 
 
+log = logging.getLogger("flowdeck.daemon")
+
+
 def cmd_daemon(args) -> int:
+    """Exit codes: 0 stopped by SIGTERM/SIGINT (or --once with no flow failed), 1 an
+    error (the store unreachable or refused, the feed's port taken, a --once run failed),
+    2 a usage or config error. SIGHUP re-reads the config: a bad one is refused (each
+    problem logged as file:line: field: problem) and the running one goes on; a good one
+    is applied by re-executing the daemon in place (same PID, as systemd expects of
+    a reload), after a graceful stop."""
     config = common.config(args)
     common.check_scenario(args.scenario)
     args.serve_feed = True
-    return asyncio.run(run_daemon(args, config, live_log=False))
+    args.reexec = False
+    rc = asyncio.run(run_daemon(args, config, live_log=False))
+    if args.reexec:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "flowdeck.console.cli", *sys.argv[1:]])
+    return rc
+
+
+def config_path(args) -> str:
+    from flowdeck.pipeline.config import BUNDLED_CONFIG
+
+    return str(getattr(args, "config", None) or os.environ.get("FLOWDECK_CONFIG")
+               or BUNDLED_CONFIG)
+
+
+async def reload_config(args, stop: asyncio.Event) -> bool:
+    """SIGHUP: validate the config file again; True (and ``stop`` set, ``args.reexec``)
+    if it is good, False with every problem logged if not."""
+    from flowdeck.pipeline.config import ConfigError, load_config
+    from flowdeck.pipeline.core import sdnotify
+
+    path = config_path(args)
+    try:
+        await asyncio.to_thread(load_config, path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config reload refused: %s", problem)
+        log.error("config reload refused: %d problem(s) in %s; the running config stays",
+                  len(exc.problems), path)
+        sdnotify.notify(STATUS=f"reload refused: {len(exc.problems)} problem(s) in {path}")
+        return False
+    log.warning("config %s is valid: restarting in place to apply it", path)
+    sdnotify.notify(RELOADING=1, STATUS="reloading the config")
+    args.reexec = True
+    stop.set()
+    return True
+
+
+async def _watchdog(interval: float) -> None:
+    """WATCHDOG=1 while the event loop turns (a hung loop stops the pings)."""
+    from flowdeck.pipeline.core import sdnotify
+
+    while True:
+        sdnotify.notify(WATCHDOG=1)
+        await asyncio.sleep(interval)
 
 
 def format_run(s: dict) -> str:
@@ -83,13 +138,14 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
     """The engine until SIGTERM/SIGINT (or one run of every flow with --once), printing
     runs (and with `live_log` issues and quarantines) as they happen; the feed too when
     `args.serve_feed`."""
+    from flowdeck.pipeline.core import sdnotify
     from flowdeck.pipeline.engine.engine import Engine
     from flowdeck.pipeline.serve.access import FeedError
 
     store = common.store(args, config)
     engine = Engine(config, store, **common.engine_kwargs(args))
     if getattr(args, "log_events", False):  # a console's engine: warnings reach its Events
-        logging.getLogger().addHandler(HubLogHandler(engine))
+        logging.getLogger().addHandler(logs.protect(HubLogHandler(engine)))
     feed = None
     if getattr(args, "serve_feed", False) and not args.once:
         try:
@@ -101,6 +157,13 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+    if not args.once and hasattr(args, "reexec"):  # flowdeck daemon (not demo --headless)
+        def on_hup() -> None:
+            task = loop.create_task(reload_config(args, stop))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     sub = engine.hub.subscribe(types={"run_finished", "issue", "quarantine", "log", "fetch"})
     try:
         if feed is not None:  # before the engine starts, so the feed sees every event
@@ -122,8 +185,15 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
             failed = any(s.status == "failed" for s in summaries)
             return EXIT_ERROR if failed else EXIT_OK
         printer = asyncio.create_task(_print_events(sub, args.json, live_log))
+        sdnotify.notify(READY=1, STATUS=f"running {len(config.flows)} flow(s)"
+                        + (f", feed on {feed.url}" if feed is not None else ""))
+        interval = sdnotify.watchdog_interval()
+        dog = asyncio.create_task(_watchdog(interval)) if interval else None
         await stop.wait()
+        sdnotify.notify(STOPPING=1, STATUS="stopping")
         printer.cancel()
+        if dog is not None:
+            dog.cancel()
         return EXIT_OK
     finally:
         if feed is not None:

@@ -3,6 +3,8 @@ store; the exit code is the worst state (0 healthy, 1 degraded, 2 failing)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flowdeck.console.cli import common
 
 # Open issues of these kinds make `flowdeck status` say degraded (exit 1).
@@ -25,7 +27,7 @@ def cmd_status(args) -> int:
     store = common.store(args, config, create=False)
     try:
         counts = store.open_issue_counts()
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         worst = 0
         now = common.now_ms()
         for name, flow in config.flows.items():
@@ -56,7 +58,8 @@ def cmd_status(args) -> int:
             last_stats = (last or {}).get("stats") or {}
             active = [s for s, i in last_stats.get("sources", {}).items()
                       if "error" not in i and "skipped" not in i]
-            out[name] = {"state": state, "active_sources": active,
+            window = maintenance_now(config, store, name, now)
+            out[name] = {"state": state, "active_sources": active, "maintenance": window,
                          "breakers": {s.name: breakers.get(s.name, "closed")
                                       for s in flow.sources},
                          "incident": incident,
@@ -72,8 +75,30 @@ def cmd_status(args) -> int:
         for name, f in out.items():
             issues = ", ".join(f"{n} {s}" for s, n in f["issues_open"].items()) or "no issues"
             open_b = [f"{s} {b}" for s, b in f["breakers"].items() if b != "closed"]
+            m = f["maintenance"]
+            if m is not None:
+                print(f"{name:<10} in maintenance ({m['mode']}, {m['name']}) until "
+                      f"{iso(m['until_ms'])}")
             print(f"{name:<10} {f['state']:<9} last run {f['last_run'] or 'never'} "
                   f"({f['last_status'] or '-'}), active {', '.join(f['active_sources']) or '-'}, "
                   f"breakers {', '.join(open_b) or 'all closed'}, newest record "
                   f"{f['newest_record'] or '-'}, {issues}")
     return worst
+
+
+def maintenance_now(config, store, flow: str, now_ms: int) -> dict | None:
+    """The maintenance window a flow is in: a configured one, or one an operator started
+    (its newest maintenance_start action, not ended since)."""
+    from flowdeck.pipeline.core.clock import ManualClock
+    from flowdeck.pipeline.engine.maintenance import Maintenance
+
+    st = Maintenance(config, ManualClock(now_ms / 1000)).state(flow, now_ms)
+    if st is not None:
+        return dict(st)
+    for a in store.actions(flow, limit=50):
+        if a["action"] == "maintenance_end":
+            return None
+        d = a.get("detail") or {}
+        if a["action"] == "maintenance_start" and d.get("until_ms", 0) > now_ms:
+            return d
+    return None

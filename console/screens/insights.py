@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.widgets import Static
 
 from flowdeck.console.screens.base import DeckScreen
-from flowdeck.console.state import fmt_num
+from flowdeck.console.state import fmt_age, fmt_num
 from flowdeck.console.widgets import Col, DeckTable, sparkline, status_text
 
 
@@ -31,6 +31,17 @@ def fmt_duration(s: float | None) -> str:
     if s < 86400:
         return f"{s / 3600:.1f}h"
     return f"{s / 86400:.1f}d"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
 
 
 def verdict(ok: bool, measured: bool, target: bool, app=None) -> Text:
@@ -116,6 +127,18 @@ class InsightsScreen(DeckScreen):
             default_sort="rank",
             id="insights-ranking",
         )
+        yield Static("Storage", classes="panel-title")
+        yield Static("", id="insights-storage-summary")
+        yield DeckTable(
+            [
+                Col("table", "Table", 17, priority=9),
+                Col("rows", "Rows", 9, lambda v, r: fmt_num(v), priority=9),
+                Col("oldest", "Oldest kept", 12, priority=8),
+                Col("bytes", "Size", 9, lambda v, r: fmt_bytes(v), priority=4),
+            ],
+            default_sort="table",
+            id="insights-storage",
+        )
 
     # ------------------------------------------------------------ rows
 
@@ -191,12 +214,38 @@ class InsightsScreen(DeckScreen):
             )
         return rows
 
+    def _storage(self) -> tuple[str, list[dict]]:
+        """The summary line and one row per table of the engine's storage statistics."""
+        state = self.app.state  # type: ignore[attr-defined]  # FlowdeckApp
+        st = state.snapshot.get("storage") or {}
+        now_ms = state.now * 1000
+        if not st.get("tables"):
+            return "database statistics: not measured yet", []
+        last = st.get("last_pass")
+        if last:
+            deleted = sum((last.get("deleted") or {}).values())
+            outcome = "stopped: " + last["error"] if last.get("error") else (
+                f"{fmt_num(deleted)} rows deleted, {last['duration_s']:.1f}s")
+            passed = f"retention {fmt_age(last['finished_ms'], now_ms)} ago: {outcome}"
+        else:
+            passed = "no retention pass yet"
+        summary = f" {st.get('backend') or '-'} {fmt_bytes(st.get('size_bytes'))} · {passed}"
+        rows = [{"_key": name, "table": name, "rows": t.get("rows", 0),
+                 "oldest": "-" if t.get("oldest_ms") is None else
+                 fmt_age(t["oldest_ms"], now_ms) + " ago",
+                 "bytes": t.get("bytes")}
+                for name, t in st["tables"].items()]
+        return summary, rows
+
     # ------------------------------------------------------------ view
 
     def refresh_view(self) -> None:
         self.query_one("#insights-flows", DeckTable).set_rows(self._flow_rows())
         self.query_one("#insights-sla", DeckTable).set_rows(self._sla_rows())
         self.query_one("#insights-ranking", DeckTable).set_rows(self._ranking_rows())
+        summary, rows = self._storage()
+        self.query_one("#insights-storage-summary", Static).update(summary)
+        self.query_one("#insights-storage", DeckTable).set_rows(rows)
         super().refresh_view()
 
     def copy_text(self, row: dict) -> str:

@@ -3,7 +3,7 @@
     duration := number                              seconds: 10, 2.5 (or a YAML number)
               | number unit (number unit)*          10s, 2m, 1h, 250ms, 1d, 1m30s, "10 s"
     number   := digits [ "." digits ]
-    unit     := ms | s | m | h | d
+    unit     := ms | s | m | h | d | w | y         (w: 7 days, y: 365 days; retention)
 
 Whitespace around the whole and between the parts is ignored. A leading ``-`` (or ``+``)
 is read only where a negative duration means something (``signed=True``: a scenario's
@@ -21,11 +21,11 @@ from typing import Any
 
 # Seconds per unit, exact: a value is summed exactly and rounded to a float once.
 UNITS = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600),
-         "d": Fraction(86400)}
+         "d": Fraction(86400), "w": Fraction(7 * 86400), "y": Fraction(365 * 86400)}
 
 _NUMBER = r"\d+(?:\.\d+)?"
-_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)")
-_WHOLE = re.compile(rf"\s*([+-]?)\s*(?:({_NUMBER})|((?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+))\s*")
+_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d|w|y)")
+_WHOLE = re.compile(rf"\s*([+-]?)\s*(?:({_NUMBER})|((?:{_NUMBER}\s*(?:ms|s|m|h|d|w|y)\s*)+))\s*")
 
 HINT = "expected a duration like '10s', '2m' or '1h'"
 

@@ -103,11 +103,22 @@ class FlowStoreState(TypedDict):
     dropped: int
 
 
+class MaintenanceState(TypedDict):
+    """The maintenance window a flow is in (pipeline/engine/maintenance.py)."""
+
+    mode: str  # pause | mute
+    name: str  # the window's name, "window N", or "operator"
+    start_ms: int
+    until_ms: int
+    actor: str  # auto (configured) or the operator who started it
+
+
 class FlowSnapshot(TypedDict):
     """One flow in ``Engine.snapshot()``."""
 
     state: str  # healthy | degraded | failing | paused
     paused: bool
+    maintenance: MaintenanceState | None  # the window it is in now
     running: bool
     runs: int
     failed_runs: int
@@ -173,6 +184,38 @@ class SeriesOwed(TypedDict):
     age_s: float | None  # since the oldest was deferred; None when nothing is owed
 
 
+class TableStats(TypedDict):
+    """One table's size: rows, its oldest row's time (epoch ms; None when empty), and on
+    PostgreSQL its bytes (table, indexes and TOAST)."""
+
+    rows: int
+    oldest_ms: int | None
+    bytes: NotRequired[int]
+
+
+class RetentionPass(TypedDict):
+    """The last retention pass (pipeline/engine/retention.py)."""
+
+    started_ms: int
+    finished_ms: int
+    duration_s: float
+    steps: int  # transactions, each of at most retention.batch rows
+    deleted: dict[str, int]  # per kind (records, series, raw, ...)
+    vacuum: dict[str, Any]  # what giving space back did
+    error: str | None
+
+
+class StorageSnapshot(TypedDict):
+    """The database's statistics as of the last retention pass (or start)."""
+
+    backend: str | None  # sqlite | postgresql; None before the first measurement
+    size_bytes: int | None
+    measured_ms: int | None
+    tables: dict[str, TableStats]
+    last_pass: RetentionPass | None
+    spool_max_bytes: int  # store.spool_max per flow: past it new payloads are dropped
+
+
 class EngineSnapshot(TypedDict):
     """``Engine.snapshot()``: the engine's own state, from memory (no database read)."""
 
@@ -180,6 +223,7 @@ class EngineSnapshot(TypedDict):
     flows: dict[str, FlowSnapshot]
     caches: CacheSnapshot
     series_owed: SeriesOwed
+    storage: StorageSnapshot
 
 
 # ---------------------------------------------------------------- rows viewers receive
@@ -298,6 +342,7 @@ class ViewerSnapshot(TypedDict):
     flows: dict[str, ViewerFlow]
     caches: CacheSnapshot
     series_owed: SeriesOwed
+    storage: StorageSnapshot
     issues: list[IssueRow]  # open, acknowledged and muted
     actions: list[ActionRow]
     quarantine: list[QuarantinedRow]  # open

@@ -18,6 +18,7 @@ scheduler.py (the schedule) and alerts.py (webhooks).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import gc
 import logging
@@ -28,8 +29,10 @@ from typing import Any, cast
 import httpx
 
 from flowdeck.pipeline.config import Config
+from flowdeck.pipeline.core import logs
 from flowdeck.pipeline.core.clock import Clock, SystemClock
 from flowdeck.pipeline.core.hub import Event, Hub
+from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.core.shapes import (
     CacheSnapshot,
     EngineSnapshot,
@@ -41,6 +44,8 @@ from flowdeck.pipeline.engine.deferred import DeferredSeries
 from flowdeck.pipeline.engine.failover import Failover
 from flowdeck.pipeline.engine.flow import FlowRuntime, RunSummary
 from flowdeck.pipeline.engine.guard import StoreGuard
+from flowdeck.pipeline.engine.maintenance import Maintenance
+from flowdeck.pipeline.engine.retention import RetentionJob
 from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
@@ -122,6 +127,8 @@ class Engine:
         self.deferred = DeferredSeries(store, config.store.derived_delay, config.store.retry,
                                        self._db)
         self.scheduler = Scheduler(config, self.clock)
+        self.retention = RetentionJob(config, store, self.clock, self._db, self.auto_action)
+        self.maintenance = Maintenance(config, self.clock, self.auto_action)
         self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
                              timer=self.clock.now, emit=self.emit, on_action=self._cache_action,
                              settle=self.deferred.settle)
@@ -129,8 +136,10 @@ class Engine:
     # ------------------------------------------------------------ lifecycle
 
     async def _db(self, fn, *args):
-        """Run a store call (or any work on the stage state) on the worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        """Run a store call (or any work on the stage state) on the worker thread, in the
+        caller's context (its log lines name the caller's flow and run)."""
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.worker, ctx.run, fn, *args)
 
     async def start(self, *, schedule: bool = True, resume: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -142,7 +151,7 @@ class Engine:
         self.alerter.bind(loop)
         self.sources = SourceContext(
             config=self.config, http=self.http, clock=self.clock,
-            log=lambda message: self.emit("log", None, message=message),
+            log=lambda message: self.emit("log", None, message=redact(message)),
             options=self.source_options)
         now = self.clock.now_ms()
         for rt in self.flows.values():
@@ -161,10 +170,20 @@ class Engine:
         if resume:
             await self.resume()
         _freeze_startup_heap()
+        if schedule and self.config.retention.enabled:
+            self.retention.start(loop)
         if schedule:
-            self.scheduler.start(self.flows.values(),
-                                 lambda name: self.run_flow(name, "schedule"),
-                                 self._retry_store)
+            self.maintenance.start(loop)
+            self.scheduler.start(self.flows.values(), self.scheduled_run, self._retry_store)
+
+    async def scheduled_run(self, name: str) -> RunSummary | None:
+        """A scheduled run, unless a maintenance window pauses the flow; in a muting
+        window it runs as trigger ``maintenance`` (outside SLA figures and alerts)."""
+        st = self.maintenance.state(name)
+        if st is not None and st["mode"] == "pause":
+            self.maintenance.skipped[name] = self.maintenance.skipped.get(name, 0) + 1
+            return None
+        return await self.run_flow(name, "schedule" if st is None else "maintenance")
 
     def _warm_detectors(self, rt: FlowRuntime) -> None:
         for spec in rt.cfg.detect:
@@ -210,6 +229,8 @@ class Engine:
     async def stop(self) -> None:
         """Finish the batch in progress, then release everything."""
         await self.scheduler.stop()
+        await self.retention.stop()
+        await self.maintenance.stop()
         for rt in self.flows.values():  # manual runs and replays in progress
             async with rt.lock:
                 pass
@@ -238,8 +259,8 @@ class Engine:
         self.hub.publish(Event(type=type_, ts=self.clock.now(), flow=flow_name, data=data))
 
     def _notify(self, issue: dict) -> None:
-        """An issue just opened: to the alerter's webhooks."""
-        if self.alerter is not None:
+        """An issue just opened: to the alerter's webhooks (not in a maintenance window)."""
+        if self.alerter is not None and not self.maintenance.mutes(issue.get("flow")):
             self.alerter.notify(issue)
 
     async def auto_action(self, flow: str, action: str, *, reason: str, outcome: str = "ok",
@@ -247,6 +268,7 @@ class Engine:
                           duration_ms: float | None = None, detail: dict | None = None) -> None:
         """Record a recovery action (automatic or operator) and announce it. While the store
         is away the row is held and written, with its own time, when it answers."""
+        reason = redact(reason)
         await self.guard.write(
             self.store.add_action, ts_ms=self.clock.now_ms(), action=action, actor=actor,
             reason=reason, outcome=outcome, flow=flow, source=source, duration_ms=duration_ms,
@@ -270,7 +292,8 @@ class Engine:
         async with rt.lock:
             rt.running = True
             try:
-                return await self._run(rt, trigger, fetch)
+                with logs.context(flow=name):
+                    return await self._run(rt, trigger, fetch)
             finally:
                 rt.running = False
 
@@ -285,6 +308,7 @@ class Engine:
         except UNAVAILABLE as exc:
             guard.failed(exc)
             run_id = None
+        logs.set_run(run_id)
         summary = RunSummary(rt.name, run_id, trigger, started)
         self.emit("run_started", rt.name, run_id=run_id, trigger=trigger)
         try:
@@ -350,8 +374,8 @@ class Engine:
             answered = [s for s in results if not isinstance(results[s], FetchError)]
             if fetch and enabled and not answered:
                 summary.status = "failed"
-                summary.error = "; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
-                                          for s, i in summary.sources.items())
+                summary.error = redact("; ".join(f"{s}: {i.get('error') or i.get('skipped')}"
+                                                 for s, i in summary.sources.items()))
             elif summary.all_quarantined:
                 summary.status = "failed"
                 summary.error = (f"every record was quarantined ({summary.quarantined}); "
@@ -365,7 +389,7 @@ class Engine:
         except Exception as exc:
             log.exception("run %s of %s failed", run_id, rt.name)
             summary.status = "failed"
-            summary.error = f"{type(exc).__name__}: {exc}"
+            summary.error = redact(f"{type(exc).__name__}: {exc}")
         summary.finished_ms = self.clock.now_ms()
         if run_id is not None:
             await guard.write(self.store.finish_run, run_id, summary.status, summary.as_dict(),
@@ -514,7 +538,7 @@ class Engine:
         summary.quarantined += len(quarantine)
         summary.issues_raised += len(issues)
         summary.issues_opened += counts["issues_opened"]
-        if self.alerter is not None:
+        if self.alerter is not None and not self.maintenance.mutes(rt.name):
             for issue in counts["opened"]:
                 self.alerter.notify(issue)
         summary.conflicts += sum(1 for d in issues if d.kind == "conflict")
@@ -627,6 +651,7 @@ class Engine:
             spool = self.guard.spools[name]
             flows[name] = {
                 "state": rt.state(), "paused": rt.paused, "running": rt.running,
+                "maintenance": self.maintenance.state(name),
                 "runs": rt.runs, "failed_runs": rt.failed_runs,
                 "last_success_ms": rt.last_success_ms, "next_run_ms": self.next_run_ms(name),
                 "last_run": rt.last_run.as_dict() if rt.last_run else None,
@@ -651,7 +676,9 @@ class Engine:
         caches = cast(CacheSnapshot, self.caches.snapshot())
         return {"ts": self.clock.now(), "flows": flows, "caches": caches,
                 # series points and raw status that runs still owe the store (derived_delay)
-                "series_owed": {"rows": rows, "age_s": age}}
+                "series_owed": {"rows": rows, "age_s": age},
+                # database size and rows per table as of the last retention pass
+                "storage": self.retention.snapshot()}
 
 
 def cache_settings(config: Config) -> CacheSettings:

@@ -177,6 +177,30 @@ class LocalControl:
         changed = self.engine.pause(flow)
         return {"message": f"paused {flow}" if changed else f"{flow} was already paused"}
 
+    async def _act_start_maintenance(self, flow: str, duration: float | str = 3600,
+                                     mode: str = "pause") -> dict:
+        """A maintenance window on ``flow`` from now (pause: no scheduled runs; mute:
+        runs go on outside SLA figures, no alerts)."""
+        from flowdeck.pipeline.core.durations import format_duration, parse_duration
+
+        if mode not in ("pause", "mute"):
+            raise ControlError(f"mode must be pause or mute, not {mode!r}")
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise ControlError(f"duration: {exc}") from None
+        if seconds <= 0:
+            raise ControlError("duration must be more than 0")
+        self.engine.maintenance.start_now(flow, seconds, mode, self.current_actor)
+        await self.engine.maintenance.tick()
+        return {"message": f"maintenance ({mode}) on {flow} for {format_duration(seconds)}"}
+
+    async def _act_stop_maintenance(self, flow: str) -> dict:
+        stopped = self.engine.maintenance.stop_now(flow)
+        await self.engine.maintenance.tick()
+        return {"message": f"maintenance on {flow} stopped" if stopped
+                else f"{flow} had no maintenance started by an operator"}
+
     async def _act_resume(self, flow: str) -> dict:
         changed = self.engine.resume_flow(flow)
         return {"message": f"resumed {flow}" if changed else f"{flow} was not paused"}

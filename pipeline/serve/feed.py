@@ -247,6 +247,8 @@ class FeedServer:
         self.metrics.set_breakers(snap)
         self.metrics.set_caches(snap.get("caches"))
         self.metrics.set_series_owed(snap)
+        self.metrics.set_store(snap)
+        self.metrics.set_storage(snap)
 
     # ------------------------------------------------------------ events -> channels
 

@@ -156,6 +156,75 @@ class FeedMetrics:
             "How long the oldest of them has waited (0 when none).",
             registry=r,
         )
+        self.runs = Counter(
+            "flowdeck_runs",
+            "Regular runs (schedule, manual, once) finished, by status (ok, partial, failed).",
+            ["flow", "status"],
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "flowdeck_store_up",
+            "1 while the database takes writes, 0 while it is unavailable (payloads spool).",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "flowdeck_spool_bytes",
+            "Bytes of fetched payloads waiting in the raw spool for the database.",
+            ["flow"],
+            registry=r,
+        )
+        self.spool_payloads = Gauge(
+            "flowdeck_spool_payloads", "Payloads waiting in the raw spool.", ["flow"], registry=r
+        )
+        self.spool_max_bytes = Gauge(
+            "flowdeck_spool_max_bytes",
+            "The spool's bound per flow (store.spool_max); past it new payloads are dropped.",
+            ["flow"],
+            registry=r,
+        )
+        self.spool_dropped = Gauge(
+            "flowdeck_spool_dropped_payloads",
+            "Payloads dropped because the spool was full, since the engine started.",
+            ["flow"],
+            registry=r,
+        )
+        self.db_size = Gauge(
+            "flowdeck_db_size_bytes",
+            "The database's size on disk (SQLite: file and WAL; PostgreSQL: "
+            "pg_database_size), as of the last retention pass.",
+            registry=r,
+        )
+        self.db_rows = Gauge(
+            "flowdeck_db_rows", "Rows per table, as of the last retention pass.", ["table"],
+            registry=r,
+        )
+        self.db_oldest = Gauge(
+            "flowdeck_db_oldest_timestamp_seconds",
+            "Time of the oldest row kept per table (Unix seconds; absent when empty).",
+            ["table"],
+            registry=r,
+        )
+        self.retention_last = Gauge(
+            "flowdeck_retention_last_pass_timestamp_seconds",
+            "When the last retention pass finished (Unix seconds).",
+            registry=r,
+        )
+        self.retention_duration = Gauge(
+            "flowdeck_retention_last_pass_duration_seconds",
+            "How long the last retention pass took.",
+            registry=r,
+        )
+        self.retention_ok = Gauge(
+            "flowdeck_retention_last_pass_ok",
+            "1 if the last retention pass finished, 0 if it stopped on an error.",
+            registry=r,
+        )
+        self.retention_deleted = Gauge(
+            "flowdeck_retention_last_pass_deleted_rows",
+            "Rows the last retention pass deleted, per kind (records, series, raw, ...).",
+            ["kind"],
+            registry=r,
+        )
         for reason in ("conflated", "slow_viewer", "hub_overflow"):
             self.feed_dropped.labels(reason)
         self._sent_children: dict[str, Counter] = {}
@@ -174,6 +243,8 @@ class FeedMetrics:
         """Create every flow's series and set gauges from an engine snapshot."""
         self.set_breakers(snapshot)
         self.set_series_owed(snapshot)
+        self.set_store(snapshot)
+        self.set_storage(snapshot)
         self.set_caches(snapshot.get("caches"))
         for flow, f in snapshot.get("flows", {}).items():
             st = self._flow(flow)
@@ -199,6 +270,42 @@ class FeedMetrics:
         owed = snapshot.get("series_owed") or {}
         self.series_owed_rows.set(owed.get("rows") or 0)
         self.series_owed_age.set(owed.get("age_s") or 0)
+
+    def set_store(self, snapshot: ViewerSnapshot | dict) -> None:
+        """The store's availability and each flow's spool."""
+        up = 1
+        spool_max = (snapshot.get("storage") or {}).get("spool_max_bytes")
+        for flow, f in snapshot.get("flows", {}).items():
+            st = f.get("store") or {}
+            if st.get("available") is False:
+                up = 0
+            self.spool_bytes.labels(flow).set(st.get("buffered_bytes") or 0)
+            self.spool_payloads.labels(flow).set(st.get("buffered") or 0)
+            self.spool_dropped.labels(flow).set(st.get("dropped") or 0)
+            if spool_max:
+                self.spool_max_bytes.labels(flow).set(spool_max)
+        self.store_up.set(up)
+
+    def set_storage(self, snapshot: ViewerSnapshot | dict) -> None:
+        """Database size, rows and oldest row per table, the last retention pass."""
+        storage = snapshot.get("storage") or {}
+        size = storage.get("size_bytes")
+        if size is not None:
+            self.db_size.set(size)
+        self.db_oldest.clear()
+        for table, t in (storage.get("tables") or {}).items():
+            self.db_rows.labels(table).set(t.get("rows") or 0)
+            oldest = t.get("oldest_ms")
+            if oldest is not None:
+                self.db_oldest.labels(table).set(oldest / 1000)
+        last = storage.get("last_pass")
+        if last:
+            self.retention_last.set(last["finished_ms"] / 1000)
+            self.retention_duration.set(last["duration_s"])
+            self.retention_ok.set(0 if last.get("error") else 1)
+            self.retention_deleted.clear()
+            for kind, n in (last.get("deleted") or {}).items():
+                self.retention_deleted.labels(kind).set(n)
 
     def set_breakers(self, snapshot: ViewerSnapshot) -> None:
         """Every source's breaker state as the engine has it now (0 closed, 1, 2 open)."""
@@ -237,6 +344,7 @@ class FeedMetrics:
                 self.stage_seconds.labels(flow, stage).observe(s.get("ms", 0.0) / 1000)
                 st["records_out"][stage] = st["records_out"].get(stage, 0) + s.get("out", 0)
             if d.get("trigger") in REGULAR_TRIGGERS:
+                self.runs.labels(flow, d.get("status") or "unknown").inc()
                 st["runs"] += 1
                 seconds = d.get("duration_ms", 0) / 1000
                 self.run_duration.labels(flow).set(seconds)

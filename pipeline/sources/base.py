@@ -22,6 +22,7 @@ import httpx
 
 from flowdeck.pipeline.config import Config, SourceConfig
 from flowdeck.pipeline.core.clock import Clock
+from flowdeck.pipeline.core.redact import redact
 from flowdeck.storage.model import RawDraft
 
 
@@ -29,6 +30,7 @@ class FetchError(Exception):
     """A fetch failed (timeout, connection refused, HTTP error). ``kind`` is for counting."""
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+        message = redact(message)  # an upstream's error text may echo a credential back
         super().__init__(message)
         self.kind = kind  # timeout | connect | http | protocol | io
         self.message = message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -10,7 +12,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from flowdeck.pipeline.config import SourceConfig
+from flowdeck.pipeline.config import SecretError, SourceConfig
 from flowdeck.pipeline.sources.base import FetchError, Source, SourceContext, register
 from flowdeck.storage.model import RawDraft
 
@@ -24,14 +26,15 @@ class HttpSource:
     """GET a URL. An unchanged upstream (ETag / Last-Modified) costs a 304 and yields nothing."""
 
     def __init__(self, src: SourceConfig, client: httpx.AsyncClient, url: str | None = None,
-                 backoff: float = 0.2) -> None:
+                 backoff: float = 0.2, base_dir: Path | None = None) -> None:
         self.src = src
         self.client = client
         self.url = url or src.url
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.backoff = backoff
-        self.last_attempts = 0  # attempts the last fetch took (1 = no retry)
+        self.last_attempts = 0
+        self.base_dir = base_dir  # attempts the last fetch took (1 = no retry)
 
     async def fetch(self) -> list[RawDraft]:
         retrying = AsyncRetrying(
@@ -50,7 +53,11 @@ class HttpSource:
         """Nothing to release: the client is the engine's."""
 
     async def _once(self) -> list[RawDraft]:
-        headers = dict(self.src.headers)
+        try:  # read at each fetch: a rotated credential is used without a restart
+            headers = self.src.resolved_headers(self.base_dir)
+            params = self.src.resolved_params()
+        except SecretError as exc:
+            raise FetchError("config", str(exc)) from None
         if self.etag:
             headers["If-None-Match"] = self.etag
         if self.last_modified:
@@ -58,7 +65,7 @@ class HttpSource:
         limit = self.src.max_bytes
         try:
             async with self.client.stream("GET", self.url, headers=headers,
-                                          params=self.src.params or None,
+                                          params=params or None,
                                           timeout=self.src.timeout) as resp:
                 if resp.status_code == 304:
                     return []
@@ -92,4 +99,4 @@ class HttpSource:
 
 @register("http")
 async def open_http(src: SourceConfig, ctx: SourceContext) -> Source:
-    return HttpSource(src, ctx.http, src.url, backoff=src.backoff)
+    return HttpSource(src, ctx.http, src.url, backoff=src.backoff, base_dir=ctx.config.base_dir)

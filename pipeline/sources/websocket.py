@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import random
 from collections import deque
+from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from flowdeck.pipeline.config import SourceConfig
+from flowdeck.pipeline.config import SecretError, SourceConfig
 from flowdeck.pipeline.sources.base import FetchError, Source, SourceContext, register
 from flowdeck.storage.model import RawDraft
 
@@ -22,8 +23,9 @@ class WebsocketSource:
 
     last_attempts = 1  # the subscription reconnects by itself; a fetch never retries
 
-    def __init__(self, src: SourceConfig, url: str) -> None:
+    def __init__(self, src: SourceConfig, url: str, base_dir: Path | None = None) -> None:
         self.src = src
+        self.base_dir = base_dir
         self.url = url
         self.buffer: deque[bytes] = deque(maxlen=BUFFER_LIMIT)
         self.task: asyncio.Task | None = None
@@ -49,7 +51,8 @@ class WebsocketSource:
             try:
                 async with connect(self.url, open_timeout=self.src.timeout,
                                    max_size=self.src.max_bytes,
-                                   additional_headers=self.src.headers or None) as ws:
+                                   additional_headers=self.src.resolved_headers(
+                                       self.base_dir) or None) as ws:
                     self.connected = True
                     self.last_error = None
                     delay = 0.5
@@ -59,7 +62,7 @@ class WebsocketSource:
                         self.buffer.append(msg.encode() if isinstance(msg, str) else msg)
             except asyncio.CancelledError:
                 raise
-            except (OSError, WebSocketException, TimeoutError) as exc:
+            except (OSError, WebSocketException, TimeoutError, SecretError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             self.connected = False
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -80,4 +83,4 @@ class WebsocketSource:
 
 @register("websocket")
 async def open_websocket(src: SourceConfig, ctx: SourceContext) -> Source:
-    return WebsocketSource(src, src.url)
+    return WebsocketSource(src, src.url, ctx.config.base_dir)

@@ -428,3 +428,16 @@ async def test_every_screen_shows_the_state_as_it_is_when_switched_to():
             text = screen_text(app)
             assert f"▸ {title}" in text and needle in text, (title, text)
             assert "12:06:30" in text.splitlines()[0]  # the header too
+
+
+async def test_insights_storage_panel_shows_size_tables_and_the_last_pass():
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await goto(pilot, "7")
+        text = screen_text(app)
+        assert "sqlite 178.8 MiB · retention 4m ago: 5230 rows deleted, 1.2s" in text
+        _, rows = table_view(app.screen.query_one("#insights-storage", DeckTable))
+        by = {r[0]: r for r in rows}
+        assert by["records"][1:3] == ["48.2k", "29.9d ago"]
+        assert by["series_1h"][2] == "400.0d ago"
+        assert len(rows) == 13

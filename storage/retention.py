@@ -1,0 +1,378 @@
+"""Retention: deleting old rows in small steps, what must stay, reclaiming space, and the
+database's statistics.
+
+Every table is one small function (``_records``, ``_series``, ``_raw``, ...): what it keeps
+and how it walks its rows. Each call of :meth:`Retention.step` deletes at most ``limit``
+rows of one table for one flow in one short transaction and returns where it got to (a
+cursor over the table's time order), so the caller (``pipeline/engine/retention.py``)
+interleaves it with the engine's writes and the writer never waits longer than one step.
+
+What stays, whatever its age:
+
+- raw payloads not processed yet (no raw status: pending, or a deferred batch still owes
+  it), payloads a quarantined item still points at, payloads an open issue names, and,
+  with ``keep_lineage``, payloads a kept record may name (see ``raw_cutoff``);
+- records an open issue names (by key and time);
+- series points whose minute roll-up is not written, and minute roll-ups whose hour
+  roll-up is not written ("roll-ups complete before their raw points go"); the cutoffs
+  of series and roll-ups are also rounded down to a whole hour, so a bucket is never cut;
+- quarantined items an open issue names; runs still running.
+
+Open issues (open, acknowledged, muted) are few; what they name is read once per pass
+(:func:`protected`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, tuple_
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from flowdeck.storage import schema as s
+from flowdeck.storage.db import sqlite_file
+
+HOUR_MS = s.ROLLUP_1H
+OPEN_STATES = ("open", "acknowledged", "muted")
+
+# The kinds of row retention deletes, in the order a pass visits them (quarantine before
+# raw: a quarantined item holds its payload), and the column that dates each.
+KINDS = ("records", "series", "series_1m", "series_1h", "quarantine", "raw", "issues_resolved",
+         "actions", "runs")
+TABLE_OF = {"records": s.records, "series": s.series, "series_1m": s.series_1m,
+            "series_1h": s.series_1h, "quarantine": s.quarantine, "raw": s.raw_payloads,
+            "issues_resolved": s.issues, "actions": s.actions, "runs": s.runs}
+TIME_COLUMN = {"raw_payloads": "fetched_ms", "raw_status": "processed_ms", "records": "ts_ms",
+               "latest": "ts_ms", "series": "ts_ms", "series_1m": "bucket_ms",
+               "series_1h": "bucket_ms", "quarantine": "created_ms", "issues": "updated_ms",
+               "actions": "ts_ms", "runs": "started_ms", "pipeline_versions": "created_ms",
+               "source_state": "updated_ms"}
+
+
+@dataclass
+class Protected:
+    """What open issues name, read once per pass."""
+
+    raw_ids: set[int] = field(default_factory=set)
+    record_keys: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # per flow
+
+
+@dataclass
+class Scope:
+    """Whose rows a step deletes: one flow, or (``flow=None``) every flow not in
+    ``configured`` (removed from the config) plus rows of no flow, at the global values."""
+
+    flow: str | None
+    configured: tuple[str, ...] = ()
+
+    def where(self, table) -> ColumnElement[bool]:
+        col = table.c.flow
+        if self.flow is not None:
+            return col == self.flow
+        if not self.configured:
+            return or_(col.is_(None), col.is_not(None))
+        return or_(col.is_(None), col.not_in(self.configured))
+
+
+Cursor = tuple | None  # the last (time, tie-breaker...) a step walked past; None: from the start
+
+
+def protected(conn: Connection) -> Protected:
+    p = Protected()
+    t = s.issues
+    rows = conn.execute(select(t.c.flow, t.c.record_ids, t.c.raw_ids)
+                        .where(t.c.state.in_(OPEN_STATES)))
+    for flow, record_ids, raw_ids in rows:
+        p.raw_ids.update(int(r) for r in raw_ids or [])
+        keys = p.record_keys.setdefault(flow, set())
+        for pair in record_ids or []:
+            if isinstance(pair, list | tuple) and len(pair) == 2:
+                keys.add((str(pair[0]), int(pair[1])))
+    return p
+
+
+class Retention:
+    """Retention steps, vacuum and statistics over one store (``store.engine``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.engine = store.engine
+        self.dialect = self.engine.dialect.name
+
+    def protected(self) -> Protected:
+        with self.engine.connect() as conn:
+            return protected(conn)
+
+    def step(self, kind: str, scope: Scope, cutoff_ms: int, cursor: Cursor, limit: int,
+             keep: Protected) -> tuple[int, Cursor]:
+        """Delete at most ``limit`` rows of ``kind`` older than ``cutoff_ms`` (one
+        transaction). Returns (rows deleted, the cursor to continue from, None when the
+        kind is done for this pass)."""
+        fn = _STEPS[kind]
+        with self.engine.begin() as conn:
+            return fn(conn, scope, cutoff_ms, cursor, limit, keep)
+
+    # ------------------------------------------------------------ space
+
+    def vacuum(self, pages: int, tables: Iterable[str] = ()) -> dict:
+        """Give space back: SQLite ``PRAGMA incremental_vacuum(pages)`` (when the file is
+        in auto_vacuum=INCREMENTAL mode), PostgreSQL plain ``VACUUM (ANALYZE)`` of the
+        tables a pass deleted from (no exclusive lock; the space is reused, not returned).
+        """
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                mode = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar()
+                before = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+                if mode != 2 or pages <= 0:
+                    return {"mode": _AUTO_VACUUM.get(mode, str(mode)), "freed_pages": 0,
+                            "free_pages": before}
+                # sqlite3's execute() steps this pragma once, which frees one page;
+                # executescript() runs it to the end (and commits nothing of ours: the
+                # connection is between transactions here).
+                conn.commit()
+                raw = conn.connection.driver_connection
+                raw.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+                after = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+            return {"mode": "incremental", "freed_pages": before - after, "free_pages": after}
+        names = sorted(set(tables))
+        if names:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for name in names:
+                    conn.exec_driver_sql(f'VACUUM (ANALYZE) "{s.metadata.tables[name].name}"')
+        return {"mode": "vacuum", "tables": names}
+
+    def full_vacuum(self) -> dict:
+        """SQLite: switch the file to auto_vacuum=INCREMENTAL and rewrite it (``VACUUM``:
+        needs the daemon stopped, as much free disk as the file, and takes a while).
+        A database created by this flowdeck is in that mode from the start."""
+        if self.dialect != "sqlite":
+            raise ValueError("flowdeck db vacuum is for SQLite; PostgreSQL: autovacuum and "
+                             "the retention pass's plain VACUUM reuse the space")
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            before = self._sqlite_bytes(conn)
+            conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.exec_driver_sql("VACUUM")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            mode = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar()
+            after = self._sqlite_bytes(conn)
+        return {"mode": _AUTO_VACUUM.get(mode, str(mode)), "bytes_before": before,
+                "bytes_after": after}
+
+    # ------------------------------------------------------------ statistics
+
+    def stats(self) -> dict:
+        """Database size, and rows and oldest time (epoch ms) per table."""
+        tables: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for name, col in TIME_COLUMN.items():
+                t = s.metadata.tables[name]
+                rows, oldest = conn.execute(select(func.count(), func.min(t.c[col]))
+                                            .select_from(t)).one()
+                tables[name] = {"rows": int(rows), "oldest_ms": oldest}
+            if self.dialect == "sqlite":
+                size = self._sqlite_bytes(conn)
+                mode = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar()
+                free = (conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0) * \
+                    (conn.exec_driver_sql("PRAGMA page_size").scalar() or 0)
+                extra = {"auto_vacuum": _AUTO_VACUUM.get(mode, str(mode)), "free_bytes": free}
+            else:
+                size = conn.exec_driver_sql(
+                    "SELECT pg_database_size(current_database())").scalar()
+                for name in tables:
+                    tables[name]["bytes"] = conn.exec_driver_sql(
+                        f"SELECT pg_total_relation_size('{name}')").scalar()
+                extra = {}
+        return {"backend": self.dialect, "size_bytes": int(size or 0), "tables": tables, **extra}
+
+    def _sqlite_bytes(self, conn: Connection) -> int:
+        """The database file and its WAL, on disk."""
+        path = sqlite_file(self.engine)
+        if path is None:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
+            return int(pages * (conn.exec_driver_sql("PRAGMA page_size").scalar() or 0))
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+_AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
+
+
+# ---------------------------------------------------------------- the walk
+
+
+def _walk(conn: Connection, table, order: list, ident: list, where: list, cursor: Cursor,
+          limit: int) -> tuple[list, Cursor]:
+    """The next ``limit`` rows matching ``where`` after ``cursor`` in ``order`` (an index
+    order): (rows of the ``ident`` columns + order columns, the new cursor or None)."""
+    conds = list(where)
+    if cursor is not None:
+        conds.append(tuple_(*order) > tuple_(*cursor))
+    cols = [*ident, *order]
+    rows = list(conn.execute(select(*cols).where(and_(*conds)).order_by(*order).limit(limit)))
+    if len(rows) < limit:
+        return rows, None
+    last = rows[-1]
+    return rows, tuple(last[len(ident):])
+
+
+def _delete_by(conn: Connection, table, cols: list, values: list[tuple]) -> int:
+    """Delete rows whose one key column (``cols[0]``) is among ``values``, a few hundred
+    per statement."""
+    n = 0
+    col = cols[0]
+    for i in range(0, len(values), 400):
+        n += conn.execute(delete(table).where(col.in_([v[0] for v in values[i:i + 400]]))
+                          ).rowcount or 0
+    return n
+
+
+Step = Callable[[Connection, Scope, int, Cursor, int, Protected], tuple[int, Cursor]]
+
+
+def _series_order(t, time_col, scope: Scope) -> list:
+    """The walk order of a series or roll-up table: its primary key after the flow when
+    one flow is walked (``flow = ?`` then a row-value range the index serves: a step
+    starts where the last stopped instead of rescanning the flow), the whole key else."""
+    tail = [t.c.key, t.c.metric, time_col]
+    return tail if scope.flow is not None else [t.c.flow, *tail]
+
+
+def _delete_pk(conn: Connection, t, time_col, rows: list) -> int:
+    """Delete series/roll-up rows walked with ``[flow] + _series_order`` columns."""
+    # Per series, ``flow = ? AND key = ? AND metric = ? AND time IN (...)``: a primary-key
+    # search (a row-value IN list is a full scan on SQLite).
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.flow, r.key, r.metric), []).append(r[-1])
+    n = 0
+    for (flow, key, metric), times in groups.items():
+        for i in range(0, len(times), 400):
+            n += conn.execute(delete(t).where(t.c.flow == flow, t.c.key == key,
+                                              t.c.metric == metric,
+                                              time_col.in_(times[i:i + 400]))).rowcount or 0
+    return n
+
+
+def _records(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t = s.records
+    rows, nxt = _walk(conn, t, [t.c.ts_ms, t.c.key, t.c.id], [t.c.flow],
+                      [scope.where(t), t.c.ts_ms < cutoff], cursor, limit)
+    ids = [(r.id,) for r in rows
+           if (r.key, r.ts_ms) not in keep.record_keys.get(r.flow, ())]
+    return _delete_by(conn, t, [t.c.id], ids), nxt
+
+
+def _series(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t, m = s.series, s.series_1m
+    cutoff -= cutoff % HOUR_MS
+    rolled = exists().where(m.c.flow == t.c.flow, m.c.key == t.c.key, m.c.metric == t.c.metric,
+                            m.c.bucket_ms == t.c.ts_ms - t.c.ts_ms % s.ROLLUP_1M)
+    order = _series_order(t, t.c.ts_ms, scope)
+    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.ts_ms < cutoff, rolled],
+                      cursor, limit)
+    return _delete_pk(conn, t, t.c.ts_ms, rows), nxt
+
+
+def _minutes(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t, h = s.series_1m, s.series_1h
+    cutoff -= cutoff % HOUR_MS
+    rolled = exists().where(h.c.flow == t.c.flow, h.c.key == t.c.key, h.c.metric == t.c.metric,
+                            h.c.bucket_ms == t.c.bucket_ms - t.c.bucket_ms % HOUR_MS)
+    order = _series_order(t, t.c.bucket_ms, scope)
+    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.bucket_ms < cutoff,
+                                                   rolled], cursor, limit)
+    return _delete_pk(conn, t, t.c.bucket_ms, rows), nxt
+
+
+def _hours(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t = s.series_1h
+    cutoff -= cutoff % HOUR_MS
+    order = _series_order(t, t.c.bucket_ms, scope)
+    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.bucket_ms < cutoff],
+                      cursor, limit)
+    return _delete_pk(conn, t, t.c.bucket_ms, rows), nxt
+
+
+def _quarantine(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t = s.quarantine
+    rows, nxt = _walk(conn, t, [t.c.created_ms, t.c.id], [t.c.raw_id],
+                      [scope.where(t), t.c.created_ms < cutoff], cursor, limit)
+    ids = [(r.id,) for r in rows if r.raw_id not in keep.raw_ids]
+    return _delete_by(conn, t, [t.c.id], ids), nxt
+
+
+def _raw(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t, st, q = s.raw_payloads, s.raw_status, s.quarantine
+    processed = exists().where(st.c.raw_id == t.c.id)
+    quarantined = exists().where(q.c.raw_id == t.c.id)
+    rows, nxt = _walk(conn, t, [t.c.fetched_ms, t.c.id], [],
+                      [scope.where(t), t.c.fetched_ms < cutoff, processed, not_(quarantined)],
+                      cursor, limit)
+    ids = [(r.id,) for r in rows if r.id not in keep.raw_ids]
+    _delete_by(conn, st, [st.c.raw_id], ids)  # its processing state goes with it
+    return _delete_by(conn, t, [t.c.id], ids), nxt
+
+
+def _issues(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t = s.issues
+    rows, nxt = _walk(conn, t, [t.c.updated_ms, t.c.id], [],
+                      [scope.where(t), t.c.state == "resolved", t.c.updated_ms < cutoff],
+                      cursor, limit)
+    return _delete_by(conn, t, [t.c.id], [(r.id,) for r in rows]), nxt
+
+
+def _actions(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t = s.actions
+    rows, nxt = _walk(conn, t, [t.c.ts_ms, t.c.id], [], [scope.where(t), t.c.ts_ms < cutoff],
+                      cursor, limit)
+    return _delete_by(conn, t, [t.c.id], [(r.id,) for r in rows]), nxt
+
+
+def _runs(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    t = s.runs
+    rows, nxt = _walk(conn, t, [t.c.started_ms, t.c.id], [],
+                      [scope.where(t), t.c.started_ms < cutoff, t.c.finished_ms.is_not(None)],
+                      cursor, limit)
+    return _delete_by(conn, t, [t.c.id], [(r.id,) for r in rows]), nxt
+
+
+_STEPS: dict[str, Step] = {"records": _records, "series": _series, "series_1m": _minutes,
+                           "series_1h": _hours, "quarantine": _quarantine, "raw": _raw,
+                           "issues_resolved": _issues, "actions": _actions, "runs": _runs}
+
+
+def raw_cutoff(now_ms: int, keep: dict[str, float | None], keep_lineage: bool,
+               max_future_s: float) -> int | None:
+    """The time before which a flow's raw payloads may go (None: never).
+
+    A record's timestamp is at most ``max_future`` after the fetch that brought it (collect
+    rejects later ones), so a payload fetched before ``records cutoff - max_future`` is
+    named by no kept record: with ``keep_lineage`` raw payloads go at the later of the two
+    cutoffs, and every kept record's lineage still finds its payloads."""
+    raw = keep.get("raw")
+    if raw is None:
+        return None
+    cutoff = now_ms - int(raw * 1000)
+    if keep_lineage:
+        records = keep.get("records")
+        if records is None:
+            return None
+        cutoff = min(cutoff, now_ms - int(records * 1000) - int(max_future_s * 1000))
+    return cutoff
+
+
+def cutoff_for(kind: str, now_ms: int, keep: dict[str, float | None]) -> int | None:
+    seconds = keep.get(kind)
+    return None if seconds is None else now_ms - int(seconds * 1000)
+
+
+def last_pass(store: Any) -> dict | None:
+    """The newest retention pass recorded (an action ``retention``): when, and its detail."""
+    t = s.actions
+    with store.engine.connect() as conn:
+        row = conn.execute(select(t).where(t.c.action == "retention").order_by(t.c.id.desc())
+                           .limit(1)).mappings().first()
+    return dict(row) if row else None

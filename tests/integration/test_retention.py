@@ -1,0 +1,235 @@
+"""Retention on SQLite and PostgreSQL with an injected clock: old rows go in small steps,
+what open issues, kept records' lineage and unprocessed payloads need stays, roll-ups
+stay exact, space is given back, and the statistics say so."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import delete, select
+
+from flowdeck.pipeline.config import parse_config
+from flowdeck.pipeline.core.clock import ManualClock
+from flowdeck.pipeline.engine.retention import RetentionJob
+from flowdeck.storage import schema as s
+from flowdeck.storage.model import BatchWrite, IssueDraft, QuarantineRow
+
+T = 1_795_521_600_000  # 2026-11-24T12:00:00Z, a whole hour
+MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
+NOW = T + 40 * DAY
+
+CONFIG = """
+flows:
+  fx:
+    key: pair
+    sources:
+      - {name: q, kind: file, path: "/nonexistent/*.json", fields: {pair: p, ts: t}}
+    fields:
+      pair: {type: str}
+      rate: {type: float}
+  kept:
+    key: pair
+    retention: {keep_forever: [records]}
+    sources:
+      - {name: q, kind: file, path: "/nonexistent/*.json", fields: {pair: p, ts: t}}
+    fields:
+      pair: {type: str}
+      rate: {type: float}
+retention:
+  issues_resolved: 30d
+  actions: 30d
+  runs: 30d
+  batch: 3
+"""
+
+
+def rec(flow: str, key: str, ts: int, raw_id: int) -> dict:
+    return {"flow": flow, "key": key, "ts_ms": ts, "data": {"pair": key, "rate": 1.0},
+            "quality": 1.0, "anomaly_score": 0.0, "anomalous": False, "flags": [],
+            "sources": ["q"], "contributions": {}, "raw_ids": [raw_id], "version_id": None,
+            "updated_ms": ts}
+
+
+def status(raw_id: int, ts: int) -> dict:
+    return {"raw_id": raw_id, "outcome": "ok", "processed_ms": ts, "version_id": None,
+            "records_in": 1, "records_out": 1}
+
+
+def payload(store, body: bytes, ts: int, flow: str = "fx") -> int:
+    return store.insert_raw(flow, "q", body, ts)[0]
+
+
+def fill(store) -> dict:
+    """40 days of history in miniature: old rows at T, recent ones a day before NOW."""
+    ids = {}
+    ids["old"] = payload(store, b"old", T)
+    ids["issue"] = payload(store, b"named by an open issue", T)
+    ids["pending"] = payload(store, b"never processed", T)
+    ids["quarantined"] = payload(store, b"quarantined", T)
+    ids["recent"] = payload(store, b"recent", NOW - DAY)
+    ids["kept_flow"] = payload(store, b"kept flow", T, flow="kept")
+    old_series = [("fx", "A", "rate", T + i * MIN, float(i)) for i in range(120)]
+    store.write_batch(BatchWrite(
+        "fx", records=[rec("fx", "A", T, ids["old"]), rec("fx", "B", T, ids["issue"]),
+                       rec("fx", "C", T + MIN, ids["old"])],
+        series=old_series, raw_status=[status(ids["old"], T), status(ids["issue"], T),
+                                       status(ids["quarantined"], T)],
+        quarantine=[QuarantineRow("fx", "q", ids["quarantined"], 0, "validate", "invalid",
+                                  "rate: not a number")],
+        issues=[IssueDraft("fx", "conflict", "warning", "B disagrees", "conflict:fx:B",
+                           key="B", record_keys=[("B", T)], raw_ids=[ids["issue"]]),
+                IssueDraft("fx", "anomaly", "info", "over", "anomaly:fx:A", key="A")]), T)
+    store.write_batch(BatchWrite(
+        "fx", records=[rec("fx", "A", NOW - DAY, ids["recent"])],
+        series=[("fx", "A", "rate", NOW - DAY, 5.0)],
+        raw_status=[status(ids["recent"], NOW - DAY)]), NOW - DAY)
+    store.write_batch(BatchWrite("kept", records=[rec("kept", "K", T, ids["kept_flow"])],
+                                 raw_status=[status(ids["kept_flow"], T)]), T)
+    (resolved,) = [i for i in store.issues(flow="fx") if i["fingerprint"] == "anomaly:fx:A"]
+    store.set_issue_state(resolved["id"], "resolved", "op", T)
+    for i in range(5):
+        store.add_action(ts_ms=T + i, action="retry", actor="auto", reason="r", outcome="ok",
+                         flow="fx")
+    store.add_action(ts_ms=NOW - DAY, action="retry", actor="auto", reason="r", outcome="ok",
+                     flow="fx")
+    run = store.start_run("fx", "schedule", T)
+    store.finish_run(run, "ok", {}, T + 100)
+    store.start_run("fx", "schedule", T + 200)  # still running: stays
+    return ids
+
+
+def rows(store, table, *cols, **where):
+    q = select(*[table.c[c] for c in cols])
+    for k, v in where.items():
+        q = q.where(table.c[k] == v)
+    with store.engine.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(q))
+
+
+def job_for(store, clock) -> RetentionJob:
+    config = parse_config(CONFIG)
+
+    async def run_db(fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    recorded = []
+
+    async def record(flow, action, **kw):
+        recorded.append((action, kw))
+        store.add_action(ts_ms=clock.now_ms(), action=action, actor="auto", reason=kw["reason"],
+                         outcome=kw["outcome"], flow=flow, detail=kw.get("detail"))
+
+    job = RetentionJob(config, store, clock, run_db, record)
+    job.recorded = recorded  # type: ignore[attr-defined]
+    return job
+
+
+async def test_a_pass_deletes_old_rows_and_keeps_what_is_still_needed(store):
+    ids = fill(store)
+    rollups_before = (rows(store, s.series_1m, "key", "bucket_ms", "n", "sum", "min", "max"),
+                      rows(store, s.series_1h, "key", "bucket_ms", "n", "sum", "min", "max"))
+    # one minute whose roll-up is missing: its points must wait for it
+    with store.engine.begin() as conn:
+        conn.execute(delete(s.series_1m).where(s.series_1m.c.bucket_ms == T + 5 * MIN))
+    clock = ManualClock(NOW / 1000)
+    job = job_for(store, clock)
+    result = await job.run_pass()
+
+    assert result["error"] is None
+    # records: 30 days; the one an open issue names stays; a flow keeping records forever too
+    assert rows(store, s.records, "flow", "key", "ts_ms") == [
+        ("fx", "A", NOW - DAY), ("fx", "B", T), ("kept", "K", T)]
+    # series: 7 days, except the minute without a roll-up; roll-ups themselves untouched
+    assert rows(store, s.series, "ts_ms", flow="fx") == [(T + 5 * MIN,), (NOW - DAY,)]
+    assert rows(store, s.series_1h, "key", "bucket_ms", "n", "sum", "min", "max")[:2] == \
+        rollups_before[1][:2]
+    assert rows(store, s.series_1m, "key", "bucket_ms", "n", "sum", "min", "max") == [
+        r for r in rollups_before[0] if r[1] != T + 5 * MIN]
+    # raw: unprocessed, issue-named and recent stay; the quarantined one went after its item
+    assert rows(store, s.raw_payloads, "id") == sorted(
+        [(ids["issue"],), (ids["pending"],), (ids["recent"],), (ids["kept_flow"],)])
+    assert rows(store, s.raw_status, "raw_id") == sorted(
+        [(ids["issue"],), (ids["recent"],), (ids["kept_flow"],)])
+    assert rows(store, s.quarantine, "id") == []
+    assert [i["state"] for i in store.issues(flow="fx")] == ["open"]
+    assert [a["ts_ms"] for a in store.actions("fx")] == [NOW - DAY]
+    assert rows(store, s.runs, "started_ms") == [(T + 200,)]
+    assert result["deleted"] == {"records": 2, "series": 119, "raw": 2, "quarantine": 1,
+                                 "issues_resolved": 1, "actions": 5, "runs": 1}
+    assert result["steps"] > 40  # batch: 3 -> many short transactions, not one long one
+    # the pass is recorded as a recovery action, and the statistics follow it
+    (action, kw), = job.recorded
+    assert action == "retention" and kw["outcome"] == "ok" and "2 records" in kw["reason"]
+    snap = job.snapshot()
+    assert snap["last_pass"] == result
+    assert snap["tables"]["records"] == {"rows": 3, "oldest_ms": T, **(
+        {"bytes": snap["tables"]["records"]["bytes"]} if store.dialect == "postgresql" else {})}
+    assert snap["tables"]["series"]["oldest_ms"] == T + 5 * MIN
+    assert snap["size_bytes"] > 0 and snap["backend"] == store.dialect
+
+    # the same moment again: nothing more to do, and nothing recorded
+    again = await job.run_pass()
+    assert again["deleted"] == {} and len(job.recorded) == 1
+
+
+async def test_roll_ups_go_only_once_their_hour_is_written_and_never_mid_hour(store):
+    ids = fill(store)
+    clock = ManualClock((T + 90 * DAY + 30 * MIN) / 1000)  # 90 days and half an hour on
+    job = job_for(store, clock)
+    await job.run_pass()
+    # series_1m keeps 90 days: the cutoff rounds down to the hour, so all of T's hour stays
+    assert {b for (b,) in rows(store, s.series_1m, "bucket_ms")} >= {T + i * MIN
+                                                                     for i in range(60)}
+    clock.advance(2 * HOUR / 1000)
+    await job.run_pass()
+    assert rows(store, s.series_1m, "bucket_ms") == [(NOW - DAY,)]
+    assert rows(store, s.series_1h, "bucket_ms", flow="fx") == [(T,), (T + HOUR,),
+                                                                (NOW - DAY - (NOW - DAY) % HOUR,)]
+    assert (ids["pending"],) in rows(store, s.raw_payloads, "id")
+
+
+async def test_sqlite_gives_the_space_back(sqlite_store):
+    store = sqlite_store
+    big = b"x" * 4000
+    for i in range(300):
+        rid = payload(store, big + str(i).encode(), T + i)
+        store.write_batch(BatchWrite("fx", raw_status=[status(rid, T + i)]), T + i)
+    clock = ManualClock(NOW / 1000)
+    job = job_for(store, clock)
+    before = await job.measure()
+    assert before["auto_vacuum"] == "incremental"  # a new file starts so
+    result = await job.run_pass()
+    assert result["deleted"]["raw"] == 300
+    assert result["vacuum"]["mode"] == "incremental" and result["vacuum"]["freed_pages"] > 250
+    assert job.snapshot()["tables"]["raw_payloads"]["rows"] == 0
+
+
+async def test_metrics_and_db_stats_show_the_storage(tmp_path, capsys):
+    from support.feed import http_get, rows_for, start_rig
+
+    from flowdeck.console.cli import main
+
+    rig = await start_rig(tmp_path)
+    try:
+        await rig.ingest("bench", rows_for(["KAAA", "KBBB"]))
+        result = await rig.engine.retention.run_pass()
+        assert result["error"] is None
+        _, _, body = await asyncio.to_thread(http_get, rig.http_url + "/metrics")
+    finally:
+        await rig.close()
+    text = body.decode()
+    assert 'flowdeck_db_rows{table="records"} 2.0' in text
+    assert 'flowdeck_db_rows{table="raw_payloads"} 1.0' in text
+    assert 'flowdeck_db_oldest_timestamp_seconds{table="records"}' in text
+    assert "flowdeck_db_size_bytes " in text
+    assert "flowdeck_retention_last_pass_ok 1.0" in text
+    assert "flowdeck_retention_last_pass_timestamp_seconds " in text
+    assert "flowdeck_store_up 1.0" in text
+    assert 'flowdeck_spool_max_bytes{flow="bench"} 2.68435456e+08' in text
+    assert 'flowdeck_runs_total{flow="bench",status="ok"} 1.0' in text
+    assert main(["db", "stats", "--db", f"sqlite:///{tmp_path / 'feed.db'}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sqlite database, ") and "auto_vacuum incremental" in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("records ")]
+    assert line.split()[1] == "2"
+    assert "last retention pass: none recorded" in out  # nothing was old enough to delete
