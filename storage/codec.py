@@ -18,7 +18,8 @@ RECORD_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anom
 RECORD_JSON = ("data", "flags", "sources", "contributions", "raw_ids")
 LATEST_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags",
                "sources", "updated_ms")
-SERIES_COLS = ("flow", "key", "metric", "ts_ms", "value")
+SERIES_COLS = ("flow", "key", "metric", "ts_ms", "value")  # a point as the engine hands it
+POINT_COLS = ("sid", "ts_ms", "value")  # ... and as the series table stores it
 RAW_STATUS_COLS = ("raw_id", "outcome", "processed_ms", "version_id", "records_in", "records_out")
 _CONTRIB_KEYS = {"v", "ts", "raw", "q", "f"}
 
@@ -108,11 +109,22 @@ def hot_sql(dialect: str) -> dict[str, str]:
         return (f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({values(cols)}) "
                 f"ON CONFLICT ({', '.join(map(q, keys))}) DO UPDATE SET {sets}{where}")
 
-    def rollup(table: str, source: str, n: str, total: str, lo: str, hi: str, ts: str) -> str:
-        return (f'INSERT INTO {q(table)} ("flow", "key", "metric", "bucket_ms", "n", "sum", '
-                f'"min", "max") SELECT "flow", "key", "metric", {ph}, {n}, {total}, {lo}, {hi} '
-                f'FROM {q(source)} WHERE "flow" = {ph} AND "key" = {ph} AND "metric" = {ph} '
-                f'AND {q(ts)} >= {ph} AND {q(ts)} < {ph} GROUP BY "flow", "key", "metric" '
+    def rollup_1m() -> str:
+        # One touched minute of one series, re-aggregated from its points (by series id).
+        return (f'INSERT INTO "series_1m" ("flow", "key", "metric", "bucket_ms", "n", "sum", '
+                f'"min", "max") SELECT {ph}, {ph}, {ph}, {ph}, count(*), sum("value"), '
+                f'min("value"), max("value") FROM "series" WHERE "sid" = {ph} '
+                f'AND "ts_ms" >= {ph} AND "ts_ms" < {ph} GROUP BY "sid" '
+                'ON CONFLICT ("flow", "key", "metric", "bucket_ms") DO UPDATE SET '
+                '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
+                '"max" = excluded."max"')
+
+    def rollup_1h() -> str:
+        return (f'INSERT INTO "series_1h" ("flow", "key", "metric", "bucket_ms", "n", "sum", '
+                f'"min", "max") SELECT "flow", "key", "metric", {ph}, sum("n"), sum("sum"), '
+                f'min("min"), max("max") FROM "series_1m" WHERE "flow" = {ph} AND "key" = {ph} '
+                f'AND "metric" = {ph} AND "bucket_ms" >= {ph} AND "bucket_ms" < {ph} '
+                'GROUP BY "flow", "key", "metric" '
                 'ON CONFLICT ("flow", "key", "metric", "bucket_ms") DO UPDATE SET '
                 '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
                 '"max" = excluded."max"')
@@ -139,13 +151,15 @@ def hot_sql(dialect: str) -> dict[str, str]:
         "latest": upsert("latest", LATEST_COLS, ("flow", "key"),
                          ' WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
         "raw_status": upsert("raw_status", RAW_STATUS_COLS, ("raw_id",)),
-        "series": upsert("series", SERIES_COLS, ("flow", "key", "metric", "ts_ms")),
-        "series_new": (f'INSERT INTO "series" ({", ".join(map(q, SERIES_COLS))}) '
-                       f'VALUES ({values(SERIES_COLS)}) ON CONFLICT DO NOTHING'),
+        "series": upsert("series", POINT_COLS, ("sid", "ts_ms")),
+        "series_new": (f'INSERT INTO "series" ({", ".join(map(q, POINT_COLS))}) '
+                       f'VALUES ({values(POINT_COLS)}) ON CONFLICT DO NOTHING'),
+        "series_key_add": (f'INSERT INTO "series_keys" ("flow", "key", "metric") '
+                           f'VALUES ({ph}, {ph}, {ph}) '
+                           'ON CONFLICT ("flow", "key", "metric") DO NOTHING'),
+        "series_keys_of": f'SELECT "id", "key", "metric" FROM "series_keys" WHERE "flow" = {ph}',
         "add_1m": add("series_1m"),
         "add_1h": add("series_1h"),
-        "rollup_1m": rollup("series_1m", "series", "count(*)", 'sum("value")', 'min("value")',
-                            'max("value")', "ts_ms"),
-        "rollup_1h": rollup("series_1h", "series_1m", 'sum("n")', 'sum("sum")', 'min("min")',
-                            'max("max")', "bucket_ms"),
+        "rollup_1m": rollup_1m(),
+        "rollup_1h": rollup_1h(),
     }

@@ -129,10 +129,11 @@ class Records(Repository):
                 t.c.flow == flow, t.c.key == key, t.c.metric == metric,
                 t.c.bucket_ms >= since_ms).order_by(t.c.bucket_ms.desc()).limit(limit))
         else:
-            t = s.series
-            q = (select(t.c.ts_ms, t.c.value).where(
-                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
-                t.c.ts_ms >= since_ms).order_by(t.c.ts_ms.desc()).limit(limit))
+            t, k = s.series, s.series_keys
+            sid = select(k.c.id).where(k.c.flow == flow, k.c.key == key,
+                                       k.c.metric == metric).scalar_subquery()
+            q = (select(t.c.ts_ms, t.c.value).where(t.c.sid == sid, t.c.ts_ms >= since_ms)
+                 .order_by(t.c.ts_ms.desc()).limit(limit))
         with self.engine.connect() as conn:
             rows = [(int(a), float(b)) for a, b in conn.execute(q)]
         rows.reverse()
@@ -141,11 +142,12 @@ class Records(Repository):
     def recent_values(self, flow: str, metric: str, per_series: int,
                       before_ms: int | None = None) -> dict[str, list[tuple[int, float]]]:
         """The newest values of every key for a metric (to warm up detectors after a restart)."""
-        t = s.series
-        q = select(t.c.key, t.c.ts_ms, t.c.value).where(t.c.flow == flow, t.c.metric == metric)
+        t, k = s.series, s.series_keys
+        q = select(k.c.key, t.c.ts_ms, t.c.value).join(k, k.c.id == t.c.sid).where(
+            k.c.flow == flow, k.c.metric == metric)
         if before_ms is not None:
             q = q.where(t.c.ts_ms < before_ms)
-        q = q.order_by(t.c.key, t.c.ts_ms.desc())
+        q = q.order_by(k.c.key, t.c.ts_ms.desc())
         out: dict[str, list] = {}
         with self.engine.connect() as conn:
             for key, ts, value in conn.execute(q):

@@ -6,7 +6,7 @@ import contextlib
 import time
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import column, inspect, select, table, text
 
 from flowdeck.console.cli import main as cli_main
 from flowdeck.storage import schema as s
@@ -46,6 +46,11 @@ def rec(key: str, ts: int, now: int = T, **data) -> dict:
 
 def point(key: str, ts: int, value: float, metric: str = "rate", flow: str = "fx") -> dict:
     return {"flow": flow, "key": key, "metric": metric, "ts_ms": ts, "value": value}
+
+
+# The series table before revision 0004: a point named by (flow, key, metric) itself.
+OLD_SERIES = table("series", column("flow"), column("key"), column("metric"), column("ts_ms"),
+                   column("value"))
 
 
 def rollup(store: Store, table, key: str = "EURUSD", metric: str = "rate") -> dict[int, tuple]:
@@ -151,8 +156,8 @@ def database_at(db_url: str, revision: str):
 def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
     """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
     with database_at(db_url, "0001") as conn:
-        conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
-                                         point("EURUSD", T + 20_000, 3.0)])
+        conn.execute(OLD_SERIES.insert(), [point("EURUSD", T + 10_000, 1.0),
+                                           point("EURUSD", T + 20_000, 3.0)])
         for table in (s.series_1m, s.series_1h):
             conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
                                            "bucket_ms": T, "n": 2, "sum": 4.0,
@@ -188,6 +193,42 @@ def test_upgrading_a_revision_0002_database_keeps_its_records(db_url, capsys):
             ("EURUSD", 1.5), ("GBPUSD", 2.0)]
         uniques = inspect(st.engine).get_unique_constraints("records")
         assert [u["column_names"] for u in uniques] == [["flow", "ts_ms", "key"]]
+    finally:
+        st.close()
+
+
+def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_url, capsys):
+    """0004 keys series points by an integer series id: every point of every series
+    moves, history, roll-up reads and warm-up values read the same, and the next points
+    (new and rewritten) land in the moved series."""
+    with database_at(db_url, "0003") as conn:
+        conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0, bid=0.9)])
+        conn.execute(OLD_SERIES.insert(), [
+            point("EURUSD", T, 1.0), point("EURUSD", T + 10_000, 3.0),
+            point("EURUSD", T, 0.9, metric="bid"), point("GBPUSD", T + 5_000, 2.0),
+            point("EURUSD", T, 7.0, flow="other")])
+        conn.execute(s.series_1m.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+                                             "bucket_ms": T, "n": 2, "sum": 4.0,
+                                             "min": 1.0, "max": 3.0}])
+    assert cli_main(["db", "upgrade", "--db", db_url]) == 0
+    assert capsys.readouterr().out.strip() == f"schema 0003 -> {head_revision()}"
+    st = Store(db_url, create_if_empty=False)
+    try:
+        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 3.0)]
+        assert st.history("fx", "EURUSD", "bid") == [(T, 0.9)]
+        assert st.history("other", "EURUSD", "rate") == [(T, 7.0)]
+        assert st.history("fx", "EURUSD", "rate", step_ms=MIN) == [(T, 2.0)]
+        assert st.recent_values("fx", "rate", 5) == {
+            "EURUSD": [(T, 1.0), (T + 10_000, 3.0)], "GBPUSD": [(T + 5_000, 2.0)]}
+        assert st.count("series") == 5 and st.count("series_keys") == 4
+        assert [r["data"]["rate"] for r in st.records_since("fx")] == [1.0]
+        # a rewritten point and a new one in the same minute: the roll-up is recomputed
+        st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 10_000, 5.0),
+                                                point("EURUSD", T + 20_000, 6.0)]), T)
+        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 5.0),
+                                                      (T + 20_000, 6.0)]
+        assert rollup(st, s.series_1m) == pytest.approx({T: (3, 12.0, 1.0, 6.0)})
+        assert st.count("series_keys") == 4
     finally:
         st.close()
 
