@@ -109,30 +109,18 @@ def hot_sql(dialect: str) -> dict[str, str]:
         return (f"INSERT INTO {q(table)} ({', '.join(map(q, cols))}) VALUES ({values(cols)}) "
                 f"ON CONFLICT ({', '.join(map(q, keys))}) DO UPDATE SET {sets}{where}")
 
-    def rollup_1m() -> str:
-        # One touched minute of one series, re-aggregated from its points (by series id).
-        return (f'INSERT INTO "series_1m" ("flow", "key", "metric", "bucket_ms", "n", "sum", '
-                f'"min", "max") SELECT {ph}, {ph}, {ph}, {ph}, count(*), sum("value"), '
-                f'min("value"), max("value") FROM "series" WHERE "sid" = {ph} '
-                f'AND "ts_ms" >= {ph} AND "ts_ms" < {ph} GROUP BY "sid" '
-                'ON CONFLICT ("flow", "key", "metric", "bucket_ms") DO UPDATE SET '
-                '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
-                '"max" = excluded."max"')
-
-    def rollup_1h() -> str:
-        return (f'INSERT INTO "series_1h" ("flow", "key", "metric", "bucket_ms", "n", "sum", '
-                f'"min", "max") SELECT "flow", "key", "metric", {ph}, sum("n"), sum("sum"), '
-                f'min("min"), max("max") FROM "series_1m" WHERE "flow" = {ph} AND "key" = {ph} '
-                f'AND "metric" = {ph} AND "bucket_ms" >= {ph} AND "bucket_ms" < {ph} '
-                'GROUP BY "flow", "key", "metric" '
-                'ON CONFLICT ("flow", "key", "metric", "bucket_ms") DO UPDATE SET '
+    def rollup(table: str, source: str, n: str, total: str, lo: str, hi: str, ts: str) -> str:
+        # One touched bucket of one series, re-aggregated from the finer table.
+        return (f'INSERT INTO {q(table)} ("sid", "bucket_ms", "n", "sum", "min", "max") '
+                f'SELECT "sid", {ph}, {n}, {total}, {lo}, {hi} FROM {q(source)} '
+                f'WHERE "sid" = {ph} AND {q(ts)} >= {ph} AND {q(ts)} < {ph} GROUP BY "sid" '
+                'ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
                 '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
                 '"max" = excluded."max"')
 
     def add(table: str) -> str:  # SQLite only (two-argument min/max)
-        return (f'INSERT INTO {q(table)} ("flow", "key", "metric", "bucket_ms", "n", "sum", '
-                '"min", "max") VALUES (?, ?, ?, ?, ?, ?, ?, ?) '
-                'ON CONFLICT ("flow", "key", "metric", "bucket_ms") DO UPDATE SET '
+        return (f'INSERT INTO {q(table)} ("sid", "bucket_ms", "n", "sum", "min", "max") '
+                'VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
                 f'"n" = {q(table)}."n" + excluded."n", "sum" = {q(table)}."sum" + excluded."sum", '
                 f'"min" = min({q(table)}."min", excluded."min"), '
                 f'"max" = max({q(table)}."max", excluded."max")')
@@ -160,6 +148,8 @@ def hot_sql(dialect: str) -> dict[str, str]:
         "series_keys_of": f'SELECT "id", "key", "metric" FROM "series_keys" WHERE "flow" = {ph}',
         "add_1m": add("series_1m"),
         "add_1h": add("series_1h"),
-        "rollup_1m": rollup_1m(),
-        "rollup_1h": rollup_1h(),
+        "rollup_1m": rollup("series_1m", "series", "count(*)", 'sum("value")', 'min("value")',
+                            'max("value")', "ts_ms"),
+        "rollup_1h": rollup("series_1h", "series_1m", 'sum("n")', 'sum("sum")', 'min("min")',
+                            'max("max")', "bucket_ms"),
     }

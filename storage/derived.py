@@ -82,7 +82,6 @@ class DerivedSeries(Repository):
     _written_seq: int  # ... of which every one up to this is written
     _derived_lock: threading.RLock  # held while the owed set changes or is written
     _sids: dict[tuple, int]  # (flow, key, metric) -> series_keys.id, of committed series
-    _sid_names: dict[int, tuple]  # series_keys.id -> (flow, key, metric)
 
     # Past this many rows owed (series points + raw status), a flush that fails gives up
     # the oldest runs: their payloads stay unprocessed (no raw status) and are processed
@@ -96,7 +95,6 @@ class DerivedSeries(Repository):
         self._written_seq = 0
         self._derived_lock = threading.RLock()
         self._sids: dict[tuple, int] = {}  # (flow, key, metric) -> series_keys.id
-        self._sid_names: dict[int, tuple] = {}  # ... and back
 
     def _defer(self, series: list[tuple], raw_status: list[tuple]) -> None:
         """Leave one batch's series and raw status owed (its records are committed)."""
@@ -124,7 +122,6 @@ class DerivedSeries(Repository):
         """After a failed write (lock held): past the bound, give up the oldest runs.
         The series-id map is dropped too: ids added by the failed transaction are gone."""
         self._sids.clear()
-        self._sid_names.clear()
         owed = self._derived
         given_up = []
         while owed.rows > self.MAX_DERIVED_ROWS and len(owed.runs) > 1:
@@ -242,13 +239,12 @@ class DerivedSeries(Repository):
         that the store's map lacks its series id: added to ``series_keys`` in this
         transaction, read back with the flow's others. The map is dropped if the
         transaction fails (``_bound_derived``), so an id rolled back is never used."""
-        sids, names = self._sids, self._sid_names
+        sids = self._sids
         missing = sorted({p[:3] for p in rows if p[:3] not in sids})
         conn.exec_driver_sql(self._sql["series_key_add"], missing)
         for flow in {m[0] for m in missing}:
             for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"], (flow,)):
                 sids[(flow, key, metric)] = int(sid)
-                names[int(sid)] = (flow, key, metric)
 
     def _write_series(self, conn: Connection, rows: list[tuple]) -> None:
         """Points (flow, key, metric, ts_ms, value), the later of two for one point last,
@@ -305,11 +301,8 @@ class DerivedSeries(Repository):
                 a[1] += total
                 a[2] = min(a[2], lo)
                 a[3] = max(a[3], hi)
-        names = self._sid_names
-        conn.exec_driver_sql(self._sql["add_1m"], [
-            (*names[sid], b, *a) for (sid, b), a in minutes.items()])
-        conn.exec_driver_sql(self._sql["add_1h"], [
-            (*names[sid], b, *a) for (sid, b), a in hours.items()])
+        conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
+        conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
     def _rollups(self, conn: Connection, points: list[tuple]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
@@ -319,10 +312,9 @@ class DerivedSeries(Repository):
         not the size of the table.
         """
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        names = self._sid_names
         minutes = {(sid, ts - ts % m_w) for sid, ts, _v in points}
         conn.exec_driver_sql(self._sql["rollup_1m"], [
-            (*names[sid], b, sid, b, b + m_w) for sid, b in minutes])
-        hours = {(*names[sid], b - b % h_w) for sid, b in minutes}
+            (b, sid, b, b + m_w) for sid, b in minutes])
+        hours = {(sid, b - b % h_w) for sid, b in minutes}
         conn.exec_driver_sql(self._sql["rollup_1h"], [
-            (b, flow, key, metric, b, b + h_w) for flow, key, metric, b in hours])
+            (b, sid, b, b + h_w) for sid, b in hours])

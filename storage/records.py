@@ -123,15 +123,16 @@ class Records(Repository):
     def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
                 step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:
         """A metric's values; with a step of 1m or 1h the roll-up is read instead."""
+        k = s.series_keys
+        sid = select(k.c.id).where(k.c.flow == flow, k.c.key == key,
+                                   k.c.metric == metric).scalar_subquery()
         if step_ms in s.ROLLUPS:
             t = s.ROLLUPS[step_ms]
             q = (select(t.c.bucket_ms, t.c.sum / t.c.n).where(
-                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
-                t.c.bucket_ms >= since_ms).order_by(t.c.bucket_ms.desc()).limit(limit))
+                t.c.sid == sid, t.c.bucket_ms >= since_ms)
+                .order_by(t.c.bucket_ms.desc()).limit(limit))
         else:
-            t, k = s.series, s.series_keys
-            sid = select(k.c.id).where(k.c.flow == flow, k.c.key == key,
-                                       k.c.metric == metric).scalar_subquery()
+            t = s.series
             q = (select(t.c.ts_ms, t.c.value).where(t.c.sid == sid, t.c.ts_ms >= since_ms)
                  .order_by(t.c.ts_ms.desc()).limit(limit))
         with self.engine.connect() as conn:

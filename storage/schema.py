@@ -159,16 +159,14 @@ series = Table(
 )
 
 
-# Roll-ups are only read and written by primary key: on SQLite they are clustered on it
-# (WITHOUT ROWID, migration 0002), one b-tree per table instead of two.
+# Roll-ups: one row per series and minute or hour (count, sum, min, max), by series id
+# too (migration 0004), clustered on it on SQLite (WITHOUT ROWID, migration 0002).
 def _rollup(name: str) -> Table:
     return Table(
         name,
         metadata,
-        Column("flow", String(64), primary_key=True),
-        Column("key", String(128), primary_key=True),
-        Column("metric", String(64), primary_key=True),
-        Column("bucket_ms", BigInteger, primary_key=True),
+        Column("sid", BigInteger, primary_key=True, autoincrement=False),
+        Column("bucket_ms", BigInteger, primary_key=True, autoincrement=False),
         Column("n", Integer, nullable=False),
         Column("sum", Float, nullable=False),
         Column("min", Float, nullable=False),

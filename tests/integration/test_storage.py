@@ -51,13 +51,18 @@ def point(key: str, ts: int, value: float, metric: str = "rate", flow: str = "fx
 # The series table before revision 0004: a point named by (flow, key, metric) itself.
 OLD_SERIES = table("series", column("flow"), column("key"), column("metric"), column("ts_ms"),
                    column("value"))
+OLD_ROLLUPS = {name: table(name, *(column(c) for c in ("flow", "key", "metric", "bucket_ms", "n",
+                                                       "sum", "min", "max")))
+               for name in ("series_1m", "series_1h")}
 
 
 def rollup(store: Store, table, key: str = "EURUSD", metric: str = "rate") -> dict[int, tuple]:
+    k = s.series_keys
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(table.c.bucket_ms, table.c.n, table.c.sum, table.c.min, table.c.max)
-            .where(table.c.flow == "fx", table.c.key == key, table.c.metric == metric)
+            .join(k, k.c.id == table.c.sid)
+            .where(k.c.flow == "fx", k.c.key == key, k.c.metric == metric)
             .order_by(table.c.bucket_ms)
         ).all()
     return {int(b): (n, sm, lo, hi) for b, n, sm, lo, hi in rows}
@@ -158,8 +163,8 @@ def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
     with database_at(db_url, "0001") as conn:
         conn.execute(OLD_SERIES.insert(), [point("EURUSD", T + 10_000, 1.0),
                                            point("EURUSD", T + 20_000, 3.0)])
-        for table in (s.series_1m, s.series_1h):
-            conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+        for old in OLD_ROLLUPS.values():
+            conn.execute(old.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
                                            "bucket_ms": T, "n": 2, "sum": 4.0,
                                            "min": 1.0, "max": 3.0}])
     with pytest.raises(StoreError, match="run: flowdeck db upgrade"):
@@ -207,9 +212,11 @@ def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_ur
             point("EURUSD", T, 1.0), point("EURUSD", T + 10_000, 3.0),
             point("EURUSD", T, 0.9, metric="bid"), point("GBPUSD", T + 5_000, 2.0),
             point("EURUSD", T, 7.0, flow="other")])
-        conn.execute(s.series_1m.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
-                                             "bucket_ms": T, "n": 2, "sum": 4.0,
-                                             "min": 1.0, "max": 3.0}])
+        conn.execute(OLD_ROLLUPS["series_1m"].insert(), [
+            {"flow": "fx", "key": "EURUSD", "metric": "rate", "bucket_ms": T, "n": 2,
+             "sum": 4.0, "min": 1.0, "max": 3.0},
+            {"flow": "fx", "key": "USDJPY", "metric": "rate", "bucket_ms": T, "n": 1,
+             "sum": 150.0, "min": 150.0, "max": 150.0}])  # a roll-up whose points are gone
     assert cli_main(["db", "upgrade", "--db", db_url]) == 0
     assert capsys.readouterr().out.strip() == f"schema 0003 -> {head_revision()}"
     st = Store(db_url, create_if_empty=False)
@@ -218,9 +225,10 @@ def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_ur
         assert st.history("fx", "EURUSD", "bid") == [(T, 0.9)]
         assert st.history("other", "EURUSD", "rate") == [(T, 7.0)]
         assert st.history("fx", "EURUSD", "rate", step_ms=MIN) == [(T, 2.0)]
+        assert st.history("fx", "USDJPY", "rate", step_ms=MIN) == [(T, 150.0)]
         assert st.recent_values("fx", "rate", 5) == {
             "EURUSD": [(T, 1.0), (T + 10_000, 3.0)], "GBPUSD": [(T + 5_000, 2.0)]}
-        assert st.count("series") == 5 and st.count("series_keys") == 4
+        assert st.count("series") == 5 and st.count("series_keys") == 5
         assert [r["data"]["rate"] for r in st.records_since("fx")] == [1.0]
         # a rewritten point and a new one in the same minute: the roll-up is recomputed
         st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 10_000, 5.0),
@@ -228,7 +236,7 @@ def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_ur
         assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 5.0),
                                                       (T + 20_000, 6.0)]
         assert rollup(st, s.series_1m) == pytest.approx({T: (3, 12.0, 1.0, 6.0)})
-        assert st.count("series_keys") == 4
+        assert st.count("series_keys") == 5
     finally:
         st.close()
 

@@ -1,17 +1,17 @@
-"""series points keyed by an integer series id (series_keys)
+"""series points and roll-ups keyed by an integer series id (series_keys)
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-03 10:00:00
 
-A series point was (flow, key, metric, ts_ms, value): every point repeated three names
-(~40 bytes of key) and every b-tree comparison compared strings. ``series_keys`` now
-names each (flow, key, metric) once with an integer id and ``series`` holds
-(sid, ts_ms, value), clustered on that primary key on SQLite (WITHOUT ROWID): half the
-bytes per point and integer comparisons (measured in docs/architecture.md, "Storage
-layout"). The roll-ups keep their names: one row per series and minute or hour.
+A series point was (flow, key, metric, ts_ms, value): every point and roll-up row
+repeated three names (~40 bytes of key) and every b-tree comparison compared strings.
+``series_keys`` now names each (flow, key, metric) once with an integer id; ``series``
+holds (sid, ts_ms, value) and the roll-ups (sid, bucket_ms, n, sum, min, max),
+clustered on that primary key on SQLite (WITHOUT ROWID): about half the bytes per row
+and integer comparisons (measured in docs/architecture.md, "Storage layout").
 
-Existing points are moved (one INSERT ... SELECT each way) on SQLite and PostgreSQL.
+Existing points and roll-ups are moved (INSERT ... SELECT) on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -37,6 +37,40 @@ def _set_aside(name: str) -> None:
         op.execute(f'ALTER TABLE "_old_{name}" RENAME CONSTRAINT "pk_{name}" TO "pk__old_{name}"')
 
 
+_ROLLUPS = ("series_1m", "series_1h")
+_NAMES = 'k."flow" = o."flow" AND k."key" = o."key" AND k."metric" = o."metric"'
+
+
+def _rollup_by_id(name: str) -> None:
+    op.create_table(
+        name,
+        sa.Column("sid", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("bucket_ms", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("n", sa.Integer(), nullable=False),
+        sa.Column("sum", sa.Float(), nullable=False),
+        sa.Column("min", sa.Float(), nullable=False),
+        sa.Column("max", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("sid", "bucket_ms", name=op.f(f"pk_{name}")),
+        sqlite_with_rowid=False,
+    )
+
+
+def _rollup_by_name(name: str) -> None:
+    op.create_table(
+        name,
+        sa.Column("flow", sa.String(length=64), nullable=False),
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("metric", sa.String(length=64), nullable=False),
+        sa.Column("bucket_ms", sa.BigInteger(), nullable=False),
+        sa.Column("n", sa.Integer(), nullable=False),
+        sa.Column("sum", sa.Float(), nullable=False),
+        sa.Column("min", sa.Float(), nullable=False),
+        sa.Column("max", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("flow", "key", "metric", "bucket_ms", name=op.f(f"pk_{name}")),
+        sqlite_with_rowid=False,
+    )
+
+
 def upgrade() -> None:
     op.create_table(
         "series_keys",
@@ -47,7 +81,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_series_keys")),
         sa.UniqueConstraint("flow", "key", "metric", name="uq_series_keys_flow_key_metric"),
     )
-    _set_aside("series")
+    for name in ("series", *_ROLLUPS):
+        _set_aside(name)
     op.create_table(
         "series",
         sa.Column("sid", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -56,18 +91,29 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("sid", "ts_ms", name=op.f("pk_series")),
         sqlite_with_rowid=False,
     )
+    for name in _ROLLUPS:
+        _rollup_by_id(name)
+    # Every series named anywhere (points or roll-ups) gets its id.
+    names = " UNION ".join(f'SELECT "flow", "key", "metric" FROM "_old_{t}"'
+                           for t in ("series", *_ROLLUPS))
     op.execute('INSERT INTO "series_keys" ("flow", "key", "metric") '
-               'SELECT DISTINCT "flow", "key", "metric" FROM "_old_series" '
+               f'SELECT "flow", "key", "metric" FROM ({names}) u '
                'ORDER BY "flow", "key", "metric"')
     op.execute('INSERT INTO "series" ("sid", "ts_ms", "value") '
-               'SELECT k."id", o."ts_ms", o."value" FROM "_old_series" o JOIN "series_keys" k '
-               'ON k."flow" = o."flow" AND k."key" = o."key" AND k."metric" = o."metric" '
-               'ORDER BY k."id", o."ts_ms"')
-    op.drop_table("_old_series")
+               'SELECT k."id", o."ts_ms", o."value" FROM "_old_series" o '
+               f'JOIN "series_keys" k ON {_NAMES} ORDER BY k."id", o."ts_ms"')
+    for name in _ROLLUPS:
+        op.execute(f'INSERT INTO "{name}" ("sid", "bucket_ms", "n", "sum", "min", "max") '
+                   'SELECT k."id", o."bucket_ms", o."n", o."sum", o."min", o."max" '
+                   f'FROM "_old_{name}" o JOIN "series_keys" k ON {_NAMES} '
+                   'ORDER BY k."id", o."bucket_ms"')
+    for name in ("series", *_ROLLUPS):
+        op.drop_table(f"_old_{name}")
 
 
 def downgrade() -> None:
-    _set_aside("series")
+    for name in ("series", *_ROLLUPS):
+        _set_aside(name)
     op.create_table(
         "series",
         sa.Column("flow", sa.String(length=64), nullable=False),
@@ -78,8 +124,16 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("flow", "key", "metric", "ts_ms", name=op.f("pk_series")),
         sqlite_with_rowid=False,
     )
+    for name in _ROLLUPS:
+        _rollup_by_name(name)
     op.execute('INSERT INTO "series" ("flow", "key", "metric", "ts_ms", "value") '
                'SELECT k."flow", k."key", k."metric", o."ts_ms", o."value" '
                'FROM "_old_series" o JOIN "series_keys" k ON k."id" = o."sid"')
-    op.drop_table("_old_series")
+    for name in _ROLLUPS:
+        op.execute(f'INSERT INTO "{name}" ("flow", "key", "metric", "bucket_ms", "n", "sum", '
+                   '"min", "max") SELECT k."flow", k."key", k."metric", o."bucket_ms", o."n", '
+                   f'o."sum", o."min", o."max" FROM "_old_{name}" o '
+                   'JOIN "series_keys" k ON k."id" = o."sid"')
+    for name in ("series", *_ROLLUPS):
+        op.drop_table(f"_old_{name}")
     op.drop_table("series_keys")
