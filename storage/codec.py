@@ -22,6 +22,47 @@ SERIES_COLS = ("flow", "key", "metric", "ts_ms", "value")  # a point as the engi
 POINT_COLS = ("sid", "ts_ms", "value")  # ... and as the series table stores it
 RAW_STATUS_COLS = ("raw_id", "outcome", "processed_ms", "version_id", "records_in", "records_out")
 _CONTRIB_KEYS = {"v", "ts", "raw", "q", "f"}
+# A record's ``contributions`` when they are its one source's reading as the row itself
+# holds it ({source: {v: data, ts: ts_ms, raw: raw_ids[0], q: quality, f: flags}}): the
+# JSON string "row" instead of a second copy of the data (see ``row_contribution``).
+CONTRIB_AS_ROW = "row"
+CONTRIB_AS_ROW_JSON = '"row"'
+
+
+def row_contribution(r: dict) -> bool:
+    """Are a record's contributions exactly what ``expand_contributions`` rebuilds from
+    its own columns? (One source, whose values, time, raw id, quality and flags are the
+    record's.) The common case: a key read by one source."""
+    contrib = r["contributions"]
+    if type(contrib) is not dict or len(contrib) != 1:
+        return False
+    (src, c), = contrib.items()
+    if type(c) is not dict or c.keys() != _CONTRIB_KEYS:
+        return False
+    sources, raw_ids, q = r["sources"], r["raw_ids"], c["q"]
+    return (type(sources) is list and len(sources) == 1 and sources[0] == src
+            and type(src) is str
+            and type(c["ts"]) is int and c["ts"] == r["ts_ms"]
+            and type(raw_ids) is list and len(raw_ids) == 1 and type(c["raw"]) is int
+            and type(raw_ids[0]) is int and raw_ids[0] == c["raw"]
+            and type(q) is float and type(r["quality"]) is float and q == r["quality"]
+            and type(c["f"]) is list and c["f"] == r["flags"]
+            and (c["v"] is r["data"] or c["v"] == r["data"]))
+
+
+def expand_contributions(row: dict) -> dict:
+    """A records row as read, with ``contributions`` rebuilt if stored as "row" (the
+    row's data, raw id, quality and flags, as ``row_contribution`` checked)."""
+    if row.get("contributions") == CONTRIB_AS_ROW:
+        row["contributions"] = contributions_of(row["sources"], row["data"], row["ts_ms"],
+                                                row["raw_ids"], row["quality"], row["flags"])
+    return row
+
+
+def contributions_of(sources: list, data: dict, ts_ms: int, raw_ids: list, quality: float,
+                     flags: list) -> dict:
+    return {sources[0]: {"v": dict(data), "ts": int(ts_ms), "raw": raw_ids[0],
+                         "q": float(quality), "f": list(flags)}}
 
 
 class JsonCodec:
@@ -133,7 +174,8 @@ def hot_sql(dialect: str) -> dict[str, str]:
                        'ON CONFLICT ("flow", "source", "content_hash") DO NOTHING RETURNING "id"'),
         "raw_find": ('SELECT "id" FROM "raw_payloads" '
                      f'WHERE "flow" = {ph} AND "source" = {ph} AND "content_hash" = {ph}'),
-        "contributions": ('SELECT "key", "ts_ms", "contributions" FROM "records" '
+        "contributions": ('SELECT "key", "ts_ms", "contributions", "data", "sources", "raw_ids", '
+                          '"quality", "flags" FROM "records" '
                           f'WHERE "flow" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" <= {ph}'),
         "records": upsert("records", RECORD_COLS, ("flow", "key", "ts_ms")),
         "latest": upsert("latest", LATEST_COLS, ("flow", "key"),

@@ -11,10 +11,21 @@ from sqlalchemy import and_, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
-from flowdeck.storage.codec import JsonCodec
+from flowdeck.storage.codec import (
+    CONTRIB_AS_ROW,
+    CONTRIB_AS_ROW_JSON,
+    JsonCodec,
+    contributions_of,
+    expand_contributions,
+    row_contribution,
+)
 from flowdeck.storage.repository import Repository
 
 _RECORD_ORDER = operator.itemgetter(0, 1, 2)
+
+
+def _same(value):
+    return value
 
 
 class Records(Repository):
@@ -28,13 +39,20 @@ class Records(Repository):
         lo = min(t for _, t in wanted)
         hi = max(t for _, t in wanted)
         out = {}
-        # Driver SQL so that only the wanted rows' JSON is decoded (SQLite hands back
-        # text, PostgreSQL's driver already-decoded JSONB), not every row in the range.
+        # Driver SQL so that only the wanted rows' JSON is decoded, not every row's in
+        # the range.
+        # SQLite hands back JSON as text, PostgreSQL's driver JSONB already decoded.
+        load = json.loads if self.dialect == "sqlite" else _same
+
         with self.engine.connect() as conn:
-            for key, ts, contrib in conn.exec_driver_sql(self._sql["contributions"],
-                                                         (flow, lo, hi)):
+            for key, ts, contrib, data, sources, raw_ids, quality, flags in conn.exec_driver_sql(
+                    self._sql["contributions"], (flow, lo, hi)):
                 if (key, ts) in wanted:
-                    out[(key, ts)] = json.loads(contrib) if isinstance(contrib, str) else contrib
+                    contrib = load(contrib)
+                    if contrib == CONTRIB_AS_ROW:
+                        contrib = contributions_of(load(sources), load(data), ts,
+                                                   load(raw_ids), quality, load(flags))
+                    out[(key, ts)] = contrib
         return out
 
     # The hot tables (records, latest, series, roll-ups) are written with driver-level
@@ -51,10 +69,12 @@ class Records(Repository):
         for r in records:
             data = r["data"]
             data_json = dumps(data)
+            # One source's reading, as the row holds it: not a second copy of the data.
+            contrib = (CONTRIB_AS_ROW_JSON if row_contribution(r)
+                       else codec.contributions(r["contributions"], data, data_json))
             row = (r["flow"], r["key"], r["ts_ms"], data_json, r["quality"],
                    r.get("anomaly_score", 0.0), bool(r.get("anomalous", False)),
-                   small(r["flags"]), small(r["sources"]),
-                   codec.contributions(r["contributions"], data, data_json),
+                   small(r["flags"]), small(r["sources"]), contrib,
                    small(r["raw_ids"]), r.get("version_id"), r["updated_ms"])
             rows.append(row)
             k = (row[0], row[1])
@@ -112,13 +132,13 @@ class Records(Repository):
             q = q.limit(limit)
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=1000).execute(q).mappings():
-                yield dict(row)
+                yield expand_contributions(dict(row))
 
     def get_record(self, record_id: int) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.records).where(
                 s.records.c.id == record_id)).mappings().first()
-        return dict(row) if row else None
+        return expand_contributions(dict(row)) if row else None
 
     def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
                 step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:

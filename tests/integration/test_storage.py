@@ -403,6 +403,29 @@ def test_a_record_reads_back_exactly_as_the_stages_left_it(store):
     assert store.latest("fx", "EURUSD")[0]["data"] == data
 
 
+def test_a_one_source_record_is_stored_once_and_read_back_whole(store):
+    """A record read by one source stores its contribution as "row" (not a second copy
+    of its data); every read rebuilds the same contribution. One whose contribution the
+    row cannot rebuild (another quality, two sources) keeps it as written."""
+    data = {"pair": "EURUSD", "rate": 1.25, "bid": 1}
+    one = {**rec("EURUSD", T), "data": data, "quality": 0.75, "flags": ["clock_skew"],
+           "raw_ids": [7], "contributions": {"fxquote": {"v": data, "ts": T, "raw": 7,
+                                                         "q": 0.75, "f": ["clock_skew"]}}}
+    other_q = {**rec("GBPUSD", T), "raw_ids": [8], "contributions": {
+        "fxquote": {"v": {"pair": "GBPUSD"}, "ts": T, "raw": 8, "q": 0.5, "f": []}}}
+    store.write_batch(BatchWrite("fx", records=[one, other_q]), T)
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(select(s.records.c.key, s.records.c.contributions)).all())
+    assert stored["EURUSD"] == "row"
+    assert stored["GBPUSD"] == other_q["contributions"]
+    by_key = {r["key"]: r for r in store.records_since("fx")}
+    assert by_key["EURUSD"]["contributions"] == one["contributions"]
+    assert by_key["GBPUSD"]["contributions"] == other_q["contributions"]
+    assert store.get_record(by_key["EURUSD"]["id"])["contributions"] == one["contributions"]
+    assert store.contributions("fx", [("EURUSD", T), ("GBPUSD", T)]) == {
+        ("EURUSD", T): one["contributions"], ("GBPUSD", T): other_q["contributions"]}
+
+
 def test_series_rollups_hold_count_sum_min_max_and_survive_rewrites(store):
     pts = [
         point("EURUSD", T + 10_000, 1.0),
