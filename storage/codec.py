@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+from orjson import dumps as _orjson_dumps
+
 RECORD_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags",
                "sources", "contributions", "raw_ids", "version_id", "updated_ms")
 RECORD_JSON = ("data", "flags", "sources", "contributions", "raw_ids")
@@ -79,7 +81,17 @@ class JsonCodec:
         self.lists: dict[tuple, str] = {}
 
     def dumps(self, value: Any) -> str:
-        """``json.dumps(value)``, from the same C encoder built once per batch, not per call."""
+        """JSON text of ``value``: a flat dict of plain values (a record's data, the
+        common case) by orjson, ~5x faster; anything else ``json.dumps(value)``, from the
+        same C encoder built once per batch, not per call. Both decode to the same value
+        (orjson writes no spaces and UTF-8 instead of \\u escapes); orjson would write
+        NaN and infinity as null, so a dict holding one, a nested value, a non-str key,
+        an int past 64 bits or a subclass goes to json, which keeps them as it did."""
+        if type(value) is dict and _flat_plain(value):
+            try:
+                return _orjson_dumps(value).decode()
+            except TypeError:  # orjson.JSONEncodeError: a non-str key, a huge int
+                pass
         if self._encode is None:
             return json.dumps(value)
         try:
@@ -113,6 +125,18 @@ class JsonCodec:
                 return (f'{{{name}: {{"v": {data_json}, "ts": {c["ts"]}, "raw": {c["raw"]}, '
                         f'"q": {c["q"]!r}, "f": {self.small_list(c["f"])}}}}}')
         return self.dumps(contrib)
+
+
+def _flat_plain(value: dict) -> bool:
+    """Only str, int, bool, None and finite float values (what orjson writes as json does)."""
+    for v in value.values():
+        t = type(v)
+        if t is float:
+            if v - v != 0:  # NaN or infinity
+                return False
+        elif t is not str and t is not int and t is not bool and v is not None:
+            return False
+    return True
 
 
 def _json_encoder():
