@@ -183,12 +183,13 @@ def hot_sql(dialect: str) -> dict[str, str]:
                 '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
                 '"max" = excluded."max"')
 
-    def add(table: str) -> str:  # SQLite only (two-argument min/max)
+    def add(table: str) -> str:
+        least, greatest = ("LEAST", "GREATEST") if pg else ("min", "max")  # two-argument
         return (f'INSERT INTO {q(table)} ("sid", "bucket_ms", "n", "sum", "min", "max") '
-                'VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
+                f'VALUES ({", ".join([ph] * 6)}) ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
                 f'"n" = {q(table)}."n" + excluded."n", "sum" = {q(table)}."sum" + excluded."sum", '
-                f'"min" = min({q(table)}."min", excluded."min"), '
-                f'"max" = max({q(table)}."max", excluded."max")')
+                f'"min" = {least}({q(table)}."min", excluded."min"), '
+                f'"max" = {greatest}({q(table)}."max", excluded."max")')
 
     raw_cols = ("flow", "source", "fetched_ms", "content_hash", "content_type", "status_code",
                 "size", "truncated", "body", "run_id")

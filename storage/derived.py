@@ -260,15 +260,14 @@ class DerivedSeries(Repository):
             self._add_series(conn, rows)
             points = [(sids[p[:3]], p[3], p[4]) for p in rows]
         points.sort(key=_POINT_ORDER)
-        if self.dialect == "sqlite":
-            # Streaming data only appends: insert without overwriting and count. If every
-            # point was new, the roll-ups are exact by adding the batch's own aggregates
-            # (no re-read of the series); a replay or a corrected value takes the
-            # recompute below. sqlite3 sums executemany's rowcount over all rows.
-            new = conn.exec_driver_sql(self._sql["series_new"], points).rowcount
-            if new == len(points):
-                self._add_rollups(conn, points)
-                return
+        # Streaming data only appends: insert without overwriting and count. If every
+        # point was new, the roll-ups are exact by adding the batch's own aggregates (no
+        # re-read of the series); a replay or a corrected value takes the recompute
+        # below. sqlite3 and psycopg 3 both sum executemany's rowcount over all rows.
+        new = conn.exec_driver_sql(self._sql["series_new"], points).rowcount
+        if new == len(points):
+            self._add_rollups(conn, points)
+            return
         conn.exec_driver_sql(self._sql["series"], points)
         self._rollups(conn, points)
 
