@@ -22,6 +22,7 @@ from flowdeck.storage.repository import Repository
 log = logging.getLogger(__name__)
 
 _SERIES_ORDER = operator.itemgetter(0, 1, 2, 3)
+_POINT_ORDER = operator.itemgetter(0, 1)
 
 
 class _Derived:
@@ -80,6 +81,7 @@ class DerivedSeries(Repository):
     _deferred_seq: int  # deferred batches so far
     _written_seq: int  # ... of which every one up to this is written
     _derived_lock: threading.RLock  # held while the owed set changes or is written
+    _sids: dict[tuple, int]  # (flow, key, metric) -> series_keys.id, of committed series
 
     # Past this many rows owed (series points + raw status), a flush that fails gives up
     # the oldest runs: their payloads stay unprocessed (no raw status) and are processed
@@ -92,6 +94,7 @@ class DerivedSeries(Repository):
         self._deferred_seq = 0
         self._written_seq = 0
         self._derived_lock = threading.RLock()
+        self._sids: dict[tuple, int] = {}  # (flow, key, metric) -> series_keys.id
 
     def _defer(self, series: list[tuple], raw_status: list[tuple]) -> None:
         """Leave one batch's series and raw status owed (its records are committed)."""
@@ -116,7 +119,9 @@ class DerivedSeries(Repository):
             self._all_written()
 
     def _bound_derived(self) -> None:
-        """After a failed write (lock held): past the bound, give up the oldest runs."""
+        """After a failed write (lock held): past the bound, give up the oldest runs.
+        The series-id map is dropped too: ids added by the failed transaction are gone."""
+        self._sids.clear()
         owed = self._derived
         given_up = []
         while owed.rows > self.MAX_DERIVED_ROWS and len(owed.runs) > 1:
@@ -229,31 +234,51 @@ class DerivedSeries(Repository):
 
     # Series and roll-ups go through driver SQL (flowdeck.storage.codec), as the records do.
 
+    def _add_series(self, conn: Connection, rows: list[tuple]) -> None:
+        """Give every (flow, key, metric) of ``rows`` (points as the engine hands them)
+        that the store's map lacks its series id: added to ``series_keys`` in this
+        transaction, read back with the flow's others. The map is dropped if the
+        transaction fails (``_bound_derived``), so an id rolled back is never used."""
+        sids = self._sids
+        missing = sorted({p[:3] for p in rows if p[:3] not in sids})
+        conn.exec_driver_sql(self._sql["series_key_add"], missing)
+        for flow in {m[0] for m in missing}:
+            for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"], (flow,)):
+                sids[(flow, key, metric)] = int(sid)
+
     def _write_series(self, conn: Connection, rows: list[tuple]) -> None:
+        """Points (flow, key, metric, ts_ms, value), the later of two for one point last,
+        stored as (series id, ts_ms, value) and folded into the roll-ups."""
+        sids = self._sids
         # In primary-key order the b-tree is written leaf after leaf instead of jumping
         # between every series for every timestamp: about 2x faster inserts on SQLite.
         # Stable on the key: of two values for one point (a corrected or replayed one),
         # the later batch's is written last and wins.
-        rows.sort(key=_SERIES_ORDER)
-        if self.dialect == "sqlite":
-            # Streaming data only appends: insert without overwriting and count. If every
-            # point was new, the roll-ups are exact by adding the batch's own aggregates
-            # (no re-read of the series); a replay or a corrected value takes the
-            # recompute below. sqlite3 sums executemany's rowcount over all rows.
-            new = conn.exec_driver_sql(self._sql["series_new"], rows).rowcount
-            if new == len(rows):
-                self._add_rollups(conn, rows)
-                return
-        conn.exec_driver_sql(self._sql["series"], rows)
-        self._rollups(conn, rows)
+        try:
+            points = [(sids[p[:3]], p[3], p[4]) for p in rows]
+        except KeyError:  # a series seen for the first time
+            self._add_series(conn, rows)
+            points = [(sids[p[:3]], p[3], p[4]) for p in rows]
+        points.sort(key=_POINT_ORDER)
+        # Streaming data only appends: insert without overwriting and count. If every
+        # point was new, the roll-ups are exact by adding the batch's own aggregates (no
+        # re-read of the series); a replay or a corrected value takes the recompute
+        # below. sqlite3 and psycopg 3 both sum executemany's rowcount over all rows.
+        new = conn.exec_driver_sql(self._sql["series_new"], points).rowcount
+        if new == len(points):
+            self._add_rollups(conn, points)
+            return
+        conn.exec_driver_sql(self._sql["series"], points)
+        self._rollups(conn, points)
 
-    def _add_rollups(self, conn: Connection, rows: list[tuple]) -> None:
-        """Fold points that are all new into their minute and hour buckets."""
+    def _add_rollups(self, conn: Connection, points: list[tuple]) -> None:
+        """Fold points (sid, ts_ms, value) that are all new into their minute and hour
+        buckets: one upsert per (series, bucket) per batch, not per point."""
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
         minutes: dict[tuple, list] = {}
         get = minutes.get
-        for flow, key, metric, ts, v in rows:  # rows are sorted: runs of one series
-            k = (flow, key, metric, ts - ts % m_w)
+        for sid, ts, v in points:  # sorted: runs of one series
+            k = (sid, ts - ts % m_w)
             a = get(k)
             if a is None:
                 minutes[k] = [1, v, v, v]
@@ -265,8 +290,8 @@ class DerivedSeries(Repository):
                 elif v > a[3]:
                     a[3] = v
         hours: dict[tuple, list] = {}
-        for (flow, key, metric, b), (n, total, lo, hi) in minutes.items():
-            k = (flow, key, metric, b - b % h_w)
+        for (sid, b), (n, total, lo, hi) in minutes.items():
+            k = (sid, b - b % h_w)
             a = hours.get(k)
             if a is None:
                 hours[k] = [n, total, lo, hi]
@@ -278,17 +303,17 @@ class DerivedSeries(Repository):
         conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
         conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
-    def _rollups(self, conn: Connection, rows: list[tuple]) -> None:
+    def _rollups(self, conn: Connection, points: list[tuple]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
 
-        Each touched (key, metric, minute) is re-aggregated from the series (an index
-        range scan), then each touched hour from its minutes, so the work follows the
-        batch, not the size of the table.
+        Each touched (series, minute) is re-aggregated from the series (an index range
+        scan), then each touched hour from its minutes, so the work follows the batch,
+        not the size of the table.
         """
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        minutes = {(flow, key, metric, ts - ts % m_w) for flow, key, metric, ts, _v in rows}
+        minutes = {(sid, ts - ts % m_w) for sid, ts, _v in points}
         conn.exec_driver_sql(self._sql["rollup_1m"], [
-            (b, flow, key, metric, b, b + m_w) for flow, key, metric, b in minutes])
-        hours = {(flow, key, metric, b - b % h_w) for flow, key, metric, b in minutes}
+            (b, sid, b, b + m_w) for sid, b in minutes])
+        hours = {(sid, b - b % h_w) for sid, b in minutes}
         conn.exec_driver_sql(self._sql["rollup_1h"], [
-            (b, flow, key, metric, b, b + h_w) for flow, key, metric, b in hours])
+            (b, sid, b, b + h_w) for sid, b in hours])

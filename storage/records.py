@@ -11,10 +11,21 @@ from sqlalchemy import and_, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
-from flowdeck.storage.codec import JsonCodec
+from flowdeck.storage.codec import (
+    CONTRIB_AS_ROW,
+    CONTRIB_AS_ROW_JSON,
+    JsonCodec,
+    contributions_of,
+    expand_contributions,
+    row_contribution,
+)
 from flowdeck.storage.repository import Repository
 
 _RECORD_ORDER = operator.itemgetter(0, 1, 2)
+
+
+def _same(value):
+    return value
 
 
 class Records(Repository):
@@ -28,13 +39,20 @@ class Records(Repository):
         lo = min(t for _, t in wanted)
         hi = max(t for _, t in wanted)
         out = {}
-        # Driver SQL so that only the wanted rows' JSON is decoded (SQLite hands back
-        # text, PostgreSQL's driver already-decoded JSONB), not every row in the range.
+        # Driver SQL so that only the wanted rows' JSON is decoded, not every row's in
+        # the range.
+        # SQLite hands back JSON as text, PostgreSQL's driver JSONB already decoded.
+        load = json.loads if self.dialect == "sqlite" else _same
+
         with self.engine.connect() as conn:
-            for key, ts, contrib in conn.exec_driver_sql(self._sql["contributions"],
-                                                         (flow, lo, hi)):
+            for key, ts, contrib, data, sources, raw_ids, quality, flags in conn.exec_driver_sql(
+                    self._sql["contributions"], (flow, lo, hi)):
                 if (key, ts) in wanted:
-                    out[(key, ts)] = json.loads(contrib) if isinstance(contrib, str) else contrib
+                    contrib = load(contrib)
+                    if contrib == CONTRIB_AS_ROW:
+                        contrib = contributions_of(load(sources), load(data), ts,
+                                                   load(raw_ids), quality, load(flags))
+                    out[(key, ts)] = contrib
         return out
 
     # The hot tables (records, latest, series, roll-ups) are written with driver-level
@@ -51,10 +69,12 @@ class Records(Repository):
         for r in records:
             data = r["data"]
             data_json = dumps(data)
+            # One source's reading, as the row holds it: not a second copy of the data.
+            contrib = (CONTRIB_AS_ROW_JSON if row_contribution(r)
+                       else codec.contributions(r["contributions"], data, data_json))
             row = (r["flow"], r["key"], r["ts_ms"], data_json, r["quality"],
                    r.get("anomaly_score", 0.0), bool(r.get("anomalous", False)),
-                   small(r["flags"]), small(r["sources"]),
-                   codec.contributions(r["contributions"], data, data_json),
+                   small(r["flags"]), small(r["sources"]), contrib,
                    small(r["raw_ids"]), r.get("version_id"), r["updated_ms"])
             rows.append(row)
             k = (row[0], row[1])
@@ -112,27 +132,29 @@ class Records(Repository):
             q = q.limit(limit)
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=1000).execute(q).mappings():
-                yield dict(row)
+                yield expand_contributions(dict(row))
 
     def get_record(self, record_id: int) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.records).where(
                 s.records.c.id == record_id)).mappings().first()
-        return dict(row) if row else None
+        return expand_contributions(dict(row)) if row else None
 
     def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
                 step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:
         """A metric's values; with a step of 1m or 1h the roll-up is read instead."""
+        k = s.series_keys
+        sid = select(k.c.id).where(k.c.flow == flow, k.c.key == key,
+                                   k.c.metric == metric).scalar_subquery()
         if step_ms in s.ROLLUPS:
             t = s.ROLLUPS[step_ms]
             q = (select(t.c.bucket_ms, t.c.sum / t.c.n).where(
-                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
-                t.c.bucket_ms >= since_ms).order_by(t.c.bucket_ms.desc()).limit(limit))
+                t.c.sid == sid, t.c.bucket_ms >= since_ms)
+                .order_by(t.c.bucket_ms.desc()).limit(limit))
         else:
             t = s.series
-            q = (select(t.c.ts_ms, t.c.value).where(
-                t.c.flow == flow, t.c.key == key, t.c.metric == metric,
-                t.c.ts_ms >= since_ms).order_by(t.c.ts_ms.desc()).limit(limit))
+            q = (select(t.c.ts_ms, t.c.value).where(t.c.sid == sid, t.c.ts_ms >= since_ms)
+                 .order_by(t.c.ts_ms.desc()).limit(limit))
         with self.engine.connect() as conn:
             rows = [(int(a), float(b)) for a, b in conn.execute(q)]
         rows.reverse()
@@ -141,26 +163,23 @@ class Records(Repository):
     def recent_values(self, flow: str, metric: str, per_series: int,
                       before_ms: int | None = None) -> dict[str, list[tuple[int, float]]]:
         """The newest ``per_series`` values of every key for a metric, oldest first (to warm
-        up detectors after a restart). Reads only those rows: the keys are walked along the
-        primary key (one index seek each), then each key's newest points are read
+        up detectors after a restart). Reads only those rows: the metric's series ids come
+        from ``series_keys``, then each series' newest points are read along its primary key
         ``ORDER BY ts_ms DESC LIMIT per_series``, never a key's whole history."""
-        t = s.series
+        t, k = s.series, s.series_keys
         out: dict[str, list] = {}
         if per_series <= 0:
             return out
-        next_key = (select(t.c.key).where(t.c.flow == flow, t.c.key > bindparam("after"))
-                    .order_by(t.c.key).limit(1))
-        newest = select(t.c.ts_ms, t.c.value).where(
-            t.c.flow == flow, t.c.key == bindparam("k"), t.c.metric == metric)
+        newest = select(t.c.ts_ms, t.c.value).where(t.c.sid == bindparam("sid"))
         if before_ms is not None:
             newest = newest.where(t.c.ts_ms < before_ms)
         newest = newest.order_by(t.c.ts_ms.desc()).limit(per_series)
         with self.engine.connect() as conn:
-            key = conn.execute(select(func.min(t.c.key)).where(t.c.flow == flow)).scalar()
-            while key is not None:
-                rows = [(int(ts), float(v)) for ts, v in conn.execute(newest, {"k": key})]
+            sids = conn.execute(select(k.c.id, k.c.key).where(
+                k.c.flow == flow, k.c.metric == metric).order_by(k.c.key)).all()
+            for sid, key in sids:
+                rows = [(int(ts), float(v)) for ts, v in conn.execute(newest, {"sid": sid})]
                 if rows:
                     rows.reverse()
                     out[key] = rows
-                key = conn.execute(next_key, {"after": key}).scalar()
         return out

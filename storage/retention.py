@@ -232,26 +232,23 @@ def _delete_by(conn: Connection, table, cols: list, values: list[tuple]) -> int:
 Step = Callable[[Connection, Scope, int, Cursor, int, Protected], tuple[int, Cursor]]
 
 
-def _series_order(t, time_col, scope: Scope) -> list:
-    """The walk order of a series or roll-up table: its primary key after the flow when
-    one flow is walked (``flow = ?`` then a row-value range the index serves: a step
-    starts where the last stopped instead of rescanning the flow), the whole key else."""
-    tail = [t.c.key, t.c.metric, time_col]
-    return tail if scope.flow is not None else [t.c.flow, *tail]
+def _series_ids(scope: Scope):
+    """The series ids whose rows a step of this scope walks (``series_keys`` names them)."""
+    k = s.series_keys
+    return select(k.c.id).where(scope.where(k)).scalar_subquery()
 
 
 def _delete_pk(conn: Connection, t, time_col, rows: list) -> int:
-    """Delete series/roll-up rows walked with ``[flow] + _series_order`` columns."""
-    # Per series, ``flow = ? AND key = ? AND metric = ? AND time IN (...)``: a primary-key
-    # search (a row-value IN list is a full scan on SQLite).
-    groups: dict[tuple, list] = {}
+    """Delete series/roll-up rows walked in (sid, time) order."""
+    # Per series, ``sid = ? AND time IN (...)``: a primary-key search (a row-value IN list
+    # is a full scan on SQLite).
+    groups: dict[int, list] = {}
     for r in rows:
-        groups.setdefault((r.flow, r.key, r.metric), []).append(r[-1])
+        groups.setdefault(r.sid, []).append(r[-1])
     n = 0
-    for (flow, key, metric), times in groups.items():
+    for sid, times in groups.items():
         for i in range(0, len(times), 400):
-            n += conn.execute(delete(t).where(t.c.flow == flow, t.c.key == key,
-                                              t.c.metric == metric,
+            n += conn.execute(delete(t).where(t.c.sid == sid,
                                               time_col.in_(times[i:i + 400]))).rowcount or 0
     return n
 
@@ -268,10 +265,10 @@ def _records(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
 def _series(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
     t, m = s.series, s.series_1m
     cutoff -= cutoff % HOUR_MS
-    rolled = exists().where(m.c.flow == t.c.flow, m.c.key == t.c.key, m.c.metric == t.c.metric,
+    rolled = exists().where(m.c.sid == t.c.sid,
                             m.c.bucket_ms == t.c.ts_ms - t.c.ts_ms % s.ROLLUP_1M)
-    order = _series_order(t, t.c.ts_ms, scope)
-    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.ts_ms < cutoff, rolled],
+    rows, nxt = _walk(conn, t, [t.c.sid, t.c.ts_ms], [],
+                      [t.c.sid.in_(_series_ids(scope)), t.c.ts_ms < cutoff, rolled],
                       cursor, limit)
     return _delete_pk(conn, t, t.c.ts_ms, rows), nxt
 
@@ -279,19 +276,19 @@ def _series(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
 def _minutes(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
     t, h = s.series_1m, s.series_1h
     cutoff -= cutoff % HOUR_MS
-    rolled = exists().where(h.c.flow == t.c.flow, h.c.key == t.c.key, h.c.metric == t.c.metric,
+    rolled = exists().where(h.c.sid == t.c.sid,
                             h.c.bucket_ms == t.c.bucket_ms - t.c.bucket_ms % HOUR_MS)
-    order = _series_order(t, t.c.bucket_ms, scope)
-    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.bucket_ms < cutoff,
-                                                   rolled], cursor, limit)
+    rows, nxt = _walk(conn, t, [t.c.sid, t.c.bucket_ms], [],
+                      [t.c.sid.in_(_series_ids(scope)), t.c.bucket_ms < cutoff, rolled],
+                      cursor, limit)
     return _delete_pk(conn, t, t.c.bucket_ms, rows), nxt
 
 
 def _hours(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
     t = s.series_1h
     cutoff -= cutoff % HOUR_MS
-    order = _series_order(t, t.c.bucket_ms, scope)
-    rows, nxt = _walk(conn, t, order, [t.c.flow], [scope.where(t), t.c.bucket_ms < cutoff],
+    rows, nxt = _walk(conn, t, [t.c.sid, t.c.bucket_ms], [],
+                      [t.c.sid.in_(_series_ids(scope)), t.c.bucket_ms < cutoff],
                       cursor, limit)
     return _delete_pk(conn, t, t.c.bucket_ms, rows), nxt
 

@@ -134,28 +134,39 @@ latest = Table(
     Column("updated_ms", BigInteger, nullable=False),
 )
 
-# Series and roll-ups are only read and written by primary key: on SQLite they are
-# clustered on it (WITHOUT ROWID, migration 0002), one b-tree per table instead of two.
+# A series is one metric of one key of a flow. ``series_keys`` names it once and gives it
+# an integer id; ``series`` holds its points as (sid, ts_ms, value), clustered on that
+# primary key on SQLite (WITHOUT ROWID): a point is ~20 bytes instead of repeating the
+# flow, key and metric names (~40), so a batch's points touch half the b-tree pages and
+# compare as integers (migration 0004; docs/architecture.md "Storage layout").
+series_keys = Table(
+    "series_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("metric", String(64), nullable=False),
+    UniqueConstraint("flow", "key", "metric", name="uq_series_keys_flow_key_metric"),
+)
+
 series = Table(
     "series",
     metadata,
-    Column("flow", String(64), primary_key=True),
-    Column("key", String(128), primary_key=True),
-    Column("metric", String(64), primary_key=True),
-    Column("ts_ms", BigInteger, primary_key=True),
+    Column("sid", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts_ms", BigInteger, primary_key=True, autoincrement=False),
     Column("value", Float, nullable=False),
     sqlite_with_rowid=False,
 )
 
 
+# Roll-ups: one row per series and minute or hour (count, sum, min, max), by series id
+# too (migration 0004), clustered on it on SQLite (WITHOUT ROWID, migration 0002).
 def _rollup(name: str) -> Table:
     return Table(
         name,
         metadata,
-        Column("flow", String(64), primary_key=True),
-        Column("key", String(128), primary_key=True),
-        Column("metric", String(64), primary_key=True),
-        Column("bucket_ms", BigInteger, primary_key=True),
+        Column("sid", BigInteger, primary_key=True, autoincrement=False),
+        Column("bucket_ms", BigInteger, primary_key=True, autoincrement=False),
         Column("n", Integer, nullable=False),
         Column("sum", Float, nullable=False),
         Column("min", Float, nullable=False),

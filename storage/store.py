@@ -146,9 +146,13 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
     def purge_flow(self, flow: str) -> None:
         """Remove a flow's derived data (records, series, latest); raw payloads are kept."""
         self.flush_derived()
-        with self.engine.begin() as conn:
-            for t in (s.records, s.latest, s.series, s.series_1m, s.series_1h):
+        with self._derived_lock, self.engine.begin() as conn:
+            sids = select(s.series_keys.c.id).where(s.series_keys.c.flow == flow)
+            for t in (s.series, s.series_1m, s.series_1h):
+                conn.execute(delete(t).where(t.c.sid.in_(sids)))
+            for t in (s.records, s.latest, s.series_keys):
                 conn.execute(delete(t).where(t.c.flow == flow))
+            self._sids.clear()  # those series ids are gone
             conn.execute(delete(s.raw_status).where(s.raw_status.c.raw_id.in_(
                 select(s.raw_payloads.c.id).where(s.raw_payloads.c.flow == flow))))
 

@@ -49,8 +49,9 @@ def run_batch(st: Store, i: int, rate: float, **kw) -> BatchWrite:
 
 def minute(st: Store) -> tuple | None:
     with st.engine.connect() as conn:
-        row = conn.execute(select(s.series_1m.c.n, s.series_1m.c.sum).where(
-            s.series_1m.c.flow == "fx", s.series_1m.c.bucket_ms == T)).first()
+        row = conn.execute(select(s.series_1m.c.n, s.series_1m.c.sum).join(
+            s.series_keys, s.series_keys.c.id == s.series_1m.c.sid).where(
+            s.series_keys.c.flow == "fx", s.series_1m.c.bucket_ms == T)).first()
     return tuple(row) if row else None
 
 
@@ -368,8 +369,9 @@ async def test_series_owed_when_the_process_dies_are_completed_by_the_next_start
                                                           (T + 2000, 3.0)]
         assert minute(store) is not None
         with store.engine.connect() as conn:
-            n = conn.execute(select(s.series_1m.c.n).where(
-                s.series_1m.c.key == "EURUSD", s.series_1m.c.bucket_ms == T)).scalar_one()
+            n = conn.execute(select(s.series_1m.c.n).join(
+                s.series_keys, s.series_keys.c.id == s.series_1m.c.sid).where(
+                s.series_keys.c.key == "EURUSD", s.series_1m.c.bucket_ms == T)).scalar_one()
         assert n == 3  # each point counted once
         assert len(list(store.records_since("fx"))) == 6
     finally:

@@ -99,8 +99,10 @@ async def test_reruns_and_replays_never_duplicate(demo_config, store, clock):
         dupes = conn.execute(select(s.records.c.key, s.records.c.ts_ms, func.count())
                              .group_by(s.records.c.key, s.records.c.ts_ms)
                              .having(func.count() > 1)).all()
-        rollup = conn.execute(select(func.sum(s.series_1m.c.n)).where(
-            s.series_1m.c.flow == "weather", s.series_1m.c.metric == "temperature")).scalar_one()
+        rollup = conn.execute(select(func.sum(s.series_1m.c.n)).join(
+            s.series_keys, s.series_keys.c.id == s.series_1m.c.sid).where(
+            s.series_keys.c.flow == "weather",
+            s.series_keys.c.metric == "temperature")).scalar_one()
     assert dupes == []
     assert rollup == 72  # roll-ups recomputed, not double counted by the replay
 

@@ -99,9 +99,19 @@ def fill(store) -> dict:
 
 
 def rows(store, table, *cols, **where):
-    q = select(*[table.c[c] for c in cols])
-    for k, v in where.items():
-        q = q.where(table.c[k] == v)
+    """Rows of ``table``; a series or roll-up table's flow, key and metric are its series'
+    (series_keys), as the store names them."""
+    k = s.series_keys
+    names = ("flow", "key", "metric")
+
+    def col(c):
+        return k.c[c] if "sid" in table.c and c in names else table.c[c]
+
+    q = select(*[col(c) for c in cols])
+    if "sid" in table.c:
+        q = q.select_from(table.join(k, k.c.id == table.c.sid))
+    for c, v in where.items():
+        q = q.where(col(c) == v)
     with store.engine.connect() as conn:
         return sorted(tuple(r) for r in conn.execute(q))
 

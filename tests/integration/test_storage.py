@@ -6,7 +6,7 @@ import contextlib
 import time
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import column, inspect, select, table, text
 
 from flowdeck.console.cli import main as cli_main
 from flowdeck.storage import schema as s
@@ -48,11 +48,21 @@ def point(key: str, ts: int, value: float, metric: str = "rate", flow: str = "fx
     return {"flow": flow, "key": key, "metric": metric, "ts_ms": ts, "value": value}
 
 
+# The series table before revision 0004: a point named by (flow, key, metric) itself.
+OLD_SERIES = table("series", column("flow"), column("key"), column("metric"), column("ts_ms"),
+                   column("value"))
+OLD_ROLLUPS = {name: table(name, *(column(c) for c in ("flow", "key", "metric", "bucket_ms", "n",
+                                                       "sum", "min", "max")))
+               for name in ("series_1m", "series_1h")}
+
+
 def rollup(store: Store, table, key: str = "EURUSD", metric: str = "rate") -> dict[int, tuple]:
+    k = s.series_keys
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(table.c.bucket_ms, table.c.n, table.c.sum, table.c.min, table.c.max)
-            .where(table.c.flow == "fx", table.c.key == key, table.c.metric == metric)
+            .join(k, k.c.id == table.c.sid)
+            .where(k.c.flow == "fx", k.c.key == key, k.c.metric == metric)
             .order_by(table.c.bucket_ms)
         ).all()
     return {int(b): (n, sm, lo, hi) for b, n, sm, lo, hi in rows}
@@ -151,10 +161,10 @@ def database_at(db_url: str, revision: str):
 def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
     """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
     with database_at(db_url, "0001") as conn:
-        conn.execute(s.series.insert(), [point("EURUSD", T + 10_000, 1.0),
-                                         point("EURUSD", T + 20_000, 3.0)])
-        for table in (s.series_1m, s.series_1h):
-            conn.execute(table.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
+        conn.execute(OLD_SERIES.insert(), [point("EURUSD", T + 10_000, 1.0),
+                                           point("EURUSD", T + 20_000, 3.0)])
+        for old in OLD_ROLLUPS.values():
+            conn.execute(old.insert(), [{"flow": "fx", "key": "EURUSD", "metric": "rate",
                                            "bucket_ms": T, "n": 2, "sum": 4.0,
                                            "min": 1.0, "max": 3.0}])
     with pytest.raises(StoreError, match="run: flowdeck db upgrade"):
@@ -188,6 +198,45 @@ def test_upgrading_a_revision_0002_database_keeps_its_records(db_url, capsys):
             ("EURUSD", 1.5), ("GBPUSD", 2.0)]
         uniques = inspect(st.engine).get_unique_constraints("records")
         assert [u["column_names"] for u in uniques] == [["flow", "ts_ms", "key"]]
+    finally:
+        st.close()
+
+
+def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_url, capsys):
+    """0004 keys series points by an integer series id: every point of every series
+    moves, history, roll-up reads and warm-up values read the same, and the next points
+    (new and rewritten) land in the moved series."""
+    with database_at(db_url, "0003") as conn:
+        conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0, bid=0.9)])
+        conn.execute(OLD_SERIES.insert(), [
+            point("EURUSD", T, 1.0), point("EURUSD", T + 10_000, 3.0),
+            point("EURUSD", T, 0.9, metric="bid"), point("GBPUSD", T + 5_000, 2.0),
+            point("EURUSD", T, 7.0, flow="other")])
+        conn.execute(OLD_ROLLUPS["series_1m"].insert(), [
+            {"flow": "fx", "key": "EURUSD", "metric": "rate", "bucket_ms": T, "n": 2,
+             "sum": 4.0, "min": 1.0, "max": 3.0},
+            {"flow": "fx", "key": "USDJPY", "metric": "rate", "bucket_ms": T, "n": 1,
+             "sum": 150.0, "min": 150.0, "max": 150.0}])  # a roll-up whose points are gone
+    assert cli_main(["db", "upgrade", "--db", db_url]) == 0
+    assert capsys.readouterr().out.strip() == f"schema 0003 -> {head_revision()}"
+    st = Store(db_url, create_if_empty=False)
+    try:
+        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 3.0)]
+        assert st.history("fx", "EURUSD", "bid") == [(T, 0.9)]
+        assert st.history("other", "EURUSD", "rate") == [(T, 7.0)]
+        assert st.history("fx", "EURUSD", "rate", step_ms=MIN) == [(T, 2.0)]
+        assert st.history("fx", "USDJPY", "rate", step_ms=MIN) == [(T, 150.0)]
+        assert st.recent_values("fx", "rate", 5) == {
+            "EURUSD": [(T, 1.0), (T + 10_000, 3.0)], "GBPUSD": [(T + 5_000, 2.0)]}
+        assert st.count("series") == 5 and st.count("series_keys") == 5
+        assert [r["data"]["rate"] for r in st.records_since("fx")] == [1.0]
+        # a rewritten point and a new one in the same minute: the roll-up is recomputed
+        st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 10_000, 5.0),
+                                                point("EURUSD", T + 20_000, 6.0)]), T)
+        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 5.0),
+                                                      (T + 20_000, 6.0)]
+        assert rollup(st, s.series_1m) == pytest.approx({T: (3, 12.0, 1.0, 6.0)})
+        assert st.count("series_keys") == 5
     finally:
         st.close()
 
@@ -352,6 +401,29 @@ def test_a_record_reads_back_exactly_as_the_stages_left_it(store):
     assert store.contributions("fx", [("EURUSD", T), ("GBPUSD", T)]) == {
         ("EURUSD", T): one, ("GBPUSD", T): two}
     assert store.latest("fx", "EURUSD")[0]["data"] == data
+
+
+def test_a_one_source_record_is_stored_once_and_read_back_whole(store):
+    """A record read by one source stores its contribution as "row" (not a second copy
+    of its data); every read rebuilds the same contribution. One whose contribution the
+    row cannot rebuild (another quality, two sources) keeps it as written."""
+    data = {"pair": "EURUSD", "rate": 1.25, "bid": 1}
+    one = {**rec("EURUSD", T), "data": data, "quality": 0.75, "flags": ["clock_skew"],
+           "raw_ids": [7], "contributions": {"fxquote": {"v": data, "ts": T, "raw": 7,
+                                                         "q": 0.75, "f": ["clock_skew"]}}}
+    other_q = {**rec("GBPUSD", T), "raw_ids": [8], "contributions": {
+        "fxquote": {"v": {"pair": "GBPUSD"}, "ts": T, "raw": 8, "q": 0.5, "f": []}}}
+    store.write_batch(BatchWrite("fx", records=[one, other_q]), T)
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(select(s.records.c.key, s.records.c.contributions)).all())
+    assert stored["EURUSD"] == "row"
+    assert stored["GBPUSD"] == other_q["contributions"]
+    by_key = {r["key"]: r for r in store.records_since("fx")}
+    assert by_key["EURUSD"]["contributions"] == one["contributions"]
+    assert by_key["GBPUSD"]["contributions"] == other_q["contributions"]
+    assert store.get_record(by_key["EURUSD"]["id"])["contributions"] == one["contributions"]
+    assert store.contributions("fx", [("EURUSD", T), ("GBPUSD", T)]) == {
+        ("EURUSD", T): one["contributions"], ("GBPUSD", T): other_q["contributions"]}
 
 
 def test_series_rollups_hold_count_sum_min_max_and_survive_rewrites(store):
