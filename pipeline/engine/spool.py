@@ -28,6 +28,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.model import RawDraft
 
 log = logging.getLogger("flowdeck.spool")
@@ -85,6 +86,7 @@ class RawSpool:
         tmp = final.with_name(final.name + ".tmp")
         with open(tmp, "wb") as fh:
             fh.write(json.dumps(header).encode() + b"\n" + body)
+            crash_point("mid_spool_write")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
