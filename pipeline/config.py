@@ -454,9 +454,9 @@ def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple, int
     try:
         loader = _LineLoader(text)
     except yaml.reader.ReaderError as exc:  # the reader checks every character up front
-        line = text.count("\n", 0, exc.position) + 1
+        at = text.count("\n", 0, exc.position) + 1
         char = exc.character if isinstance(exc.character, int) else 0
-        raise ConfigError([Problem(filename, line, "", f"YAML syntax: character #x{char:04x}"
+        raise ConfigError([Problem(filename, at, "", f"YAML syntax: character #x{char:04x}"
                                    f" is not allowed ({exc.reason})")]) from None
     try:
         node = loader.get_single_node()

@@ -281,3 +281,31 @@ async def test_slowloris_headers_are_cut_off_while_others_are_served(tmp_path):
               f"{answered} other requests served meanwhile")
     finally:
         await rig.close()
+
+
+async def test_oversized_messages_close_1009_and_leave_other_viewers_alone(tmp_path):
+    """Text, binary and fragmented messages past the limit (test_feed_protocol.py has the
+    plain case); each closes only its own connection."""
+    rig = await start_rig(tmp_path, limits=FeedLimits(max_inbound_bytes=4096))
+    try:
+        calm = await Client.open(rig.ws_url)
+        _, snap = await calm.subscribe("records:bench")
+        for message in ("x" * 5000, b"\x00" * 5000, iter(["x" * 3000, "y" * 3000])):
+            c = await Client.open(rig.ws_url)
+            await c.ws.send(message)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await c.recv()
+            assert c.ws.close_code == 1009
+        # Just under the limit is fine (answered with an error: not JSON), and the calm
+        # viewer kept its subscription through all of it.
+        c = await Client.open(rig.ws_url)
+        await c.ws.send("x" * 4000)
+        assert (await c.expect("error"))["data"]["code"] == "bad_json"
+        await c.close()
+        await rig.ingest("bench", rows_for(["K001"]))
+        delta = await calm.expect("delta", "records:bench")
+        assert delta["seq"] == snap["seq"] + 1
+        await calm.close()
+    finally:
+        await rig.close()
