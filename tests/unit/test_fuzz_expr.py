@@ -2,8 +2,9 @@
 
 Properties, for any text: ``compile_expr`` returns an Expr or raises ExprError (nothing
 else); an accepted expression contains no attribute access, import, lambda, subscript,
-comprehension, walrus or call of anything but a whitelisted function, and no name with
-a leading underscore; evaluating it on any environment returns a plain value (None, bool,
+comprehension, walrus or call of anything but a whitelisted function, and every other
+name (``__class__``, ``open`` and ``os`` included) is a field read from the record;
+evaluating it on any environment returns a plain value (None, bool,
 int, float, str) without raising, and in bounded work: the resource-hungry classics
 (``9**9**9``, ``'a'*10**9``, deep nesting) are refused or give None at once.
 ``FLOWDECK_FUZZ_EXAMPLES`` sets the examples per property (default modest, for CI).
@@ -89,15 +90,23 @@ def check(text: str, env: dict) -> None:
         return
     assert isinstance(expr, Expr)
     tree = ast.parse(text.strip(), mode="eval")
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
         assert not isinstance(node, FORBIDDEN_NODES), f"{text!r} accepted a {type(node).__name__}"
-        if isinstance(node, ast.Name):
-            assert not node.id.startswith("_"), f"{text!r} accepted the name {node.id}"
+        if isinstance(node, ast.Name) and id(node) not in called:
+            # Any other name ('__class__', 'open', 'os' included) is a field of the record:
+            # read from the environment mapping, never from Python's namespaces.
+            assert node.id in expr.names, (text, node.id)
         if isinstance(node, ast.Call):
             assert isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS, text
             assert not node.keywords, text
+    if isinstance(tree.body, ast.Name) and tree.body.id not in ("True", "False", "None"):
+        assert expr({}) is None  # a missing field, whatever its name
+        assert expr({tree.body.id: "v"}) == "v"
     result = expr(env)
-    assert result is None or type(result) in (bool, int, float, str), (text, result)
+    passed_through = any(result is v for v in env.values())  # a field's own value, as is
+    assert result is None or passed_through or type(result) in (bool, int, float, str), (
+        text, result)
     if type(result) is int:
         assert result.bit_length() <= MAX_INT_BITS
     if type(result) is str:
