@@ -44,7 +44,10 @@ def timestamp_parser(fmt: str, tz: str) -> Callable[[Any], int]:
 
     if fmt == "epoch_s":
         def parse(v: Any) -> int:
-            return int(round(number(v) * 1000))
+            ms = number(v) * 1000
+            if not math.isfinite(ms):  # e.g. 1e306 s: finite, but not in milliseconds
+                raise TimestampError(f"impossible timestamp {v!r}")
+            return int(round(ms))
     elif fmt == "epoch_ms":
         def parse(v: Any) -> int:
             return v if type(v) is int else int(number(v))

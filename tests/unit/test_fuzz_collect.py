@@ -254,3 +254,14 @@ def test_the_shapes_are_right_a_good_row_of_each_source_becomes_a_record():
                                           raw_id=1), NOW)
         chain.refine(batch, NOW)
         assert len(batch.records) == 1, (source, batch.quarantine)
+
+
+def test_what_the_fuzzer_found_an_epoch_too_large_for_milliseconds_is_quarantined():
+    """1e306 seconds is a finite float whose milliseconds overflow: OverflowError escaped
+    collect (epoch_s) before; now the row is quarantined with a timestamp reason."""
+    chain = StageChain("weather", CONFIG.flows["weather"], CONFIG)
+    body = json.dumps({"columns": ["site", "epoch", "t_c", "p_hpa", "wind_ms"],
+                       "rows": [["KSEA", 1e306, 10.5, 1012.0, 3.2]]}).encode()
+    batch, _ = chain.collect(RawDraft("airnet", body, NOW, None, 200, False, raw_id=1), NOW)
+    assert not batch.records and len(batch.quarantine) == 1
+    assert "timestamp" in batch.quarantine[0].message
