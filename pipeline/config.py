@@ -709,7 +709,13 @@ def _construct(loader: _LineLoader, node: yaml.Node, path: tuple, lines: dict) -
 
 def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple, int]]:
     lines: dict[tuple, int] = {}
-    loader = _LineLoader(text)
+    try:
+        loader = _LineLoader(text)
+    except yaml.reader.ReaderError as exc:  # the reader checks every character up front
+        at = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else 0
+        raise ConfigError([Problem(filename, at, "", f"YAML syntax: character #x{char:04x}"
+                                   f" is not allowed ({exc.reason})")]) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -70,6 +70,8 @@ def _parse_unit(name: str) -> pint.Unit:
         raise UnitError(f"unknown unit '{name}'") from None
     except (pint.PintError, ValueError, TypeError, AttributeError, SyntaxError) as exc:
         raise UnitError(f"invalid unit '{name}': {exc}") from None
+    except Exception as exc:  # pint's parser on e.g. "(m" (TokenError) or "/" (assert)
+        raise UnitError(f"invalid unit '{name}': cannot parse it ({type(exc).__name__})") from None
 
 
 def check_unit(name: str) -> None:

@@ -23,6 +23,8 @@ from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.pool import NullPool
 
+from flowdeck.storage.crashpoints import crash_point
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///flowdeck.db"
 
@@ -156,8 +158,13 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     before = _safe_current(engine)
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # pysqlite opens no transaction for DDL (each CREATE commits by itself): open
+            # one, so a crash mid-migration leaves the database as it was, not half made.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        crash_point("mid_migration")
     return before, head_revision()
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class DerivedSeries(Repository):
                                  raw_status: list[tuple]) -> None:
         if series:
             self._write_series(conn, series)
+        crash_point("mid_series_write")  # in the transaction, before its commit
         if raw_status:
             # Every run writes it: driver SQL, as for the hot tables below (the Core
             # upsert's per-call compilation and parameter processing cost ~0.7 ms of a

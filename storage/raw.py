@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.derived import DerivedSeries
 from flowdeck.storage.model import RawDraft, content_hash
 
@@ -53,6 +54,8 @@ class RawPayloads(DerivedSeries):
                     continue
                 row = conn.exec_driver_sql(sql_find, (flow, d.source, digest)).first()
                 out.append((row[0], False))
+            crash_point("before_raw_commit")
+        crash_point("after_raw_commit")
         return out
 
     def raw_processed(self, raw_id: int) -> bool:

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from flowdeck.storage import schema as s
 from flowdeck.storage.codec import RAW_STATUS_COLS, hot_sql
+from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.db import WalCheckpointer, check_schema, make_engine, sqlite_file
 from flowdeck.storage.derived import DerivedSeries
 from flowdeck.storage.issues import Issues
@@ -114,6 +115,8 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
         if early:
             with self.engine.begin() as conn:
                 self._write_records(conn, batch.records)
+                crash_point("mid_records_upsert")
+            crash_point("after_records_commit")
             stored()
         series = [p if type(p) is tuple else (p["flow"], p["key"], p["metric"], p["ts_ms"],
                                               float(p["value"])) for p in batch.series]

@@ -111,12 +111,15 @@ class StoreGuard:
     async def flush_held(self) -> bool:
         """The held writes, in order; False if the store fails again."""
         while self._held:
+            # Taken before the await: two flows' runs flush at once, and must neither write
+            # the same held call twice nor pop one the other already wrote.
+            call = self._held.popleft()
             try:
-                await self.db(self._held[0])
+                await self.db(call)
             except UNAVAILABLE as exc:
+                self._held.appendleft(call)
                 self.failed(exc)
                 return False
-            self._held.popleft()
         return True
 
     def late_run(self, flow: str, trigger: str, started_ms: int, status: str, stats: dict,

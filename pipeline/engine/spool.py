@@ -28,6 +28,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.model import RawDraft
 
 log = logging.getLogger("flowdeck.spool")
@@ -83,11 +84,18 @@ class RawSpool:
                   "truncated": draft.truncated, "size": len(body)}
         final = self._path(self._seq)
         tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(header).encode() + b"\n" + body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(header).encode() + b"\n" + body)
+                crash_point("mid_spool_write")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:  # the spool's disk is full too (ENOSPC): refused and counted
+            log.error("cannot spool a payload of %s in %s: %s", draft.source, self.folder, exc)
+            tmp.unlink(missing_ok=True)
+            self.dropped += 1
+            return False
         self._sizes[self._seq] = len(body)
         return True
 

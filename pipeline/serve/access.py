@@ -106,7 +106,8 @@ class Gate:
     def admit(self, request: Request) -> Admitted | Response:
         """The refusal (400 or 403) for a request that must not get in, else what it may do."""
         parts = urlsplit(request.path)
-        path, query = parts.path, parse_qs(parts.query)
+        # keep_blank_values: "?limit=" is a bad limit (400), not an absent one
+        path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
         try:
             host = request.headers.get("Host")
             origin = request.headers.get("Origin")

@@ -19,7 +19,9 @@ channel snapshots from the engine's shared snapshot, and the periodic jobs
 - ``viewer.py``: one connection, written to directly while it keeps up, queued
   with conflation while it is slow, closed (1008) past a bound.
 
-Inbound messages over ``max_inbound_bytes`` close the connection (1009).
+Inbound messages over ``max_inbound_bytes`` close the connection (1009); more than
+``inbound_rate`` a second (past a burst) are dropped with an error, and a sustained
+flood closes it (1008).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from flowdeck.pipeline.serve.protocol import (
     slim_event,
     trim_snapshot,
 )
-from flowdeck.pipeline.serve.viewer import Viewer
+from flowdeck.pipeline.serve.viewer import CLOSE_TOO_SLOW, Viewer
 
 log = logging.getLogger("flowdeck.feed")
 
@@ -80,6 +82,14 @@ class FeedLimits:
     max_requests_in_flight: int = 8  # actions and queries per viewer
     recent_events: int = 200  # what the events channel's snapshot holds
     close_timeout_s: float = 10.0
+    # A client's whole opening handshake (HTTP request line and headers, then the answer)
+    # must arrive within this: a slowloris client sending headers byte by byte is cut off.
+    open_timeout_s: float = 10.0
+    # Inbound messages per viewer: a token bucket of ``inbound_burst`` refilled at
+    # ``inbound_rate`` per second. A message past it is dropped with a ``rate_limited``
+    # error; ``inbound_burst`` dropped in a row close the viewer with 1008 (flooding).
+    inbound_rate: float = 50.0
+    inbound_burst: int = 100
 
 
 class FeedServer:
@@ -158,6 +168,7 @@ class FeedServer:
                 write_limit=self.limits.write_buffer_bytes,
                 max_queue=16,
                 close_timeout=self.limits.close_timeout_s,
+                open_timeout=self.limits.open_timeout_s,
                 ping_interval=20,
                 ping_timeout=20,
                 server_header="flowdeck",
@@ -410,6 +421,11 @@ class FeedServer:
             async for raw in conn:
                 if viewer.closed:
                     break
+                if viewer.over_rate():
+                    if viewer.flood_reason is not None:
+                        await conn.close(CLOSE_TOO_SLOW, viewer.flood_reason)
+                        break
+                    continue
                 await self._on_message(viewer, raw)
         except ConnectionClosed:
             pass

@@ -225,11 +225,12 @@ class FeedMetrics:
             ["kind"],
             registry=r,
         )
-        for reason in ("conflated", "slow_viewer", "hub_overflow"):
+        for reason in ("conflated", "slow_viewer", "hub_overflow", "rate_limited"):
             self.feed_dropped.labels(reason)
         self._sent_children: dict[str, Counter] = {}
         self._dropped_children = {
-            k: self.feed_dropped.labels(k) for k in ("conflated", "slow_viewer", "hub_overflow")
+            k: self.feed_dropped.labels(k)
+            for k in ("conflated", "slow_viewer", "hub_overflow", "rate_limited")
         }
         # Plain mirrors for the metrics channel (reading prometheus objects back is awkward).
         self.flow_stats: dict[str, dict] = {}

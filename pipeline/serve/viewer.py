@@ -6,6 +6,10 @@ gets a queue instead: newer messages with the same conflation key replace older 
 (latest per key, records merged per series key), and past a bound (``max_pending``,
 ``max_pending_bytes``) the viewer is closed with code 1008 (``CLOSE_TOO_SLOW``). Nothing a
 slow viewer does costs the others more than a dictionary update.
+
+Inbound, each viewer has a token bucket (``inbound_rate`` a second, ``inbound_burst`` deep):
+a message past it is dropped unread with a ``rate_limited`` error, and ``inbound_burst``
+dropped in a row close the viewer with 1008 (a flood), before any of it is parsed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Viewer:
         metrics: FeedMetrics,
         channels: Mapping[str, Channel],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``channels`` is the feed's, to leave on close; ``spawn`` runs the closing
         handshake as a task the server tracks (and cancels on stop)."""
@@ -64,6 +69,11 @@ class Viewer:
         self._ack_wake = asyncio.Event()
         self._uniq = itertools.count()
         self.in_flight = 0
+        self.clock = clock
+        self._tokens = float(limits.inbound_burst)
+        self._refilled = clock()
+        self._refused = 0  # messages dropped in a row by the rate limit
+        self.flood_reason: str | None = None
 
     # ------------------------------------------------------------ sending
 
@@ -163,6 +173,34 @@ class Viewer:
         m = Message(channel, type_, 0, now, data, None, envelope(type_, channel, 0, now, data))
         if self.deliver(m):
             self.metrics.sent("-", 1)
+
+    # ------------------------------------------------------------ inbound rate
+
+    def over_rate(self) -> bool:
+        """Take one inbound message from the bucket; True if it must be dropped (the viewer
+        was told; when it keeps flooding it is marked closed with ``flood_reason`` set, and
+        the handler closes the connection with 1008)."""
+        lim = self.limits
+        now = self.clock()
+        self._tokens = min(
+            float(lim.inbound_burst), self._tokens + (now - self._refilled) * lim.inbound_rate
+        )
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._refused = 0
+            return False
+        self._refused += 1
+        self.metrics.drop("rate_limited")
+        if self._refused >= lim.inbound_burst:
+            self._lost()
+            self.flood_reason = f"flooding: over {lim.inbound_rate:g} messages/s"
+            log.warning("feed viewer %s at %s closed: %s", self.id, self.conn.remote_address,
+                        self.flood_reason)
+        else:
+            self.reply("error", {"id": None, "code": "rate_limited", "message":
+                                 f"over {lim.inbound_rate:g} messages/s: message dropped"})
+        return True
 
     # ------------------------------------------------------------ closing
 

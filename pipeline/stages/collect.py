@@ -94,7 +94,10 @@ def interval_parser(fmt: str, tz: str) -> Callable[[Any], tuple[int, float | Non
             return int(round(x / 1e6))
     elif fmt == "epoch_s":
         def parse(v: Any) -> int:
-            return int(round(number(v) * 1000))
+            ms = number(v) * 1000
+            if not math.isfinite(ms):  # e.g. 1e306 s: finite, but not in milliseconds
+                raise TimestampError(f"impossible timestamp {v!r}")
+            return int(round(ms))
     elif fmt == "epoch_ms":
         def parse(v: Any) -> int:
             return v if type(v) is int else int(number(v))
