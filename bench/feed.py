@@ -737,8 +737,8 @@ def run(opts: Options) -> tuple[list[Figure], dict]:
     global DRAIN
     ap = parser()
     if opts.quick:
-        argv = ["--seconds", f"{opts.seconds(4, 3, 1):g}", "--paced", str(opts.n(100, 20, 5)),
-                "--burst", str(opts.n(200, 150, 20)), "--rounds", "2", "--stall-rounds", "2",
+        argv = ["--seconds", f"{opts.seconds(4, 3, 1):g}", "--paced", str(opts.n(100, 15, 5)),
+                "--burst", str(opts.n(200, 25, 10)), "--rounds", "2", "--stall-rounds", "2",
                 "--light", "0", "--full-path-only"]
         DRAIN = 1.0
     else:
