@@ -154,8 +154,8 @@ def run(opts: Options) -> tuple[list[Figure], dict]:
     """Key to paint with the engine in its own process (the console's default) at 10,000
     records/s, against the same keys with the engine idle, same run."""
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    keys = opts.n(60, 12, 4)
-    warmup = 2.0 if opts.quick else 3.0
+    keys = opts.n(60, 8, 4)
+    warmup = 1.5 if opts.quick else 3.0
     rate = 10_000
     idle = asyncio.run(measure(0, keys, "process", warmup))
     busy = asyncio.run(measure(rate, keys, "process", warmup))

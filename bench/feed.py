@@ -68,7 +68,7 @@ flows:
       sent: {type: float}
     detect: [{metric: temperature, methods: [robust_z]}]
 """
-DRAIN = 2.0  # seconds between phases for every viewer to drain (--quick: 1)
+DRAIN = 2.0  # seconds between phases for every viewer to drain (--quick: 0.5)
 PAD = "x" * 400  # event payload padding: a ~600-byte message, like a fetch or issue event
 
 
@@ -737,10 +737,10 @@ def run(opts: Options) -> tuple[list[Figure], dict]:
     global DRAIN
     ap = parser()
     if opts.quick:
-        argv = ["--seconds", f"{opts.seconds(4, 3, 1):g}", "--paced", str(opts.n(100, 15, 5)),
-                "--burst", str(opts.n(200, 25, 10)), "--rounds", "2", "--stall-rounds", "2",
+        argv = ["--seconds", f"{opts.seconds(4, 2, 1):g}", "--paced", str(opts.n(100, 10, 5)),
+                "--burst", str(opts.n(200, 20, 10)), "--rounds", "2", "--stall-rounds", "2",
                 "--light", "0", "--full-path-only"]
-        DRAIN = 1.0
+        DRAIN = 0.5
     else:
         argv = ["--seconds", f"{opts.seconds(5, 3, 1):g}", "--paced", str(opts.n(100, 20, 5)),
                 "--burst", str(opts.n(200, 150, 20)), "--light", str(opts.n(30, 0, 5))]

@@ -88,8 +88,7 @@ def make_payloads(n: int, batch: int, t0_ms: int = T0_MS) -> list[bytes]:
     lines = []
     for i in range(n):
         lines.append(json.dumps({"s": f"S{i % STATIONS:03d}", "t": t0_ms + (i // STATIONS) * 1000,
-                                 "temp_f": 50 + (i % 37) * 0.5 + (i // 7919 % 3) * 0.1
-                                 + (40 if i % 4999 == 4998 and i > 20 * STATIONS else 0),
+                                 "temp_f": 50 + (i % 37) * 0.5 + (i // 7919 % 3) * 0.1,
                                  "p": 1000 + i % 20, "w": (i % 15) * 0.7}))
     return ["\n".join(lines[k:k + batch]).encode() for k in range(0, n, batch)]
 
@@ -300,7 +299,7 @@ def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, A
     """The SQLite and PostgreSQL figures, and Bytewax's on the same input in the same run."""
     from bench import bytewax_chain
 
-    n = opts.n(100_000, 20_000, least=2_000)
+    n = opts.n(100_000, 10_000, least=2_000)
     batch = 1000
     rounds = 1 if opts.quick else 3
     payloads = make_payloads(n, batch)
@@ -332,7 +331,7 @@ def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, A
                 bw.append(bdt)
                 if r == 0:
                     identical = bytewax_chain.compare(out, stored_records(url))
-            if same_reason is None:
+            if same_reason is None and not opts.quick:
                 try:
                     same.append(same_rows_sqlite(payloads, root / f"same{r}.db"))
                 except Exception as exc:  # the layout changed: this baseline no longer applies
@@ -355,7 +354,7 @@ def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, A
             extra["ratio_vs_same_rows"] = statistics.median(same) / t_ours
         else:
             extra["same_rows_records_per_s"] = None
-            extra["same_rows_reason"] = same_reason
+            extra["same_rows_reason"] = same_reason or "measured in the full run only"
         figures = [
             Figure("pipeline_records_per_s", n / t_ours, ">= 100000",
                    f"floor {n / t_floor:,.0f} rec/s", "rec/s",
