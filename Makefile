@@ -23,8 +23,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Every benchmark, one table (bench/README.md); `make bench BENCH_ARGS="--quick --json"`.
 bench: $(STAMP)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # ruff, the import contracts ([tool.importlinter]) and the type check, each run even if one
 # before it fails, so one `make lint` shows every problem; it fails if any of them failed.

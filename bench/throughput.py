@@ -1,0 +1,454 @@
+"""End-to-end throughput through all seven stages into SQLite and PostgreSQL, against
+the floor: what any ingest must do at least, run in this process, on the same input.
+
+The input is ``records`` JSON lines cut into payloads of ``batch`` records (1,000 by
+default: one payload per run, as a streaming source delivers them). flowdeck takes each
+payload through collect, validate, transform, enrich, quality, resolve and detect into
+the store (``Engine.process_payloads``: one run, one commit per payload); the payloads
+are committed raw first, untimed, as a fetch does before any stage sees them.
+
+The floor (``pipeline_ratio_vs_floor``) is the *minimal* ingest: orjson parse plus one
+row per record (flow, key, ts, data as JSON) with sqlite3 ``executemany``, one
+transaction per payload. The PostgreSQL floor is the same with psycopg 3
+``executemany`` (pipelined). A third baseline, "same rows", writes what flowdeck's
+schema stores per record (the records row and one series row per metric) with no
+stage at all; it reads the table shapes from ``flowdeck.storage.schema`` and is
+reported only while that layout has those tables.
+
+    .venv/bin/python -m bench.throughput [--records N] [--batch B] [--pg] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import PG_ADMIN, Figure, Options, log
+from flowdeck.pipeline.config import Config, parse_config
+from flowdeck.pipeline.core.clock import ManualClock
+from flowdeck.pipeline.engine.engine import Engine
+from flowdeck.storage.model import RawDraft
+from flowdeck.storage.store import Store
+
+FLOW = "bench"
+STATIONS = 1000
+T0_MS = 1_795_000_000_000
+CONFIG = """
+flows:
+  bench:
+    key: station
+    sources:
+      - name: feed
+        kind: file
+        path: unused.jsonl
+        format: jsonl
+        fields: {station: s, ts: t, temperature: temp_f, pressure: p, wind_speed: w}
+        timestamp: {format: epoch_ms}
+        units: {temperature: degF}
+    fields:
+      station: {type: str, required: true, pattern: "^[A-Z0-9]{4}$"}
+      temperature: {type: float, required: true, unit: degC, range: [-90, 60]}
+      pressure: {type: float, range: [850, 1090]}
+      wind_speed: {type: float, range: [0, 120]}
+    derive: {temperature_f: "temperature * 1.8 + 32"}
+    enrich: [{table: stations.csv, on: station, add: [elevation, region]}]
+    resolve: {strategy: median}
+    detect: [{metric: temperature, methods: [robust_z]}]
+"""
+
+
+def write_reference(folder: Path) -> Path:
+    """The enrich stage's table: every station but one in a hundred (those are unenriched)."""
+    path = folder / "stations.csv"
+    rows = ["station,elevation,region"]
+    rows += [f"S{i:03d},{(i * 37) % 2000},R{i % 7}" for i in range(STATIONS) if i % 100 != 99]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def make_config(folder: Path) -> Config:
+    write_reference(folder)
+    return parse_config(CONFIG, str(folder / "bench.yaml"))
+
+
+def make_payloads(n: int, batch: int, t0_ms: int = T0_MS) -> list[bytes]:
+    """n records of STATIONS stations, one reading per station per second, in payloads."""
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({"s": f"S{i % STATIONS:03d}", "t": t0_ms + (i // STATIONS) * 1000,
+                                 "temp_f": 50 + (i % 37) * 0.5 + (i // 7919 % 3) * 0.1,
+                                 "p": 1000 + i % 20, "w": (i % 15) * 0.7}))
+    return ["\n".join(lines[k:k + batch]).encode() for k in range(0, n, batch)]
+
+
+# ---------------------------------------------------------------- the floor
+
+
+def floor_sqlite(payloads: list[bytes], path: Path) -> float:
+    """orjson parse + one 4-column row per record, executemany, a transaction per payload."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("create table records (flow text, key text, ts_ms integer, data text, "
+                "primary key (flow, key, ts_ms))")
+    loads, dumps = orjson.loads, orjson.dumps
+    t = time.perf_counter()
+    for body in payloads:
+        rows = []
+        for line in body.splitlines():
+            d = loads(line)
+            rows.append((FLOW, d["s"], d["t"], dumps(d).decode()))
+        con.execute("begin")
+        con.executemany("insert into records values (?, ?, ?, ?)", rows)
+        con.execute("commit")
+    dt = time.perf_counter() - t
+    con.close()
+    return dt
+
+
+def floor_pg(payloads: list[bytes], dsn: str) -> float:
+    """The same floor into PostgreSQL: psycopg 3 executemany (pipelined), a transaction
+    per payload."""
+    import psycopg
+
+    loads, dumps = orjson.loads, orjson.dumps
+    with psycopg.connect(dsn) as con:
+        con.execute("create table floor_records (flow text, key text, ts_ms bigint, data jsonb, "
+                    "primary key (flow, key, ts_ms))")
+        con.commit()
+        t = time.perf_counter()
+        for body in payloads:
+            rows = []
+            for line in body.splitlines():
+                d = loads(line)
+                rows.append((FLOW, d["s"], d["t"], dumps(d).decode()))
+            with con.cursor() as cur:
+                cur.executemany("insert into floor_records values (%s, %s, %s, %s)", rows)
+            con.commit()
+        dt = time.perf_counter() - t
+    return dt
+
+
+SERIES_FIELDS = (("temp_f", "temperature"), ("p", "pressure"), ("w", "wind_speed"))
+
+
+def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
+    """What flowdeck's layout stores per record, with no stage: a records row and four
+    series rows (by series id, a series_keys row the first time a series is seen), the
+    schema's own DDL and indexes, a transaction per payload."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from flowdeck.storage import schema
+
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    dialect = sqlite_dialect.dialect()
+    for table in (schema.records, schema.series_keys, schema.series):
+        con.execute(str(CreateTable(table).compile(dialect=dialect)))
+        for index in table.indexes:
+            con.execute(str(CreateIndex(index).compile(dialect=dialect)))
+    loads, dumps = orjson.loads, orjson.dumps
+    now = int(time.time() * 1000)
+    sids: dict[tuple[str, str], int] = {}
+    t = time.perf_counter()
+    for body in payloads:
+        records, series, new_keys = [], [], []
+
+        def sid(key: str, metric: str, new_keys: list = new_keys) -> int:
+            got = sids.get((key, metric))
+            if got is None:
+                got = sids[(key, metric)] = len(sids) + 1
+                new_keys.append((got, FLOW, key, metric))
+            return got
+
+        for line in body.splitlines():
+            d = loads(line)
+            key, ts = d["s"], d["t"]
+            data = {"station": key, "temperature": d["temp_f"], "pressure": d["p"],
+                    "wind_speed": d["w"], "temperature_f": d["temp_f"]}
+            records.append((FLOW, key, ts, dumps(data).decode(), 1.0, 0.0, False, "[]",
+                            '["feed"]', dumps({"feed": {"v": data, "ts": ts, "raw": 1, "q": 1.0,
+                                                         "f": []}}).decode(), "[1]", 1, now))
+            for src_field, metric in SERIES_FIELDS:
+                series.append((sid(key, metric), ts, float(d[src_field])))
+            series.append((sid(key, "temperature_f"), ts, float(d["temp_f"])))
+        con.execute("begin")
+        con.executemany("insert into records (flow, key, ts_ms, data, quality, anomaly_score, "
+                        "anomalous, flags, sources, contributions, raw_ids, version_id, "
+                        "updated_ms) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+        con.executemany("insert into series_keys (id, flow, key, metric) values (?, ?, ?, ?)",
+                        new_keys)
+        con.executemany("insert into series (sid, ts_ms, value) values (?, ?, ?)", series)
+        con.execute("commit")
+    dt = time.perf_counter() - t
+    con.close()
+    return dt
+
+
+# ---------------------------------------------------------------- flowdeck
+
+
+def flowdeck_run(payloads: list[bytes], url: str, folder: Path,
+                 profile: cProfile.Profile | None = None) -> tuple[float, dict[str, Any]]:
+    """All stages into the store at ``url``, one run per payload; seconds and stage stats.
+
+    Timed: every run and the store's close (which writes whatever a store holds back)."""
+    cfg = make_config(folder)
+    store = Store(url)
+    clock = ManualClock(T0_MS / 1000 + 3600)
+    engine = Engine(cfg, store, clock=clock)
+    drafts = [RawDraft("feed", body, clock.now_ms()) for body in payloads]
+    for draft, (raw_id, _new) in zip(drafts, store.insert_raws(FLOW, drafts), strict=True):
+        draft.raw_id = raw_id
+    stages: dict[str, dict[str, float]] = {}
+    if profile is not None:
+        profile.enable()
+    t = time.perf_counter()
+    for draft in drafts:
+        summary = engine.process_payloads(FLOW, [draft])
+        for name, st in summary.stages.items():
+            d = st.as_dict()
+            acc = stages.setdefault(name, {"in": 0, "out": 0, "ms": 0.0})
+            acc["in"] += d["in"]
+            acc["out"] += d["out"]
+            acc["ms"] += d["ms"]
+    store.close()
+    dt = time.perf_counter() - t
+    if profile is not None:
+        profile.disable()
+    engine.worker.shutdown()
+    engine.reader.shutdown()
+    return dt, stages
+
+
+def stored_records(url: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """What flowdeck stored, through the store's read API (for the Bytewax comparison)."""
+    store = Store(url)
+    try:
+        out = {}
+        for row in store.records_since(FLOW, 0):
+            out[(row["key"], row["ts_ms"])] = {
+                "data": row["data"], "quality": row["quality"],
+                "anomaly_score": row["anomaly_score"], "anomalous": bool(row["anomalous"]),
+                "flags": list(row["flags"])}
+        return out
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+class PgDatabase:
+    """A database of its own on the local PostgreSQL, created and dropped."""
+
+    def __init__(self, admin: str = PG_ADMIN) -> None:
+        self.admin = admin
+        self.name = f"flowdeck_bench_{uuid.uuid4().hex[:10]}"
+
+    def __enter__(self) -> PgDatabase:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=3) as con:
+            con.execute(f'create database "{self.name}"')
+        return self
+
+    @property
+    def dsn(self) -> str:
+        base, _, _db = self.admin.rpartition("/")
+        return f"{base}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return "postgresql+psycopg://" + self.dsn.split("://", 1)[1]
+
+    def __exit__(self, *exc: object) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as con:
+            con.execute(f'drop database if exists "{self.name}" with (force)')
+
+
+def pg_reason() -> str | None:
+    """None when PostgreSQL answers at FLOWDECK_BENCH_PG, else why not."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed ({exc})"
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3) as con:
+            con.execute("select 1")
+    except Exception as exc:
+        return f"PostgreSQL is not reachable at {PG_ADMIN.split('@')[-1]}: {exc}".strip()
+    return None
+
+
+# ---------------------------------------------------------------- the harness
+
+
+def profile_text(prof: cProfile.Profile, top: int = 15) -> str:
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).strip_dirs().sort_stats("cumulative").print_stats(top)
+    return s.getvalue()
+
+
+def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, Any]]:
+    """The SQLite and PostgreSQL figures, and Bytewax's on the same input in the same run."""
+    from bench import bytewax_chain
+
+    n = opts.n(100_000, 10_000, least=2_000)
+    batch = 1000
+    rounds = 1 if opts.quick else 3
+    payloads = make_payloads(n, batch)
+    warm = payloads[: max(2, len(payloads) // 10)]
+    extra: dict[str, Any] = {"records": n, "batch": batch, "rounds": rounds}
+    ours, floor, same, bw = [], [], [], []
+    bw_reason = bytewax_chain.unavailable()
+    same_reason = None
+    stages: dict[str, Any] = {}
+    identical: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="flowdeck-bench-") as d:
+        root = Path(d)
+        # warm-up: imports, pydantic's validators, SQLite's page cache, the allocator
+        floor_sqlite(warm, root / "warm-floor.db")
+        (root / "warm").mkdir()
+        flowdeck_run(warm, f"sqlite:///{root / 'warm' / 'f.db'}", root / "warm")
+        if bw_reason is None:
+            bytewax_chain.run_chain(warm, make_config(root / "warm"))
+        for r in range(rounds):
+            log(f"  throughput round {r + 1}/{rounds}: {n:,} records in payloads of {batch}")
+            floor.append(floor_sqlite(payloads, root / f"floor{r}.db"))
+            folder = root / f"run{r}"
+            folder.mkdir()
+            url = f"sqlite:///{folder / 'flowdeck.db'}"
+            dt, stages = flowdeck_run(payloads, url, folder)
+            ours.append(dt)
+            if bw_reason is None:
+                bdt, out = bytewax_chain.run_chain(payloads, make_config(folder))
+                bw.append(bdt)
+                if r == 0:
+                    identical = bytewax_chain.compare(out, stored_records(url))
+            if same_reason is None and not opts.quick:
+                try:
+                    same.append(same_rows_sqlite(payloads, root / f"same{r}.db"))
+                except Exception as exc:  # the layout changed: this baseline no longer applies
+                    same_reason = f"the schema no longer has the pre-change tables ({exc})"
+        prof_sqlite = None
+        if profile:
+            prof = cProfile.Profile()
+            (root / "prof").mkdir()
+            flowdeck_run(payloads, f"sqlite:///{root / 'prof' / 'f.db'}", root / "prof", prof)
+            prof_sqlite = profile_text(prof)
+        stored = stages.get("store", {}).get("out", 0)
+        if stored != n:
+            raise RuntimeError(f"flowdeck stored {stored} of {n} records")
+        t_ours, t_floor = statistics.median(ours), statistics.median(floor)
+        extra.update({"flowdeck_s": ours, "floor_s": floor,
+                      "floor_records_per_s": n / t_floor,
+                      "stage_ms": {k: round(v["ms"], 1) for k, v in stages.items()}})
+        if same:
+            extra["same_rows_records_per_s"] = n / statistics.median(same)
+            extra["ratio_vs_same_rows"] = statistics.median(same) / t_ours
+        else:
+            extra["same_rows_records_per_s"] = None
+            extra["same_rows_reason"] = same_reason or "measured in the full run only"
+        figures = [
+            Figure("pipeline_records_per_s", n / t_ours, ">= 100000",
+                   f"floor {n / t_floor:,.0f} rec/s", "rec/s",
+                   extra={"stage_ms": extra["stage_ms"]}),
+            Figure("pipeline_ratio_vs_floor", t_floor / t_ours, ">= 0.5",
+                   f"orjson + sqlite3 executemany, {n / t_floor:,.0f} rec/s", "x"),
+        ]
+        if bw_reason is None:
+            t_bw = statistics.median(bw)
+            extra.update({"bytewax_s": bw, "bytewax_records_per_s": n / t_bw,
+                          "bytewax_identical_output": identical})
+            if identical and not identical["identical"]:
+                bw_reason = f"Bytewax's output differs from flowdeck's: {identical}"
+            figures.append(Figure(
+                "bytewax_ratio", None if bw_reason else t_bw / t_ours, ">= 1.5",
+                f"Bytewax 0.21, 1 worker, {n / t_bw:,.0f} rec/s", "x", reason=bw_reason))
+        else:
+            figures.append(Figure("bytewax_ratio", None, ">= 1.5", "Bytewax 0.21", "x",
+                                  reason=bw_reason))
+        # PostgreSQL is an order of magnitude slower today: a quarter of the input (at least
+        # 5 payloads) in --quick, one round in the full run, so the run stays bounded.
+        pg_payloads = payloads[: max(5, len(payloads) // 4)] if opts.quick else payloads
+        pg = run_pg(pg_payloads, warm, 1, root, profile)
+        figures.append(pg[0])
+        extra.update(pg[1])
+        if prof_sqlite:
+            extra["profile_sqlite"] = prof_sqlite
+    return figures, extra
+
+
+def run_pg(payloads: list[bytes], warm: list[bytes], rounds: int, root: Path,
+           profile: bool) -> tuple[Figure, dict[str, Any]]:
+    n = sum(body.count(b"\n") + 1 for body in payloads)
+    reason = pg_reason()
+    if reason is not None:
+        return Figure("pipeline_pg_records_per_s", None, ">= 100000", "PostgreSQL floor",
+                      "rec/s", reason=reason), {}
+    ours, floor = [], []
+    extra: dict[str, Any] = {}
+    with PgDatabase() as w:
+        (root / "pgwarm").mkdir()
+        flowdeck_run(warm, w.url, root / "pgwarm")
+        floor_pg(warm, w.dsn)
+    for r in range(rounds):
+        log(f"  PostgreSQL round {r + 1}/{rounds}")
+        with PgDatabase() as db:
+            floor.append(floor_pg(payloads, db.dsn))
+        with PgDatabase() as db:
+            folder = root / f"pg{r}"
+            folder.mkdir()
+            dt, stages = flowdeck_run(payloads, db.url, folder)
+            ours.append(dt)
+    if profile:
+        with PgDatabase() as db:
+            prof = cProfile.Profile()
+            (root / "pgprof").mkdir()
+            flowdeck_run(payloads, db.url, root / "pgprof", prof)
+            extra["profile_pg"] = profile_text(prof)
+    t_ours, t_floor = statistics.median(ours), statistics.median(floor)
+    extra.update({"pg_records": n, "pg_flowdeck_s": ours, "pg_floor_s": floor,
+                  "pg_floor_records_per_s": n / t_floor, "pg_ratio_vs_floor": t_floor / t_ours,
+                  "pg_stage_ms": {k: round(v["ms"], 1) for k, v in stages.items()}})
+    return Figure("pipeline_pg_records_per_s", n / t_ours, ">= 100000",
+                  f"PG floor (psycopg executemany) {n / t_floor:,.0f} rec/s", "rec/s",
+                  extra={"ratio_vs_pg_floor": round(t_floor / t_ours, 3)}), extra
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--profile", action="store_true", help="cProfile top 15 by cumtime")
+    args = ap.parse_args()
+    opts = Options(quick=False, scale=args.records / 100_000)
+    figures, extra = run(opts, profile=args.profile)
+    for f in figures:
+        print(f"{f.key:28} {f.value if f.value is None else round(f.value, 3)!s:>12}  "
+              f"target {f.target:10}  baseline {f.baseline}  {f.reason or ''}")
+    for k in ("profile_sqlite", "profile_pg"):
+        if k in extra:
+            print(f"\n== {k}\n{extra.pop(k)}")
+    print(json.dumps(extra, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
