@@ -342,7 +342,7 @@ _STEPS: dict[str, Step] = {"records": _records, "series": _series, "series_1m": 
 
 
 def raw_cutoff(now_ms: int, keep: dict[str, float | None], keep_lineage: bool,
-               max_future_s: float) -> int | None:
+               max_future_s: float | None) -> int | None:
     """The time before which a flow's raw payloads may go (None: never).
 
     A record's timestamp is at most ``max_future`` after the fetch that brought it (collect
@@ -355,7 +355,7 @@ def raw_cutoff(now_ms: int, keep: dict[str, float | None], keep_lineage: bool,
     cutoff = now_ms - int(raw * 1000)
     if keep_lineage:
         records = keep.get("records")
-        if records is None:
+        if records is None or max_future_s is None:  # no bound on how far ahead a record is
             return None
         cutoff = min(cutoff, now_ms - int(records * 1000) - int(max_future_s * 1000))
     return cutoff

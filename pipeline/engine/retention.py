@@ -81,11 +81,14 @@ class RetentionJob:
     def plan(self, now_ms: int) -> list[tuple[str, Scope, int]]:
         """(kind, scope, cutoff) of every step sequence of a pass, in ``KINDS`` order."""
         configured = tuple(self.config.flows)
-        scopes: list[tuple[Scope, dict[str, float | None], float]] = [
+        # max_future None (forecasts: no upper bound) keeps the flow's raw payloads while
+        # lineage is kept: no bound says which payloads kept records no longer name.
+        scopes: list[tuple[Scope, dict[str, float | None], float | None]] = [
             (Scope(name), self.settings.for_flow(f.retention), f.timestamps.max_future)
             for name, f in self.config.flows.items()]
-        max_future = max((f.timestamps.max_future for f in self.config.flows.values()),
-                         default=300.0)
+        futures = [f.timestamps.max_future for f in self.config.flows.values()]
+        max_future = (None if None in futures else max(
+            (x for x in futures if x is not None), default=300.0))
         scopes.append((Scope(None, configured), self.settings.for_flow(None), max_future))
         out = []
         for kind in KINDS:
