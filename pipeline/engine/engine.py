@@ -48,6 +48,7 @@ from flowdeck.pipeline.engine.maintenance import Maintenance
 from flowdeck.pipeline.engine.retention import RetentionJob
 from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.sniff import unmatched_paths
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
 from flowdeck.pipeline.stages.resolve import AGREEMENT_HISTORY_MS
 from flowdeck.storage.caches import Caches, CacheSettings
@@ -437,6 +438,28 @@ class Engine:
 
     # ------------------------------------------------------------ processing (worker thread)
 
+    def _check_paths(self, rt: FlowRuntime, payload: RawDraft, batch: Batch) -> list[IssueDraft]:
+        """The first payload with items from a source: field and unit paths that match
+        nothing in it are logged and raised as one warning issue (``flowdeck check --sample``
+        says the same before a run)."""
+        if not any(isinstance(i, dict) for i in batch.items):
+            return []  # nothing to compare against yet (empty or unreadable): next payload
+        rt.paths_checked.add(payload.source)
+        src = next((s for s in rt.cfg.sources if s.name == payload.source), None)
+        if src is None:
+            return []
+        warnings = unmatched_paths(batch, src)
+        if not warnings:
+            return []
+        for w in warnings:
+            log.warning("flow %s: %s", rt.name, w)
+        return [IssueDraft(
+            flow=rt.name, kind="config", severity="warning", source=payload.source,
+            title=f"{payload.source}: {len(warnings)} field path(s) match nothing in its "
+                  "payload",
+            fingerprint=f"config:{rt.name}:{payload.source}:unmatched_paths",
+            detail={"warnings": warnings}, raw_ids=[payload.raw_id] if payload.raw_id else [])]
+
     @_gc_paused
     def _process(self, rt: FlowRuntime, payloads: list[RawDraft], summary: RunSummary,
                  replay: bool) -> None:
@@ -454,6 +477,8 @@ class Engine:
         for p in payloads:
             summary.payloads += 1
             batch, n_items = chain.collect(p, now, replay=replay, stats=st)
+            if p.source not in rt.paths_checked:
+                issues.extend(self._check_paths(rt, p, batch))
             seen_pairs.setdefault(p.source, []).extend((r.key, r.ts) for r in batch.records)
             chain.refine(batch, now, stats=st)
             raw_status.append({"raw_id": p.raw_id, "processed_ms": now,
