@@ -460,6 +460,25 @@ class Engine:
             fingerprint=f"config:{rt.name}:{payload.source}:unmatched_paths",
             detail={"warnings": warnings}, raw_ids=[payload.raw_id] if payload.raw_id else [])]
 
+    def _check_detect_keys(self, rt: FlowRuntime, merged: Batch) -> list[IssueDraft]:
+        """Detection keeps its state per key: if the first run with enough records gives
+        every record a key of its own (an event feed keyed by event id), nothing will ever
+        be detected; said once, as a warning issue, instead of silently doing nothing."""
+        if len(merged.records) < 20:
+            return []  # too few to tell
+        rt.paths_checked.add("detect:keys")
+        if len({r.key for r in merged.records}) < len(merged.records):
+            return []
+        text = (f"detection keeps its state per key, and each of the {len(merged.records)} "
+                "records of the first run has a key of its own: nothing will be detected; "
+                "name the series with 'series: FIELD'")
+        log.warning("flow %s: %s", rt.name, text)
+        return [IssueDraft(flow=rt.name, kind="config", severity="warning",
+                           title=f"{rt.name}: every record is its own series; detection "
+                                 "cannot learn",
+                           fingerprint=f"config:{rt.name}:detect_keys",
+                           detail={"warnings": [text]})]
+
     @_gc_paused
     def _process(self, rt: FlowRuntime, payloads: list[RawDraft], summary: RunSummary,
                  replay: bool) -> None:
@@ -491,6 +510,8 @@ class Engine:
             merged.records.extend(batch.records)
         if quarantine:
             issues.append(self._quarantine_issue(rt, quarantine, everything=not merged.records))
+        if "detect:keys" not in rt.paths_checked and rt.cfg.detect and rt.cfg.series is None:
+            issues.extend(self._check_detect_keys(rt, merged))
         chain.merge(merged, now, functools.partial(self.store.contributions, rt.name), stats=st)
         bucket = chain.resolver.bucket
         for d in issues:  # quality issues named records by source timestamp: use the window

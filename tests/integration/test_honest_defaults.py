@@ -240,3 +240,27 @@ async def test_a_field_path_matching_nothing_is_said_on_the_first_run(tmp_path, 
         assert [i["count"] for i in store.issues(flow="obs") if i["kind"] == "config"] == [1]
     finally:
         store.close()
+
+
+async def test_detection_on_one_record_per_key_is_said_not_silent(tmp_path, sqlite_url):
+    payload = tmp_path / "events.json"
+    rows = [{"station": f"ev{i}", "time": iso(NOW - 60 * (i + 1)), "temp": 10.0 + i % 3}
+            for i in range(25)]  # an event feed: every record its own key
+    payload.write_text(json.dumps({"observations": rows}))
+    cfg = write_config(tmp_path, obs_flow(payload, history=True, detect=[{"metric": "temp"}]))
+    await run(cfg, sqlite_url, ManualClock(NOW))
+    store = Store(sqlite_url)
+    try:
+        titles = [i["title"] for i in store.issues(flow="obs") if i["kind"] == "config"]
+    finally:
+        store.close()
+    assert titles == ["obs: every record is its own series; detection cannot learn"]
+    # With a series field named, nothing is said.
+    url2 = f"sqlite:///{tmp_path / 'b.db'}"
+    flow = obs_flow(payload, history=True, detect=[{"metric": "temp"}], series="station")
+    await run(write_config(tmp_path, flow), url2, ManualClock(NOW))
+    store = Store(url2)
+    try:
+        assert [i for i in store.issues(flow="obs") if i["kind"] == "config"] == []
+    finally:
+        store.close()
