@@ -48,6 +48,7 @@ from flowdeck.pipeline.engine.maintenance import Maintenance
 from flowdeck.pipeline.engine.retention import RetentionJob
 from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.sniff import unmatched_paths
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
 from flowdeck.pipeline.stages.resolve import AGREEMENT_HISTORY_MS
 from flowdeck.storage.caches import Caches, CacheSettings
@@ -437,6 +438,47 @@ class Engine:
 
     # ------------------------------------------------------------ processing (worker thread)
 
+    def _check_paths(self, rt: FlowRuntime, payload: RawDraft, batch: Batch) -> list[IssueDraft]:
+        """The first payload with items from a source: field and unit paths that match
+        nothing in it are logged and raised as one warning issue (``flowdeck check --sample``
+        says the same before a run)."""
+        if not any(isinstance(i, dict) for i in batch.items):
+            return []  # nothing to compare against yet (empty or unreadable): next payload
+        rt.paths_checked.add(payload.source)
+        src = next((s for s in rt.cfg.sources if s.name == payload.source), None)
+        if src is None:
+            return []
+        warnings = unmatched_paths(batch, src)
+        if not warnings:
+            return []
+        for w in warnings:
+            log.warning("flow %s: %s", rt.name, w)
+        return [IssueDraft(
+            flow=rt.name, kind="config", severity="warning", source=payload.source,
+            title=f"{payload.source}: {len(warnings)} field path(s) match nothing in its "
+                  "payload",
+            fingerprint=f"config:{rt.name}:{payload.source}:unmatched_paths",
+            detail={"warnings": warnings}, raw_ids=[payload.raw_id] if payload.raw_id else [])]
+
+    def _check_detect_keys(self, rt: FlowRuntime, merged: Batch) -> list[IssueDraft]:
+        """Detection keeps its state per key: if the first run with enough records gives
+        every record a key of its own (an event feed keyed by event id), nothing will ever
+        be detected; said once, as a warning issue, instead of silently doing nothing."""
+        if len(merged.records) < 20:
+            return []  # too few to tell
+        rt.paths_checked.add("detect:keys")
+        if len({r.key for r in merged.records}) < len(merged.records):
+            return []
+        text = (f"detection keeps its state per key, and each of the {len(merged.records)} "
+                "records of the first run has a key of its own: nothing will be detected; "
+                "name the series with 'series: FIELD'")
+        log.warning("flow %s: %s", rt.name, text)
+        return [IssueDraft(flow=rt.name, kind="config", severity="warning",
+                           title=f"{rt.name}: every record is its own series; detection "
+                                 "cannot learn",
+                           fingerprint=f"config:{rt.name}:detect_keys",
+                           detail={"warnings": [text]})]
+
     @_gc_paused
     def _process(self, rt: FlowRuntime, payloads: list[RawDraft], summary: RunSummary,
                  replay: bool) -> None:
@@ -454,6 +496,8 @@ class Engine:
         for p in payloads:
             summary.payloads += 1
             batch, n_items = chain.collect(p, now, replay=replay, stats=st)
+            if p.source not in rt.paths_checked:
+                issues.extend(self._check_paths(rt, p, batch))
             seen_pairs.setdefault(p.source, []).extend((r.key, r.ts) for r in batch.records)
             chain.refine(batch, now, stats=st)
             raw_status.append({"raw_id": p.raw_id, "processed_ms": now,
@@ -466,6 +510,8 @@ class Engine:
             merged.records.extend(batch.records)
         if quarantine:
             issues.append(self._quarantine_issue(rt, quarantine, everything=not merged.records))
+        if "detect:keys" not in rt.paths_checked and rt.cfg.detect and rt.cfg.series is None:
+            issues.extend(self._check_detect_keys(rt, merged))
         chain.merge(merged, now, functools.partial(self.store.contributions, rt.name), stats=st)
         bucket = chain.resolver.bucket
         for d in issues:  # quality issues named records by source timestamp: use the window

@@ -82,6 +82,9 @@ class FlowRuntime:
         self.incident = False  # every source down: serving last-known-good, marked stale
         self.store_down_since: int | None = None  # this flow met the store unavailable
         self.resume_pending = False  # committed payloads left unprocessed by a store failure
+        # Sources whose field paths were checked against a real payload (the first one with
+        # records in it since this engine started): a path that matches nothing is said once.
+        self.paths_checked: set[str] = set()
         # L1 entries dropped just before a run's records event, reported by the run's
         # invalidation (Engine._publish_stored)
         self.dropped_early: dict[str, int] = {}

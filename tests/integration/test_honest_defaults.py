@@ -208,3 +208,59 @@ def test_check_parses_every_field_path_and_warns(tmp_path, capsys):
     assert "ok" in out.out
     assert "timestamp: warning: ISO timestamps without an offset are taken as UTC" in out.err
     assert "detect: warning: detection keeps its state per key" in out.err
+
+
+async def test_a_field_path_matching_nothing_is_said_on_the_first_run(tmp_path, sqlite_url):
+    """`check` cannot know a payload's names; the first payload a source brings can: a path
+    that matches nothing there is one warning issue naming the names that are there."""
+    payload = tmp_path / "obs.json"
+    rows = [{"station": "KCNK", "time": iso(NOW - 60 * (i + 1)), " Temp": 10.0 + i}
+            for i in range(3)]
+    payload.write_text(json.dumps({"observations": rows}))
+    cfg = write_config(tmp_path, obs_flow(payload, history=True))
+    (summary,), _ = await run(cfg, sqlite_url, ManualClock(NOW))
+    store = Store(sqlite_url)
+    try:
+        (issue,) = [i for i in store.issues(flow="obs") if i["kind"] == "config"]
+    finally:
+        store.close()
+    assert issue["source"] == "feed" and issue["severity"] == "warning"
+    (warning,) = issue["detail"]["warnings"]
+    assert "fields.temp: path 'temp' matches nothing" in warning and "' Temp'" in warning
+    # The records still load (temp missing): the warning says why, nothing is lost.
+    assert summary.status == "ok" and len(records(sqlite_url)) == 3
+    # A matching config on the next start raises nothing new.
+    flow = obs_flow(payload, history=True)
+    flow["sources"][0]["fields"]["temp"] = " Temp"
+    rows = [{"station": "KCNK", "time": iso(NOW - 5), " Temp": 14.0}]
+    payload.write_text(json.dumps({"observations": rows}))
+    await run(write_config(tmp_path, flow), sqlite_url, ManualClock(NOW))
+    store = Store(sqlite_url)
+    try:
+        assert [i["count"] for i in store.issues(flow="obs") if i["kind"] == "config"] == [1]
+    finally:
+        store.close()
+
+
+async def test_detection_on_one_record_per_key_is_said_not_silent(tmp_path, sqlite_url):
+    payload = tmp_path / "events.json"
+    rows = [{"station": f"ev{i}", "time": iso(NOW - 60 * (i + 1)), "temp": 10.0 + i % 3}
+            for i in range(25)]  # an event feed: every record its own key
+    payload.write_text(json.dumps({"observations": rows}))
+    cfg = write_config(tmp_path, obs_flow(payload, history=True, detect=[{"metric": "temp"}]))
+    await run(cfg, sqlite_url, ManualClock(NOW))
+    store = Store(sqlite_url)
+    try:
+        titles = [i["title"] for i in store.issues(flow="obs") if i["kind"] == "config"]
+    finally:
+        store.close()
+    assert titles == ["obs: every record is its own series; detection cannot learn"]
+    # With a series field named, nothing is said.
+    url2 = f"sqlite:///{tmp_path / 'b.db'}"
+    flow = obs_flow(payload, history=True, detect=[{"metric": "temp"}], series="station")
+    await run(write_config(tmp_path, flow), url2, ManualClock(NOW))
+    store = Store(url2)
+    try:
+        assert [i for i in store.issues(flow="obs") if i["kind"] == "config"] == []
+    finally:
+        store.close()
