@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from flowdeck.console.state import symbol
+from flowdeck.console.state import maintenance_marker, symbol
+from flowdeck.pipeline.core.shapes import MaintenanceState
 
 STATUS_STYLE = {
     "healthy": "$success", "ok": "$success", "up": "$success", "resolved": "$success",
@@ -26,6 +27,17 @@ def status_text(status: str | None, app=None) -> Text:
         colour = app.theme_variables.get(style[1:])
         return Text(label, style=colour or "")
     return Text(label)
+
+
+def flow_state_text(state: str | None, maint: MaintenanceState | None, app=None) -> Text:
+    """A flow's state, or, while a maintenance window is in force, the window's marker
+    ("‖ maint" pausing, "◌ muted" muting) in the muted colour: the state the engine
+    computes says nothing of a window, and an operator looks here first."""
+    marker = maintenance_marker(maint)
+    if not marker:
+        return status_text(state, app)
+    colour = app.theme_variables.get("secondary") if app is not None else None
+    return Text(marker, style=colour or "")
 
 
 SPARK = "▁▂▃▄▅▆▇█"
