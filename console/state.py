@@ -234,7 +234,8 @@ class ConsoleState:
 
     def maintenance(self, flow: str) -> MaintenanceState | None:
         """The maintenance window the flow is in now (the engine's snapshot), or None."""
-        return self.flows.get(flow, {}).get("maintenance")
+        f = self.flows.get(flow)
+        return None if f is None else f.get("maintenance")
 
     def flow_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(FLOW_STATES, 0)
