@@ -30,14 +30,19 @@ def status_text(status: str | None, app=None) -> Text:
 
 
 def flow_state_text(state: str | None, maint: MaintenanceState | None, app=None) -> Text:
-    """A flow's state, or, while a maintenance window is in force, the window's marker
-    ("‖ maint" pausing, "◌ muted" muting) in the muted colour: the state the engine
-    computes says nothing of a window, and an operator looks here first."""
+    """A flow's state, or, while a maintenance window is in force, the window's marker:
+    "‖ maint" in a pausing one (nothing runs), and in a muting one, where runs and their
+    failures go on with alerts silenced, the state's own symbol and colour with the word
+    "muted" ("✖ muted": failing, muted). The engine's state says nothing of a window,
+    and an operator looks here first."""
     marker = maintenance_marker(maint)
     if not marker:
         return status_text(state, app)
-    colour = app.theme_variables.get("secondary") if app is not None else None
-    return Text(marker, style=colour or "")
+    key = "paused" if marker == "‖ maint" else (state or "")
+    label = marker if key == "paused" else f"{symbol(state)} muted"
+    style = STATUS_STYLE.get(key, "")
+    colour = app.theme_variables.get(style[1:]) if app is not None and style else None
+    return Text(label, style=colour or "")
 
 
 SPARK = "▁▂▃▄▅▆▇█"

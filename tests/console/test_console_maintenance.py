@@ -62,7 +62,7 @@ async def test_a_muting_window_started_by_an_operator_says_muted_and_who():
         await goto(pilot, "1")
         table = app.screen.query_one("#flows", DeckTable)
         headers, by = rows_by_flow(table)
-        assert by["weather"][headers.index("State")] == "◌ muted"
+        assert by["weather"][headers.index("State")] == "● muted"  # healthy, muted
         await pilot.press("down")
         await pilot.pause()
         text = screen_text(app)
@@ -71,6 +71,16 @@ async def test_a_muting_window_started_by_an_operator_says_muted_and_who():
         await goto(pilot, "5")
         headers, by = rows_by_flow(app.screen.query_one("#recovery-flows", DeckTable))
         assert by["weather"][headers.index("Paused")] == "◌ muted"
+
+
+async def test_a_failing_flow_in_a_muting_window_still_shows_failing():
+    state = in_window("mute")
+    state.snapshot["flows"]["weather"]["state"] = "failing"
+    app = make_app(state=state)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await goto(pilot, "1")
+        headers, by = rows_by_flow(app.screen.query_one("#flows", DeckTable))
+        assert by["weather"][headers.index("State")] == "✖ muted"
 
 
 async def test_flows_outside_a_window_show_no_marker():
