@@ -18,6 +18,7 @@ from flowdeck.pipeline.core.shapes import (
     HubEvent,
     IssueRow,
     LatestSummary,
+    MaintenanceState,
     ViewerFlow,
     ViewerSnapshot,
 )
@@ -74,6 +75,25 @@ def fmt_num(x: float | int | None, digits: int = 1) -> str:
             return f"{n / 1000:.1f}k"
         return str(n)
     return f"{x:.{digits}f}"
+
+
+def maintenance_marker(m: MaintenanceState | None) -> str:
+    """A table cell's word for a flow in a maintenance window ("" outside one): a
+    pausing window stops scheduled runs, a muting one keeps them and silences alerts."""
+    if m is None:
+        return ""
+    return "‖ maint" if m.get("mode") == "pause" else "◌ muted"
+
+
+def maintenance_line(m: MaintenanceState | None) -> str:
+    """One line for a flow's detail: which window, what it does, until when, whose."""
+    if m is None:
+        return ""
+    what = ("scheduled runs paused" if m.get("mode") == "pause"
+            else "runs go on, alerts muted, outside SLA")
+    by = "configured" if m.get("actor") == "auto" else f"started by {m.get('actor')}"
+    return (f"maint: {m.get('mode')} until {fmt_time(m.get('until_ms'))[:5]} UTC "
+            f"({m.get('name')}, {by}; {what})")
 
 
 def describe_event(ev: HubEvent) -> tuple[str, str]:
@@ -211,6 +231,11 @@ class ConsoleState:
     @property
     def flows(self) -> dict[str, ViewerFlow]:
         return self.snapshot.get("flows", {})
+
+    def maintenance(self, flow: str) -> MaintenanceState | None:
+        """The maintenance window the flow is in now (the engine's snapshot), or None."""
+        f = self.flows.get(flow)
+        return None if f is None else f.get("maintenance")
 
     def flow_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(FLOW_STATES, 0)

@@ -8,7 +8,14 @@ from textual.widgets import Static
 
 from flowdeck.console.screens.base import DeckScreen, FlowActions
 from flowdeck.console.state import fmt_age, fmt_num, fmt_time
-from flowdeck.console.widgets import Col, DeckTable, StageChain, sparkline, status_text
+from flowdeck.console.widgets import (
+    Col,
+    DeckTable,
+    StageChain,
+    flow_state_text,
+    sparkline,
+    status_text,
+)
 
 
 class OverviewScreen(FlowActions, DeckScreen):
@@ -22,7 +29,8 @@ class OverviewScreen(FlowActions, DeckScreen):
         now = lambda: self.app.state.now_ms  # noqa: E731
         yield DeckTable([
             Col("flow", "Flow", 10, priority=9),
-            Col("state", "State", 11, lambda v, r: status_text(v, self.app), priority=9),
+            Col("state", "State", 11, lambda v, r: flow_state_text(v, r["maint"], self.app),
+                priority=9),
             Col("spark", "Stored/run", 20, priority=4),
             Col("rate", "Rate /s", 8, lambda v, r: f"{v:.1f}", priority=6),
             Col("stored", "Stored", 8, lambda v, r: fmt_num(v), priority=8),
@@ -54,6 +62,7 @@ class OverviewScreen(FlowActions, DeckScreen):
             last = f.get("last_run") or {}
             rows.append({
                 "_key": name, "flow": name, "state": f.get("state"),
+                "maint": state.maintenance(name),
                 "spark": sparkline(state.throughput_series(name), 18),
                 "rate": state.rates.get(name, {}).get("store", 0.0),
                 "stored": tot["store"]["out"],

@@ -20,8 +20,9 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from flowdeck.console.screens.base import DeckScreen, FlowActions
-from flowdeck.console.state import fmt_age, fmt_time
+from flowdeck.console.state import fmt_age, fmt_time, maintenance_marker
 from flowdeck.console.widgets import Col, DeckTable, status_text
+from flowdeck.pipeline.core.shapes import MaintenanceState
 
 BREAKER_LOOK = {"closed": ("● closed", "success"), "half_open": ("◐ half-open", "warning"),
                 "open": ("✖ open", "error")}
@@ -35,8 +36,10 @@ def breaker_text(state: str | None, app) -> Text | str:
     return Text(word, style=app.theme_variables.get(colour, ""))
 
 
-def _paused_text(paused: bool) -> Text:
-    return Text("‖ paused") if paused else Text("▶ active")
+def _paused_text(paused: bool, maint: MaintenanceState | None = None) -> Text:
+    if paused:
+        return Text("‖ paused")
+    return Text(maintenance_marker(maint) or "▶ active")
 
 
 class RecoveryScreen(FlowActions, DeckScreen):
@@ -61,7 +64,8 @@ class RecoveryScreen(FlowActions, DeckScreen):
             [
                 Col("flow", "Flow", 9, priority=9),
                 Col("state", "State", 11, lambda v, r: status_text(v, self.app), priority=9),
-                Col("paused", "Paused", 9, lambda v, r: _paused_text(v), priority=8),
+                Col("paused", "Paused", 9, lambda v, r: _paused_text(v, r.get("maint")),
+                    priority=8),
                 Col("up", "Up", 5, lambda v, r: f"{v}/{r['total']}", priority=8),
                 Col(
                     "failing",
@@ -159,6 +163,7 @@ class RecoveryScreen(FlowActions, DeckScreen):
                     "flow": name,
                     "state": f.get("state"),
                     "paused": bool(f.get("paused")),
+                    "maint": f.get("maintenance"),
                     "up": sum(1 for s in srcs if s["state"] == "up"),
                     "total": len(srcs),
                     "failing": failing,

@@ -16,7 +16,8 @@ app. The names below are the public ones; screens import them from this package:
 - ``SourceDetail`` (source_detail.py): one source in full and its failover chain
   (Sources); the chain's helpers (``failover_ranks``, ``role_word``) live beside it.
 - ``status_text``, ``sparkline``, ``STATUS_STYLE`` (cells.py): a status as symbol +
-  word in the theme's colour, a text sparkline.
+  word in the theme's colour, a text sparkline; ``flow_state_text``: a flow's state, or
+  its maintenance window's marker while one is in force.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from flowdeck.console import textual_fixes
 textual_fixes.apply()
 
 # The fix is installed before any widget module is imported (their import runs this first).
-from flowdeck.console.widgets.cells import STATUS_STYLE, sparkline, status_text  # noqa: E402
+from flowdeck.console.widgets.cells import (  # noqa: E402
+    STATUS_STYLE,
+    flow_state_text,
+    sparkline,
+    status_text,
+)
 from flowdeck.console.widgets.confirm import ConfirmScreen  # noqa: E402
 from flowdeck.console.widgets.deck_table import Col, DeckTable  # noqa: E402
 from flowdeck.console.widgets.filter_bar import FilterBar  # noqa: E402
@@ -38,5 +44,6 @@ from flowdeck.console.widgets.stage_chain import StageChain  # noqa: E402
 
 __all__ = [
     "STATUS_STYLE", "Col", "ConfirmScreen", "DeckTable", "FilterBar", "KeyBar", "ScreenMenu",
-    "SourceDetail", "StageChain", "StatusHeader", "sparkline", "status_text",
+    "SourceDetail", "StageChain", "StatusHeader", "flow_state_text", "sparkline",
+    "status_text",
 ]

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from flowdeck.console.state import symbol
+from flowdeck.console.state import maintenance_marker, symbol
+from flowdeck.pipeline.core.shapes import MaintenanceState
 
 STATUS_STYLE = {
     "healthy": "$success", "ok": "$success", "up": "$success", "resolved": "$success",
@@ -26,6 +27,22 @@ def status_text(status: str | None, app=None) -> Text:
         colour = app.theme_variables.get(style[1:])
         return Text(label, style=colour or "")
     return Text(label)
+
+
+def flow_state_text(state: str | None, maint: MaintenanceState | None, app=None) -> Text:
+    """A flow's state, or, while a maintenance window is in force, the window's marker:
+    "‖ maint" in a pausing one (nothing runs), and in a muting one, where runs and their
+    failures go on with alerts silenced, the state's own symbol and colour with the word
+    "muted" ("✖ muted": failing, muted). The engine's state says nothing of a window,
+    and an operator looks here first."""
+    marker = maintenance_marker(maint)
+    if not marker:
+        return status_text(state, app)
+    key = "paused" if marker == "‖ maint" else (state or "")
+    label = marker if key == "paused" else f"{symbol(state)} muted"
+    style = STATUS_STYLE.get(key, "")
+    colour = app.theme_variables.get(style[1:]) if app is not None and style else None
+    return Text(label, style=colour or "")
 
 
 SPARK = "▁▂▃▄▅▆▇█"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from flowdeck.console.state import fmt_num
+from flowdeck.console.state import fmt_num, maintenance_line
 from flowdeck.pipeline.model import STAGE_TITLES, STAGES
 
 
@@ -64,6 +64,10 @@ class StageChain(Static):
         width = self.content_region.width or 100
         title = Text.assemble((f" {name} ", "bold reverse"), "  ",
                               f.get("description", ""), "  ", (f.get("schedule", ""), "dim"))
+        maint = maintenance_line(f.get("maintenance"))
+        if maint:  # a window in force says so first: it explains idle stages
+            title = Text.assemble((f" {name} ", "bold reverse"), "  ",
+                                  (maint, f"bold {v.get('secondary', '')}"))
         title.truncate(width, overflow="ellipsis")
         legend = Text("in→out · ✖ rejected+errors · ⇣ duplicates dropped · rate this "
                       "interval · last run", style="dim")
