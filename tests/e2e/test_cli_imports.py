@@ -22,9 +22,13 @@ CONSOLE_ONLY = ("textual", "textual_serve", "rich", "flowdeck.console.app",
                 "flowdeck.console.screens", "flowdeck.console.widgets",
                 "flowdeck.console.textual_fixes")
 
-# Run in the child: loaded(), the console-only modules in sys.modules.
+# Run in the child: loaded(), the console-only modules in sys.modules. click is made
+# unimportable there: it is no dependency of flowdeck's (the test virtualenv has it for
+# schemathesis), and with it `import httpx` loads httpx's own command line and rich, which
+# a user's install (tests/e2e/test_install.py: flowdeck and its dependencies only) does not.
 PRELUDE = textwrap.dedent(f"""\
     import json, sys
+    sys.modules["click"] = None  # as in an install without click: see above
     CONSOLE_ONLY = {CONSOLE_ONLY!r}
 
     def loaded():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from flowdeck.pipeline.config import BUNDLED_CONFIG
+
 pytestmark = pytest.mark.slow
 
 FLOWDECK = [sys.executable, "-m", "flowdeck.console.cli"]
@@ -77,7 +79,18 @@ def test_daemon_once_json_against_the_simulator(simulator, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
+    # A store-reading command takes its flows from the database: one with no schema, or
+    # none run on it yet, says so; a named flow the config has not is a usage error.
     res = run(["export", "nosuchflow", "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("flowdeck: the database has no flowdeck schema; "
+                                  "run: flowdeck db upgrade")
+    assert run(["db", "upgrade", "--db", f"sqlite:///{tmp_path / 'x.db'}"]).returncode == 0
+    res = run(["export", "nosuchflow", "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("flowdeck: the database holds no flows yet")
+    res = run(["export", "nosuchflow", "--config", str(BUNDLED_CONFIG),
+               "--db", f"sqlite:///{tmp_path / 'x.db'}"])
     assert res.returncode == 2
     assert res.stderr.strip().startswith("flowdeck: no flow 'nosuchflow'")
     res = run(["lineage", "12345", "--db", f"sqlite:///{tmp_path / 'x.db'}"])

@@ -327,15 +327,22 @@ def _records(db: Path, lo: int, hi: int) -> dict:
     return out
 
 
+# Series and roll-ups are stored by series id (series_keys names each): compared by name,
+# since the two databases number their series independently.
+NAMES = "k.flow, k.key, k.metric"
+BY_NAME = " t JOIN series_keys k ON k.id = t.sid"
+
+
 def _rollup_problems(db: Path, name: str) -> list[str]:
     """Roll-ups that disagree with the points they sum (a point counted twice, or lost)."""
     table, width = {"1m": ("series_1m", MINUTE), "1h": ("series_1h", 60 * MINUTE)}[name]
     points: dict[tuple, list[float]] = {}
-    for flow, key, metric, ts, value in _rows(db, "SELECT flow, key, metric, ts_ms, value "
-                                                  "FROM series"):
+    for flow, key, metric, ts, value in _rows(db, f"SELECT {NAMES}, t.ts_ms, t.value "
+                                                  f"FROM series{BY_NAME}"):
         points.setdefault((flow, key, metric, ts // width * width), []).append(value)
     bad = []
-    rollups = _rows(db, f"SELECT flow, key, metric, bucket_ms, n, sum, min, max FROM {table}")
+    rollups = _rows(db, f"SELECT {NAMES}, t.bucket_ms, t.n, t.sum, t.min, t.max "
+                        f"FROM {table}{BY_NAME}")
     for flow, key, metric, bucket, n, total, lo, hi in rollups:
         vals = points.pop((flow, key, metric, bucket), [])
         if (n != len(vals) or abs(total - sum(vals)) > 1e-6 * max(1.0, abs(total))
@@ -365,14 +372,15 @@ def compare(clean_db: Path, crash_db: Path, folder: Path, lo: int, hi: int) -> t
             problems.append(f"records {what}: {len(keys)}, e.g. "
                             + "; ".join(f"{k}: clean {a.get(k)} crashed {b.get(k)}"
                                         for k in keys[:3]))
-    q = "SELECT flow, key, metric, ts_ms, value FROM series WHERE ts_ms >= ? AND ts_ms < ?"
+    q = (f"SELECT {NAMES}, t.ts_ms, t.value FROM series{BY_NAME} "
+         "WHERE t.ts_ms >= ? AND t.ts_ms < ?")
     sa, sb = set(_rows(clean_db, q, (lo, hi))), set(_rows(crash_db, q, (lo, hi)))
     if sa != sb:
         problems.append(f"series differ: {len(sa - sb)} only in the clean run, "
                         f"{len(sb - sa)} only after crashes, e.g. "
                         f"{sorted(sa - sb)[:2]} / {sorted(sb - sa)[:2]}")
-    r = ("SELECT flow, key, metric, bucket_ms, n, sum, min, max FROM series_1m "
-         "WHERE bucket_ms >= ? AND bucket_ms < ?")
+    r = (f"SELECT {NAMES}, t.bucket_ms, t.n, t.sum, t.min, t.max FROM series_1m{BY_NAME} "
+         "WHERE t.bucket_ms >= ? AND t.bucket_ms < ?")
     ra, rb = set(_rows(clean_db, r, (lo, hi))), set(_rows(crash_db, r, (lo, hi)))
     if ra != rb:
         problems.append(f"1m roll-ups differ: {sorted(ra - rb)[:2]} / {sorted(rb - ra)[:2]}")
