@@ -663,7 +663,14 @@ class Engine:
                           "down_since_ms": rt.store_down_since,
                           "buffered": len(spool),
                           "buffered_bytes": spool.bytes,
-                          "dropped": spool.dropped},
+                          "dropped": spool.dropped,
+                          "reason": None if self.guard.down_since is None
+                          else self.guard.reason,
+                          "error": None if self.guard.down_since is None
+                          else self.guard.error,
+                          "write_errors": dict(self.guard.write_errors),
+                          "spool_refused": spool.refused,
+                          "outage": self.guard.outages.get(name)},
                 # a source's health keys come from SourceHealth.as_dict (a plain dict)
                 "sources": {s.name: cast(SourceSnapshot, {
                                 "kind": s.kind, "priority": s.priority, "enabled": s.enabled,

@@ -21,6 +21,7 @@ payload's place in it (the file name).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -43,6 +44,10 @@ class RawSpool:
         self.folder = folder
         self.max_bytes = max_bytes
         self.dropped = 0
+        # why the last payload was refused: "spool_max" (the bound), "disk_full" (ENOSPC)
+        # or "io_error" (another OSError); None once one is kept again
+        self.refused: str | None = None
+        self.refused_error: str | None = None
         self._mem: list[RawDraft] = []
         self._sizes: dict[int, int] = {}
         self._seq = 0
@@ -72,19 +77,21 @@ class RawSpool:
         body = draft.body
         if self.bytes + len(body) > self.max_bytes:
             self.dropped += 1
+            self.refused, self.refused_error = "spool_max", None
             return False
         self._seq += 1
         if self.folder is None:
             self._mem.append(replace(draft, raw_id=None, spool_seq=self._seq))
             self._sizes[self._seq] = len(body)
+            self.refused = self.refused_error = None
             return True
-        self.folder.mkdir(parents=True, exist_ok=True)
         header = {"source": draft.source, "fetched_ms": draft.fetched_ms,
                   "content_type": draft.content_type, "status_code": draft.status_code,
                   "truncated": draft.truncated, "size": len(body)}
         final = self._path(self._seq)
         tmp = final.with_name(final.name + ".tmp")
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(json.dumps(header).encode() + b"\n" + body)
                 crash_point("mid_spool_write")
@@ -95,8 +102,12 @@ class RawSpool:
             log.error("cannot spool a payload of %s in %s: %s", draft.source, self.folder, exc)
             tmp.unlink(missing_ok=True)
             self.dropped += 1
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            self.refused = "disk_full" if full else "io_error"
+            self.refused_error = f"{os.strerror(exc.errno) if exc.errno else exc}"
             return False
         self._sizes[self._seq] = len(body)
+        self.refused = self.refused_error = None
         return True
 
     def entries(self) -> list[RawDraft]:
