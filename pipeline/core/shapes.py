@@ -109,6 +109,7 @@ class FlowStoreState(TypedDict):
     spool_refused: NotRequired[str | None]  # why the spool last refused a payload
     # while it lasts: the store_unavailable action and issue whose rows wait for the store
     outage: NotRequired[dict[str, Any] | None]
+    fetches_paused: NotRequired[int]  # runs that fetched nothing: nothing could be kept
 
 
 class MaintenanceState(TypedDict):

@@ -95,6 +95,8 @@ class StoreGuard:
         # per flow, while its outage lasts: the store_unavailable action and issue whose
         # rows are held until the store takes writes, for the snapshot and /readyz
         self.outages: dict[str, dict[str, Any]] = {}
+        self.fetches_held: dict[str, int] = {}  # runs that did not fetch, per flow
+        self._fetch_held_noted: set[str] = set()
         self._held: deque = deque()  # bookkeeping writes waiting for the store, in order
         self.held_dropped = 0
         root = spool_root(config, store)
@@ -196,6 +198,29 @@ class StoreGuard:
                               reason=f"{why}: new payloads are dropped until the store "
                                      "answers")
 
+    def fetch_hold(self, rt: FlowRuntime) -> str | None:
+        """Why the flow should not fetch now (None: it should): the store takes no writes
+        and the spool can take no more, so what it fetched would be dropped."""
+        spool = self.spools[rt.name]
+        if self.down_since is None or spool.can_take():
+            return None
+        if spool.refused in ("disk_full", "io_error"):
+            return f"the raw spool's disk is full ({spool.refused_error})"
+        return f"the raw spool is full ({spool.bytes} bytes, store.spool_max {spool.max_bytes})"
+
+    async def hold_fetch(self, rt: FlowRuntime, why: str, summary: RunSummary) -> None:
+        """A run that does not fetch: counted, and said once per outage."""
+        self.fetches_held[rt.name] = self.fetches_held.get(rt.name, 0) + 1
+        summary.error = (f"fetch paused: {why}, and the store takes no writes"
+                         + (f"; {summary.error}" if summary.error else ""))
+        if rt.name not in self._fetch_held_noted:
+            self._fetch_held_noted.add(rt.name)
+            log.warning("%s: fetching paused until the store or the spool can take data: %s",
+                        rt.name, why)
+            await self.action(rt.name, "fetch_paused", outcome="failed",
+                              reason=f"fetching paused: {why} and the database takes no "
+                                     "writes; it resumes when either can keep data")
+
     async def note_outage(self, rt: FlowRuntime, summary: RunSummary) -> None:
         """A run met the store away: say so once per outage, and in the run's summary."""
         if rt.store_down_since is None:
@@ -224,6 +249,7 @@ class StoreGuard:
         the outage as an issue that is already closed."""
         down, rt.store_down_since = rt.store_down_since, None
         self.outages.pop(rt.name, None)
+        self._fetch_held_noted.discard(rt.name)
         rt.spool_full_noted = False
         now = self.clock.now_ms()
         fp = f"store_unavailable:{rt.name}"

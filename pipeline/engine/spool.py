@@ -48,6 +48,7 @@ class RawSpool:
         # or "io_error" (another OSError); None once one is kept again
         self.refused: str | None = None
         self.refused_error: str | None = None
+        self._refused_size = 0
         self._mem: list[RawDraft] = []
         self._sizes: dict[int, int] = {}
         self._seq = 0
@@ -78,6 +79,7 @@ class RawSpool:
         if self.bytes + len(body) > self.max_bytes:
             self.dropped += 1
             self.refused, self.refused_error = "spool_max", None
+            self._refused_size = len(body)
             return False
         self._seq += 1
         if self.folder is None:
@@ -105,10 +107,30 @@ class RawSpool:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             self.refused = "disk_full" if full else "io_error"
             self.refused_error = f"{os.strerror(exc.errno) if exc.errno else exc}"
+            self._refused_size = len(body)
             return False
         self._sizes[self._seq] = len(body)
         self.refused = self.refused_error = None
         return True
+
+    def can_take(self) -> bool:
+        """Whether a payload like the last refused one would be kept now: False while the
+        spool is at its bound or its disk has no room for it (so the engine can stop
+        fetching what it could not keep)."""
+        if self.refused is None:
+            return True
+        if self.bytes + self._refused_size > self.max_bytes:
+            return False
+        if self.refused == "spool_max" or self.folder is None:
+            return True
+        where = self.folder
+        while not where.exists() and where.parent != where:  # not made yet: its disk
+            where = where.parent
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= self._refused_size + 65_536  # + header, inode
 
     def entries(self) -> list[RawDraft]:
         """Every kept payload, oldest first."""

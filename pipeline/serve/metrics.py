@@ -176,6 +176,14 @@ class FeedMetrics:
             registry=r,
         )
         self._write_errors_seen: dict[str, int] = {}
+        self.fetches_paused = Counter(
+            "flowdeck_fetches_paused",
+            "Runs that did not fetch because nothing fetched could be kept: the database "
+            "takes no writes and the raw spool can take no more (its bound or its disk).",
+            ["flow"],
+            registry=r,
+        )
+        self._fetches_paused_seen: dict[str, int] = {}
         self.spool_bytes = Gauge(
             "flowdeck_spool_bytes",
             "Bytes of fetched payloads waiting in the raw spool for the database.",
@@ -296,6 +304,10 @@ class FeedMetrics:
             if spool_max:
                 self.spool_max_bytes.labels(flow).set(spool_max)
             errors = st.get("write_errors") or {}
+            paused, seen = st.get("fetches_paused") or 0, self._fetches_paused_seen.get(flow, 0)
+            if paused > seen:
+                self.fetches_paused.labels(flow).inc(paused - seen)
+                self._fetches_paused_seen[flow] = paused
         # one guard for every flow: each flow's store state carries the same counts
         for reason, n in errors.items():
             seen = self._write_errors_seen.get(reason, 0)

@@ -91,18 +91,36 @@ async def test_a_full_disk_shows_while_it_lasts_and_clears(small_disk, clock):
         clock.advance(60)
         st = engine.snapshot()["flows"]["weather"]["store"]
         assert st["spool_refused"] == "disk_full" and st["dropped"] >= 1
-        spool_full = [e.data["reason"] for e in sub.drain() if e.data["action"] == "spool_full"]
+        actions = sub.drain()
+        spool_full = [e.data["reason"] for e in actions if e.data["action"] == "spool_full"]
         assert spool_full and "disk is full" in spool_full[0].lower(), spool_full
         assert "No space left on device" in spool_full[0]
+        assert "spool_max" not in spool_full[0].split("(")[0]
+        # It can keep nothing more: the flow stops fetching, counted and said, and drops
+        # nothing further.
+        dropped, paused = st["dropped"], st["fetches_paused"]
+        for _ in range(3):
+            s = await engine.run_flow("weather")
+            clock.advance(60)
+            assert "fetch paused: the raw spool's disk is full" in (s.error or ""), s.error
+            assert not any(i.get("payloads") for i in s.sources.values()), s.sources
+        st = engine.snapshot()["flows"]["weather"]["store"]
+        assert st["fetches_paused"] == paused + 3 and st["dropped"] == dropped
+        actions += sub.drain()
+        assert [e.data["action"] for e in actions].count("fetch_paused") == 1
+        metrics.set_store(engine.snapshot())
+        assert metric(metrics, 'flowdeck_fetches_paused_total{flow="weather"}') == paused + 3
 
         filler.unlink()
         for _ in range(5):
-            await engine.run_flow("weather")
+            s = await engine.run_flow("weather")
             clock.advance(60)
             if engine.guard.down_since is None and not len(engine.guard.spools["weather"]):
                 break
         st = engine.snapshot()["flows"]["weather"]["store"]
         assert st["available"] is True and st["reason"] is None and st["outage"] is None
+        assert any(i.get("payloads") for i in s.sources.values()), "not fetching again"
+        assert "fetch paused" not in (s.error or "")
         metrics.set_store(engine.snapshot())
         assert metric(metrics, "flowdeck_store_up") == 1
         # the counter keeps what happened
