@@ -671,7 +671,7 @@ class Engine:
                           "reason": None if self.guard.down_since is None
                           else self.guard.reason,
                           "error": None if self.guard.down_since is None
-                          else self.guard.error,
+                          else redact(self.guard.error or ""),
                           "write_errors": dict(self.guard.write_errors),
                           "spool_refused": spool.refused,
                           "outage": self.guard.outages.get(name),

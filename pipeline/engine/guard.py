@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core.clock import Clock
+from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.engine.spool import RawSpool
 from flowdeck.storage.db import UNAVAILABLE
 from flowdeck.storage.model import IssueDraft, RawDraft
@@ -228,12 +229,13 @@ class StoreGuard:
             where = self.spools[rt.name].folder or "memory"
             reason = (f"database unavailable ({self.error}): fetched payloads are "
                       f"buffered in {where}, retried every {self.config.store.retry:g}s")
-            self.outages[rt.name] = {
-                "since_ms": rt.store_down_since, "reason": self.reason, "error": self.error,
+            self.outages[rt.name] = {  # viewers see it: redacted as the action row is
+                "since_ms": rt.store_down_since, "reason": self.reason,
+                "error": redact(self.error or ""),
                 "action": {"action": "store_unavailable", "outcome": "failed",
-                           "ts_ms": self.clock.now_ms(), "reason": reason},
+                           "ts_ms": self.clock.now_ms(), "reason": redact(reason)},
                 "issue": {"kind": "store_unavailable", "severity": "error",
-                          "title": f"database unavailable: {self.error}"}}
+                          "title": redact(f"database unavailable: {self.error}")}}
             await self.action(rt.name, "store_unavailable", outcome="failed", reason=reason)
             self.emit("issue", rt.name, kind="store_unavailable", severity="error",
                       title=f"database unavailable: {self.error}", key=None, source=None)
