@@ -101,6 +101,15 @@ class FlowStoreState(TypedDict):
     buffered: int
     buffered_bytes: int
     dropped: int
+    # why writes fail while it is down (disk_full, locked, io_error, unavailable) and the
+    # driver's one-line message; None while it takes writes
+    reason: NotRequired[str | None]
+    error: NotRequired[str | None]
+    write_errors: NotRequired[dict[str, int]]  # failed store writes since start, by reason
+    spool_refused: NotRequired[str | None]  # why the spool last refused a payload
+    # while it lasts: the store_unavailable action and issue whose rows wait for the store
+    outage: NotRequired[dict[str, Any] | None]
+    fetches_paused: NotRequired[int]  # runs that fetched nothing: nothing could be kept
 
 
 class MaintenanceState(TypedDict):

@@ -322,6 +322,10 @@ class Engine:
                         await guard.outage_over(rt, committed)
                     backlog = committed > 0 or rt.resume_pending
             enabled = [s for s in rt.cfg.sources if s.enabled]
+            hold = guard.fetch_hold(rt) if fetch else None
+            if hold is not None:  # it could keep nothing fetched: do not take it
+                await guard.hold_fetch(rt, hold, summary)
+                fetch = False
             results = await self.failover.fetch_sources(rt, summary) if fetch else {}
             payloads: list[RawDraft] = []
             spool = guard.spools[rt.name]
@@ -709,7 +713,15 @@ class Engine:
                           "down_since_ms": rt.store_down_since,
                           "buffered": len(spool),
                           "buffered_bytes": spool.bytes,
-                          "dropped": spool.dropped},
+                          "dropped": spool.dropped,
+                          "reason": None if self.guard.down_since is None
+                          else self.guard.reason,
+                          "error": None if self.guard.down_since is None
+                          else redact(self.guard.error or ""),
+                          "write_errors": dict(self.guard.write_errors),
+                          "spool_refused": spool.refused,
+                          "outage": self.guard.outages.get(name),
+                          "fetches_paused": self.guard.fetches_held.get(name, 0)},
                 # a source's health keys come from SourceHealth.as_dict (a plain dict)
                 "sources": {s.name: cast(SourceSnapshot, {
                                 "kind": s.kind, "priority": s.priority, "enabled": s.enabled,

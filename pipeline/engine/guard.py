@@ -5,6 +5,7 @@ raw first, nothing lost)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core.clock import Clock
+from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.engine.spool import RawSpool
 from flowdeck.storage.db import UNAVAILABLE
 from flowdeck.storage.model import IssueDraft, RawDraft
@@ -32,6 +34,27 @@ MAX_HELD = 10_000  # bookkeeping writes held while the store is away
 def _short(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+def write_error_reason(exc: BaseException) -> str:
+    """Why a store write failed, as a metric label: ``disk_full`` (ENOSPC, SQLite's
+    "database or disk is full", PostgreSQL's "No space left on device"), ``locked``,
+    ``io_error`` (EIO, SQLite's "disk I/O error", EFBIG past RLIMIT_FSIZE) or
+    ``unavailable`` (anything else: unreachable, refused, timed out)."""
+    for e in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if isinstance(e, OSError):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                return "disk_full"
+            if e.errno in (errno.EIO, errno.EFBIG):
+                return "io_error"
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "disk is full" in text or "no space left" in text or "disk full" in text:
+        return "disk_full"
+    if "disk i/o error" in text or "file too large" in text:
+        return "io_error"
+    if "locked" in text or "busy" in text:
+        return "locked"
+    return "unavailable"
 
 
 def spool_root(config: Config, store: Store) -> Path | None:
@@ -68,6 +91,13 @@ class StoreGuard:
         self.notify = notify  # an issue just opened, to the alerter
         self.down_since: int | None = None  # the store is unavailable since then
         self.error: str | None = None
+        self.reason: str | None = None  # write_error_reason of the failure, while down
+        self.write_errors: dict[str, int] = {}  # failed store calls since start, by reason
+        # per flow, while its outage lasts: the store_unavailable action and issue whose
+        # rows are held until the store takes writes, for the snapshot and /readyz
+        self.outages: dict[str, dict[str, Any]] = {}
+        self.fetches_held: dict[str, int] = {}  # runs that did not fetch, per flow
+        self._fetch_held_noted: set[str] = set()
         self._held: deque = deque()  # bookkeeping writes waiting for the store, in order
         self.held_dropped = 0
         root = spool_root(config, store)
@@ -77,9 +107,11 @@ class StoreGuard:
     def failed(self, exc: BaseException) -> None:
         """A store call met the store unavailable."""
         self.error = _short(exc)
+        self.reason = write_error_reason(exc)
+        self.write_errors[self.reason] = self.write_errors.get(self.reason, 0) + 1
         if self.down_since is None:
             self.down_since = self.clock.now_ms()
-            log.warning("store unavailable: %s", self.error)
+            log.warning("store unavailable (%s): %s", self.reason, self.error)
             self.emit("log", None, message=f"store unavailable ({self.error}): raw "
                                            "payloads are buffered until it answers")
 
@@ -155,20 +187,56 @@ class StoreGuard:
             return
         if not rt.spool_full_noted:
             rt.spool_full_noted = True
+            if spool.refused == "disk_full":
+                why = (f"the raw spool's disk is full ({spool.refused_error}; "
+                       f"{spool.bytes} of store.spool_max {spool.max_bytes} bytes used)")
+            elif spool.refused == "io_error":
+                why = f"the raw spool cannot be written ({spool.refused_error})"
+            else:
+                why = (f"the raw spool is full ({spool.bytes} bytes, store.spool_max "
+                       f"{spool.max_bytes})")
             await self.action(rt.name, "spool_full", source=draft.source, outcome="failed",
-                              reason=f"the raw spool is full ({spool.bytes} bytes, "
-                                     "store.spool_max): new payloads are dropped until "
-                                     "the store answers")
+                              reason=f"{why}: new payloads are dropped until the store "
+                                     "answers")
+
+    def fetch_hold(self, rt: FlowRuntime) -> str | None:
+        """Why the flow should not fetch now (None: it should): the store takes no writes
+        and the spool can take no more, so what it fetched would be dropped."""
+        spool = self.spools[rt.name]
+        if self.down_since is None or spool.can_take():
+            return None
+        if spool.refused in ("disk_full", "io_error"):
+            return f"the raw spool's disk is full ({spool.refused_error})"
+        return f"the raw spool is full ({spool.bytes} bytes, store.spool_max {spool.max_bytes})"
+
+    async def hold_fetch(self, rt: FlowRuntime, why: str, summary: RunSummary) -> None:
+        """A run that does not fetch: counted, and said once per outage."""
+        self.fetches_held[rt.name] = self.fetches_held.get(rt.name, 0) + 1
+        summary.error = (f"fetch paused: {why}, and the store takes no writes"
+                         + (f"; {summary.error}" if summary.error else ""))
+        if rt.name not in self._fetch_held_noted:
+            self._fetch_held_noted.add(rt.name)
+            log.warning("%s: fetching paused until the store or the spool can take data: %s",
+                        rt.name, why)
+            await self.action(rt.name, "fetch_paused", outcome="failed",
+                              reason=f"fetching paused: {why} and the database takes no "
+                                     "writes; it resumes when either can keep data")
 
     async def note_outage(self, rt: FlowRuntime, summary: RunSummary) -> None:
         """A run met the store away: say so once per outage, and in the run's summary."""
         if rt.store_down_since is None:
             rt.store_down_since = self.down_since or self.clock.now_ms()
             where = self.spools[rt.name].folder or "memory"
-            await self.action(
-                rt.name, "store_unavailable", outcome="failed",
-                reason=f"database unavailable ({self.error}): fetched payloads are "
-                       f"buffered in {where}, retried every {self.config.store.retry:g}s")
+            reason = (f"database unavailable ({self.error}): fetched payloads are "
+                      f"buffered in {where}, retried every {self.config.store.retry:g}s")
+            self.outages[rt.name] = {  # viewers see it: redacted as the action row is
+                "since_ms": rt.store_down_since, "reason": self.reason,
+                "error": redact(self.error or ""),
+                "action": {"action": "store_unavailable", "outcome": "failed",
+                           "ts_ms": self.clock.now_ms(), "reason": redact(reason)},
+                "issue": {"kind": "store_unavailable", "severity": "error",
+                          "title": redact(f"database unavailable: {self.error}")}}
+            await self.action(rt.name, "store_unavailable", outcome="failed", reason=reason)
             self.emit("issue", rt.name, kind="store_unavailable", severity="error",
                       title=f"database unavailable: {self.error}", key=None, source=None)
             self.emit("flow_state", rt.name, state=rt.state())
@@ -182,6 +250,8 @@ class StoreGuard:
         """The store answers again and the flow's buffer is committed: say so, and record
         the outage as an issue that is already closed."""
         down, rt.store_down_since = rt.store_down_since, None
+        self.outages.pop(rt.name, None)
+        self._fetch_held_noted.discard(rt.name)
         rt.spool_full_noted = False
         now = self.clock.now_ms()
         fp = f"store_unavailable:{rt.name}"

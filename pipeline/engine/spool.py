@@ -21,6 +21,7 @@ payload's place in it (the file name).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -43,6 +44,11 @@ class RawSpool:
         self.folder = folder
         self.max_bytes = max_bytes
         self.dropped = 0
+        # why the last payload was refused: "spool_max" (the bound), "disk_full" (ENOSPC)
+        # or "io_error" (another OSError); None once one is kept again
+        self.refused: str | None = None
+        self.refused_error: str | None = None
+        self._refused_size = 0
         self._mem: list[RawDraft] = []
         self._sizes: dict[int, int] = {}
         self._seq = 0
@@ -72,19 +78,22 @@ class RawSpool:
         body = draft.body
         if self.bytes + len(body) > self.max_bytes:
             self.dropped += 1
+            self.refused, self.refused_error = "spool_max", None
+            self._refused_size = len(body)
             return False
         self._seq += 1
         if self.folder is None:
             self._mem.append(replace(draft, raw_id=None, spool_seq=self._seq))
             self._sizes[self._seq] = len(body)
+            self.refused = self.refused_error = None
             return True
-        self.folder.mkdir(parents=True, exist_ok=True)
         header = {"source": draft.source, "fetched_ms": draft.fetched_ms,
                   "content_type": draft.content_type, "status_code": draft.status_code,
                   "truncated": draft.truncated, "size": len(body)}
         final = self._path(self._seq)
         tmp = final.with_name(final.name + ".tmp")
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(json.dumps(header).encode() + b"\n" + body)
                 crash_point("mid_spool_write")
@@ -95,9 +104,33 @@ class RawSpool:
             log.error("cannot spool a payload of %s in %s: %s", draft.source, self.folder, exc)
             tmp.unlink(missing_ok=True)
             self.dropped += 1
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            self.refused = "disk_full" if full else "io_error"
+            self.refused_error = f"{os.strerror(exc.errno) if exc.errno else exc}"
+            self._refused_size = len(body)
             return False
         self._sizes[self._seq] = len(body)
+        self.refused = self.refused_error = None
         return True
+
+    def can_take(self) -> bool:
+        """Whether a payload like the last refused one would be kept now: False while the
+        spool is at its bound or its disk has no room for it (so the engine can stop
+        fetching what it could not keep)."""
+        if self.refused is None:
+            return True
+        if self.bytes + self._refused_size > self.max_bytes:
+            return False
+        if self.refused == "spool_max" or self.folder is None:
+            return True
+        where = self.folder
+        while not where.exists() and where.parent != where:  # not made yet: its disk
+            where = where.parent
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= self._refused_size + 65_536  # + header, inode
 
     def entries(self) -> list[RawDraft]:
         """Every kept payload, oldest first."""

@@ -51,6 +51,30 @@ CACHE = {
 }
 
 
+
+_REASON_TEXT = {"disk_full": "disk full", "io_error": "I/O error", "locked": "database locked",
+                "unavailable": "database unavailable"}
+
+
+def _write_outage(flows: dict[str, Any]) -> dict[str, Any] | None:
+    """The store's write outage as the engine's flows see it (None: writes are taken):
+    its reason, since when, the driver's message and each flow's spool meanwhile."""
+    down = {name: f.get("store") or {} for name, f in flows.items()}
+    down = {name: st for name, st in down.items() if st.get("available") is False}
+    if not down:
+        return None
+    first = next(iter(down.values()))
+    since = [st["down_since_ms"] for st in down.values() if st.get("down_since_ms")]
+    return {"reason": first.get("reason") or "unavailable",
+            "error": first.get("error"),
+            "since_ms": min(since) if since else None,
+            "flows": {name: {"down_since_ms": st.get("down_since_ms"),
+                             "buffered": st.get("buffered", 0),
+                             "dropped": st.get("dropped", 0),
+                             "spool_refused": st.get("spool_refused"),
+                             "outage": st.get("outage")}
+                      for name, st in down.items()}}
+
 class BadRequest(Exception):
     """A request the API refuses: status and one line of explanation."""
 
@@ -438,10 +462,21 @@ class HttpApi:
             if not running:
                 problems.append("scheduler is not running")
             flows = {name: f.get("state", "unknown") for name, f in snap["flows"].items()}
+            outage = _write_outage(snap["flows"])
         except Exception as exc:
             scheduler = f"unknown: {type(exc).__name__}: {exc}"
             problems.append("engine did not answer")
+            outage = None
+        if outage is not None:
+            # Reads may still answer while writes fail (a full disk): the engine's store
+            # guard knows, and it is what decides whether fetched data is kept.
+            store = f"unavailable for writes: {outage['reason']}"
+            problems.append(f"store_unavailable: {_REASON_TEXT.get(outage['reason'], outage['reason'])}")
         body: dict[str, Any] = {"ready": not problems, "store": store, "scheduler": scheduler}
+        if outage is not None:
+            body["reason"] = problems[-1]
+            body["store_outage"] = outage if authorized else {
+                k: outage[k] for k in ("reason", "since_ms")}
         if authorized:
             body["flows"] = flows
         if problems:

@@ -167,6 +167,23 @@ class FeedMetrics:
             "1 while the database takes writes, 0 while it is unavailable (payloads spool).",
             registry=r,
         )
+        self.store_write_errors = Counter(
+            "flowdeck_store_write_errors",
+            "Store calls of the engine that failed with the store unavailable, by reason: "
+            "disk_full (ENOSPC, SQLite's 'database or disk is full'), io_error, locked, "
+            "unavailable (unreachable, refused, timed out).",
+            ["reason"],
+            registry=r,
+        )
+        self._write_errors_seen: dict[str, int] = {}
+        self.fetches_paused = Counter(
+            "flowdeck_fetches_paused",
+            "Runs that did not fetch because nothing fetched could be kept: the database "
+            "takes no writes and the raw spool can take no more (its bound or its disk).",
+            ["flow"],
+            registry=r,
+        )
+        self._fetches_paused_seen: dict[str, int] = {}
         self.spool_bytes = Gauge(
             "flowdeck_spool_bytes",
             "Bytes of fetched payloads waiting in the raw spool for the database.",
@@ -273,8 +290,9 @@ class FeedMetrics:
         self.series_owed_age.set(owed.get("age_s") or 0)
 
     def set_store(self, snapshot: ViewerSnapshot | dict) -> None:
-        """The store's availability and each flow's spool."""
+        """The store's availability, its failed writes by reason and each flow's spool."""
         up = 1
+        errors: dict[str, int] = {}
         spool_max = (snapshot.get("storage") or {}).get("spool_max_bytes")
         for flow, f in snapshot.get("flows", {}).items():
             st = f.get("store") or {}
@@ -285,6 +303,17 @@ class FeedMetrics:
             self.spool_dropped.labels(flow).set(st.get("dropped") or 0)
             if spool_max:
                 self.spool_max_bytes.labels(flow).set(spool_max)
+            errors = st.get("write_errors") or {}
+            paused, seen = st.get("fetches_paused") or 0, self._fetches_paused_seen.get(flow, 0)
+            if paused > seen:
+                self.fetches_paused.labels(flow).inc(paused - seen)
+                self._fetches_paused_seen[flow] = paused
+        # one guard for every flow: each flow's store state carries the same counts
+        for reason, n in errors.items():
+            seen = self._write_errors_seen.get(reason, 0)
+            if n > seen:
+                self.store_write_errors.labels(reason).inc(n - seen)
+                self._write_errors_seen[reason] = n
         self.store_up.set(up)
 
     def set_storage(self, snapshot: ViewerSnapshot | dict) -> None:

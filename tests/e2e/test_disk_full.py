@@ -1,20 +1,24 @@
 """Disk full (issue 15, item 3, in part): the SQLite file and its spool on a 3 MB tmpfs
 that fills up mid-run, under a real `flowdeck daemon`.
 
-What holds today and is checked here: the daemon says so (its log at once, flow states
-degraded, a ``store_unavailable`` action and issue once it can write them), no run dies with a traceback (two were found this way: the spool's
-ENOSPC escaping the run, and two flows flushing the held writes at once), and when space
-returns it recovers by itself (``store_recovered``, new records stored). Not yet:
-``/readyz`` stays 200 while writes fail (its store check is a read), no metric names it,
-and the action and issue rows are only readable after the store takes writes again.
+What is checked here: the daemon says so while it lasts (its log at once, flow states
+degraded, ``/readyz`` 503 with ``store_unavailable: disk full``, ``flowdeck_store_up`` 0 and
+``flowdeck_store_write_errors_total{reason="disk_full"}`` on ``/metrics``, the held
+``store_unavailable`` action in the flows' store state), no run dies with a traceback (two
+were found this way: the spool's ENOSPC escaping the run, and two flows flushing the held
+writes at once), and when space returns it recovers by itself (``/readyz`` 200 again,
+``store_recovered``, the held action and issue rows written, new records stored).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,6 +41,26 @@ def small_disk(tmp_path):
 
 def _actions(url: str) -> list[str]:
     return [a["action"] for a in http_json(url + "/api/actions?limit=200")[1].get("actions", [])]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _ready(url: str) -> tuple[int, dict]:
+    code, body = _get(url + "/readyz")
+    return code, json.loads(body or b"{}")
+
+
+def _metric(url: str, name: str) -> float | None:
+    for line in _get(url + "/metrics")[1].decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def _records_since(db: Path, ms: int) -> int:
@@ -68,16 +92,34 @@ def test_a_full_disk_is_said_survived_and_recovered_from(tmp_path, small_disk):
         filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - 200_000))
         # The daemon says so at once in its log and flow states; the action and issue
         # rows are bookkeeping writes, held until the store takes writes again.
-        _wait(lambda: "store unavailable: database or disk is full" in log.read_text(), 120,
+        _wait(lambda: "store unavailable (disk_full): database or disk is full"
+              in log.read_text(), 120,
               "the daemon never said the disk was full")
         _wait(lambda: any(f.get("state") in ("degraded", "failing")
                           for f in d.flows().values()), 60, "no flow shown degraded")
+        # Not ready while writes fail, though reads still answer; the reason is given.
+        _wait(lambda: _ready(d.url)[0] == 503, 60, "/readyz not 503 on a full disk")
+        code, body = _ready(d.url)
+        assert body["reason"] == "store_unavailable: disk full", body
+        assert body["store_outage"]["reason"] == "disk_full"
+        assert _metric(d.url, "flowdeck_store_up") == 0
+        assert _metric(d.url, 'flowdeck_store_write_errors_total{reason="disk_full"}') >= 1
+        # The outage in the engine's state now, before its rows can be written.
+        _wait(lambda: any((f.get("store") or {}).get("outage") for f in d.flows().values()),
+              60, "no flow shows the held store_unavailable action")
+        outage = next(f["store"]["outage"] for f in d.flows().values()
+                      if (f.get("store") or {}).get("outage"))
+        assert outage["action"]["action"] == "store_unavailable"
+        assert "disk is full" in outage["action"]["reason"]
+        assert "store_unavailable" not in _actions(d.url)  # its row waits for the store
         time.sleep(3)  # a few runs against the full disk
         filler.unlink()
         freed_ms = int(time.time() * 1000)
         _wait(lambda: "store_recovered" in _actions(d.url), 120,
               "no store_recovered action after space returned")
         d.wait_success_after(freed_ms + 1000)
+        _wait(lambda: _ready(d.url)[0] == 200, 60, "/readyz not 200 after recovery")
+        assert _metric(d.url, "flowdeck_store_up") == 1
         assert "store_unavailable" in _actions(d.url)
         issues = http_json(d.url + "/api/issues?state=all&limit=1000")[1]["issues"]
         assert any(i["kind"] == "store_unavailable" for i in issues)

@@ -85,8 +85,12 @@ async def outage_scenario(store: Store, clock, outage, spool_dir: Path) -> None:
         s = await engine.run_flow("weather")
         assert s.status == "ok" and s.buffered == 0
         snap = engine.snapshot()["flows"]["weather"]
+        errors = snap["store"].pop("write_errors")  # locked (SQLite), unavailable (PostgreSQL)
+        assert sum(errors.values()) == 3 and set(errors) <= {"locked", "unavailable"}
         assert snap["store"] == {"available": True, "down_since_ms": None, "buffered": 0,
-                                 "buffered_bytes": 0, "dropped": 0}
+                                 "buffered_bytes": 0, "dropped": 0, "reason": None,
+                                 "error": None, "spool_refused": None, "outage": None,
+                                 "fetches_paused": 0}
     finally:
         await engine.stop()
     assert not list(spool_dir.glob("*.spool"))
