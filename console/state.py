@@ -77,6 +77,18 @@ def fmt_num(x: float | int | None, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
+def fmt_bytes(n: int | None) -> str:
+    """A size for people: ``512 B``, ``1.5 KiB``, ``20.0 MiB``; ``-`` when unknown."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
 def maintenance_marker(m: MaintenanceState | None) -> str:
     """A table cell's word for a flow in a maintenance window ("" outside one): a
     pausing window stops scheduled runs, a muting one keeps them and silences alerts."""

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from flowdeck.console.cli import common
 from flowdeck.console.cli.common import EXIT_OK, EXIT_USAGE, CliError
+from flowdeck.console.state import fmt_bytes
 
 
 def add_parsers(sub) -> None:
@@ -49,17 +50,6 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def cmd_db_stats(args) -> int:
     from flowdeck.storage.retention import Retention, last_pass
 
@@ -76,7 +66,7 @@ def cmd_db_stats(args) -> int:
         common.print_json(stats)
         return EXIT_OK
     extra = f", auto_vacuum {stats['auto_vacuum']}" if "auto_vacuum" in stats else ""
-    print(f"{stats['backend']} database, {human_bytes(stats['size_bytes'])}{extra}")
+    print(f"{stats['backend']} database, {fmt_bytes(stats['size_bytes'])}{extra}")
     print(f"{'table':<18} {'rows':>10}  oldest")
     for name, t in stats["tables"].items():
         print(f"{name:<18} {t['rows']:>10}  {_when(t['oldest_ms'])}")
@@ -98,6 +88,6 @@ def cmd_db_vacuum(args) -> int:
             raise CliError(str(exc), EXIT_USAGE) from None
     finally:
         store.close()
-    print(f"auto_vacuum {out['mode']}: {human_bytes(out['bytes_before'])} -> "
-          f"{human_bytes(out['bytes_after'])}")
+    print(f"auto_vacuum {out['mode']}: {fmt_bytes(out['bytes_before'])} -> "
+          f"{fmt_bytes(out['bytes_after'])}")
     return EXIT_OK

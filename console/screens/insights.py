@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.widgets import Static
 
 from flowdeck.console.screens.base import DeckScreen
-from flowdeck.console.state import fmt_age, fmt_num
+from flowdeck.console.state import fmt_age, fmt_bytes, fmt_num
 from flowdeck.console.widgets import Col, DeckTable, sparkline, status_text
 
 
@@ -31,17 +31,6 @@ def fmt_duration(s: float | None) -> str:
     if s < 86400:
         return f"{s / 3600:.1f}h"
     return f"{s / 86400:.1f}d"
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def verdict(ok: bool, measured: bool, target: bool, app=None) -> Text:
