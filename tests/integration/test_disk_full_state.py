@@ -8,9 +8,9 @@ and all of it clears once space returns. Needs root to mount a tmpfs; skips othe
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
+from support.disk import small_tmpfs
 from support.recovery import fast_config, issues_of
 
 from flowdeck.pipeline.engine.engine import Engine
@@ -20,16 +20,8 @@ from flowdeck.storage.store import Store
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(folder) -> os.PathLike:
