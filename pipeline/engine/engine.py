@@ -30,7 +30,7 @@ import httpx
 
 from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core import logs
-from flowdeck.pipeline.core.clock import Clock, SystemClock
+from flowdeck.pipeline.core.clock import Clock, clock_from_env
 from flowdeck.pipeline.core.hub import Event, Hub
 from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.core.shapes import (
@@ -104,7 +104,7 @@ class Engine:
                  scenario: str | None = None, seed: int = 7) -> None:
         self.config = config
         self.store = store
-        self.clock = clock or SystemClock()
+        self.clock = clock or clock_from_env()  # $FLOWDECK_CLOCK_SPEED: a testing aid
         self.hub = hub or Hub()
         # Options of the ``simulated`` source kind (sources/simulated.py), handed to it
         # unread: a running simulator's URL, else the scenario and seed of one to start.
