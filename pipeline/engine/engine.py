@@ -129,7 +129,8 @@ class Engine:
                                        self._db)
         self.scheduler = Scheduler(config, self.clock)
         self.retention = RetentionJob(config, store, self.clock, self._db, self.auto_action)
-        self.maintenance = Maintenance(config, self.clock, self.auto_action)
+        self.maintenance = Maintenance(config, self.clock, self.auto_action, store=store,
+                                       run_db=self._db)
         self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
                              timer=self.clock.now, emit=self.emit, on_action=self._cache_action,
                              settle=self.deferred.settle)
@@ -164,6 +165,7 @@ class Engine:
             await self._db(self._warm_detectors, rt)
             await self._db(self._warm_order, rt)
             await self._db(self.failover.load_state, rt)
+        await self.maintenance.restore()  # operator windows a restart would lose
         await self.caches.start()
         self._cache_ticks = loop.create_task(self._cache_stats())
         self.started = True
