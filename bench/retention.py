@@ -144,8 +144,19 @@ def run_month(plan: MonthPlan, workdir: Path,
         deadline = time.time() + 60
         while not db.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
+        if not db.exists():
+            raise RuntimeError(f"the daemon made no database (exit {proc.poll()}); see "
+                               f"{workdir / 'daemon.log'}")
         store = Store(url, check=False)
         retention = Retention(store)
+        while True:  # the daemon creates the schema after the file
+            try:
+                retention.stats()
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
         before: dict[str, set] = {}
         for unit in range(1, plan.units + 1):
             wake = anchor + unit * plan.unit_s / plan.speed
