@@ -7,8 +7,9 @@ SQLite, and the retention job (a pass every simulated hour) keeps raw payloads 6
 minute roll-ups 36 h and hour roll-ups 2 days. Every 6 simulated hours the test reads
 what `flowdeck db stats` reads and every record inside its window (bench/retention.py's
 ``run_month``, the same run as the benchmark's month). The windows are full after two
-days; the size and the rows then hold: the last two days against the two before them.
-And no record still inside its window ever goes. Nothing here is timed.
+days; the size and the rows then stop growing: the last two days against the two before
+them (within 30 %; without retention the records grow by half). And no record still
+inside its window ever goes. Nothing here is timed.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def test_six_simulated_days_hold_a_steady_size(tmp_path):
         then = mean(middle, lambda r, t=table_name: r["rows"][t])
         now = mean(last, lambda r, t=table_name: r["rows"][t])
         assert then > 0, (table_name, table)
-        assert abs(now / then - 1) < 0.3, (table_name, then, now, table)
+        # not growing (a drop is the busy machine fitting fewer runs in, not retention:
+        # what retention may not take is checked record by record, lost_in_window)
+        assert now / then - 1 < 0.3, (table_name, then, now, table)
     then, now = mean(middle, lambda r: r["size_bytes"]), mean(last, lambda r: r["size_bytes"])
     assert now / then - 1 < 0.3, (then, now, table)
     # without retention the records would have grown six-fold from day 1 to day 6
