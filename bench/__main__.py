@@ -30,6 +30,9 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
                  "pipeline_pg_records_per_s"),
     "detect": ("detect_us_per_record_metric",),
     "cache": ("l1_hit_ns",),
+    # before the feed: the quick soak's daemon starts with it (SOAK_ALONGSIDE)
+    "retention": ("retention_size_growth_last_week",),
+    "backup": ("backup_s_per_1m_records", "restore_s_per_1m_records"),
     "feed": ("feed_p99_ms_at_10k", "broadcast_ratio_1000_viewers", "stalled_viewer_cost"),
     "console": ("console_key_to_paint_ms_at_10k",),
     "soak": ("rss_growth_soak",),
@@ -43,6 +46,8 @@ TARGETS = {
     "stalled_viewer_cost": "<= 0.05", "l1_hit_ns": "< 1000",
     "console_key_to_paint_ms_at_10k": "< 100", "rss_growth_soak": "< 0.10",
     "detect_us_per_record_metric": "<= 2",
+    "retention_size_growth_last_week": "< 0.05", "backup_s_per_1m_records": "< 60",
+    "restore_s_per_1m_records": "< 60",
 }
 
 
@@ -67,6 +72,14 @@ def _runner(name: str, opts: Options, profile: bool) -> Callable[[], tuple[list[
         from bench import console
 
         return lambda: console.run(opts)
+    if name == "retention":
+        from bench import retention
+
+        return lambda: retention.run(opts)
+    if name == "backup":
+        from bench import backup
+
+        return lambda: backup.run(opts)
     raise KeyError(name)
 
 

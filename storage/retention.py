@@ -129,7 +129,7 @@ class Retention:
                 before = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
                 if mode != 2 or pages <= 0:
                     return {"mode": _AUTO_VACUUM.get(mode, str(mode)), "freed_pages": 0,
-                            "free_pages": before}
+                            "free_pages": before, "wal_truncated": _truncate_wal(conn)}
                 # sqlite3's execute() steps this pragma once, which frees one page;
                 # executescript() runs it to the end (and commits nothing of ours: the
                 # connection is between transactions here).
@@ -137,7 +137,9 @@ class Retention:
                 raw = conn.connection.driver_connection
                 raw.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
                 after = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
-            return {"mode": "incremental", "freed_pages": before - after, "free_pages": after}
+                truncated = _truncate_wal(conn)
+            return {"mode": "incremental", "freed_pages": before - after, "free_pages": after,
+                    "wal_truncated": truncated}
         names = sorted(set(tables))
         if names:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -198,6 +200,22 @@ class Retention:
 
 
 _AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
+
+
+def _truncate_wal(conn: Connection) -> bool:
+    """Give the WAL's space back too: a WAL file keeps its high-water mark (SQLite reuses
+    it rather than shrinking it), so after a busy spell it stays as large as the most
+    frames it ever held. ``wal_checkpoint(TRUNCATE)`` with no busy wait: done if no
+    reader holds an old snapshot right now (this runs on the engine's one writer
+    thread, so no write is in progress), else nothing waits and the next pass tries
+    again. True if the WAL was checkpointed and truncated."""
+    busy_ms = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_ms or 0)}")
+    return row is not None and row[0] == 0
 
 
 # ---------------------------------------------------------------- the walk

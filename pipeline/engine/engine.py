@@ -30,7 +30,7 @@ import httpx
 
 from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core import logs
-from flowdeck.pipeline.core.clock import Clock, SystemClock
+from flowdeck.pipeline.core.clock import Clock, clock_from_env
 from flowdeck.pipeline.core.hub import Event, Hub
 from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.core.shapes import (
@@ -104,7 +104,7 @@ class Engine:
                  scenario: str | None = None, seed: int = 7) -> None:
         self.config = config
         self.store = store
-        self.clock = clock or SystemClock()
+        self.clock = clock or clock_from_env()  # $FLOWDECK_CLOCK_SPEED: a testing aid
         self.hub = hub or Hub()
         # Options of the ``simulated`` source kind (sources/simulated.py), handed to it
         # unread: a running simulator's URL, else the scenario and seed of one to start.
@@ -129,7 +129,8 @@ class Engine:
                                        self._db)
         self.scheduler = Scheduler(config, self.clock)
         self.retention = RetentionJob(config, store, self.clock, self._db, self.auto_action)
-        self.maintenance = Maintenance(config, self.clock, self.auto_action)
+        self.maintenance = Maintenance(config, self.clock, self.auto_action, store=store,
+                                       run_db=self._db)
         self.caches = Caches(cache_settings(config), store=store, reader=self.reader,
                              timer=self.clock.now, emit=self.emit, on_action=self._cache_action,
                              settle=self.deferred.settle)
@@ -164,6 +165,7 @@ class Engine:
             await self._db(self._warm_detectors, rt)
             await self._db(self._warm_order, rt)
             await self._db(self.failover.load_state, rt)
+        await self.maintenance.restore()  # operator windows a restart would lose
         await self.caches.start()
         self._cache_ticks = loop.create_task(self._cache_stats())
         self.started = True

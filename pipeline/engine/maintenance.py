@@ -9,6 +9,12 @@ an operator starts now, per flow, in one of two modes:
 ``tick`` (every few seconds, from the engine) notices windows that began or ended and
 records each change as a recovery action (``maintenance_start`` / ``maintenance_end``,
 actor ``auto`` for configured windows, the operator's for theirs).
+
+An operator's window survives a restart: ``tick`` keeps each flow's in the store (the
+flow's ``source_state`` row of the reserved source ``:maintenance``, which no source
+name can be: mode, start, end, actor), and ``restore`` at the engine's start takes back
+the ones still running (so stop works on them, and they end when due) and records the
+end of one that ran out while the daemon was stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from flowdeck.pipeline.core.shapes import MaintenanceState
 
 log = logging.getLogger("flowdeck.maintenance")
 TICK = 5.0
+MIN_TICK = 0.05  # on a fast simulated clock (wall seconds)
+STATE_SOURCE = ":maintenance"  # source_state row of a flow's operator window (not a name)
 
 
 @dataclass
@@ -39,12 +47,17 @@ class Manual:
 
 class Maintenance:
     def __init__(self, config: Config, clock: Clock,
-                 record: Callable[..., Awaitable[None]] | None = None) -> None:
+                 record: Callable[..., Awaitable[None]] | None = None, *,
+                 store: Any = None, run_db: Callable[..., Awaitable[Any]] | None = None
+                 ) -> None:
         from apscheduler.triggers.cron import CronTrigger
 
         self.config = config
         self.clock = clock
         self._record = record
+        self._store = store  # where operator windows are kept (None: not kept)
+        self._run_db = run_db
+        self._kept: dict[str, tuple | None] = {}  # flow -> the window the store holds
         self.windows = [(w, CronTrigger.from_crontab(w.cron, timezone="UTC"))
                         for w in config.maintenance]
         self.manual: dict[str, Manual] = {}
@@ -128,10 +141,77 @@ class Maintenance:
                 raise
             except Exception:
                 log.exception("maintenance check failed")
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(max(MIN_TICK, self.clock.wall_seconds(TICK)))
+
+    # ------------------------------------------------------------ kept across restarts
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._run_db is not None:
+            return await self._run_db(fn, *args)
+        return await asyncio.to_thread(fn, *args)
+
+    @staticmethod
+    def _key(m: Manual | None) -> tuple | None:
+        return None if m is None else (m.mode, m.start_ms, m.until_ms, m.actor)
+
+    async def restore(self) -> list[str]:
+        """At start: take back the operator windows a previous run kept that are still
+        on; record the end of those that ran out meanwhile. The flows restored."""
+        if self._store is None:
+            return []
+        try:
+            states = await self._db(self._store.source_states)
+        except Exception as exc:  # the store away: windows are not restored, runs go on
+            log.warning("maintenance windows not restored: %s", exc)
+            return []
+        now = self.clock.now_ms()
+        restored = []
+        for (flow, source), st in states.items():
+            w = (st or {}).get("window") if source == STATE_SOURCE else None
+            if not w or flow not in self.config.flows:
+                continue
+            m = Manual(str(w["mode"]), int(w["start_ms"]), int(w["until_ms"]),
+                       str(w["actor"]))
+            self._kept[flow] = self._key(m)
+            if m.until_ms > now:
+                self.manual[flow] = m
+                self._seen[flow] = self.state(flow, now)  # its start is recorded already
+                restored.append(flow)
+                continue
+            ended: MaintenanceState = {"mode": m.mode, "name": "operator",
+                                       "start_ms": m.start_ms, "until_ms": m.until_ms,
+                                       "actor": m.actor}
+            until = datetime.fromtimestamp(m.until_ms / 1000, tz=UTC)
+            await self._note(flow, "maintenance_end", ended,
+                             f"maintenance ({m.mode}, operator) ended at "
+                             f"{until:%Y-%m-%d %H:%M}Z while the daemon was stopped")
+        if restored:
+            log.warning("maintenance windows restored: %s", ", ".join(sorted(restored)))
+        await self._keep()
+        return restored
+
+    async def _keep(self) -> None:
+        """Write each flow's operator window to the store where it changed."""
+        if self._store is None:
+            return
+        for flow in self.config.flows:
+            m = self.manual.get(flow)
+            key = self._key(m)
+            if self._kept.get(flow) == key:
+                continue
+            window = None if m is None else {"mode": m.mode, "start_ms": m.start_ms,
+                                             "until_ms": m.until_ms, "actor": m.actor}
+            try:
+                await self._db(self._store.save_source_state, flow, STATE_SOURCE,
+                               {"window": window}, self.clock.now_ms())
+            except Exception as exc:  # the store away: the next tick writes it
+                log.warning("maintenance window of %s not kept: %s", flow, exc)
+                continue
+            self._kept[flow] = key
 
     async def tick(self) -> list[tuple[str, str]]:
-        """Record windows that began or ended since the last tick: [(flow, action)]."""
+        """Record windows that began or ended since the last tick: [(flow, action)];
+        keep operator windows in the store."""
         changes = []
         for flow in self.config.flows:
             now = self.state(flow)
@@ -152,6 +232,7 @@ class Maintenance:
                 await self._note(flow, "maintenance_start", now,
                                  f"maintenance ({now['mode']}, {now['name']}) until "
                                  f"{until:%Y-%m-%d %H:%M}Z")
+        await self._keep()
         return changes
 
     async def _note(self, flow: str, action: str, st: MaintenanceState, reason: str) -> None:

@@ -67,7 +67,7 @@ class RetentionJob:
         await self.measure()
         delay = min(self.settings.interval, FIRST_PASS_AFTER)
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self.clock.wall_seconds(delay))  # on a simulated clock too
             delay = self.settings.interval
             try:
                 await self.run_pass()

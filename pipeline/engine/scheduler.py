@@ -5,17 +5,53 @@ in progress at stop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flowdeck.pipeline.config import Config
-from flowdeck.pipeline.core.clock import Clock
+from flowdeck.pipeline.core.clock import Clock, ScaledClock
 
 if TYPE_CHECKING:
     from flowdeck.pipeline.engine.flow import FlowRuntime
 
 log = logging.getLogger("flowdeck.engine")
+
+
+@functools.cache
+def _clock_trigger_class() -> type:
+    from apscheduler.triggers.base import BaseTrigger
+
+    class ClockTrigger(BaseTrigger):
+        """A trigger read on a simulated clock (``ScaledClock``): APScheduler asks with
+        wall times, the wrapped trigger answers in the clock's time, so an ``every: 5m``
+        or a cron fires every 5 simulated minutes or at simulated cron times."""
+
+        __slots__ = ("inner", "clock")
+
+        def __init__(self, inner: Any, clock: Clock) -> None:
+            self.inner = inner
+            self.clock = clock
+
+        def _sim(self, dt: datetime) -> datetime:
+            return datetime.fromtimestamp(self.clock.from_wall(dt.timestamp()), tz=UTC)
+
+        def get_next_fire_time(self, previous_fire_time, now):
+            prev = None if previous_fire_time is None else self._sim(previous_fire_time)
+            nxt = self.inner.get_next_fire_time(prev, self._sim(now))
+            if nxt is None:
+                return None
+            return datetime.fromtimestamp(self.clock.to_wall(nxt.timestamp()), tz=UTC)
+
+    return ClockTrigger
+
+
+def clocked(trigger: Any, clock: Clock) -> Any:
+    """``trigger`` as it fires on ``clock``: itself on the wall's clock, wrapped on a
+    simulated one."""
+    return _clock_trigger_class()(trigger, clock) if isinstance(clock, ScaledClock) else trigger
 
 
 class Scheduler:
@@ -61,10 +97,11 @@ class Scheduler:
                 trigger = IntervalTrigger(seconds=sch.every, jitter=sch.jitter or None)
             else:
                 trigger = CronTrigger.from_crontab(sch.cron, timezone="UTC")
-            self.aps.add_job(scheduled, trigger, args=[name], id=name, name=name,
-                             max_instances=1, coalesce=True,
+            self.aps.add_job(scheduled, clocked(trigger, self.clock), args=[name], id=name,
+                             name=name, max_instances=1, coalesce=True,
                              misfire_grace_time=max(1, int(sch.every or 60)),
-                             next_run_time=self.clock.utcnow())
+                             next_run_time=datetime.fromtimestamp(
+                                 self.clock.to_wall(self.clock.now()), tz=UTC))
         self.aps.add_job(retry, IntervalTrigger(seconds=self.config.store.retry),
                          id="flowdeck:store-retry", name="store retry", max_instances=1,
                          coalesce=True)
@@ -84,7 +121,7 @@ class Scheduler:
         job = self.aps.get_job(name)
         if job is None or job.next_run_time is None:
             return None
-        return int(job.next_run_time.timestamp() * 1000)
+        return int(self.clock.from_wall(job.next_run_time.timestamp()) * 1000)
 
     async def stop(self) -> None:
         """No new runs; let the ones in progress finish (shutting the scheduler down

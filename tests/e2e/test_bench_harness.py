@@ -20,7 +20,8 @@ KEYS = [
     "pipeline_records_per_s", "pipeline_ratio_vs_floor", "pipeline_pg_records_per_s",
     "bytewax_ratio", "feed_p99_ms_at_10k", "broadcast_ratio_1000_viewers",
     "stalled_viewer_cost", "l1_hit_ns", "console_key_to_paint_ms_at_10k", "rss_growth_soak",
-    "detect_us_per_record_metric",
+    "detect_us_per_record_metric", "retention_size_growth_last_week",
+    "backup_s_per_1m_records", "restore_s_per_1m_records",
 ]
 
 pytestmark = pytest.mark.slow

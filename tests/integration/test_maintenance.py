@@ -149,3 +149,81 @@ def test_a_bad_window_is_refused_with_its_line(tmp_path, window, problem):
         parse_config(path.read_text(), str(path))
     assert problem in str(exc.value)
     assert str(exc.value).startswith(f"{path}:")
+
+
+async def _engine(path, db: str, clock: ManualClock) -> tuple[Engine, LocalControl, Store]:
+    store = Store(db)
+    engine = Engine(parse_config(path.read_text(), str(path)), store, clock=clock)
+    await engine.start(schedule=False)
+    return engine, LocalControl(engine, actor="alice"), store
+
+
+async def _stop(engine: Engine, store: Store) -> None:
+    await engine.stop()
+    store.close()
+
+
+async def test_an_operator_window_survives_a_restart_and_stops_after_it(tmp_path):
+    path = write_config(tmp_path)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    clock = ManualClock(SUNDAY_0330 + 86_400)  # a Monday: no configured window
+    engine, control, store = await _engine(path, db, clock)
+    res = await control.act("start_maintenance", flow="bench", duration="2h", mode="pause")
+    assert res["ok"]
+    started = engine.snapshot()["flows"]["bench"]["maintenance"]
+    await _stop(engine, store)
+
+    clock.advance(600)  # the daemon comes back 10 minutes later
+    engine, control, store = await _engine(path, db, clock)
+    try:
+        st = engine.snapshot()["flows"]["bench"]["maintenance"]
+        assert st is not None and st["mode"] == "pause" and st["actor"] == "alice"
+        assert (st["start_ms"], st["until_ms"]) == (started["start_ms"], started["until_ms"])
+        assert await engine.scheduled_run("bench") is None  # still paused
+        assert engine.snapshot()["flows"]["other"]["maintenance"] is None
+        assert await engine.maintenance.tick() == []  # its start is not recorded twice
+        res = await control.act("stop_maintenance", flow="bench")
+        assert res["message"] == "maintenance on bench stopped"
+        assert (await engine.scheduled_run("bench")).trigger == "schedule"
+    finally:
+        await _stop(engine, store)
+
+    engine, _control, store = await _engine(path, db, clock)  # stopped stays stopped
+    try:
+        assert engine.snapshot()["flows"]["bench"]["maintenance"] is None
+        assert (await engine.scheduled_run("bench")).trigger == "schedule"
+        actions = [(a["action"], a["actor"]) for a in reversed(store.actions("bench"))]
+    finally:
+        await _stop(engine, store)
+    assert actions.count(("maintenance_start", "alice")) == 1
+    assert actions.count(("maintenance_end", "alice")) == 1
+    assert actions.index(("maintenance_start", "alice")) < actions.index(
+        ("maintenance_end", "alice"))
+    assert ("stop_maintenance", "alice") in actions
+
+
+async def test_a_window_that_ran_out_while_the_daemon_was_stopped_is_ended(tmp_path):
+    path = write_config(tmp_path)
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    clock = ManualClock(SUNDAY_0330 + 86_400)
+    engine, control, store = await _engine(path, db, clock)
+    await control.act("start_maintenance", flow="other", duration="30m", mode="mute")
+    await _stop(engine, store)
+
+    clock.advance(3600)  # back an hour later: the window ended meanwhile
+    engine, _control, store = await _engine(path, db, clock)
+    try:
+        assert engine.snapshot()["flows"]["other"]["maintenance"] is None
+        assert (await engine.scheduled_run("other")).trigger == "schedule"  # not muted
+        ends = [a for a in store.actions("other") if a["action"] == "maintenance_end"]
+        assert len(ends) == 1 and ends[0]["actor"] == "alice"
+        assert "while the daemon was stopped" in ends[0]["reason"]
+    finally:
+        await _stop(engine, store)
+
+    engine, _control, store = await _engine(path, db, clock)  # and only once
+    try:
+        ends = [a for a in store.actions("other") if a["action"] == "maintenance_end"]
+        assert len(ends) == 1
+    finally:
+        await _stop(engine, store)
