@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 
 from flowdeck.pipeline.config import FieldSpec, FlowConfig, SourceConfig
 from flowdeck.pipeline.expr import compile_expr
-from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.stages.base import register
 from flowdeck.pipeline.stages.transform import source_conversions, to_flow_units
 from flowdeck.pipeline.units import affine
@@ -153,6 +153,109 @@ def build_model(flow: FlowConfig, src: SourceConfig) -> TypeAdapter:
     return TypeAdapter(list[td])
 
 
+# ---------------------------------------------------------------- the fast path
+# Most records arrive with every value already of its field's type and inside its range:
+# for those, a check per value gives what the pydantic model gives (same values, same
+# key order: the model's), without building its input. A record the checks do not pass
+# for certain goes through the model, which also words what is wrong.
+_MEMO_LIMIT = 4096
+_EXACT_INT = float(2 ** 53)
+
+# Check kinds: what a value must be to pass without the model.
+ANY, FLOAT, INT, BOOL, STR, MEMO, ANY_FLOAT = range(7)
+
+
+def _fast_checks(flow: FlowConfig, src: SourceConfig) -> list[tuple] | None:
+    """[(field, kind, lo, hi, required, memo, type, coercion)] in the model's field order,
+    or None when a field has no exact check (the model then validates every record of the
+    source)."""
+    checks: list[tuple] = []
+    for name in flow.key_fields:
+        if name not in flow.fields:
+            checks.append((name, ANY, None, None, False, None, None, None))
+    duration = src.timestamp.duration_field or f"{flow.ts}_duration_s"
+    if duration not in flow.fields:
+        checks.append((duration, ANY_FLOAT, None, None, False, None, None, None))
+    for name, spec in flow.fields.items():
+        if name == flow.ts:
+            continue
+        lo, hi = _bounds_in_source(spec, src.units.get(name), name in src.invert)
+        memo: tuple[Any, dict] | None = None
+        if spec.allowed is not None or (spec.type == "str" and spec.pattern):
+            kind = MEMO  # the field's own validator, once per distinct value
+            memo = (TypeAdapter(_field_type(spec, lo, hi)).validate_python, {})
+        elif spec.type == "float":
+            kind = FLOAT
+        elif spec.type == "int":
+            if not all(b is None or (float(b).is_integer() and abs(b) < _EXACT_INT)
+                       for b in (lo, hi)):
+                return None
+            kind = INT
+        elif spec.type == "bool":
+            kind = BOOL
+        else:
+            kind = STR
+        needs, rule = COERCE[spec.type]
+        checks.append((name, kind, lo, hi, spec.required, memo, needs, rule))
+    return checks
+
+
+def _fast_valid(checks: list[tuple], data: dict) -> dict | None:
+    """What the model makes of ``data`` (absent optional fields not yet added), or None
+    when the model must decide."""
+    out = {}
+    for name, kind, lo, hi, required, memo, needs, rule in checks:
+        v = data.get(name)
+        if v is None:
+            if required:
+                return None
+            continue
+        c = v.__class__
+        if c is not needs and needs is not None:  # the field's coercion, as the model's input
+            try:
+                v = rule(v)
+            except (OverflowError, ValueError):  # the model's path says (or raises) the same
+                return None
+            c = v.__class__
+        if kind == FLOAT:
+            if c is not float or v - v != 0 or (lo is not None and v < lo) or (
+                    hi is not None and v > hi):
+                return None
+        elif kind == STR:
+            if c is not str:
+                return None
+        elif kind == MEMO:
+            validate, seen = memo
+            if c is not needs:
+                return None
+            try:
+                got = seen.get((c, v))
+            except TypeError:  # unhashable: the model says what it is
+                return None
+            if got is None:
+                try:
+                    got = (validate(v),)
+                except ValidationError:
+                    got = ()
+                if len(seen) >= _MEMO_LIMIT:
+                    seen.clear()
+                seen[(c, v)] = got
+            if not got:
+                return None
+            v = got[0]
+        elif kind == INT:
+            if c is not int or (lo is not None and v < lo) or (hi is not None and v > hi):
+                return None
+        elif kind == BOOL:
+            if c is not bool:
+                return None
+        elif kind == ANY_FLOAT:
+            if c is not float:
+                return None
+        out[name] = v
+    return out
+
+
 @register("validate")
 class Validator:
     name = "validate"
@@ -167,11 +270,42 @@ class Validator:
                               for s in flow.sources}
         self.optional = [n for n, f in flow.fields.items() if not f.required and n != flow.ts]
         self.coerce = coercions(flow)
+        self.fast = {s.name: _fast_checks(flow, s) for s in flow.sources}
 
     def run(self, batch: Batch, now_ms: int) -> None:
         recs = batch.records
         if not recs:
             return
+        checks = self.fast[batch.source or ""]
+        if checks is None:
+            rejected = self._model(batch, recs)
+            if rejected:
+                recs = [r for r in recs if id(r) not in rejected]
+        else:
+            slow = []
+            for rec in recs:
+                data = _fast_valid(checks, rec.data)
+                if data is None:
+                    slow.append(rec)
+                else:
+                    rec.data = data
+            if slow:
+                rejected = self._model(batch, slow)
+                if rejected:  # they leave the batch; the others keep their places
+                    recs = [r for r in recs if id(r) not in rejected]
+        optional = self.optional
+        for rec in recs:
+            data = rec.data
+            for n in optional:
+                if n not in data:
+                    data[n] = None
+        if self.rules:
+            recs = self._rules(batch, recs)
+        batch.records = recs
+
+    def _model(self, batch: Batch, recs: list[Rec]) -> set[int]:
+        """Validate ``recs`` with the source's model: each valid record's data becomes the
+        model's output, each invalid one is quarantined; returns the ids of those."""
         adapter = self.models[batch.source]
         # Absent values are left out, so a missing required field reads "Field required".
         datas = [{k: v for k, v in r.data.items() if v is not None} for r in recs]
@@ -181,6 +315,7 @@ class Validator:
                 v = d.get(name)
                 if v is not None and type(v) is not ok:
                     d[name] = rule(v)
+        rejected: set[int] = set()
         try:
             valid = adapter.validate_python(datas)
             bad: dict[int, list[str]] = {}
@@ -201,26 +336,25 @@ class Validator:
             valid = adapter.validate_python([datas[i] for i in good_idx]) if good_idx else []
             for i, msgs in sorted(bad.items()):
                 batch.reject(recs[i], stage="validate", reason="invalid", message="; ".join(msgs))
+                rejected.add(id(recs[i]))
             recs = [recs[i] for i in good_idx]
-        optional = self.optional
         for rec, data in zip(recs, valid, strict=True):
-            for n in optional:
-                if n not in data:
-                    data[n] = None
             rec.data = data
-        if self.rules:
-            kept = []
-            conversions, inverts = self.to_flow_units[batch.source]
-            for rec in recs:
-                env = to_flow_units(rec.data, conversions, inverts)
-                # A rule about a value that is absent is unknown, not broken (as SQL CHECK).
-                failed = [text for text, rule in self.rules
-                          if all(env.get(n) is not None for n in rule.names)
-                          and rule(env) is False]
-                if failed:
-                    batch.reject(rec, stage="validate", reason="rule",
-                                 message="rule failed: " + "; ".join(failed))
-                else:
-                    kept.append(rec)
-            recs = kept
-        batch.records = recs
+        return rejected
+
+    def _rules(self, batch: Batch, recs: list) -> list:
+        """The records whose rules hold; the others quarantined."""
+        kept = []
+        conversions, inverts = self.to_flow_units[batch.source]
+        for rec in recs:
+            env = to_flow_units(rec.data, conversions, inverts)
+            # A rule about a value that is absent is unknown, not broken (as SQL CHECK).
+            failed = [text for text, rule in self.rules
+                      if all(env.get(n) is not None for n in rule.names)
+                      and rule(env) is False]
+            if failed:
+                batch.reject(rec, stage="validate", reason="rule",
+                             message="rule failed: " + "; ".join(failed))
+            else:
+                kept.append(rec)
+        return kept
