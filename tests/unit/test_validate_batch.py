@@ -55,6 +55,17 @@ GOOD = st.fixed_dictionaries(
      "kind": st.sampled_from(["a", "b", "c", None]),
      "level": st.sampled_from([1, 2, 4, 2.0, "3", None]), "note": st.sampled_from(["", "x", 5])})
 
+# Every field present, in the model's order: the records whose dicts are kept (coerced in
+# place) when the whole batch is like that.
+FULL = st.tuples(
+    st.sampled_from(["S001", "AB12"]), st.floats(-100, 140),
+    st.one_of(st.integers(850, 1090), st.floats(850, 1090)),
+    st.one_of(st.integers(0, 100), st.sampled_from([3.0, "7"])),
+    st.one_of(st.booleans(), st.sampled_from(["yes", 0])), st.sampled_from(["a", "b"]),
+    st.sampled_from([1, 2, 2.0, "3"]), st.sampled_from(["", "x", 5, 2.5]),
+).map(lambda values: dict(zip(["station", "temperature", "pressure", "count", "ok", "kind",
+                                "level", "note"], values, strict=True)))
+
 
 def run(validator: Validator, datas: list[dict]) -> Batch:
     batch = Batch("f", "feed", 1, 0)
@@ -64,7 +75,7 @@ def run(validator: Validator, datas: list[dict]) -> Batch:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(GOOD, RECORD), max_size=10))
+@given(st.one_of(st.lists(st.one_of(GOOD, RECORD), max_size=10), st.lists(FULL, max_size=6)))
 def test_per_value_checks_decide_as_the_model(datas: list[dict]) -> None:
     fast = Validator("f", FLOW)
     model = Validator("f", FLOW)
