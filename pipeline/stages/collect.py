@@ -178,6 +178,14 @@ class SourceCollector:
         names = list(flow.derive)
         last = max((names.index(k) for k in self.key_fields if k in flow.derive), default=-1)
         self.key_derive = [(n, compile_expr(flow.derive[n])) for n in names[:last + 1]]
+        # With nothing computed from the mapped values before the timestamp is taken out
+        # (no derived key part, no constant timestamp), a plain item's timestamp is read
+        # straight from it and the rest mapped without it: (mapping, timestamp key).
+        self.plain_ts: tuple[list[tuple[str, str]], str | None] | None = None
+        if self.plain is not None and not self.key_derive and flow.ts not in self.constants:
+            ts_keys = [k for t, k in self.plain if t == flow.ts]
+            self.plain_ts = ([(t, k) for t, k in self.plain if t != flow.ts],
+                             ts_keys[0] if ts_keys else None)
         self.parse_ts = interval_parser(src.timestamp.format, src.timestamp.tz)
         # epoch_ms: an int in years 1..9999 is its own timestamp (no parser call per record).
         self.ts_is_ms = src.timestamp.format == "epoch_ms"
@@ -272,6 +280,8 @@ class Collector:
         ts_field, key_field, key_fields = sc.ts_field, sc.key_field, sc.key_fields
         single_key = key_fields[0] if len(key_fields) == 1 else None
         plain = sc.plain
+        plain_ts = sc.plain_ts
+        mapping, ts_key = plain_ts if plain_ts is not None else ([], None)
         constants, key_derive, unmatched = sc.constants, sc.key_derive, sc.unmatched
         seen, seen_hashes, last_ts = sc.seen, sc.seen_hashes, sc.last_ts
         stored_newest = {} if replay else self.stored_newest
@@ -281,8 +291,18 @@ class Collector:
         append = out.append
         source, raw_id = batch.source, batch.raw_id
         for idx, item in enumerate(batch.items):
-            if plain is not None and item.__class__ is dict:
+            if plain_ts is not None and item.__class__ is dict:
+                data = {target: item.get(k) for target, k in mapping}
+                if constants:
+                    data.update(constants)
+                raw_ts = None if ts_key is None else item.get(ts_key)
+            elif plain is not None and item.__class__ is dict:
                 data = {target: item.get(k) for target, k in plain}
+                if constants:
+                    data.update(constants)
+                for name, expr in key_derive:
+                    data[name] = expr(data)
+                raw_ts = data.pop(ts_field, None)
             elif isinstance(item, BadItem):
                 batch.reject(None, stage="collect", reason=item.reason, message=item.message,
                              item=item.index, record={"excerpt": item.text})
@@ -304,11 +324,11 @@ class Collector:
                                  record=item, message=f"{unmapped[0]}: {unmapped[1]!r:.60} is "
                                                       "not in the field's map")
                     continue
-            if constants:
-                data.update(constants)
-            for name, expr in key_derive:
-                data[name] = expr(data)
-            raw_ts = data.pop(ts_field, None)
+                if constants:
+                    data.update(constants)
+                for name, expr in key_derive:
+                    data[name] = expr(data)
+                raw_ts = data.pop(ts_field, None)
             if single_key is not None:
                 key = data.get(single_key)
                 if key is not None and type(key) is not str:
