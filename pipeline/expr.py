@@ -43,6 +43,7 @@ import operator
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import re2  # type: ignore[import-untyped]  # google-re2
@@ -917,8 +918,8 @@ def _columns(node: ast.AST) -> _Const | ColFn | None:
             values = column(envs)
             if k_number and set(map(type, values)) == _FLOATS:
                 try:
-                    out = ([raw(a, k) for a in values] if on_right
-                           else [raw(k, b) for b in values])
+                    out = (list(map(raw, values, repeat(k))) if on_right
+                           else list(map(raw, repeat(k), values)))
                 except (ArithmeticError, ValueError):
                     pass
                 else:
