@@ -181,7 +181,7 @@ class SourceCollector:
         # With nothing computed from the mapped values before the timestamp is taken out
         # (no derived key part, no constant timestamp), a plain item's timestamp is read
         # straight from it and the rest mapped without it: (mapping, timestamp key).
-        self.plain_ts: tuple[list[tuple[str, str]], str | None] | None = None
+        self.plain_ts: tuple[list[tuple[str, Any]], Any] | None = None
         if self.plain is not None and not self.key_derive and flow.ts not in self.constants:
             ts_keys = [k for t, k in self.plain if t == flow.ts]
             self.plain_ts = ([(t, k) for t, k in self.plain if t != flow.ts],

@@ -319,7 +319,7 @@ def _fast_batch(checks: list[tuple], datas: list[dict]) -> list[dict | None]:
             except OverflowError:  # an int too large for a float: value by value
                 pass
             else:
-                types = {float, _NONE} & (types | {float})
+                types = {float, _NONE} if _NONE in types else {float}
                 coerced = True
         if types == {_NONE}:
             if required:
