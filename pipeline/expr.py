@@ -42,7 +42,8 @@ import math
 import operator
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import re2  # type: ignore[import-untyped]  # google-re2
@@ -82,17 +83,29 @@ class ExprError(ValueError):
 
 
 class Expr:
-    """A compiled expression: call it with a mapping of field values."""
+    """A compiled expression: call it with a mapping of field values, or give
+    :meth:`over` a batch of them."""
 
-    __slots__ = ("text", "names", "_fn")
+    __slots__ = ("text", "names", "_fn", "_col")
 
-    def __init__(self, text: str, names: frozenset[str], fn: Fn) -> None:
+    def __init__(self, text: str, names: frozenset[str], fn: Fn,
+                 col: ColFn | None = None) -> None:
         self.text = text
         self.names = names
         self._fn = fn
+        self._col = col
 
     def __call__(self, env: Env) -> Any:
         return self._fn(env)
+
+    def over(self, envs: Sequence[Env]) -> list[Any]:
+        """The value for each of ``envs``, in order: the same values as calling the
+        expression on each, computed a column at a time where the expression is
+        arithmetic on names and constants (see :func:`_columns`)."""
+        if self._col is None:
+            fn = self._fn
+            return [fn(env) for env in envs]
+        return self._col(envs)
 
     def __repr__(self) -> str:
         return f"Expr({self.text!r})"
@@ -848,6 +861,92 @@ def _membership(values: frozenset[Any], negate: bool) -> Callable[[Any, Any], bo
     return lambda a, _values: a in values
 
 
+# --------------------------------------------------------------------------
+# Batches: arithmetic a column at a time
+# --------------------------------------------------------------------------
+
+ColFn = Callable[[Sequence[Env]], list[Any]]
+
+# The plain operators behind _BINOPS' never-raising ones: on floats whose results are all
+# finite they give exactly what those give (which check each result, one call per value).
+_RAW_ARITH: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+}
+_FLOATS = {float}
+
+
+def _all_finite(values: list[float]) -> bool:
+    # A sum of floats is finite only if every one is (inf and nan propagate); a sum that
+    # overflows says no too, and its column is then computed value by value.
+    total = sum(values)
+    return total - total == 0.0
+
+
+def _columns(node: ast.AST) -> _Const | ColFn | None:
+    """``node`` (already accepted by the compiler) as a function from a batch of
+    environments to its column of values, or a _Const; None when it is more than
+    names, constants and arithmetic (the batch is then evaluated record by record)."""
+    if isinstance(node, ast.Constant):
+        return _Const(node.value)
+    if isinstance(node, ast.Name):
+        key = node.id
+
+        def name(envs: Sequence[Env]) -> list[Any]:
+            return [env.get(key) for env in envs]
+
+        return name
+    if not (isinstance(node, ast.BinOp) and type(node.op) in _RAW_ARITH):
+        return None
+    left, right = _columns(node.left), _columns(node.right)
+    if left is None or right is None:
+        return None
+    op, raw = _BINOPS[type(node.op)], _RAW_ARITH[type(node.op)]
+    if isinstance(left, _Const) and isinstance(right, _Const):
+        a, b = left.value, right.value
+        return _Const(None if a is None or b is None else op(a, b))
+    if isinstance(right, _Const) or isinstance(left, _Const):
+        on_right = isinstance(right, _Const)
+        k = right.value if isinstance(right, _Const) else left.value  # type: ignore[union-attr]
+        column = left if on_right else right
+        assert not isinstance(column, _Const)
+        if k is None:
+            return _Const(None)
+        k_number = k.__class__ is float or k.__class__ is int
+
+        def with_const(envs: Sequence[Env]) -> list[Any]:
+            values = column(envs)
+            if k_number and set(map(type, values)) == _FLOATS:
+                try:
+                    out = (list(map(raw, values, repeat(k))) if on_right
+                           else list(map(raw, repeat(k), values)))
+                except (ArithmeticError, ValueError):
+                    pass
+                else:
+                    if _all_finite(out):
+                        return out
+            if on_right:
+                return [None if a is None else op(a, k) for a in values]
+            return [None if b is None else op(k, b) for b in values]
+
+        return with_const
+    lcol, rcol = left, right
+
+    def both(envs: Sequence[Env]) -> list[Any]:
+        xs, ys = lcol(envs), rcol(envs)
+        if set(map(type, xs)) == _FLOATS and set(map(type, ys)) == _FLOATS:
+            try:
+                out = list(map(raw, xs, ys))
+            except (ArithmeticError, ValueError):
+                pass
+            else:
+                if _all_finite(out):
+                    return out
+        return [None if a is None or b is None else op(a, b) for a, b in zip(xs, ys, strict=True)]
+
+    return both
+
+
 def compile_expr(text: str) -> Expr:
     """Compile expression ``text``; raise :class:`ExprError` if it is not allowed."""
     if not isinstance(text, str):
@@ -878,7 +977,10 @@ def compile_expr(text: str) -> Expr:
         if exc.col is not None:
             exc.col += lead
         raise
-    return Expr(text, frozenset(compiler.names), fn)
+    columns = _columns(tree.body)
+    # A constant (or a name-free sum) needs no column work: called per record, as before.
+    return Expr(text, frozenset(compiler.names), fn,
+                None if isinstance(columns, _Const) else columns)
 
 
 def _syntax_col(source: str, exc: SyntaxError) -> int | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import re
 import zoneinfo
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from flowdeck.pipeline.config import FieldSource, FlowConfig, SourceConfig, source_key_constants
@@ -36,6 +36,7 @@ class TimestampError(ValueError):
 # format: epoch reads the unit from the magnitude of |value|: below 1e11 seconds (up to the
 # year 5138), below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds.
 EPOCH_LIMITS = ((1e11, 1000.0), (1e14, 1.0), (1e17, 1e-3))
+_MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_800_000  # exclusive: years 1..9999
 
 _ISO_DURATION = re.compile(
     r"P(?:(\d+(?:\.\d+)?)Y)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
@@ -120,7 +121,7 @@ def interval_parser(fmt: str, tz: str) -> Callable[[Any], tuple[int, float | Non
 
     def one(v: Any) -> int:
         ms = parse(v)
-        if not -62_135_596_800_000 < ms < 253_402_300_800_000:  # years 1..9999
+        if not _MIN_MS < ms < _MAX_MS:  # years 1..9999
             raise TimestampError(f"impossible timestamp {v!r}")
         return ms
 
@@ -177,10 +178,22 @@ class SourceCollector:
         names = list(flow.derive)
         last = max((names.index(k) for k in self.key_fields if k in flow.derive), default=-1)
         self.key_derive = [(n, compile_expr(flow.derive[n])) for n in names[:last + 1]]
+        # With nothing computed from the mapped values before the timestamp is taken out
+        # (no derived key part, no constant timestamp), a plain item's timestamp is read
+        # straight from it and the rest mapped without it: (mapping, timestamp key).
+        self.plain_ts: tuple[list[tuple[str, Any]], Any] | None = None
+        if self.plain is not None and not self.key_derive and flow.ts not in self.constants:
+            ts_keys = [k for t, k in self.plain if t == flow.ts]
+            self.plain_ts = ([(t, k) for t, k in self.plain if t != flow.ts],
+                             ts_keys[0] if ts_keys else None)
         self.parse_ts = interval_parser(src.timestamp.format, src.timestamp.tz)
+        # epoch_ms: an int in years 1..9999 is its own timestamp (no parser call per record).
+        self.ts_is_ms = src.timestamp.format == "epoch_ms"
         self.duration_field = src.timestamp.duration_field or f"{flow.ts}_duration_s"
-        self.seen: OrderedDict[tuple[str, int], int | None] = OrderedDict()  # -> content hash
-        self.seen_hashes: OrderedDict[int, None] = OrderedDict()
+        # Oldest first (a dict keeps insertion order, and a key is never set twice: it is
+        # forgotten first); cheaper per record than an OrderedDict.
+        self.seen: dict[tuple[str, int], int | None] = {}  # -> content hash
+        self.seen_hashes: dict[int, None] = {}
         self.last_ts: dict[str, int] = {}  # newest timestamp seen per key (staleness)
 
     def convert_units(self, item: Any, data: dict) -> str | None:
@@ -208,9 +221,12 @@ class SourceCollector:
 
     def trim(self) -> None:
         """Forget the oldest pairs and hashes beyond SEEN_LIMIT."""
-        for od in (self.seen, self.seen_hashes):
-            for _ in range(len(od) - SEEN_LIMIT):
-                od.popitem(last=False)
+        memories: tuple[dict[Any, Any], ...] = (self.seen, self.seen_hashes)
+        for memory in memories:
+            excess = len(memory) - SEEN_LIMIT
+            if excess > 0:
+                for k in list(islice(memory, excess)):
+                    del memory[k]
 
 
 @register("collect")
@@ -264,18 +280,33 @@ class Collector:
         ts_field, key_field, key_fields = sc.ts_field, sc.key_field, sc.key_fields
         single_key = key_fields[0] if len(key_fields) == 1 else None
         plain = sc.plain
+        plain_ts = sc.plain_ts
+        mapping, ts_key = plain_ts if plain_ts is not None else ([], None)
         constants, key_derive, unmatched = sc.constants, sc.key_derive, sc.unmatched
         seen, seen_hashes, last_ts = sc.seen, sc.seen_hashes, sc.last_ts
         stored_newest = {} if replay else self.stored_newest
         duration_field = sc.duration_field
+        parse_ts, ts_is_ms, unit_from = sc.parse_ts, sc.ts_is_ms, sc.unit_from
         out = batch.records
+        append = out.append
+        source, raw_id = batch.source, batch.raw_id
         for idx, item in enumerate(batch.items):
-            if isinstance(item, BadItem):
+            if plain_ts is not None and item.__class__ is dict:
+                data = {target: item.get(k) for target, k in mapping}
+                if constants:
+                    data.update(constants)
+                raw_ts = None if ts_key is None else item.get(ts_key)
+            elif plain is not None and item.__class__ is dict:
+                data = {target: item.get(k) for target, k in plain}
+                if constants:
+                    data.update(constants)
+                for name, expr in key_derive:
+                    data[name] = expr(data)
+                raw_ts = data.pop(ts_field, None)
+            elif isinstance(item, BadItem):
                 batch.reject(None, stage="collect", reason=item.reason, message=item.message,
                              item=item.index, record={"excerpt": item.text})
                 continue
-            if plain is not None and type(item) is dict:
-                data = {target: item.get(k) for target, k in plain}
             else:
                 data = {}
                 unmapped = None
@@ -293,11 +324,11 @@ class Collector:
                                  record=item, message=f"{unmapped[0]}: {unmapped[1]!r:.60} is "
                                                       "not in the field's map")
                     continue
-            if constants:
-                data.update(constants)
-            for name, expr in key_derive:
-                data[name] = expr(data)
-            raw_ts = data.pop(ts_field, None)
+                if constants:
+                    data.update(constants)
+                for name, expr in key_derive:
+                    data[name] = expr(data)
+                raw_ts = data.pop(ts_field, None)
             if single_key is not None:
                 key = data.get(single_key)
                 if key is not None and type(key) is not str:
@@ -314,21 +345,24 @@ class Collector:
                 batch.reject(None, stage="collect", reason="missing_timestamp", item=idx,
                              record=item, message=f"no value for the timestamp field '{ts_field}'")
                 continue
-            try:
-                ts, duration = sc.parse_ts(raw_ts)
-            except TimestampError as exc:
-                batch.reject(None, stage="collect", reason="bad_timestamp", item=idx,
-                             record=item, message=str(exc))
-                continue
-            if duration is not None:
-                data[duration_field] = duration
-            if sc.unit_from:
+            if ts_is_ms and raw_ts.__class__ is int and _MIN_MS < raw_ts < _MAX_MS:
+                ts = raw_ts
+            else:
+                try:
+                    ts, duration = parse_ts(raw_ts)
+                except TimestampError as exc:
+                    batch.reject(None, stage="collect", reason="bad_timestamp", item=idx,
+                                 record=item, message=str(exc))
+                    continue
+                if duration is not None:
+                    data[duration_field] = duration
+            if unit_from:
                 problem = sc.convert_units(item, data)
                 if problem:
                     batch.reject(None, stage="collect", reason="bad_unit", item=idx,
                                  record=item, message=problem)
                     continue
-            rec = Rec(key, ts, data, batch.source, batch.raw_id, idx)
+            rec = Rec(key, ts, data, source, raw_id, idx)
             if ts > max_future:
                 batch.reject(rec, stage="collect", reason="future_timestamp",
                              message=f"timestamp {_iso(ts)} is more than "
@@ -361,7 +395,7 @@ class Collector:
                 rec.flags.append("out_of_order")
             if ts > last_ts.get(key, ts - 1):
                 last_ts[key] = ts
-            out.append(rec)
+            append(rec)
         sc.trim()  # once per batch, not per record
 
     def forget(self, source: str, pairs: list[tuple[str, int]]) -> None:

@@ -46,11 +46,14 @@ class Enricher:
 
     def run(self, batch: Batch, now_ms: int) -> None:
         for on, table, empty, _name in self.joins:
+            get = table.get
             for rec in batch.records:
-                row = table.get(str(rec.data.get(on)))
+                data = rec.data
+                v = data.get(on)
+                row = get(v if v.__class__ is str else str(v))
                 if row is None:
-                    rec.data.update(empty)
+                    data.update(empty)
                     if "unenriched" not in rec.flags:
                         rec.flags.append("unenriched")
                 else:
-                    rec.data.update(row)
+                    data.update(row)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 from flowdeck.pipeline.config import FlowConfig
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.stages.base import register
@@ -25,6 +27,8 @@ class QualityCheck:
                   w.reliability / total)
         self.threshold = flow.quality.threshold
         self.fields = [n for n in flow.fields if n not in (flow.ts,)]
+        # The fields' values of a record as one tuple (validate gives every field a key).
+        self.values = operator.itemgetter(*self.fields) if len(self.fields) > 1 else None
         # Historical flows (history: true, freshness: null) are not scored on age.
         self.freshness_ms = None if flow.historical else (flow.freshness or 0) * 1000
         self.reliability = {s.name: s.reliability for s in flow.sources}
@@ -46,10 +50,30 @@ class QualityCheck:
         """Score each record. Freshness is measured at fetch time, so replays score the same."""
         rel = self.reliability.get(batch.source, 1.0) if reliability is None else reliability
         fetched = batch.fetched_ms
+        threshold = self.threshold
+        score = self.score
+        getter, n_fields = self.values, len(self.fields)
+        # A record without flags scores by how many of its fields are present and its age
+        # alone: one score() per (count, age) and batch, then a lookup per record.
+        known: dict[tuple[int, int], float] = {}
         low = []
         for rec in batch.records:
-            rec.quality = self.score(rec.data, rec.flags, fetched - rec.ts, rel)
-            if rec.quality < self.threshold:
+            flags = rec.flags
+            age = fetched - rec.ts
+            if flags or getter is None:
+                q = score(rec.data, flags, age, rel)
+            else:
+                try:
+                    present = n_fields - getter(rec.data).count(None)
+                except KeyError:  # a field not in the record at all (not from validate)
+                    q = score(rec.data, flags, age, rel)
+                else:
+                    cached = known.get((present, age))
+                    if cached is None:
+                        cached = known[(present, age)] = score(rec.data, flags, age, rel)
+                    q = cached
+            rec.quality = q
+            if q < threshold:
                 low.append(rec)
         if low:
             sample = low[:20]

@@ -54,19 +54,19 @@ class Transformer:
                        if name not in keys]
 
     def run(self, batch: Batch, now_ms: int) -> None:
-        recs = batch.records
+        datas = [rec.data for rec in batch.records]
+        # A field at a time over the batch: each conversion, then each derived field (an
+        # expression sees the fields derived before it, as it would record by record).
         for field in self.inverts.get(batch.source, ()):
-            for rec in recs:
-                v = rec.data.get(field)
+            for d in datas:
+                v = d.get(field)
                 if v is not None:
-                    rec.data[field] = 1.0 / v if v else None
+                    d[field] = 1.0 / v if v else None
         for field, a, b in self.conversions.get(batch.source, ()):
-            for rec in recs:
-                v = rec.data.get(field)
+            for d in datas:
+                v = d.get(field)
                 if v is not None:
-                    rec.data[field] = a * v + b
-        if self.derive:
-            for rec in recs:
-                d = rec.data
-                for name, expr in self.derive:
-                    d[name] = expr(d)
+                    d[field] = a * v + b
+        for name, expr in self.derive:
+            for d, v in zip(datas, expr.over(datas), strict=True):
+                d[name] = v

@@ -1,7 +1,9 @@
 """Validate: types, required fields, ranges, allowed values, patterns, cross-field rules.
 
-One pydantic ``TypeAdapter`` per source is built once from the config; a whole
-batch is validated in one call. Values arrive in the source's units, so the
+One pydantic ``TypeAdapter`` per source is built once from the config. A batch is
+checked a field at a time (one type, the extremes of a number column, each distinct
+pattern-checked value once); the records those checks cannot pass for certain are
+validated by the model in one call, which also words every message. Values arrive in the source's units, so the
 configured ranges (in the flow's units) are converted into each source's units
 once, when the model is built, instead of converting every value twice.
 """
@@ -17,7 +19,7 @@ from typing_extensions import TypedDict
 
 from flowdeck.pipeline.config import FieldSpec, FlowConfig, SourceConfig
 from flowdeck.pipeline.expr import compile_expr
-from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.stages.base import register
 from flowdeck.pipeline.stages.transform import source_conversions, to_flow_units
 from flowdeck.pipeline.units import affine
@@ -153,6 +155,223 @@ def build_model(flow: FlowConfig, src: SourceConfig) -> TypeAdapter:
     return TypeAdapter(list[td])
 
 
+# ---------------------------------------------------------------- the fast path
+# Most records arrive with every value of its field's type (after the field's coercion)
+# and inside its range: for those, the checks give what the pydantic model gives (same
+# values, same key order: the model's), without building its input. A record the checks
+# do not pass for certain goes through the model, which also words what is wrong.
+_MEMO_LIMIT = 4096
+_EXACT_INT = float(2 ** 53)
+
+# Check kinds: what a value must be to pass without the model.
+ANY, FLOAT, INT, BOOL, STR, MEMO, ANY_FLOAT = range(7)
+
+
+def _fast_checks(flow: FlowConfig, src: SourceConfig) -> list[tuple] | None:
+    """[(field, kind, lo, hi, required, memo, type, coercion)] in the model's field order,
+    or None when a field has no exact check (the model then validates every record of the
+    source)."""
+    checks: list[tuple] = []
+    for name in flow.key_fields:
+        if name not in flow.fields:
+            checks.append((name, ANY, None, None, False, None, None, None))
+    duration = src.timestamp.duration_field or f"{flow.ts}_duration_s"
+    if duration not in flow.fields:
+        checks.append((duration, ANY_FLOAT, None, None, False, None, None, None))
+    for name, spec in flow.fields.items():
+        if name == flow.ts:
+            continue
+        lo, hi = _bounds_in_source(spec, src.units.get(name), name in src.invert)
+        memo: tuple[Any, dict, set] | None = None
+        if spec.allowed is not None or (spec.type == "str" and spec.pattern):
+            kind = MEMO  # the field's own validator, once per distinct value
+            memo = (TypeAdapter(_field_type(spec, lo, hi)).validate_python, {}, set())
+        elif spec.type == "float":
+            kind = FLOAT
+        elif spec.type == "int":
+            if not all(b is None or (float(b).is_integer() and abs(b) < _EXACT_INT)
+                       for b in (lo, hi)):
+                return None
+            kind = INT
+        elif spec.type == "bool":
+            kind = BOOL
+        else:
+            kind = STR
+        needs, rule = COERCE[spec.type]
+        checks.append((name, kind, lo, hi, spec.required, memo, needs, rule))
+    return checks
+
+
+_SLOW: Any = object()  # "the model decides"
+_NONE = type(None)
+_NUMBERS = {int, float, _NONE}
+
+
+def _one(check: tuple, v: Any) -> Any:
+    """One present value (not None) through its field's coercion and checks: what the
+    model makes of it, or _SLOW."""
+    _name, kind, lo, hi, _required, memo, needs, rule = check
+    c = v.__class__
+    if c is not needs and needs is not None:  # the field's coercion, as the model's input
+        try:
+            v = rule(v)
+        except (OverflowError, ValueError):  # the model's path says (or raises) the same
+            return _SLOW
+        c = v.__class__
+    if kind == FLOAT:
+        if c is not float or v - v != 0 or (lo is not None and v < lo) or (
+                hi is not None and v > hi):
+            return _SLOW
+    elif kind == STR:
+        if c is not str:
+            return _SLOW
+    elif kind == MEMO:
+        validate, seen, _good = memo
+        if c is not needs:
+            return _SLOW
+        try:
+            got = seen.get((c, v))
+        except TypeError:  # unhashable: the model says what it is
+            return _SLOW
+        if got is None:
+            try:
+                got = (validate(v),)
+            except ValidationError:
+                got = ()
+            if len(seen) >= _MEMO_LIMIT:
+                seen.clear()
+            seen[(c, v)] = got
+        if not got:
+            return _SLOW
+        v = got[0]
+    elif kind == INT:
+        if c is not int or (lo is not None and v < lo) or (hi is not None and v > hi):
+            return _SLOW
+    elif kind == BOOL:
+        if c is not bool:
+            return _SLOW
+    elif kind == ANY_FLOAT:
+        if c is not float:
+            return _SLOW
+    return v
+
+
+def _whole_column(check: tuple, column: list[Any], types: set[type]) -> bool:
+    """Whether every value of ``column`` (none of them None) is what the model makes of
+    it, told from the column as a whole: one type, and for numbers its extremes."""
+    _name, kind, lo, hi, _required, memo, needs, _rule = check
+    if len(types) != 1:
+        return False
+    (t,) = types
+    if kind == FLOAT or kind == INT:
+        if t is not (float if kind == FLOAT else int):
+            return False
+        if kind == FLOAT:
+            total = sum(column)  # finite only if every value is (inf and nan propagate)
+            if total - total != 0:
+                return False
+        return (lo is None or min(column) >= lo) and (hi is None or max(column) <= hi)
+    if kind == STR:
+        return t is str
+    if kind == BOOL:
+        return t is bool
+    if kind == ANY_FLOAT:
+        return t is float
+    if kind == MEMO:  # each distinct value once; valid and given back as it is
+        if t is not needs:
+            return False
+        good = memo[2]  # values of exactly that type known to pass unchanged
+        try:
+            distinct = set(column)
+        except TypeError:
+            return False
+        if distinct <= good:
+            return True
+        if len(good) >= _MEMO_LIMIT:
+            good.clear()
+        for v in distinct - good:
+            got = _one(check, v)
+            if got is _SLOW or got.__class__ is not t or got != v:
+                return False
+            good.add(v)
+        return True
+    return True  # ANY
+
+
+def _fast_batch(checks: list[tuple], datas: list[dict]) -> list[dict | None]:
+    """What the model makes of each of ``datas`` (absent optional fields not yet added),
+    or None for a record the model must decide; a field at a time over the batch."""
+    n = len(datas)
+    slow = bytearray(n)  # 1: the model decides
+    names: list[str] = []
+    columns: list[list[Any]] = []
+    changed: list[tuple[str, list[Any]]] = []  # columns with values coerced
+    gaps = False  # some value is None (absent): such a record leaves the field out
+    for check in checks:
+        name, required = check[0], check[4]
+        column = [d.get(name) for d in datas]
+        types = set(map(type, column))
+        coerced = False
+        if check[1] == FLOAT and int in types and types <= _NUMBERS:
+            # Coerced as _to_float does (ints to floats), the column at once.
+            try:
+                column = [None if v is None else float(v) for v in column]
+            except OverflowError:  # an int too large for a float: value by value
+                pass
+            else:
+                types = {float, _NONE} if _NONE in types else {float}
+                coerced = True
+        if types == {_NONE}:
+            if required:
+                return [None] * n
+            continue
+        if _NONE in types:
+            gaps = True
+            if required:
+                for i, v in enumerate(column):
+                    if v is None:
+                        slow[i] = 1
+            present = types - {_NONE}
+            whole = _whole_column(check, [v for v in column if v is not None], present)
+        else:
+            whole = _whole_column(check, column, types)
+        if not whole:
+            coerced = True
+            for i, v in enumerate(column):
+                if v is not None and not slow[i]:
+                    got = _one(check, v)
+                    if got is _SLOW:
+                        slow[i] = 1
+                    else:
+                        column[i] = got
+        names.append(name)
+        columns.append(column)
+        if coerced:
+            changed.append((name, column))
+    if not gaps and not any(slow):
+        # Every record holds exactly the model's fields in its order (the usual case:
+        # collect maps a source's fields in one order): its dict is kept, with the
+        # coerced values put in place, instead of a new one per record.
+        keys = tuple(names)
+        if all(tuple(d) == keys for d in datas):
+            for name, column in changed:
+                for d, v in zip(datas, column, strict=True):
+                    d[name] = v
+            return list(datas)
+    if not gaps:
+        out: list[dict | None] = [dict(zip(names, row, strict=True))
+                                  for row in zip(*columns, strict=True)]
+    else:
+        out = [{k: v for k, v in zip(names, row, strict=True) if v is not None}
+               if None in row else dict(zip(names, row, strict=True))
+               for row in zip(*columns, strict=True)]
+    if any(slow):
+        for i in range(n):
+            if slow[i]:
+                out[i] = None
+    return out
+
+
 @register("validate")
 class Validator:
     name = "validate"
@@ -167,11 +386,42 @@ class Validator:
                               for s in flow.sources}
         self.optional = [n for n, f in flow.fields.items() if not f.required and n != flow.ts]
         self.coerce = coercions(flow)
+        self.fast = {s.name: _fast_checks(flow, s) for s in flow.sources}
 
     def run(self, batch: Batch, now_ms: int) -> None:
         recs = batch.records
         if not recs:
             return
+        checks = self.fast[batch.source or ""]
+        if checks is None:
+            rejected = self._model(batch, recs)
+            if rejected:
+                recs = [r for r in recs if id(r) not in rejected]
+        else:
+            slow = []
+            for rec, data in zip(recs, _fast_batch(checks, [r.data for r in recs]),
+                                 strict=True):
+                if data is None:
+                    slow.append(rec)
+                else:
+                    rec.data = data
+            if slow:
+                rejected = self._model(batch, slow)
+                if rejected:  # they leave the batch; the others keep their places
+                    recs = [r for r in recs if id(r) not in rejected]
+        optional = self.optional
+        for rec in recs:
+            data = rec.data
+            for n in optional:
+                if n not in data:
+                    data[n] = None
+        if self.rules:
+            recs = self._rules(batch, recs)
+        batch.records = recs
+
+    def _model(self, batch: Batch, recs: list[Rec]) -> set[int]:
+        """Validate ``recs`` with the source's model: each valid record's data becomes the
+        model's output, each invalid one is quarantined; returns the ids of those."""
         adapter = self.models[batch.source]
         # Absent values are left out, so a missing required field reads "Field required".
         datas = [{k: v for k, v in r.data.items() if v is not None} for r in recs]
@@ -181,6 +431,7 @@ class Validator:
                 v = d.get(name)
                 if v is not None and type(v) is not ok:
                     d[name] = rule(v)
+        rejected: set[int] = set()
         try:
             valid = adapter.validate_python(datas)
             bad: dict[int, list[str]] = {}
@@ -201,26 +452,25 @@ class Validator:
             valid = adapter.validate_python([datas[i] for i in good_idx]) if good_idx else []
             for i, msgs in sorted(bad.items()):
                 batch.reject(recs[i], stage="validate", reason="invalid", message="; ".join(msgs))
+                rejected.add(id(recs[i]))
             recs = [recs[i] for i in good_idx]
-        optional = self.optional
         for rec, data in zip(recs, valid, strict=True):
-            for n in optional:
-                if n not in data:
-                    data[n] = None
             rec.data = data
-        if self.rules:
-            kept = []
-            conversions, inverts = self.to_flow_units[batch.source]
-            for rec in recs:
-                env = to_flow_units(rec.data, conversions, inverts)
-                # A rule about a value that is absent is unknown, not broken (as SQL CHECK).
-                failed = [text for text, rule in self.rules
-                          if all(env.get(n) is not None for n in rule.names)
-                          and rule(env) is False]
-                if failed:
-                    batch.reject(rec, stage="validate", reason="rule",
-                                 message="rule failed: " + "; ".join(failed))
-                else:
-                    kept.append(rec)
-            recs = kept
-        batch.records = recs
+        return rejected
+
+    def _rules(self, batch: Batch, recs: list) -> list:
+        """The records whose rules hold; the others quarantined."""
+        kept = []
+        conversions, inverts = self.to_flow_units[batch.source]
+        for rec in recs:
+            env = to_flow_units(rec.data, conversions, inverts)
+            # A rule about a value that is absent is unknown, not broken (as SQL CHECK).
+            failed = [text for text, rule in self.rules
+                      if all(env.get(n) is not None for n in rule.names)
+                      and rule(env) is False]
+            if failed:
+                batch.reject(rec, stage="validate", reason="rule",
+                             message="rule failed: " + "; ".join(failed))
+            else:
+                kept.append(rec)
+        return kept

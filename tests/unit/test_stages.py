@@ -1082,3 +1082,29 @@ def test_detect_warm_replays_enough_history_to_flag_after_a_restart():
     restarted.run(batch(None, b), NOW)
     assert b.anomalous and (a.anomaly, a.anomalous) == (b.anomaly, b.anomalous)
     assert restarted.history_points("pressure") == 0
+
+
+def test_resolve_lone_records_keep_their_values_flags_and_contribution_beside_merged_ones():
+    r = resolver("mean")
+    lone = rec("K2", T0 + MIN + 5_000, "a", raw_id=7, temperature=4.0)
+    lone.flags = ["out_of_order", "clock_skew", "out_of_order"]
+    lone.quality = 0.75
+    b = batch(
+        None,
+        lone,  # a window of its own, later than the others: sorted after them
+        rec("K1", T0 + 1_000, "a", raw_id=5, temperature=1.0),
+        rec("K1", T0 + 2_000, "b", raw_id=6, temperature=3.0),
+        rec("K3", T0 + 3_000, "b", raw_id=8, temperature=8.0),
+    )
+    r.run(b, NOW)
+    assert [(m.key, m.ts, m.data["temperature"], m.sources, m.raw_ids) for m in b.records] == [
+        ("K1", T0, 2.0, ["a", "b"], [5, 6]),
+        ("K3", T0, 8.0, ["b"], [8]),
+        ("K2", T0 + MIN, 4.0, ["a"], [7]),
+    ]
+    m = b.records[2]
+    assert m is lone and m.item == -1 and m.quality == 0.75
+    assert m.flags == ["clock_skew", "out_of_order"]
+    assert m.contrib == {"a": {"v": {"station": "K2", "temperature": 4.0},
+                               "ts": T0 + MIN + 5_000, "raw": 7,
+                               "q": 0.75, "f": ["out_of_order", "clock_skew", "out_of_order"]}}
