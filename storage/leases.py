@@ -120,9 +120,14 @@ class Leases:
         self.ttl_ms = int(ttl * 1000)
         t = max(1.0, timeout if timeout is not None else ttl / 3)
         self.timeout_ms = int(t * 1000)
+        # A partition leaves a query waiting for an answer that never comes: TCP
+        # keepalives and tcp_user_timeout make such a connection fail within seconds.
         self.engine = create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True,
-                                    pool_timeout=t,
-                                    connect_args={"connect_timeout": max(1, int(t))})
+                                    pool_timeout=t, connect_args={
+                                        "connect_timeout": max(1, int(t)), "keepalives": 1,
+                                        "keepalives_idle": max(1, int(t)),
+                                        "keepalives_interval": 1, "keepalives_count": 2,
+                                        "tcp_user_timeout": int(t * 1000)})
 
     def close(self) -> None:
         self.engine.dispose()
@@ -139,7 +144,7 @@ class Leases:
                 f"VALUES (:n, {NOW_MS}, {NOW_MS}, 'up', CAST(:info AS jsonb)) "
                 f"ON CONFLICT (node) DO UPDATE SET started_ms = EXCLUDED.started_ms, "
                 f"heartbeat_ms = EXCLUDED.heartbeat_ms, state = 'up', info = EXCLUDED.info"),
-                {"n": self.node, "info": json.dumps(info or {})})
+                {"n": self.node, "info": json.dumps({**(info or {}), "ttl_ms": self.ttl_ms})})
 
     def renew(self, held: dict[str, int]) -> dict[str, int]:
         """Heartbeat, and extend the leases still held with the same token: those kept."""
@@ -218,8 +223,8 @@ class _Txn:
 
 def cluster_view(engine: Engine, ttl_ms: int | None = None) -> dict[str, Any]:
     """Nodes (live or not, last heartbeat, their flows) and leases, as of the database's
-    clock. A node is live while its heartbeat is younger than ``ttl_ms`` (default: the
-    longest lease any node granted)."""
+    clock. A node is live while its heartbeat is younger than its lease TTL (as it
+    registered it; else ``ttl_ms``, else 15 s)."""
     with engine.connect() as conn:
         now = int(conn.execute(text(f"SELECT {NOW_MS}")).scalar_one())
         nodes = [dict(r) for r in conn.execute(text(
@@ -228,11 +233,9 @@ def cluster_view(engine: Engine, ttl_ms: int | None = None) -> dict[str, Any]:
         leases = [dict(r) for r in conn.execute(text(
             "SELECT flow, node, token, acquired_ms, expires_ms, target FROM flow_leases "
             "ORDER BY flow")).mappings()]
-    if ttl_ms is None:
-        ttl_ms = max((lease["expires_ms"] - lease["acquired_ms"] for lease in leases
-                      if lease["node"] is not None), default=15_000)
-    for n in nodes:
-        n["live"] = n["state"] == "up" and n["heartbeat_ms"] > now - ttl_ms
+    for n in nodes:  # each node by the lease TTL it renews with (its config's)
+        ttl = (n["info"] or {}).get("ttl_ms") or ttl_ms or 15_000
+        n["live"] = n["state"] == "up" and n["heartbeat_ms"] > now - ttl
         n["heartbeat_age_ms"] = now - n["heartbeat_ms"]
         n["flows"] = [lease["flow"] for lease in leases
                       if lease["node"] == n["node"] and lease["expires_ms"] > now]

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flowdeck.cluster")
 
+_NEVER = 2**62  # not_before while a flow's take-over is in progress
+
 
 class Cluster:
     def __init__(self, engine: Engine, leases: lz.Leases, *, ttl: float, renew: float,
@@ -66,6 +68,7 @@ class Cluster:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._resuming: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ what the engine asks
 
@@ -113,6 +116,8 @@ class Cluster:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._resuming:
+            await asyncio.gather(*list(self._resuming), return_exceptions=True)
         held, self.owned = dict(self.owned), {}
         try:
             await self._call(self.leases.leave, held)
@@ -125,6 +130,15 @@ class Cluster:
     def poke(self) -> None:
         """Look at the cluster now, not at the next renewal (an operator's move)."""
         self._wake.set()
+
+    async def move(self, flow: str, target: str) -> dict[str, Any]:
+        """An operator's move: pin ``flow`` to ``target`` (a known node); the owner
+        releases it at its next tick between runs, then only ``target`` takes it."""
+        if flow not in self.engine.flows:
+            raise ValueError(f"no flow {flow!r}")
+        moved = await self._call(lz.move_flow, self.leases.engine, flow, target)
+        self.poke()
+        return moved
 
     async def _loop(self) -> None:
         while True:
@@ -141,9 +155,11 @@ class Cluster:
                 log.exception("node %s: lease tick failed", self.node)
 
     async def _call(self, fn, *args):
-        """A lease call on a thread of the default pool: one stuck on a dead connection
-        does not hold up the next attempt."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        """A lease call on a thread of the default pool, given up after two renewal
+        periods: one stuck on a dead connection holds up neither the loop nor the next
+        attempt."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        return await asyncio.wait_for(fut, max(1.0, 2 * self.renew_every))
 
     # ------------------------------------------------------------ one tick
 
@@ -151,7 +167,7 @@ class Cluster:
         started = self.monotonic()
         held = dict(self.owned)
         try:
-            budget = max(0.1, (self.deadline() or started + self.ttl) - started)
+            budget = max(0.5, (self.deadline() or started + self.ttl) - started)
             kept = await asyncio.wait_for(self._call(self.leases.renew, held), budget)
         except (Exception, TimeoutError) as exc:
             self.last_error = _short(exc)
@@ -170,7 +186,11 @@ class Cluster:
                 self.drop(flow, "its lease expired or was taken over")
         if self._stopping:
             return
-        self.view = await self._call(self.leases.view)
+        try:
+            self.view = await self._call(self.leases.view)
+        except (Exception, TimeoutError) as exc:  # renewed; balance at the next tick
+            log.warning("node %s: cannot read the cluster (%s)", self.node, _short(exc))
+            return
         await self._balance()
 
     async def _rejoin(self) -> None:
@@ -239,16 +259,28 @@ class Cluster:
                 await self._take_over(flow, token, now)
 
     async def _take_over(self, flow: str, token: int, now_ms: int) -> None:
+        """Own ``flow`` from now; its take-over (the store's state, pending payloads) runs
+        as a task of its own, so the renewals go on meanwhile; no scheduled run before it
+        is done."""
         self.owned[flow] = token
         self.acquired_at[flow] = self.monotonic()
+        self.not_before[flow] = _NEVER
         self.takeovers += 1
         log.info("node %s took %s over (token %d)", self.node, flow, token)
         self.engine.emit("cluster", flow, node=self.node, event="acquired", token=token)
+        task = asyncio.get_running_loop().create_task(self._resume(flow, token))
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, flow: str, token: int) -> None:
         try:
-            self.not_before[flow] = await self.engine.take_over(flow)
-        except Exception:
-            log.exception("node %s: taking %s over failed; it runs at its next slot",
-                          self.node, flow)
+            slot = await self.engine.take_over(flow)
+        except Exception as exc:
+            log.warning("node %s: taking %s over failed (%s); it runs at its next slot",
+                        self.node, flow, _short(exc))
+            slot = 0
+        if self.owned.get(flow) == token:
+            self.not_before[flow] = slot
 
     def drop(self, flow: str, why: str) -> None:
         self.owned.pop(flow, None)

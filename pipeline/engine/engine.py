@@ -44,7 +44,6 @@ from flowdeck.pipeline.engine.alerts import Alerter
 from flowdeck.pipeline.engine.deferred import DeferredSeries
 from flowdeck.pipeline.engine.failover import Failover
 from flowdeck.pipeline.engine.flow import FlowRuntime, RunSummary
-from flowdeck.pipeline.stages.chain import StageChain
 from flowdeck.pipeline.engine.guard import StoreGuard
 from flowdeck.pipeline.engine.maintenance import Maintenance
 from flowdeck.pipeline.engine.retention import RetentionJob
@@ -52,6 +51,7 @@ from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.sniff import unmatched_paths
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
+from flowdeck.pipeline.stages.chain import StageChain
 from flowdeck.pipeline.stages.resolve import AGREEMENT_HISTORY_MS
 from flowdeck.storage.caches import Caches, CacheSettings
 from flowdeck.storage.db import UNAVAILABLE
