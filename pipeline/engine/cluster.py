@@ -167,7 +167,11 @@ class Cluster:
         started = self.monotonic()
         held = dict(self.owned)
         try:
-            budget = max(0.5, (self.deadline() or started + self.ttl) - started)
+            # holding flows: no later than the local deadline; holding none: a renewal
+            # (a heartbeat) may take its time (a reconnect on a loaded machine)
+            deadline = self.deadline()
+            budget = (max(0.5, deadline - started) if self.owned and deadline is not None
+                      else 2 * self.renew_every)
             kept = await asyncio.wait_for(self._call(self.leases.renew, held), budget)
         except (Exception, TimeoutError) as exc:
             self.last_error = _short(exc)
