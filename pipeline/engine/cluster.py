@@ -94,8 +94,8 @@ class Cluster:
 
     def owner(self, flow: str) -> str | None:
         for lease in self.view.get("leases", []):
-            if lease["flow"] == flow and lease.get("held"):
-                return lease["node"]
+            if lease["flow"] == flow and lease.get("held") and lease["node"] != self.node:
+                return lease["node"]  # as of the last tick
         return None
 
     # ------------------------------------------------------------ lifecycle

@@ -135,3 +135,40 @@ def test_takeover_waits_for_the_old_owners_transaction(pg_store):
     finally:
         a.close()
         b.close()
+
+
+async def test_an_engine_node_runs_only_what_it_holds_and_a_stolen_lease_stops_it(
+        demo_config, pg_store, clock):
+    """The engine's wiring: a run is fenced on the worker thread; once another node holds
+    the flow's lease, the next run writes nothing, is failed, and the node drops it."""
+    from flowdeck.pipeline.engine.cluster import join_cluster
+    from flowdeck.pipeline.engine.engine import Engine
+
+    engine = Engine(demo_config, pg_store, clock=clock, seed=7)
+    cluster = join_cluster(engine, "a")
+    await engine.start(schedule=False)
+    other = _leases(pg_store, "b")
+    try:
+        assert sorted(cluster.owned) == ["fx", "weather"]  # alone: every flow
+        assert (await engine.run_flow("weather")).status == "ok"
+        raws = pg_store.count("raw_payloads", flow="weather")
+        runs = pg_store.count("runs", flow="weather")
+        other.join()
+        _expire(pg_store, "weather")  # a was frozen past its TTL...
+        assert other.acquire("weather") == cluster.owned["weather"] + 1  # ...and b took it
+        summary = await engine.run_flow("weather")
+        assert summary.status == "failed" and "taken over" in summary.error
+        assert "weather" not in cluster.owned  # it stopped running the flow
+        assert pg_store.count("raw_payloads", flow="weather") == raws  # nothing written
+        assert pg_store.count("runs", flow="weather") == runs
+        again = await engine.run_flow("weather")  # not held: refused before any work
+        assert again.status == "failed" and "holds no lease" in again.error
+        assert (await engine.run_flow("fx")).status == "ok"  # its other flow runs on
+        snap = engine.snapshot()["cluster"]
+        assert snap["node"] == "a" and snap["owned"] == ["fx"] and snap["lost"] == 1
+    finally:
+        await engine.stop()
+        other.close()
+    view = cluster_view(pg_store.engine, 30_000)
+    assert {n["node"]: n["state"] for n in view["nodes"]}["a"] == "stopped"
+    assert [lease["node"] for lease in view["leases"] if lease["flow"] == "fx"] == [None]
