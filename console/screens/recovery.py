@@ -64,6 +64,7 @@ def _paused_text(paused: bool, maint: MaintenanceState | None = None) -> Text:
 
 class RecoveryScreen(FlowActions, DeckScreen):
     TITLE = "Recovery"
+    _cluster_line: str | None = None
     BINDINGS = [
         Binding("r", "run_now", "Retry now", id="recovery.run_now"),
         Binding("space", "toggle_flow", "Pause/resume", id="recovery.toggle_flow"),
@@ -160,6 +161,7 @@ class RecoveryScreen(FlowActions, DeckScreen):
 
     def _flow_rows(self) -> list[dict]:
         state = self.app.state
+        self._cluster_line = cluster_text(state.snapshot.get("cluster"))  # with the flows
         quarantined: dict[str, int] = {}
         for q in state.snapshot.get("quarantine", []):
             if q.get("state", "open") == "open":
@@ -230,12 +232,12 @@ class RecoveryScreen(FlowActions, DeckScreen):
         return self.query_one("#recovery-flows", DeckTable)
 
     def refresh_view(self) -> None:
-        line = cluster_text(self.app.state.snapshot.get("cluster"))
+        self.flows_table.set_rows(self._flow_rows())
+        line = self._cluster_line
         cluster = self.query_one("#recovery-cluster", Static)
         cluster.display = line is not None
         if line is not None:
             cluster.update(line)
-        self.flows_table.set_rows(self._flow_rows())
         self.query_one("#recovery-breakers", DeckTable).set_rows(self._breaker_rows())
         self.query_one("#recovery-actions", DeckTable).set_rows(self._action_rows())
         self._show_selected()

@@ -200,7 +200,14 @@ def test_three_nodes_own_each_flow_once_and_take_over_a_killed_node(cluster_db, 
         wait(lambda: all(last_success(engine, f) > killed_at for f in victim),
              "c's flows run again on their new nodes")
         took = [(last_success(engine, f) - killed_at) / 1000 for f in victim]
-        print(f"takeover (kill to first run on the new node): {took} s "
+        with engine.connect() as conn:
+            gaps = [conn.execute(text(
+                "SELECT (min(started_ms) FILTER (WHERE started_ms > :k) - "
+                "max(started_ms) FILTER (WHERE started_ms <= :k)) / 1000.0 FROM runs "
+                "WHERE flow = :f AND trigger = 'schedule' AND status IN ('ok', 'partial')"),
+                {"k": killed_at, "f": f}).scalar_one() for f in victim]
+        print(f"takeover (kill to first run on the new node): {took} s; gap between the "
+              f"last run on c and the first after it: {gaps} s "
               f"(TTL {TTL:g} s + interval {EVERY:g} s)")
         # The operator hands one of a's flows to b (asked of a's feed).
         flow = sorted(f for f, n in owners(engine).items() if n == "a")[0]
