@@ -10,7 +10,8 @@ figure is the runs (and records) the cluster completes per second.
   from the ``runs`` table (30 runs/s offered: a figure at 30 means the nodes keep up),
   and ``cluster_scaling_3_vs_1``, their ratio (on 2 cores shared with the simulator and
   PostgreSQL, more nodes help mainly because one node's event loop and worker thread
-  are the bottleneck, not the cores); records written per second in the details.
+  are the bottleneck, not the cores). Records are not counted: what a run stores is
+  bounded by the simulator's data rate (new observations per minute), not by the nodes.
 - coordination: lease transactions per node per second (renewal + cluster view, one
   each per ``renew``), and the fence check's cost per write transaction (fenced against
   unfenced empty transactions, in this process) times the transactions per run
@@ -225,14 +226,11 @@ def throughput(folder: Path, simulator: str, nodes: int, seconds: float,
                            d=db.name)
             runs = db.scalar("SELECT count(*) FROM runs WHERE finished_ms BETWEEN :a AND :b",
                              a=t0, b=t1)
-            # rows of records written (new or updated) in the window, by the runs' clock
-            records = db.scalar("SELECT count(*) FROM records WHERE updated_ms BETWEEN :a "
-                                "AND :b", a=t0, b=t1)
         finally:
             for p in procs:
                 p.stop()
         dt = (t1 - t0) / 1000
-        return {"nodes": nodes, "runs_per_s": int(runs) / dt, "records_per_s": int(records) / dt,
+        return {"nodes": nodes, "runs_per_s": int(runs) / dt,
                 "transactions_per_run": (x1 - x0) / max(1, runs), "seconds": dt}
     finally:
         db.close()
