@@ -4,7 +4,7 @@
 Each node is its own process (``--node``, feed on a free loopback port); one
 ``flowdeck simulate`` serves every source. The 30 flows are the demo's two flows, 15
 times each, every 1 s: more than one node of this 2-core machine keeps up with, so the
-figure is the runs (and records) the cluster completes per second.
+figure is the runs the cluster completes per second.
 
 - ``cluster_runs_per_s_{1,2,3}``: completed runs per second over the measured window,
   from the ``runs`` table (30 runs/s offered: a figure at 30 means the nodes keep up),
