@@ -36,9 +36,14 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "feed": ("feed_p99_ms_at_10k", "broadcast_ratio_1000_viewers", "stalled_viewer_cost"),
     "console": ("console_key_to_paint_ms_at_10k",),
     "soak": ("rss_growth_soak",),
+    # several daemons on PostgreSQL (bench/cluster.py): minutes of subprocesses, so only
+    # when asked for (--only cluster)
+    "cluster": ("cluster_runs_per_s_1", "cluster_runs_per_s_2", "cluster_runs_per_s_3",
+                "cluster_scaling_3_vs_1", "cluster_takeover_p50_s", "cluster_takeover_p95_s"),
 }
 KEYS = [k for keys in BENCHMARKS.values() for k in keys]
 SOAK_ALONGSIDE = ("feed", "console")  # --quick only
+ON_REQUEST = ("cluster",)  # run only when named in --only
 TARGETS = {
     "pipeline_records_per_s": ">= 100000", "pipeline_ratio_vs_floor": ">= 0.5",
     "pipeline_pg_records_per_s": ">= 100000", "bytewax_ratio": ">= 1.5",
@@ -48,6 +53,9 @@ TARGETS = {
     "detect_us_per_record_metric": "<= 2",
     "retention_size_growth_last_week": "< 0.05", "backup_s_per_1m_records": "< 60",
     "restore_s_per_1m_records": "< 60",
+    "cluster_runs_per_s_1": ">= 1", "cluster_runs_per_s_2": ">= 1",
+    "cluster_runs_per_s_3": ">= 1", "cluster_scaling_3_vs_1": ">= 1",
+    "cluster_takeover_p50_s": "<= 5", "cluster_takeover_p95_s": "<= 8",
 }
 
 
@@ -80,6 +88,10 @@ def _runner(name: str, opts: Options, profile: bool) -> Callable[[], tuple[list[
         from bench import backup
 
         return lambda: backup.run(opts)
+    if name == "cluster":
+        from bench import cluster
+
+        return lambda: cluster.run(opts)
     raise KeyError(name)
 
 
@@ -95,7 +107,8 @@ def run(opts: Options, profile: bool = False) -> dict[str, Any]:
     env = environment()
     figures: dict[str, Figure] = {}
     details: dict[str, Any] = {}
-    wanted = [n for n in BENCHMARKS if not opts.only or n in opts.only]
+    wanted = [n for n in BENCHMARKS
+              if (n in opts.only if opts.only else n not in ON_REQUEST)]
     soak = None
     for name in wanted:
         if name == "soak":

@@ -603,6 +603,34 @@ class StoreConfig(Strict):
     derived_delay: Duration = 0.25
 
 
+class ClusterConfig(Strict):
+    """Several daemons on one PostgreSQL database (storage/leases.py): how long a node's
+    lease on a flow lasts without renewal, how often it renews, and how long before the
+    lease could expire a node that cannot renew stops running its flows."""
+
+    lease_ttl: Annotated[Duration, Field(ge=1.0, le=3600.0)] = 15.0
+    renew: Annotated[Duration, Field(gt=0)] | None = None  # default lease_ttl / 3
+    margin: Annotated[Duration, Field(gt=0)] | None = None  # default lease_ttl / 5
+
+    @model_validator(mode="after")
+    def _fits(self) -> ClusterConfig:
+        if self.renew is not None and self.renew * 2 > self.lease_ttl:
+            raise ValueError(f"renew ({self.renew:g}s) must be at most half of lease_ttl "
+                             f"({self.lease_ttl:g}s), so one missed renewal is not fatal")
+        if self.margin is not None and self.margin + self.renew_every >= self.lease_ttl:
+            raise ValueError(f"margin ({self.margin:g}s) plus renew ({self.renew_every:g}s) "
+                             f"must be less than lease_ttl ({self.lease_ttl:g}s)")
+        return self
+
+    @property
+    def renew_every(self) -> float:
+        return self.renew if self.renew is not None else self.lease_ttl / 3
+
+    @property
+    def stop_margin(self) -> float:
+        return self.margin if self.margin is not None else self.lease_ttl / 5
+
+
 class ConsoleConfig(Strict):
     """Console preferences: theme, refresh interval, and key rebinding (binding id -> keys)."""
 
@@ -625,6 +653,7 @@ class Config(Strict):
     store: StoreConfig = StoreConfig()
     cache: CacheConfig = CacheConfig()
     feed: FeedConfig = FeedConfig()
+    cluster: ClusterConfig = ClusterConfig()
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()

@@ -83,7 +83,13 @@ def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
-        return create_engine(u, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        # A network cut leaves a query waiting for an answer that never comes (the kernel
+        # gives up after ~15 min): keepalives and tcp_user_timeout fail it within ~30 s,
+        # so the engine spools and a cluster node gets its worker back (URL options win).
+        alive = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                 "keepalives_count": 3, "tcp_user_timeout": 30_000}
+        return create_engine(u, pool_size=5, max_overflow=5, pool_pre_ping=True,
+                             connect_args={k: v for k, v in alive.items() if k not in u.query})
     raise StoreError(f"unsupported database {u.get_backend_name()!r} (use sqlite or postgresql)")
 
 

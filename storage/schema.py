@@ -249,3 +249,28 @@ source_state = Table(
     Column("state", Json, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# Scale-out (storage/leases.py): the nodes of a cluster and who owns each flow. Times are
+# epoch ms of the *database's* clock (clock_timestamp()), never a node's.
+cluster_nodes = Table(
+    "cluster_nodes",
+    metadata,
+    Column("node", String(128), primary_key=True),
+    Column("started_ms", BigInteger, nullable=False),
+    Column("heartbeat_ms", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # up | stopped
+    Column("info", Json),  # pid, host, feed URL
+)
+
+flow_leases = Table(
+    "flow_leases",
+    metadata,
+    Column("flow", String(64), primary_key=True),
+    Column("node", String(128)),  # NULL: released
+    # The fencing token: incremented at every acquisition, checked in every write
+    # transaction of the flow (a node holding an older one is refused).
+    Column("token", BigInteger, nullable=False),
+    Column("acquired_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("target", String(128)),  # an operator's `move FLOW NODE`: only it may acquire
+)

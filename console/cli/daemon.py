@@ -34,6 +34,9 @@ def add_parsers(sub) -> None:
                    help="token viewers must present (default: the variable named by the "
                         "config's feed.token_env, FLOWDECK_TOKEN); required off loopback")
     p.add_argument("--log-events", action="store_true", help=argparse.SUPPRESS)  # console's
+    p.add_argument("--node", metavar="NAME",
+                   help="this daemon's name in a cluster (PostgreSQL only: each flow runs on "
+                        "the one node holding its lease; default: HOSTNAME-PID)")
     p.set_defaults(fn=cmd_daemon)
 
 
@@ -144,6 +147,10 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
 
     store = common.store(args, config)
     engine = Engine(config, store, **common.engine_kwargs(args))
+    if store.dialect == "postgresql" and hasattr(args, "node"):  # flowdeck daemon: a node
+        from flowdeck.pipeline.engine.cluster import join_cluster
+
+        join_cluster(engine, args.node)
     if getattr(args, "log_events", False):  # a console's engine: warnings reach its Events
         logging.getLogger().addHandler(logs.protect(HubLogHandler(engine)))
     feed = None
@@ -174,6 +181,8 @@ async def run_daemon(args, config: Config, *, live_log: bool) -> int:
                 raise CliError(str(exc)) from None
             print(f"flowdeck: feed on {feed.feed_url}, HTTP API and viewer on {feed.url}/",
                   file=sys.stderr, flush=True)
+            if engine.cluster is not None:  # the other nodes' status shows where it is
+                engine.cluster.info["url"] = feed.url
         await engine.start(schedule=not args.once)
         if args.once:
             summaries = await engine.run_all_once()

@@ -67,10 +67,12 @@ def cmd_status(args) -> int:
                          "last_status": last["status"] if last else None,
                          "newest_record": iso(newest), "stale": stale,
                          "issues_open": {sev: n for (f, sev), n in counts.items() if f == name}}
+        cluster = cluster_status(store)
     finally:
         store.close()
     if args.json:
-        common.print_json({"flows": out, "exit": worst})
+        common.print_json({"flows": out, "exit": worst}
+                          | ({"cluster": cluster} if cluster is not None else {}))
     else:
         for name, f in out.items():
             issues = ", ".join(f"{n} {s}" for s, n in f["issues_open"].items()) or "no issues"
@@ -83,7 +85,41 @@ def cmd_status(args) -> int:
                   f"({f['last_status'] or '-'}), active {', '.join(f['active_sources']) or '-'}, "
                   f"breakers {', '.join(open_b) or 'all closed'}, newest record "
                   f"{f['newest_record'] or '-'}, {issues}")
+        if cluster is not None:
+            print_cluster(cluster)
     return worst
+
+
+def cluster_status(store) -> dict | None:
+    """On PostgreSQL with nodes registered: the nodes (live, last heartbeat, their flows)
+    and each flow's lease (owner, token, age), by the database's clock."""
+    if store.dialect != "postgresql":
+        return None
+    from flowdeck.storage.leases import cluster_view
+
+    view = cluster_view(store.engine)
+    if not view["nodes"]:
+        return None
+    return {"nodes": [{k: n[k] for k in ("node", "state", "live", "heartbeat_age_ms", "flows",
+                                         "info")} for n in view["nodes"]],
+            "leases": [{k: lease[k] for k in ("flow", "node", "token", "held", "age_ms",
+                                              "expires_in_ms", "target")}
+                       for lease in view["leases"]],
+            "unowned": sorted({lease["flow"] for lease in view["leases"]
+                               if not lease["held"]})}
+
+
+def print_cluster(cluster: dict) -> None:
+    print("cluster:")
+    for n in cluster["nodes"]:
+        state = "live" if n["live"] else ("stopped" if n["state"] == "stopped" else "dead")
+        print(f"  node {n['node']:<16} {state:<7} heartbeat {n['heartbeat_age_ms'] / 1000:.1f}s "
+              f"ago, flows {', '.join(n['flows']) or '-'}")
+    for lease in cluster["leases"]:
+        owner = lease["node"] if lease["held"] else "nobody"
+        pin = f", moving to {lease['target']}" if lease["target"] else ""
+        print(f"  flow {lease['flow']:<16} on {owner:<16} token {lease['token']}, lease "
+              f"{lease['age_ms'] / 1000:.1f}s old{pin}")
 
 
 def maintenance_now(config, store, flow: str, now_ms: int) -> dict | None:

@@ -4,6 +4,8 @@ Top: each flow (paused or not, sources up, failing sources, incident/stale).
 Middle: every source's circuit breaker (closed / half-open / open, failure rate,
 opens, next probe) and its role (primary, active, pinned by a forced failover).
 Bottom: the timeline of recovery actions, automatic and operator.
+In a cluster (several daemons on PostgreSQL) a line on top names this node and every
+node with its state, last heartbeat and the flows it owns.
 
 Manual actions: on the flow selected in the top table ``r`` retries it now,
 ``space`` pauses (after confirmation) or resumes it, ``R`` replays its
@@ -36,6 +38,24 @@ def breaker_text(state: str | None, app) -> Text | str:
     return Text(word, style=app.theme_variables.get(colour, ""))
 
 
+def cluster_text(cluster: dict | None) -> str | None:
+    """The cluster line: this node, then each node (live, stopped or dead; heartbeat age;
+    its flows). None outside a cluster."""
+    if not cluster:
+        return None
+    me = f"Cluster: this node {cluster['node']}"
+    if not cluster.get("valid", True):
+        me += " (cannot renew its leases: its flows are stopped)"
+    parts = [me]
+    for n in cluster.get("nodes", []):
+        state = "live" if n.get("live") else (
+            "stopped" if n.get("state") == "stopped" else "dead")
+        flows = ", ".join(n.get("flows") or []) or "no flows"
+        parts.append(f"{n['node']} {state}, heartbeat {n.get('heartbeat_age_ms', 0) / 1000:.1f}s"
+                     f" ago: {flows}")
+    return " · ".join(parts)
+
+
 def _paused_text(paused: bool, maint: MaintenanceState | None = None) -> Text:
     if paused:
         return Text("‖ paused")
@@ -44,6 +64,7 @@ def _paused_text(paused: bool, maint: MaintenanceState | None = None) -> Text:
 
 class RecoveryScreen(FlowActions, DeckScreen):
     TITLE = "Recovery"
+    _cluster_line: str | None = None
     BINDINGS = [
         Binding("r", "run_now", "Retry now", id="recovery.run_now"),
         Binding("space", "toggle_flow", "Pause/resume", id="recovery.toggle_flow"),
@@ -56,6 +77,7 @@ class RecoveryScreen(FlowActions, DeckScreen):
 
     def compose_body(self) -> ComposeResult:
         now = lambda: self.app.state.now_ms  # noqa: E731
+        yield Static(id="recovery-cluster", classes="hint")
         yield Static(
             "Flows (×N = consecutive failures)",
             classes="panel-title",
@@ -139,6 +161,7 @@ class RecoveryScreen(FlowActions, DeckScreen):
 
     def _flow_rows(self) -> list[dict]:
         state = self.app.state
+        self._cluster_line = cluster_text(state.snapshot.get("cluster"))  # with the flows
         quarantined: dict[str, int] = {}
         for q in state.snapshot.get("quarantine", []):
             if q.get("state", "open") == "open":
@@ -210,6 +233,11 @@ class RecoveryScreen(FlowActions, DeckScreen):
 
     def refresh_view(self) -> None:
         self.flows_table.set_rows(self._flow_rows())
+        line = self._cluster_line
+        cluster = self.query_one("#recovery-cluster", Static)
+        cluster.display = line is not None
+        if line is not None:
+            cluster.update(line)
         self.query_one("#recovery-breakers", DeckTable).set_rows(self._breaker_rows())
         self.query_one("#recovery-actions", DeckTable).set_rows(self._action_rows())
         self._show_selected()

@@ -225,6 +225,41 @@ class StorageSnapshot(TypedDict):
     spool_max_bytes: int  # store.spool_max per flow: past it new payloads are dropped
 
 
+class ClusterNode(TypedDict):
+    node: str
+    state: str  # up | stopped
+    live: bool  # heartbeat younger than the lease TTL
+    heartbeat_age_ms: int
+    flows: list[str]
+
+
+class ClusterLease(TypedDict):
+    flow: str
+    node: str | None  # None: released
+    token: int  # the fencing token
+    held: bool
+    age_ms: int  # since it was acquired
+    expires_in_ms: int
+    target: str | None  # an operator's move
+
+
+class ClusterSnapshot(TypedDict):
+    """This node and, as of its last renewal, the cluster (pipeline/engine/cluster.py)."""
+
+    node: str
+    ttl_s: float
+    owned: list[str]
+    tokens: dict[str, int]
+    valid: bool  # before its local deadline: it may run the flows it owns
+    last_renewal_age_s: float | None
+    error: str | None
+    takeovers: int
+    handovers: int
+    lost: int
+    nodes: list[ClusterNode]
+    leases: list[ClusterLease]
+
+
 class EngineSnapshot(TypedDict):
     """``Engine.snapshot()``: the engine's own state, from memory (no database read)."""
 
@@ -233,6 +268,7 @@ class EngineSnapshot(TypedDict):
     caches: CacheSnapshot
     series_owed: SeriesOwed
     storage: StorageSnapshot
+    cluster: ClusterSnapshot | None  # None: not a node of a cluster (SQLite)
 
 
 # ---------------------------------------------------------------- rows viewers receive
@@ -352,6 +388,7 @@ class ViewerSnapshot(TypedDict):
     caches: CacheSnapshot
     series_owed: SeriesOwed
     storage: StorageSnapshot
+    cluster: ClusterSnapshot | None  # this node and the cluster's (None: not in a cluster)
     issues: list[IssueRow]  # open, acknowledged and muted
     actions: list[ActionRow]
     quarantine: list[QuarantinedRow]  # open

@@ -18,6 +18,7 @@ scheduler.py (the schedule) and alerts.py (webhooks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import gc
@@ -50,9 +51,11 @@ from flowdeck.pipeline.engine.scheduler import Scheduler
 from flowdeck.pipeline.model import Batch
 from flowdeck.pipeline.sniff import unmatched_paths
 from flowdeck.pipeline.sources import SOURCES, FetchError, SourceContext
+from flowdeck.pipeline.stages.chain import StageChain
 from flowdeck.pipeline.stages.resolve import AGREEMENT_HISTORY_MS
 from flowdeck.storage.caches import Caches, CacheSettings
 from flowdeck.storage.db import UNAVAILABLE
+from flowdeck.storage.leases import FenceError
 from flowdeck.storage.model import BatchWrite, IssueDraft, RawDraft
 from flowdeck.storage.store import Store
 
@@ -119,6 +122,9 @@ class Engine:
         self.alerter: Alerter | None = None
         self.sources: SourceContext | None = None  # while started
         self.started = False
+        # A node of a cluster (cluster.py, set by the daemon on PostgreSQL): it runs only
+        # the flows it holds the lease of, every transaction of a flow fenced by its token.
+        self.cluster: Any = None
         self._cache_ticks: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.guard = StoreGuard(config, store, self.clock, self._db, self.emit,
@@ -170,7 +176,9 @@ class Engine:
         self._cache_ticks = loop.create_task(self._cache_stats())
         self.started = True
         self.deferred.start(loop)
-        if resume:
+        if self.cluster is not None:  # takes its share of flows over (each resumed)
+            await self.cluster.start()
+        elif resume:
             await self.resume()
         _freeze_startup_heap()
         if schedule and self.config.retention.enabled:
@@ -186,6 +194,8 @@ class Engine:
         if st is not None and st["mode"] == "pause":
             self.maintenance.skipped[name] = self.maintenance.skipped.get(name, 0) + 1
             return None
+        if self.cluster is not None and not self.cluster.may_run(name, self.clock.now_ms()):
+            return None  # another node's, or the slot its previous owner already ran
         return await self.run_flow(name, "schedule" if st is None else "maintenance")
 
     def _warm_detectors(self, rt: FlowRuntime) -> None:
@@ -237,6 +247,8 @@ class Engine:
         for rt in self.flows.values():  # manual runs and replays in progress
             async with rt.lock:
                 pass
+        if self.cluster is not None:  # released at once: another node takes them over
+            await self.cluster.stop()
         for rt in self.flows.values():
             for f in rt.fetchers.values():
                 await f.close()
@@ -292,13 +304,53 @@ class Engine:
         """One run. ``fetch=False`` only commits and processes what the store could not
         take before (the spool retry)."""
         rt = self.flows[name]
+        if self.cluster is not None and not self.cluster.holds(name):
+            return self._not_held(rt, trigger)
         async with rt.lock:
             rt.running = True
             try:
-                with logs.context(flow=name):
+                with logs.context(flow=name), self._fenced(name):
                     return await self._run(rt, trigger, fetch)
+            except FenceError as exc:  # the lease was lost mid-run: nothing more written
+                log.warning("%s", exc)
+                self.cluster.drop(name, "a transaction was refused by its fence")
+                return self._not_held(rt, trigger, str(exc))
             finally:
                 rt.running = False
+
+    def _fenced(self, name: str):
+        """Every transaction of ``name`` checks this node's lease (in a cluster)."""
+        return contextlib.nullcontext() if self.cluster is None else self.cluster.fence(name)
+
+    def _not_held(self, rt: FlowRuntime, trigger: str, error: str | None = None) -> RunSummary:
+        summary = RunSummary(rt.name, None, trigger, self.clock.now_ms(),
+                             finished_ms=self.clock.now_ms(), status="failed")
+        owner = self.cluster.owner(rt.name)
+        summary.error = error or (f"flow {rt.name} runs on node {owner}" if owner
+                                  else f"node {self.cluster.node} holds no lease on {rt.name}")
+        return summary
+
+    async def take_over(self, name: str) -> int:
+        """This node has just acquired ``name``'s lease (cluster.py): rebuild its stage
+        state from the store as another node left it, commit what this node spooled for
+        it, process its pending raw payloads (committed, never processed: not fetched
+        again). Returns when its next scheduled run is due (epoch ms): the previous
+        owner's last scheduled run's slot is not run again."""
+        rt = self.flows[name]
+        with logs.context(flow=name), self._fenced(name):
+            async with rt.lock:
+                rt.chain = StageChain(name, rt.cfg, self.config)
+                await self._db(self._warm_detectors, rt)
+                await self._db(self._warm_order, rt)
+                await self._db(self.failover.load_state, rt)
+                runs = await self._db(self.store.recent_runs, name, 20)
+            await self.guard.drain_spool(rt)
+            rows = await self._db(self.store.pending_raw, name)
+            if rows:
+                await self._reprocess(rt, rows, "resume", replay=False)
+        last = next((r["started_ms"] for r in runs
+                     if r["trigger"] in ("schedule", "maintenance")), None)
+        return 0 if last is None else self.scheduler.slot_after(name, last)
 
     async def run_all_once(self) -> list[RunSummary]:
         return list(await asyncio.gather(*(self.run_flow(n, "once") for n in self.flows)))
@@ -676,6 +728,11 @@ class Engine:
 
     async def _reprocess(self, rt: FlowRuntime, rows: list[dict], trigger: str,
                          replay: bool) -> RunSummary:
+        with self._fenced(rt.name):
+            return await self._reprocess_fenced(rt, rows, trigger, replay)
+
+    async def _reprocess_fenced(self, rt: FlowRuntime, rows: list[dict], trigger: str,
+                                replay: bool) -> RunSummary:
         async with rt.lock:
             started = self.clock.now_ms()
             run_id = await self._db(self.store.start_run, rt.name, trigger, started)
@@ -738,7 +795,9 @@ class Engine:
                 # series points and raw status that runs still owe the store (derived_delay)
                 "series_owed": {"rows": rows, "age_s": age},
                 # database size and rows per table as of the last retention pass
-                "storage": self.retention.snapshot()}
+                "storage": self.retention.snapshot(),
+                # this node, the cluster's nodes and leases (None: not in a cluster)
+                "cluster": None if self.cluster is None else self.cluster.snapshot()}
 
 
 def cache_settings(config: Config) -> CacheSettings:

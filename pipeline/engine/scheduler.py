@@ -115,6 +115,22 @@ class Scheduler:
         if self.aps is not None and self.aps.get_job(name):
             self.aps.resume_job(name)
 
+    def slot_after(self, name: str, started_ms: int) -> int:
+        """When the run after one that started at ``started_ms`` (on any node) is due,
+        epoch ms: a node taking a flow over does not run the slot its previous owner
+        already ran. An interval's next slot is one interval later (less a tenth, for
+        the nodes' different phases and clocks); a cron's is its next fire time."""
+        sch = self.config.flows[name].schedule
+        if sch.every is not None:
+            return started_ms + int(sch.every * 900)
+        from datetime import UTC, datetime, timedelta
+
+        from apscheduler.triggers.cron import CronTrigger
+
+        after = datetime.fromtimestamp(started_ms / 1000, UTC) + timedelta(seconds=1)
+        nxt = CronTrigger.from_crontab(sch.cron, timezone="UTC").get_next_fire_time(None, after)
+        return started_ms if nxt is None else int(nxt.timestamp() * 1000) - 1000
+
     def next_run_ms(self, name: str) -> int | None:
         if self.aps is None:
             return None

@@ -224,6 +224,19 @@ class LocalControl:
         return {"message": f"{flow} now uses only {source} (force failover; "
                            "release with force_failover and no source)"}
 
+    async def _act_move(self, flow: str, node: str) -> dict:
+        """Hand ``flow`` to the cluster node ``node``: its owner releases it between two
+        runs and only ``node`` may take it while it is live (pipeline/engine/cluster.py)."""
+        cluster = self.engine.cluster
+        if cluster is None:
+            raise ControlError("this daemon is not a node of a cluster (PostgreSQL only)")
+        try:
+            moved = await cluster.move(flow, node)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        return {"message": f"{flow} moves from {moved['from'] or 'no node'} to {node} at its "
+                           "owner's next slot boundary", "move": moved}
+
     async def _act_replay_quarantine(self, flow: str) -> dict:
         summary = await self.engine.replay(flow, quarantine=True)
         return {"message": f"replayed {summary.payloads} payload(s) of {flow}: "

@@ -447,6 +447,7 @@ class HttpApi:
         """Ready when the store answers and the scheduler runs; flow states for the curious."""
         problems = []
         store = "ok"
+        cluster = None
         try:
             await asyncio.wait_for(self.server.control.query("actions", limit=1), 3.0)
         except Exception as exc:  # any failure to reach the store means not ready
@@ -463,6 +464,10 @@ class HttpApi:
                 problems.append("scheduler is not running")
             flows = {name: f.get("state", "unknown") for name, f in snap["flows"].items()}
             outage = _write_outage(snap["flows"])
+            cluster = snap.get("cluster")
+            if cluster is not None and not cluster["valid"]:
+                problems.append(f"cluster: node {cluster['node']} cannot renew its leases"
+                                + (f" ({cluster['error']})" if cluster.get("error") else ""))
         except Exception as exc:
             scheduler = f"unknown: {type(exc).__name__}: {exc}"
             problems.append("engine did not answer")
@@ -477,6 +482,9 @@ class HttpApi:
             body["reason"] = problems[-1]
             body["store_outage"] = outage if authorized else {
                 k: outage[k] for k in ("reason", "since_ms")}
+        if cluster is not None:  # a node of a cluster: which flows it runs, and the others
+            body["cluster"] = cluster if authorized else {
+                k: cluster[k] for k in ("node", "valid", "last_renewal_age_s")}
         if authorized:
             body["flows"] = flows
         if problems:
