@@ -89,9 +89,6 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-
 METHODS = ("robust_z", "ewma", "rate", "seasonal", "level_shift", "flatline")
 
 DEFAULT_METHODS = ("robust_z", "rate", "seasonal", "level_shift", "flatline")
@@ -319,45 +316,6 @@ def sigma_from_mad(values: list[float], center: float, sigma: float) -> float:
                  + center * lo - math.fsum(values[:lo]))
         sigma = MEAN_AD_TO_SIGMA * max(total, 0.0) / len(values)
     return max(sigma, epsilon(center))
-
-
-RUN_MIN = 16
-"""Fewest in-order points of one series in a batch that :meth:`SeriesDetector.score_many`
-scores on its batched path (below it, the numpy set-up costs more than it saves)."""
-
-
-def window_center_spread(window: Iterable[float], run: np.ndarray
-                         ) -> tuple[list[float], list[float]] | None:
-    """Median and robust sigma of the full ``window`` before each value of ``run`` arrives.
-
-    The window before ``run[i]`` holds the last ``len(window)`` values of ``window``
-    followed by ``run[:i]``. The result is, float for float, what :func:`median_sorted`
-    and ``MAD_TO_SIGMA * mad_sorted`` (with :func:`sigma_from_mad`'s fallbacks) give on
-    each of those windows: the same subtractions, halvings and products, only found by
-    sorting all the windows at once. None when a value is not finite or
-    a negative zero (a sorted list could then hold a zero of the other sign, so the
-    point-by-point path is taken instead).
-    """
-    old = np.fromiter(window, dtype=float)
-    width = len(old)
-    values = np.concatenate((old, run))
-    if not np.isfinite(values).all() or (np.signbit(values) & (values == 0.0)).any():
-        return None
-    # np.sort, not np.partition: for windows this short a full sort of every row is
-    # several times faster than a partition at the two middle positions.
-    rows = np.sort(sliding_window_view(values, width)[: len(run)], axis=1)
-    half = width // 2
-    center = rows[:, half] if width % 2 else (rows[:, half - 1] + rows[:, half]) / 2.0
-    dev = rows - center[:, None]
-    np.abs(dev, out=dev)
-    dev.sort(axis=1)
-    mad = dev[:, half] if width % 2 else (dev[:, half - 1] + dev[:, half]) / 2.0
-    spread = MAD_TO_SIGMA * mad
-    centers, spreads = center.tolist(), spread.tolist()
-    low = (spread < ABSOLUTE_EPSILON) | (spread < np.abs(center) * RELATIVE_EPSILON)
-    for i in np.flatnonzero(low).tolist():  # the fallbacks: a flat window, rarely
-        spreads[i] = sigma_from_mad(sorted(rows[i].tolist()), centers[i], spreads[i])
-    return centers, spreads
 
 
 class RollingWindow:
@@ -786,8 +744,6 @@ class SeriesDetector:
                        if "level_shift" in methods else None)
         self._run = 0  # flatline: points in a row repeating the previous value
         self._window_memo: tuple[int, float, float] | None = None
-        self._rate_memo: tuple[int, float, float] | None = None  # set by score_many only
-        self._defer = False  # score_many: windows append only, sorted once after the run
         self._tails: dict[str, _Tail] = {
             m: _Tail(settings.calibration_window, 1.0 if m == "flatline" else 0.0)
             for m in methods} if settings.calibrate else {}
@@ -832,93 +788,11 @@ class SeriesDetector:
     def score_many(self, ts: Sequence[float], values: Sequence[float]) -> list[Score]:
         """:meth:`score` for each point of this series, in order, with the same results.
 
-        A run of at least :data:`RUN_MIN` finite, in-order points, once the value and rate
-        windows are full, has the median and robust sigma of every point's windows worked
-        out at once (numpy, :func:`window_center_spread`) instead of point by point, and
-        the windows are re-sorted once after the run instead of on every point. Everything
-        else (tails, episodes, seasonal baseline, CUSUM) still steps point by point, so
-        each point is still scored only from the points before it.
-        """
-        n = len(ts)
-        if n < RUN_MIN:
-            score = self.score
-            return [score(ts[i], values[i]) for i in range(n)]
-        out: list[Score] = []
-        i = 0
-        while i < n:
-            j = max(self._run_end(ts, values, i), i + 1)  # a late or non-finite point alone
-            while i < j:  # point by point until the windows are full, then the rest at once
-                if j - i >= RUN_MIN and self._run_ready():
-                    self._score_run(ts[i:j], values[i:j], out)
-                    i = j
-                else:
-                    out.append(self.score(ts[i], values[i]))
-                    i += 1
-        return out
-
-    def _run_end(self, ts: Sequence[float], values: Sequence[float], start: int) -> int:
-        """The end of the run of finite points, each newer than the one before, from ``start``."""
-        isfinite = math.isfinite
-        last = self.last_ts
-        for i in range(start, len(ts)):
-            t = ts[i]
-            if not (isfinite(t) and isfinite(values[i])) or (last is not None and t <= last):
-                return i
-            last = t
-        return len(ts)
-
-    def _run_ready(self) -> bool:
-        """Whether a run can take the batched path: the windows it batches are full."""
-        vals, rates = self._values, self._rates
-        if vals is None and rates is None:
-            return False
-        if self.count < self._min_history or self.last_ts is None:
-            return False
-        return ((vals is None or len(vals._fifo) == vals.maxlen)
-                and (rates is None or len(rates._fifo) == rates.maxlen))
-
-    def _score_run(self, ts: Sequence[float], values: Sequence[float], out: list[Score]) -> None:
-        v = np.asarray(values, dtype=float)
-        centers: list[float] | None = None
-        rate_centers: list[float] | None = None
-        if self._values is not None:
-            got = window_center_spread(self._values._fifo, v)
-            if got is None:
-                return self._score_each(ts, values, out)
-            centers, spreads = got
-        if self._rates is not None:
-            t = np.asarray(ts, dtype=float)
-            prev_v = np.empty_like(v)
-            prev_t = np.empty_like(t)
-            prev_v[0], prev_t[0] = self.last_value, self.last_ts
-            prev_v[1:], prev_t[1:] = v[:-1], t[:-1]
-            rates = (v - prev_v) / (t - prev_t)
-            got = window_center_spread(self._rates._fifo, rates)
-            if got is None:
-                return self._score_each(ts, values, out)
-            rate_centers, rate_spreads = got
-        count0 = self.count
-        self._defer = True
-        try:
-            for k in range(len(ts)):
-                if centers is not None:
-                    self._window_memo = (count0 + k, centers[k], spreads[k])
-                if rate_centers is not None:
-                    self._rate_memo = (count0 + k, rate_centers[k], rate_spreads[k])
-                out.append(self.score(ts[k], values[k]))
-        finally:
-            self._defer = False
-            self._rate_memo = None
-            if self._values is not None:
-                self._values._sorted = sorted(self._values._fifo)
-            if self._rates is not None:
-                self._rates._sorted = sorted(self._rates._fifo)
-        return None
-
-    def _score_each(self, ts: Sequence[float], values: Sequence[float], out: list[Score]
-                    ) -> None:
-        for k in range(len(ts)):
-            out.append(self.score(ts[k], values[k]))
+        The stage hands each series its points of a batch at once (per-series batching):
+        one series' state is worked on while it sits in the CPU's caches, instead of
+        hopping between series record by record."""
+        score = self.score
+        return [score(ts[i], values[i]) for i in range(len(ts))]
 
     def _again(self, ts: float, value: float) -> Score | None:
         """The first verdict of a flagged point scored again at the same timestamp (resolve
@@ -1119,23 +993,12 @@ class SeriesDetector:
         if self._cusum is not None and self._values:
             center, spread = self._center_spread()
             self._cusum.add((value - center) / spread)
-        # Inside a run of score_many the windows are full and only their arrival order is
-        # kept up; they are sorted once after the run (see _score_run).
-        defer = self._defer
         if self._values is not None:
-            if defer:
-                self._values._fifo.append(value)
-            else:
-                self._values.add(value)
-        if self._rates is not None and self.last_ts is not None:
-            assert self.last_value is not None  # set together with last_ts
-            rate = (value - self.last_value) / (ts - self.last_ts)
-            if defer:
-                self._rates._fifo.append(rate)
-            else:
-                self._rates.add(rate)
+            self._values.add(value)
         if self._ewma is not None:
             self._ewma.add(value)
+        if self._rates is not None and self.last_ts is not None:
+            self._rates.add((value - self.last_value) / (ts - self.last_ts))
         if self._seasonal is not None:
             self._seasonal.add(ts, value)
         self._run = self._run + 1 if repeat else 0
@@ -1182,19 +1045,14 @@ class SeriesDetector:
             threshold = self.settings.rate_threshold
             assert threshold is not None  # a fixed threshold is why rates are not learned
             return "rate", abs(rate) / threshold, last, threshold * dt
-        memo = self._rate_memo
-        if memo is not None and memo[0] == self.count:  # worked out for a run (score_many)
-            center, spread = memo[1], memo[2]
-        else:
-            if not self._rates:
-                return None
-            rates = self._rates._sorted
-            n = len(rates)
-            center = rates[n // 2] if n % 2 else (rates[n // 2 - 1] + rates[n // 2]) / 2.0
-            spread = MAD_TO_SIGMA * mad_sorted(rates, center)
-            if (spread == 0.0 or spread < ABSOLUTE_EPSILON
-                    or spread < abs(center) * RELATIVE_EPSILON):
-                spread = sigma_from_mad(rates, center, spread)
+        if not self._rates:
+            return None
+        rates = self._rates._sorted
+        n = len(rates)
+        center = rates[n // 2] if n % 2 else (rates[n // 2 - 1] + rates[n // 2]) / 2.0
+        spread = MAD_TO_SIGMA * mad_sorted(rates, center)
+        if spread == 0.0 or spread < ABSOLUTE_EPSILON or spread < abs(center) * RELATIVE_EPSILON:
+            spread = sigma_from_mad(rates, center, spread)
         return "rate", abs(rate - center) / spread, last + center * dt, spread * dt
 
     def _m_seasonal(self, ts: float, value: float) -> Measure | None:
