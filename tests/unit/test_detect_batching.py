@@ -144,3 +144,22 @@ def test_stage_batches_give_the_records_and_issues_of_one_record_batches() -> No
     assert batched == alone
     assert batched_issues == alone_issues
     assert len(alone_issues) >= 4  # episodes of several series, raised in time order
+
+
+def test_evaluate_batches_score_late_and_duplicate_rows_as_rows_alone() -> None:
+    """stage_scorer batches rows whose timestamps never go back; a late or duplicate row
+    is scored as it comes, as it was with one row per batch."""
+    from flowdeck.pipeline.evaluation import EVAL_FLOW, stage_scorer
+
+    ts, values = shapes()["late_duplicate_nan"]
+    ts = list(ts)
+    ts[1500], ts[1501] = ts[1501], ts[1500]  # one swapped pair
+    stage = AnomalyDetector(EVAL_FLOW, detect_flow(None))
+    alone = []
+    for i, (t, v) in enumerate(zip(ts, values, strict=True)):
+        rec = Rec("f.csv", round(t * 1000), {"series": "f.csv", "value": v}, "csv", 0, i)
+        stage.run(Batch(EVAL_FLOW, None, None, rec.ts, records=[rec]), rec.ts)
+        alone.append((rec.anomaly, rec.anomalous))
+    got = stage_scorer()("f.csv", ts, values)
+    assert got == alone
+    assert sum(flag for _, flag in alone) >= 2
