@@ -85,7 +85,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -784,6 +784,15 @@ class SeriesDetector:
             result.anomalous = False
             result.episode = self._episodes if self._in_episode else 0
         return result
+
+    def score_many(self, ts: Sequence[float], values: Sequence[float]) -> list[Score]:
+        """:meth:`score` for each point of this series, in order, with the same results.
+
+        The stage hands each series its points of a batch at once (per-series batching):
+        one series' state is worked on while it sits in the CPU's caches, instead of
+        hopping between series record by record."""
+        score = self.score
+        return [score(ts[i], values[i]) for i in range(len(ts))]
 
     def _again(self, ts: float, value: float) -> Score | None:
         """The first verdict of a flagged point scored again at the same timestamp (resolve

@@ -398,12 +398,18 @@ def detect_flow(spec: DetectSpec | None = None) -> FlowConfig:
     })
 
 
+EVAL_BATCH = 1000
+"""Rows per batch that :func:`stage_scorer` hands the detect stage (the engine's size)."""
+
+
 def stage_scorer(spec: DetectSpec | None = None) -> Scorer:
     """A scorer that runs each file through a fresh detect stage of the pipeline
     (:class:`~flowdeck.pipeline.stages.detect.AnomalyDetector`), the code a flow runs.
 
-    Each row is one record in a batch of its own, in input order (so a duplicate or
-    out-of-order row is scored as it comes, the way a late record is); its
+    The rows go in input order, in batches of up to :data:`EVAL_BATCH` rows whose
+    timestamps never go back: the stage orders a batch by time (a stable sort), so such a
+    batch is scored exactly as its rows one by one would be, and a duplicate or
+    out-of-order row is scored as it comes, the way a late record is. A row's
     ``anomaly_score`` is the record's ``anomaly`` and its flag ``anomalous`` (the first
     point of an episode, the one that raises an issue)."""
     flow = detect_flow(spec)
@@ -411,13 +417,22 @@ def stage_scorer(spec: DetectSpec | None = None) -> Scorer:
     def scorer(name: str, timestamps: Sequence[float], values: Sequence[float]
                ) -> list[tuple[float, bool]]:
         stage = AnomalyDetector(EVAL_FLOW, flow)
-        out = []
+        recs: list[Rec] = []
+        out: list[tuple[float, bool]] = []
+
+        def flush() -> None:
+            if recs:
+                stage.run(Batch(EVAL_FLOW, None, None, recs[-1].ts, records=recs),
+                          recs[-1].ts)
+                out.extend((rec.anomaly, rec.anomalous) for rec in recs)
+                recs.clear()
+
         for i, (ts, value) in enumerate(zip(timestamps, values, strict=True)):
             ts_ms = round(ts * 1000)
-            rec = Rec(name, ts_ms, {"series": name, "value": value}, "csv", 0, i)
-            batch = Batch(EVAL_FLOW, None, None, ts_ms, records=[rec])
-            stage.run(batch, ts_ms)
-            out.append((rec.anomaly, rec.anomalous))
+            if recs and (ts_ms < recs[-1].ts or len(recs) >= EVAL_BATCH):
+                flush()
+            recs.append(Rec(name, ts_ms, {"series": name, "value": value}, "csv", 0, i))
+        flush()
         return out
 
     return scorer

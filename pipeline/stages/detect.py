@@ -16,8 +16,8 @@ from operator import attrgetter
 from typing import Any
 
 from flowdeck.pipeline.config import RESERVED_FIELD, DetectSpec, FlowConfig
-from flowdeck.pipeline.detectors import Detector, DetectorSettings
-from flowdeck.pipeline.model import Batch
+from flowdeck.pipeline.detectors import Detector, DetectorSettings, Score
+from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.stages.base import register
 from flowdeck.storage.model import IssueDraft
 
@@ -91,9 +91,8 @@ class AnomalyDetector:
             if m != metric:
                 continue
             for key, points in history.items():
-                series = (key, m)
-                for ts, value in points:
-                    det.score(series, ts / 1000, value)
+                det.series_detector((key, m)).score_many(
+                    [ts / 1000 for ts, _ in points], [value for _, value in points])
 
     def run(self, batch: Batch, now_ms: int) -> None:
         if not self.detectors:
@@ -103,8 +102,9 @@ class AnomalyDetector:
         isfinite = math.isfinite
         series_field = self.series_field
         for metric, det in self.detectors:
-            series_of = det.series_detector  # one look-up per key and batch, not per point
-            seen: dict[str, Any] = {}
+            # Per series: each series' points of the batch (in time order) go to its
+            # detector at once (SeriesDetector.score_many); issues keep the batch's order.
+            groups: dict[str, list[tuple[Rec, float]]] = {}
             for rec in recs:
                 v: Any = rec.data.get(metric)
                 t = type(v)
@@ -115,40 +115,63 @@ class AnomalyDetector:
                 elif not isfinite(v):
                     continue
                 key = rec.key if series_field is None else str(rec.data.get(series_field))
-                series = seen.get(key)
-                if series is None:
-                    series = seen[key] = series_of((key, metric))
-                sc = series.score(rec.ts / 1000, v)
-                if sc.score == 0.0:
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [(rec, v)]
+                else:
+                    group.append((rec, v))
+            issues: list[tuple[Rec, IssueDraft]] = []
+            series_of = det.series_detector
+            for key, group in groups.items():
+                series = series_of((key, metric))
+                if len(group) == 1:
+                    rec, v = group[0]
+                    sc = series.score(rec.ts / 1000, v)
+                    if sc.score != 0.0:
+                        self._apply(rec, v, sc, metric, best, issues)
                     continue
-                score = round(sc.score, 4)
-                if score > rec.anomaly:
-                    rec.anomaly = score
-                if sc.score < FLAG_SCORE:
-                    continue
-                rec.flags.append(f"anomaly:{metric}")
-                reason = _rounded({"metric": metric, **(sc.reason() or {})})
-                if sc.score > best.get(id(rec), -1.0):
-                    best[id(rec)] = sc.score
-                    # A new dict: the resolved data may be shared with a contribution.
-                    rec.data = {**rec.data, REASON_KEY: reason}
-                if not sc.anomalous:
-                    continue
-                rec.anomalous = True
-                if sc.again:  # a late source merged into the onset: its issue is raised
-                    continue
-                batch.issues.append(IssueDraft(
-                    flow=self.flow_name, kind="anomaly",
-                    severity="error" if sc.score >= 0.9 else "warning",
-                    title=f"{rec.key}: {metric}={v:.4g} is anomalous "
-                          f"({sc.method}, expected {_expected(reason)}, score {sc.score:.2f})",
-                    fingerprint=f"anomaly:{self.flow_name}:{rec.key}:{metric}:{rec.ts}",
-                    key=rec.key,
-                    detail={"metric": metric, "value": v, "score": score,
-                            "method": sc.method, "ts": rec.ts, "episode": sc.episode,
-                            "reason": reason,
-                            "details": {k: round(x, 3) for k, x in sc.details.items()}},
-                    record_keys=[(rec.key, rec.ts)], raw_ids=list(rec.raw_ids)))
+                got = series.score_many([rec.ts / 1000 for rec, _ in group],
+                                        [v for _, v in group])
+                for (rec, v), sc in zip(group, got, strict=True):
+                    if sc.score != 0.0:
+                        self._apply(rec, v, sc, metric, best, issues)
+            if len(issues) > 1:
+                position = {id(rec): i for i, rec in enumerate(recs)}
+                issues.sort(key=lambda item: position[id(item[0])])
+            batch.issues.extend(draft for _, draft in issues)
+
+    def _apply(self, rec: Rec, v: float, sc: Score, metric: str, best: dict[int, float],
+               issues: list[tuple[Rec, IssueDraft]]) -> None:
+        """Put one nonzero verdict on its record: the score, and from the flag on the
+        flag, the reason and (first point of an episode) the issue."""
+        score = round(sc.score, 4)
+        if score > rec.anomaly:
+            rec.anomaly = score
+        if sc.score < FLAG_SCORE:
+            return
+        rec.flags.append(f"anomaly:{metric}")
+        reason = _rounded({"metric": metric, **(sc.reason() or {})})
+        if sc.score > best.get(id(rec), -1.0):
+            best[id(rec)] = sc.score
+            # A new dict: the resolved data may be shared with a contribution.
+            rec.data = {**rec.data, REASON_KEY: reason}
+        if not sc.anomalous:
+            return
+        rec.anomalous = True
+        if sc.again:  # a late source merged into the onset: its issue is raised
+            return
+        issues.append((rec, IssueDraft(
+            flow=self.flow_name, kind="anomaly",
+            severity="error" if sc.score >= 0.9 else "warning",
+            title=f"{rec.key}: {metric}={v:.4g} is anomalous "
+                  f"({sc.method}, expected {_expected(reason)}, score {sc.score:.2f})",
+            fingerprint=f"anomaly:{self.flow_name}:{rec.key}:{metric}:{rec.ts}",
+            key=rec.key,
+            detail={"metric": metric, "value": v, "score": score,
+                    "method": sc.method, "ts": rec.ts, "episode": sc.episode,
+                    "reason": reason,
+                    "details": {k: round(x, 3) for k, x in sc.details.items()}},
+            record_keys=[(rec.key, rec.ts)], raw_ids=list(rec.raw_ids))))
 
 
 def _expected(reason: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Cost of the detect stage per record and metric, on realistic batches (not a test: run it).
 
-    .venv/bin/python tests/soak/profile_detect.py [--methods robust_z] [--profile]
+    .venv/bin/python tests/soak/profile_detect.py [--methods robust_z] [--profile] [--each]
 
 Two shapes, both through the stage's public ``AnomalyDetector.run`` in batches of 1,000:
 
@@ -72,22 +72,33 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated; default: the defaults")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="report the best of N runs")
+    ap.add_argument("--each", action="store_true",
+                    help="each default method alone, then all of them (one line each)")
     args = ap.parse_args()
-    spec = DetectSpec(metric="value") if args.methods is None else DetectSpec(
-        metric="value", methods=args.methods.split(","))
+    if args.each:
+        for methods in [[m] for m in DetectSpec(metric="value").methods] + [None]:
+            measure(methods, args.repeat)
+        return
+    measure(None if args.methods is None else args.methods.split(","), args.repeat,
+            args.profile)
+
+
+def measure(methods: list[str] | None, repeat: int, profile: bool = False) -> None:
+    spec = DetectSpec(metric="value") if methods is None else DetectSpec(
+        metric="value", methods=methods)
     flow = detect_flow(spec)
     cold_b, warm_b = cold_batches(), warm_batches()
     skip = 1200 * 20 // BATCH
-    cold = min(run(AnomalyDetector("bench", flow), cold_b) for _ in range(args.repeat))
-    if args.profile:
+    cold = min(run(AnomalyDetector("bench", flow), cold_b) for _ in range(repeat))
+    if profile:
         prof = cProfile.Profile()
         prof.enable()
-    warm = min(run(AnomalyDetector("bench", flow), warm_b, skip) for _ in range(args.repeat))
-    if args.profile:
+    warm = min(run(AnomalyDetector("bench", flow), warm_b, skip) for _ in range(repeat))
+    if profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
     print(f"methods={','.join(spec.methods)} cold {cold:.2f} us/record/metric, "
-          f"warm {warm:.2f} us/record/metric")
+          f"warm {warm:.2f} us/record/metric", flush=True)
 
 
 if __name__ == "__main__":
