@@ -11,7 +11,7 @@ The floor (``pipeline_ratio_vs_floor``) is the *minimal* ingest: orjson parse pl
 row per record (flow, key, ts, data as JSON) with sqlite3 ``executemany``, one
 transaction per payload. The PostgreSQL floor is the same with psycopg 3
 ``executemany`` (pipelined). A third baseline, "same rows", writes what flowdeck's
-schema stores per record (the records row and one series row per metric) with no
+schema stores per record (the records row, whose values are the series points) with no
 stage at all; it reads the table shapes from ``flowdeck.storage.schema`` and is
 reported only while that layout has those tables.
 
@@ -145,9 +145,9 @@ SERIES_FIELDS = (("temp_f", "temperature"), ("p", "pressure"), ("w", "wind_speed
 
 
 def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
-    """What flowdeck's layout stores per record, with no stage: a records row and four
-    series rows (by series id, a series_keys row the first time a series is seen), the
-    schema's own DDL and indexes, a transaction per payload."""
+    """What flowdeck's layout stores per record, with no stage: a records row (its series
+    points are its values, migration 0005) and a series_keys row the first time a series
+    is seen, the schema's own DDL and indexes, a transaction per payload."""
     from sqlalchemy.dialects import sqlite as sqlite_dialect
     from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -157,7 +157,7 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     dialect = sqlite_dialect.dialect()
-    for table in (schema.records, schema.series_keys, schema.series):
+    for table in (schema.records, schema.series_keys):
         con.execute(str(CreateTable(table).compile(dialect=dialect)))
         for index in table.indexes:
             con.execute(str(CreateIndex(index).compile(dialect=dialect)))
@@ -166,7 +166,7 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     sids: dict[tuple[str, str], int] = {}
     t = time.perf_counter()
     for body in payloads:
-        records, series, new_keys = [], [], []
+        records, new_keys = [], []
 
         def sid(key: str, metric: str, new_keys: list = new_keys) -> int:
             got = sids.get((key, metric))
@@ -183,16 +183,14 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
             records.append((FLOW, key, ts, dumps(data).decode(), 1.0, 0.0, False, "[]",
                             '["feed"]', dumps({"feed": {"v": data, "ts": ts, "raw": 1, "q": 1.0,
                                                          "f": []}}).decode(), "[1]", 1, now))
-            for src_field, metric in SERIES_FIELDS:
-                series.append((sid(key, metric), ts, float(d[src_field])))
-            series.append((sid(key, "temperature_f"), ts, float(d["temp_f"])))
+            for _src, metric in (*SERIES_FIELDS, ("temp_f", "temperature_f")):
+                sid(key, metric)
         con.execute("begin")
         con.executemany("insert into records (flow, key, ts_ms, data, quality, anomaly_score, "
                         "anomalous, flags, sources, contributions, raw_ids, version_id, "
                         "updated_ms) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
         con.executemany("insert into series_keys (id, flow, key, metric) values (?, ?, ?, ?)",
                         new_keys)
-        con.executemany("insert into series (sid, ts_ms, value) values (?, ?, ?)", series)
         con.execute("commit")
     dt = time.perf_counter() - t
     con.close()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.codec import metric_path
 from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.repository import Repository
 
@@ -39,15 +40,19 @@ class _Derived:
 
     def __init__(self) -> None:
         self.runs: list[tuple[list[tuple], list[tuple]]] = []  # (series rows, raw status)
+        # Were all these runs' records new when written, and no roll-up recomputed since?
+        # Then their points are in no roll-up yet and are added (``_write_series``).
+        self.all_new = True
         self.raw_ids: set[int] = set()
         self.rows = 0
         self.since: float | None = None  # time.monotonic() of the oldest
         self.seq = 0  # the store's count of deferred batches, at the newest of these
 
-    def add(self, series: list[tuple], raw_status: list[tuple], seq: int) -> None:
+    def add(self, series: list[tuple], raw_status: list[tuple], seq: int, new: bool) -> None:
         if self.since is None:
             self.since = time.monotonic()
         self.runs.append((series, raw_status))
+        self.all_new = self.all_new and new
         self.raw_ids.update(r[0] for r in raw_status)
         self.rows += len(series) + len(raw_status)
         self.seq = seq
@@ -65,6 +70,7 @@ class _Flush:
         self.series.sort(key=_SERIES_ORDER)  # stable: of two values for a point, the later last
         self.raw_status = [r for run in owed.runs for r in run[1]]
         self.raw_ids = owed.raw_ids
+        self.all_new = owed.all_new
         self.since = owed.since
         self.seq = owed.seq
         self.pos = 0
@@ -75,7 +81,8 @@ class _Flush:
 
 
 class DerivedSeries(Repository):
-    """``series``, ``series_1m``, ``series_1h`` and ``raw_status`` written, now or owed."""
+    """``series_keys``, ``series_1m``, ``series_1h`` and ``raw_status`` written, now or
+    owed (the series points are the records' values: ``Records``)."""
 
     _derived: _Derived  # owed by deferred batches, not being written yet
     _flushing: _Flush | None  # owed, being written in steps
@@ -83,6 +90,7 @@ class DerivedSeries(Repository):
     _written_seq: int  # ... of which every one up to this is written
     _derived_lock: threading.RLock  # held while the owed set changes or is written
     _sids: dict[tuple, int]  # (flow, key, metric) -> series_keys.id, of committed series
+    _recomputes: int  # roll-up recomputes begun so far (see write_batch)
 
     # Past this many rows owed (series points + raw status), a flush that fails gives up
     # the oldest runs: their payloads stay unprocessed (no raw status) and are processed
@@ -96,24 +104,26 @@ class DerivedSeries(Repository):
         self._written_seq = 0
         self._derived_lock = threading.RLock()
         self._sids: dict[tuple, int] = {}  # (flow, key, metric) -> series_keys.id
+        self._recomputes = 0
 
-    def _defer(self, series: list[tuple], raw_status: list[tuple]) -> None:
-        """Leave one batch's series and raw status owed (its records are committed)."""
+    def _defer(self, series: list[tuple], raw_status: list[tuple], new: bool) -> None:
+        """Leave one batch's series and raw status owed (its records are committed;
+        ``new``: all of them were new, and no roll-up was recomputed since they were)."""
         with self._derived_lock:
             self._deferred_seq += 1
-            self._derived.add(series, raw_status, self._deferred_seq)
+            self._derived.add(series, raw_status, self._deferred_seq, new)
 
-    def _write_with_owed(self, write: Callable[[Connection], None], series: list[tuple],
-                         raw_status: list[tuple]) -> None:
-        """One transaction: ``write(conn)``, then everything owed, then one batch's own
-        series and raw status (raw status last). The lock is held while written, so the
-        owed set stays exact; if it fails, what was owed stays owed and this batch fails
-        whole."""
+    def _write_with_owed(self, write: Callable[[Connection], bool], series: list[tuple],
+                         raw_status: list[tuple], new: bool = True) -> None:
+        """One transaction: ``write(conn)`` (True unless it wrote records that were
+        stored before), then everything owed, then one batch's own series and raw status
+        (raw status last). The lock is held while written, so the owed set stays exact;
+        if it fails, what was owed stays owed and this batch fails whole."""
         with self._derived_lock:
             try:
                 with self.engine.begin() as conn:
-                    write(conn)
-                    self._write_owed(conn, series, raw_status)
+                    new = write(conn) and new
+                    self._write_owed(conn, series, raw_status, new)
             except Exception:
                 self._bound_derived()
                 raise
@@ -141,9 +151,9 @@ class DerivedSeries(Repository):
         return self._derived.raw_ids | self._flushing.raw_ids
 
     def _write_series_and_status(self, conn: Connection, series: list[tuple],
-                                 raw_status: list[tuple]) -> None:
+                                 raw_status: list[tuple], all_new: bool) -> None:
         if series:
-            self._write_series(conn, series)
+            self._write_series(conn, series, all_new)
         crash_point("mid_series_write")  # in the transaction, before its commit
         if raw_status:
             # Every run writes it: driver SQL, as for the hot tables below (the Core
@@ -152,21 +162,23 @@ class DerivedSeries(Repository):
             conn.exec_driver_sql(self._sql["raw_status"], raw_status)
 
     def _write_owed(self, conn: Connection, series: list[tuple] = (),
-                    raw_status: list[tuple] = ()) -> int:
+                    raw_status: list[tuple] = (), new: bool = True) -> int:
         """Everything owed (lock held), then one batch's own series and raw status, the
         newest last (once committed, the caller calls ``_all_written``). Returns the
         payloads marked."""
         f, owed = self._flushing, self._derived
         all_series, all_status = [], []
+        all_new = new and owed.all_new
         if f is not None:
             all_series += f.series[f.pos:]
             all_status += f.raw_status
+            all_new = all_new and f.all_new
         for run_series, run_status in owed.runs:
             all_series += run_series
             all_status += run_status
         all_series += series
         all_status += raw_status
-        self._write_series_and_status(conn, all_series, all_status)
+        self._write_series_and_status(conn, all_series, all_status, all_new)
         return len(all_status)
 
     def _all_written(self) -> None:
@@ -208,7 +220,7 @@ class DerivedSeries(Repository):
             try:
                 with self.engine.begin() as conn:
                     self._write_series_and_status(conn, f.series[f.pos:end],
-                                                  f.raw_status if last else [])
+                                                  f.raw_status if last else [], f.all_new)
             except Exception:
                 self._bound_derived()
                 raise
@@ -248,30 +260,33 @@ class DerivedSeries(Repository):
             for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"], (flow,)):
                 sids[(flow, key, metric)] = int(sid)
 
-    def _write_series(self, conn: Connection, rows: list[tuple]) -> None:
-        """Points (flow, key, metric, ts_ms, value), the later of two for one point last,
-        stored as (series id, ts_ms, value) and folded into the roll-ups."""
+    def _write_series(self, conn: Connection, rows: list[tuple], all_new: bool) -> None:
+        """Fold points (flow, key, metric, ts_ms, value), the later of two for one point
+        last, into the roll-ups, naming new series in ``series_keys``. The points
+        themselves are the records' values, already written (``Records._write_records``).
+
+        ``all_new``: every point's record was new when written, and no roll-up was
+        recomputed since (so none counts them yet): the roll-ups are exact by adding the
+        batch's own aggregates. Otherwise (a replay, a corrected value, a late source
+        merged in, or runs owed across a recompute) each touched bucket is recomputed
+        from the records, which are committed before their roll-ups are written."""
         sids = self._sids
-        # In primary-key order the b-tree is written leaf after leaf instead of jumping
-        # between every series for every timestamp: about 2x faster inserts on SQLite.
-        # Stable on the key: of two values for one point (a corrected or replayed one),
-        # the later batch's is written last and wins.
         try:
             points = [(sids[p[:3]], p[3], p[4]) for p in rows]
         except KeyError:  # a series seen for the first time
             self._add_series(conn, rows)
             points = [(sids[p[:3]], p[3], p[4]) for p in rows]
-        points.sort(key=_POINT_ORDER)
-        # Streaming data only appends: insert without overwriting and count. If every
-        # point was new, the roll-ups are exact by adding the batch's own aggregates (no
-        # re-read of the series); a replay or a corrected value takes the recompute
-        # below. sqlite3 and psycopg 3 both sum executemany's rowcount over all rows.
-        new = conn.exec_driver_sql(self._sql["series_new"], points).rowcount
-        if new == len(points):
+        if all_new:
+            # In primary-key order the roll-ups are written leaf after leaf; stable, so
+            # of two values for one point the later batch's is folded last.
+            points.sort(key=_POINT_ORDER)
             self._add_rollups(conn, points)
             return
-        conn.exec_driver_sql(self._sql["series"], points)
-        self._rollups(conn, points)
+        # A recompute reads every committed record, among them those of runs still owed
+        # (committed, roll-ups not written): those must not be added after it.
+        self._recomputes += 1
+        self._derived.all_new = False
+        self._rollups(conn, rows, points)
 
     def _add_rollups(self, conn: Connection, points: list[tuple]) -> None:
         """Fold points (sid, ts_ms, value) that are all new into their minute and hour
@@ -305,17 +320,23 @@ class DerivedSeries(Repository):
         conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
         conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
-    def _rollups(self, conn: Connection, points: list[tuple]) -> None:
+    def _rollups(self, conn: Connection, rows: list[tuple], points: list[tuple]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
 
-        Each touched (series, minute) is re-aggregated from the series (an index range
-        scan), then each touched hour from its minutes, so the work follows the batch,
-        not the size of the table.
+        Each touched (series, minute) is re-aggregated from the records' values of its
+        metric (a range scan of ``ix_records_flow_key_ts``), then each touched hour from
+        its minutes, so the work follows the batch, not the size of the table.
         """
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        minutes = {(sid, ts - ts % m_w) for sid, ts, _v in points}
-        conn.exec_driver_sql(self._sql["rollup_1m"], [
-            (b, sid, b, b + m_w) for sid, b in minutes])
-        hours = {(sid, b - b % h_w) for sid, b in minutes}
+        dialect = self.dialect
+        minutes = {}
+        for p, (sid, ts, _v) in zip(rows, points, strict=True):
+            minutes[(sid, ts - ts % m_w)] = p
+        args = []
+        for (sid, b), (flow, key, metric, _ts, _v) in sorted(minutes.items()):
+            path = metric_path(dialect, metric)
+            args.append((sid, b, path, flow, key, b, b + m_w, path))
+        conn.exec_driver_sql(self._sql["rollup_1m"], args)
+        hours = sorted({(sid, b - b % h_w) for sid, b in minutes})
         conn.exec_driver_sql(self._sql["rollup_1h"], [
             (b, sid, b, b + h_w) for sid, b in hours])
