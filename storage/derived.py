@@ -9,10 +9,9 @@ repository's own; the engine drives it only through ``flush_step``, ``flush_deri
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy.engine import Connection
 
@@ -23,8 +22,6 @@ from flowdeck.storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
-_SERIES_ORDER = operator.itemgetter(0, 1, 2, 3)
-_POINT_ORDER = operator.itemgetter(0, 1)
 
 
 class _Derived:
@@ -58,16 +55,54 @@ class _Derived:
         self.seq = seq
 
 
+def _fold(rows: list[tuple], minutes: dict[tuple, list]) -> dict[tuple, list]:
+    """Points (flow, key, metric, ts_ms, value) folded into ``minutes``: (flow, key,
+    metric, minute) -> [n, sum, min, max]. One dict update per point: the only per-point
+    work the roll-ups cost (the points themselves are the records' values)."""
+    m_w = s.ROLLUP_1M
+    get = minutes.get
+    for flow, key, metric, ts, v in rows:
+        k = (flow, key, metric, ts - ts % m_w)
+        a = get(k)
+        if a is None:
+            minutes[k] = [1, v, v, v]
+        else:
+            a[0] += 1
+            a[1] += v
+            if v < a[2]:
+                a[2] = v
+            elif v > a[3]:
+                a[3] = v
+    return minutes
+
+
+def _merge(items: list[tuple[tuple, list]], minutes: dict[tuple, list]) -> None:
+    """Folded minutes added into ``minutes`` (copied: ``items`` stay as they are)."""
+    for k, (n, total, lo, hi) in items:
+        a = minutes.get(k)
+        if a is None:
+            minutes[k] = [n, total, lo, hi]
+        else:
+            a[0] += n
+            a[1] += total
+            a[2] = min(a[2], lo)
+            a[3] = max(a[3], hi)
+
+
 class _Flush:
-    """Owed runs being written in steps: their series points in key order, a slice per
-    transaction, then their raw status with the last slice. A slice covers a range of
-    series, so the steps together rewrite the pages one transaction would (a step that
-    fails is repeated; a crash between steps leaves the payloads unmarked, processed
-    again, and the points already written are recognised as such)."""
+    """Owed runs being written in steps: their points folded into minutes once, in
+    series order, a slice of them per transaction, then their raw status with the last
+    slice. A slice covers a range of series, so the steps together rewrite the pages one
+    transaction would (a step that fails is repeated; a crash between steps leaves the
+    payloads unmarked, processed again, and their roll-ups recomputed then)."""
 
     def __init__(self, owed: _Derived) -> None:
-        self.series = [p for run in owed.runs for p in run[0]]
-        self.series.sort(key=_SERIES_ORDER)  # stable: of two values for a point, the later last
+        minutes: dict[tuple, list] = {}
+        for run in owed.runs:
+            _fold(run[0], minutes)
+        self.minutes = sorted(minutes.items())  # by (flow, key, metric, minute)
+        self.points = sum(a[0] for a in minutes.values())
+        self.done = 0  # points of the minutes written
         self.raw_status = [r for run in owed.runs for r in run[1]]
         self.raw_ids = owed.raw_ids
         self.all_new = owed.all_new
@@ -77,7 +112,7 @@ class _Flush:
 
     @property
     def rows(self) -> int:
-        return len(self.series) - self.pos + len(self.raw_status)
+        return self.points - self.done + len(self.raw_status)
 
 
 class DerivedSeries(Repository):
@@ -150,10 +185,10 @@ class DerivedSeries(Repository):
             return self._derived.raw_ids
         return self._derived.raw_ids | self._flushing.raw_ids
 
-    def _write_series_and_status(self, conn: Connection, series: list[tuple],
+    def _write_series_and_status(self, conn: Connection, minutes: list[tuple[tuple, list]],
                                  raw_status: list[tuple], all_new: bool) -> None:
-        if series:
-            self._write_series(conn, series, all_new)
+        if minutes:
+            self._write_series(conn, minutes, all_new)
         crash_point("mid_series_write")  # in the transaction, before its commit
         if raw_status:
             # Every run writes it: driver SQL, as for the hot tables below (the Core
@@ -167,18 +202,19 @@ class DerivedSeries(Repository):
         newest last (once committed, the caller calls ``_all_written``). Returns the
         payloads marked."""
         f, owed = self._flushing, self._derived
-        all_series, all_status = [], []
+        minutes: dict[tuple, list] = {}
+        all_status = []
         all_new = new and owed.all_new
         if f is not None:
-            all_series += f.series[f.pos:]
+            _merge(f.minutes[f.pos:], minutes)
             all_status += f.raw_status
             all_new = all_new and f.all_new
         for run_series, run_status in owed.runs:
-            all_series += run_series
+            _fold(run_series, minutes)
             all_status += run_status
-        all_series += series
+        _fold(series, minutes)
         all_status += raw_status
-        self._write_series_and_status(conn, all_series, all_status, all_new)
+        self._write_series_and_status(conn, sorted(minutes.items()), all_status, all_new)
         return len(all_status)
 
     def _all_written(self) -> None:
@@ -202,7 +238,8 @@ class DerivedSeries(Repository):
             return n
 
     def flush_step(self, max_rows: int) -> bool:
-        """Write the next slice (at most ``max_rows`` series points, in key order) of what
+        """Write the next slice (at most ``max_rows`` minute roll-ups, of a range of
+        series, in series order: one upsert each, however many points it folds) of what
         deferred batches owe, in a transaction of its own, so that other writes can go
         between the slices; the slice that ends a flush also marks its payloads processed.
         A flush takes everything owed when it begins. Returns True once nothing taken is
@@ -216,15 +253,17 @@ class DerivedSeries(Repository):
                 f = self._flushing = _Flush(self._derived)
                 self._derived = _Derived()
             end = f.pos + max_rows
-            last = end >= len(f.series)
+            points = sum(a[0] for _k, a in f.minutes[f.pos:end])
+            last = end >= len(f.minutes)
             try:
                 with self.engine.begin() as conn:
-                    self._write_series_and_status(conn, f.series[f.pos:end],
+                    self._write_series_and_status(conn, f.minutes[f.pos:end],
                                                   f.raw_status if last else [], f.all_new)
             except Exception:
                 self._bound_derived()
                 raise
             f.pos = end
+            f.done += points
             if last:
                 self._flushing = None
                 self._written_seq = f.seq
@@ -248,66 +287,46 @@ class DerivedSeries(Repository):
 
     # Series and roll-ups go through driver SQL (flowdeck.storage.codec), as the records do.
 
-    def _add_series(self, conn: Connection, rows: list[tuple]) -> None:
-        """Give every (flow, key, metric) of ``rows`` (points as the engine hands them)
-        that the store's map lacks its series id: added to ``series_keys`` in this
-        transaction, read back with the flow's others. The map is dropped if the
-        transaction fails (``_bound_derived``), so an id rolled back is never used."""
+    def _sids_of(self, conn: Connection, names: Iterable[tuple]) -> dict[tuple, int]:
+        """The series id of every (flow, key, metric) of ``names``; those the store's map
+        lacks are added to ``series_keys`` in this transaction and read back with the
+        flow's others. The map is dropped if the transaction fails (``_bound_derived``),
+        so an id rolled back is never used."""
         sids = self._sids
-        missing = sorted({p[:3] for p in rows if p[:3] not in sids})
-        conn.exec_driver_sql(self._sql["series_key_add"], missing)
-        for flow in {m[0] for m in missing}:
-            for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"], (flow,)):
-                sids[(flow, key, metric)] = int(sid)
+        missing = sorted({n for n in names if n not in sids})
+        if missing:
+            conn.exec_driver_sql(self._sql["series_key_add"], missing)
+            for flow in {m[0] for m in missing}:
+                for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"],
+                                                             (flow,)):
+                    sids[(flow, key, metric)] = int(sid)
+        return sids
 
-    def _write_series(self, conn: Connection, rows: list[tuple], all_new: bool) -> None:
-        """Fold points (flow, key, metric, ts_ms, value), the later of two for one point
-        last, into the roll-ups, naming new series in ``series_keys``. The points
-        themselves are the records' values, already written (``Records._write_records``).
+    def _write_series(self, conn: Connection, minutes: list[tuple[tuple, list]],
+                      all_new: bool) -> None:
+        """Points folded into minutes (``_fold``: (flow, key, metric, minute) -> [n, sum,
+        min, max], in that order) written into the roll-ups, new series named in
+        ``series_keys``. The points themselves are the records' values, already written
+        (``Records._write_records``).
 
         ``all_new``: every point's record was new when written, and no roll-up was
         recomputed since (so none counts them yet): the roll-ups are exact by adding the
-        batch's own aggregates. Otherwise (a replay, a corrected value, a late source
-        merged in, or runs owed across a recompute) each touched bucket is recomputed
-        from the records, which are committed before their roll-ups are written."""
-        sids = self._sids
-        try:
-            points = [(sids[p[:3]], p[3], p[4]) for p in rows]
-        except KeyError:  # a series seen for the first time
-            self._add_series(conn, rows)
-            points = [(sids[p[:3]], p[3], p[4]) for p in rows]
-        if all_new:
-            # In primary-key order the roll-ups are written leaf after leaf; stable, so
-            # of two values for one point the later batch's is folded last.
-            points.sort(key=_POINT_ORDER)
-            self._add_rollups(conn, points)
+        batch's own aggregates, one upsert per (series, bucket), not per point.
+        Otherwise (a replay, a corrected value, a late source merged in, or runs owed
+        across a recompute) each touched bucket is recomputed from the records, which
+        are committed before their roll-ups are written."""
+        h_w = s.ROLLUP_1H
+        sids = self._sids_of(conn, {k[:3] for k, _a in minutes})
+        if not all_new:
+            # A recompute reads every committed record, among them those of runs still
+            # owed (committed, roll-ups not written): those must not be added after it.
+            self._recomputes += 1
+            self._derived.all_new = False
+            self._rollups(conn, [(sids[k[:3]], k) for k, _a in minutes])
             return
-        # A recompute reads every committed record, among them those of runs still owed
-        # (committed, roll-ups not written): those must not be added after it.
-        self._recomputes += 1
-        self._derived.all_new = False
-        self._rollups(conn, rows, points)
-
-    def _add_rollups(self, conn: Connection, points: list[tuple]) -> None:
-        """Fold points (sid, ts_ms, value) that are all new into their minute and hour
-        buckets: one upsert per (series, bucket) per batch, not per point."""
-        m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        minutes: dict[tuple, list] = {}
-        get = minutes.get
-        for sid, ts, v in points:  # sorted: runs of one series
-            k = (sid, ts - ts % m_w)
-            a = get(k)
-            if a is None:
-                minutes[k] = [1, v, v, v]
-            else:
-                a[0] += 1
-                a[1] += v
-                if v < a[2]:
-                    a[2] = v
-                elif v > a[3]:
-                    a[3] = v
+        by_sid = sorted((sids[k[:3]], k[3], a) for k, a in minutes)  # b-tree order
         hours: dict[tuple, list] = {}
-        for (sid, b), (n, total, lo, hi) in minutes.items():
+        for sid, b, (n, total, lo, hi) in by_sid:
             k = (sid, b - b % h_w)
             a = hours.get(k)
             if a is None:
@@ -317,26 +336,24 @@ class DerivedSeries(Repository):
                 a[1] += total
                 a[2] = min(a[2], lo)
                 a[3] = max(a[3], hi)
-        conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
+        conn.exec_driver_sql(self._sql["add_1m"], [(sid, b, *a) for sid, b, a in by_sid])
         conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
-    def _rollups(self, conn: Connection, rows: list[tuple], points: list[tuple]) -> None:
+    def _rollups(self, conn: Connection, minutes: list[tuple[int, tuple]]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
 
-        Each touched (series, minute) is re-aggregated from the records' values of its
-        metric (a range scan of ``ix_records_flow_key_ts``), then each touched hour from
-        its minutes, so the work follows the batch, not the size of the table.
+        Each touched minute (series id, (flow, key, metric, minute)) is re-aggregated
+        from the records' values of its metric (a range scan of
+        ``ix_records_flow_key_ts``), then each touched hour from its minutes, so the work
+        follows the batch, not the size of the table.
         """
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
         dialect = self.dialect
-        minutes = {}
-        for p, (sid, ts, _v) in zip(rows, points, strict=True):
-            minutes[(sid, ts - ts % m_w)] = p
         args = []
-        for (sid, b), (flow, key, metric, _ts, _v) in sorted(minutes.items()):
+        for sid, (flow, key, metric, b) in sorted(minutes):
             path = metric_path(dialect, metric)
             args.append((sid, b, path, flow, key, b, b + m_w, path))
         conn.exec_driver_sql(self._sql["rollup_1m"], args)
-        hours = sorted({(sid, b - b % h_w) for sid, b in minutes})
+        hours = sorted({(sid, k[3] - k[3] % h_w) for sid, k in minutes})
         conn.exec_driver_sql(self._sql["rollup_1h"], [
             (b, sid, b, b + h_w) for sid, b in hours])
