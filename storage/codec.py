@@ -209,9 +209,38 @@ def hot_sql(dialect: str) -> dict[str, str]:
                 f'"min" = {least}({q(table)}."min", excluded."min"), '
                 f'"max" = {greatest}({q(table)}."max", excluded."max")')
 
+    cols = ", ".join(map(q, RECORD_COLS))
+    sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in RECORD_COLS
+                     if c not in ("flow", "key", "ts_ms"))
+    latest_cols = ", ".join(map(q, LATEST_COLS))
+    latest_sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in LATEST_COLS
+                            if c not in ("flow", "key"))
+    stage_types = {"flow": "text", "key": "text", "ts_ms": "bigint", "quality": "float8",
+                   "anomaly_score": "float8", "anomalous": "boolean", "version_id": "bigint",
+                   "updated_ms": "bigint"}
+    # PostgreSQL: a batch's records COPYed into a temporary table of this session (its
+    # rows gone at commit), then inserted, upserted and folded into latest from there
+    # (Records._copy_records).
+    pg_stage = {
+        "records_stage": ('CREATE TEMP TABLE IF NOT EXISTS "_records_in" ('
+                          + ", ".join(f"{q(c)} {stage_types.get(c, 'jsonb')}"
+                                      for c in RECORD_COLS)
+                          + ") ON COMMIT DELETE ROWS"),
+        "records_copy": f'COPY "_records_in" ({cols}) FROM STDIN',
+        "records_new_staged": (f'INSERT INTO "records" ({cols}) SELECT {cols} FROM "_records_in" '
+                               'ON CONFLICT DO NOTHING'),
+        "records_staged": (f'INSERT INTO "records" ({cols}) SELECT {cols} FROM "_records_in" '
+                           f'ON CONFLICT ("flow", "key", "ts_ms") DO UPDATE SET {sets}'),
+        "latest_staged": (f'INSERT INTO "latest" ({latest_cols}) SELECT DISTINCT ON ("flow", '
+                          f'"key") {latest_cols} FROM "_records_in" '
+                          'ORDER BY "flow", "key", "ts_ms" DESC '
+                          f'ON CONFLICT ("flow", "key") DO UPDATE SET {latest_sets} '
+                          'WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
+    } if pg else {}
     raw_cols = ("flow", "source", "fetched_ms", "content_hash", "content_type", "status_code",
                 "size", "truncated", "body", "run_id")
     return {
+        **pg_stage,
         "raw_insert": (f'INSERT INTO "raw_payloads" ({", ".join(map(q, raw_cols))}) '
                        f'VALUES ({", ".join([ph] * len(raw_cols))}) '
                        'ON CONFLICT ("flow", "source", "content_hash") DO NOTHING RETURNING "id"'),

@@ -87,6 +87,8 @@ class Records(Repository):
             if cur is None or row[2] >= cur[2]:
                 newest[k] = row
         rows.sort(key=_RECORD_ORDER)  # index order: fewer b-tree pages touched
+        if self.dialect == "postgresql":
+            return self._copy_records(conn, rows)
         # Streaming data only appends: insert without overwriting and count (sqlite3 and
         # psycopg 3 both sum executemany's rowcount); only if some were stored already
         # (a replay, a late source merged in) upsert them all.
@@ -95,6 +97,26 @@ class Records(Repository):
             conn.exec_driver_sql(self._sql["records"], rows)
         # latest: the newest record per key of this batch, only if newer than the stored one
         conn.exec_driver_sql(self._sql["latest"], [r[:9] + r[12:] for r in newest.values()])
+        return new
+
+    def _copy_records(self, conn: Connection, rows: list[tuple]) -> bool:
+        """PostgreSQL: the rows COPYed into a temporary table (one stream, not a
+        statement per row), inserted from it without overwriting and counted, upserted
+        only if some were stored already, and folded into ``latest`` (the newest per
+        key, only if newer) by one statement. Same result as the executemany path."""
+        unique = {r[:3]: r for r in rows}  # of two rows for one record the later wins
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute(self._sql["records_stage"])
+            with cur.copy(self._sql["records_copy"]) as copy:
+                for row in unique.values():
+                    copy.write_row(row)
+            cur.execute(self._sql["records_new_staged"])
+            # A record twice in the batch is not new the second time (its points would
+            # be counted twice): the recompute path.
+            new = cur.rowcount == len(rows)
+            if not new:
+                cur.execute(self._sql["records_staged"])
+            cur.execute(self._sql["latest_staged"])
         return new
 
     def latest(self, flow: str, key: str | None = None) -> list[dict]:

@@ -408,6 +408,26 @@ def test_pending_raw_lists_payloads_never_processed(store):
 # --------------------------------------------------------------------------- records
 
 
+def test_a_record_twice_in_one_batch_is_stored_once_and_its_point_counted_once(store):
+    """The later of two rows for one record wins (as a second batch's would), on SQLite's
+    executemany and PostgreSQL's COPY path alike; its minute counts it once."""
+    pts = [point("AUDUSD", T, 0.5), point("AUDUSD", T + 1000, 0.75),
+           point("AUDUSD", T, 0.25)]
+    store.write_batch(BatchWrite("fx", records=[
+        rec("AUDUSD", T, rate=0.5), rec("AUDUSD", T + 1000, rate=0.75),
+        rec("AUDUSD", T, now=T + 5, rate=0.25)], series=pts), T)
+    assert [(r["ts_ms"], r["data"]["rate"], r["updated_ms"])
+            for r in store.records_since("fx")] == [(T, 0.25, T + 5), (T + 1000, 0.75, T)]
+    assert store.latest("fx", "AUDUSD")[0]["data"]["rate"] == 0.75
+    assert store.history("fx", "AUDUSD", "rate") == [(T, 0.25), (T + 1000, 0.75)]
+    assert rollup(store, s.series_1m, "AUDUSD") == pytest.approx({T: (2, 1.0, 0.25, 0.75)})
+    # and again, as a replay: nothing changes
+    store.write_batch(BatchWrite("fx", records=[rec("AUDUSD", T + 1000, rate=0.75)],
+                                 series=pts[1:2]), T)
+    assert rollup(store, s.series_1m, "AUDUSD") == pytest.approx({T: (2, 1.0, 0.25, 0.75)})
+    assert store.count("records") == 2
+
+
 def test_records_are_upserted_and_latest_keeps_the_newest(store):
     # the same (flow, key, ts) twice: one row, the second values win
     store.write_batch(BatchWrite("fx", records=[rec("AUDUSD", T, rate=0.65)]), T)
