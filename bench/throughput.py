@@ -15,7 +15,8 @@ schema stores per record (the records row, whose values are the series points) w
 stage at all; it reads the table shapes from ``flowdeck.storage.schema`` and is
 reported only while that layout has those tables.
 
-    .venv/bin/python -m bench.throughput [--records N] [--batch B] [--pg] [--profile]
+    .venv/bin/python -m bench.throughput [--records N] [--profile]
+    .venv/bin/python -m bench.throughput --store-only [--records N] [--keys K] [--pg]
 """
 
 from __future__ import annotations
@@ -438,11 +439,78 @@ def run_pg(payloads: list[bytes], warm: list[bytes], rounds: int, root: Path,
                   extra={"ratio_vs_pg_floor": round(t_floor / t_ours, 3)}), extra
 
 
+# ---------------------------------------------------------------- the store alone
+
+
+STORE_METRICS = ("temperature", "pressure", "wind_speed", "temperature_f")
+
+
+def store_batches(n: int, keys: int) -> list[Any]:
+    """n records of this flow's shape as the engine hands them to the store (records and
+    their points), in 1,000-record batches."""
+    from flowdeck.storage.model import BatchWrite
+
+    out = []
+    for b in range(0, n, 1000):
+        recs, pts = [], []
+        for i in range(b, min(n, b + 1000)):
+            key, ts = f"S{i % keys:03d}", T0_MS + (i // keys) * 1000
+            data = {"station": key, "temperature": 10 + (i % 37) * 0.5,
+                    "pressure": 1000.0 + i % 20, "wind_speed": (i % 15) * 0.7,
+                    "temperature_f": 50.0 + i % 37, "elevation": 37, "region": "R1"}
+            raw = b // 1000 + 1
+            recs.append({"flow": FLOW, "key": key, "ts_ms": ts, "data": data, "quality": 1.0,
+                         "anomaly_score": 0.0, "anomalous": False, "flags": [],
+                         "sources": ["feed"], "raw_ids": [raw], "version_id": 1,
+                         "contributions": {"feed": {"v": data, "ts": ts, "raw": raw, "q": 1.0,
+                                                    "f": []}}, "updated_ms": T0_MS})
+            pts.extend((FLOW, key, m, ts, float(data[m])) for m in STORE_METRICS)
+        out.append(BatchWrite(FLOW, records=recs, series=pts))
+    return out
+
+
+def store_alone(url: str, n: int, keys: int) -> tuple[float, float]:
+    """``Store.write_batch`` alone, deferred and flushed as a running engine does
+    (FLUSH_ROWS, STEP_ROWS): (CPU seconds of this process, wall seconds). CPU time is
+    what to compare on a shared machine."""
+    from flowdeck.pipeline.engine.deferred import FLUSH_ROWS, STEP_ROWS
+
+    batches = store_batches(n, keys)
+    store = Store(url)
+    c0, w0 = time.process_time(), time.perf_counter()
+    for b in batches:
+        store.write_batch(b, T0_MS, stored=lambda: None, defer=True)
+        if store.derived_owed()[0] >= FLUSH_ROWS:
+            while not store.flush_step(STEP_ROWS):
+                pass
+    store.close()
+    return time.process_time() - c0, time.perf_counter() - w0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--profile", action="store_true", help="cProfile top 15 by cumtime")
+    ap.add_argument("--store-only", action="store_true",
+                    help="Store.write_batch alone (no stages): CPU and wall records/s")
+    ap.add_argument("--keys", type=int, default=STATIONS, help="with --store-only")
+    ap.add_argument("--pg", action="store_true", help="with --store-only: into PostgreSQL")
     args = ap.parse_args()
+    if args.store_only:
+        if args.pg:
+            reason = pg_reason()
+            if reason is not None:
+                print(reason)
+                return 1
+            with PgDatabase() as db:
+                cpu, wall = store_alone(db.url, args.records, args.keys)
+        else:
+            with tempfile.TemporaryDirectory(prefix="flowdeck-bench-") as d:
+                cpu, wall = store_alone(f"sqlite:///{d}/f.db", args.records, args.keys)
+        print(f"store alone, {args.records:,} records, {args.keys} keys: "
+              f"{args.records / cpu:,.0f} rec/s CPU ({cpu:.2f} s), "
+              f"{args.records / wall:,.0f} rec/s wall ({wall:.2f} s)")
+        return 0
     opts = Options(quick=False, scale=args.records / 100_000)
     figures, extra = run(opts, profile=args.profile)
     for f in figures:

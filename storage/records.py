@@ -105,7 +105,9 @@ class Records(Repository):
         only if some were stored already, and folded into ``latest`` (the newest per
         key, only if newer) by one statement. Same result as the executemany path."""
         unique = {r[:3]: r for r in rows}  # of two rows for one record the later wins
-        with conn.connection.driver_connection.cursor() as cur:
+        driver = conn.connection.driver_connection  # psycopg's, in this transaction
+        assert driver is not None
+        with driver.cursor() as cur:
             cur.execute(self._sql["records_stage"])
             with cur.copy(self._sql["records_copy"]) as copy:
                 for row in unique.values():
