@@ -11,11 +11,12 @@ The floor (``pipeline_ratio_vs_floor``) is the *minimal* ingest: orjson parse pl
 row per record (flow, key, ts, data as JSON) with sqlite3 ``executemany``, one
 transaction per payload. The PostgreSQL floor is the same with psycopg 3
 ``executemany`` (pipelined). A third baseline, "same rows", writes what flowdeck's
-schema stores per record (the records row and one series row per metric) with no
+schema stores per record (the records row, whose values are the series points) with no
 stage at all; it reads the table shapes from ``flowdeck.storage.schema`` and is
 reported only while that layout has those tables.
 
-    .venv/bin/python -m bench.throughput [--records N] [--batch B] [--pg] [--profile]
+    .venv/bin/python -m bench.throughput [--records N] [--profile]
+    .venv/bin/python -m bench.throughput --store-only [--records N] [--keys K] [--pg]
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ from flowdeck.storage.model import RawDraft
 from flowdeck.storage.store import Store
 
 FLOW = "bench"
-STATIONS = 1000
+# 60 stations, as a real feed of a few dozen keys: 100,000 records give each series
+# ~1,700 points, so detection scores nearly all of them past its warm-up
+# (min_history + warmup = 160 points). With 1,000 stations each series had 100 points,
+# detection never left its warm-up (nothing could be flagged) and the engine rightly
+# warned that the first run's 1,000 records each had a key of their own.
+STATIONS = 60
+REFERENCE_STATIONS = 1000  # the enrich table: every station of the network
 T0_MS = 1_795_000_000_000
 CONFIG = """
 flows:
@@ -70,10 +77,11 @@ flows:
 
 
 def write_reference(folder: Path) -> Path:
-    """The enrich stage's table: every station but one in a hundred (those are unenriched)."""
+    """The enrich stage's table: every station but one in twenty (those are unenriched)."""
     path = folder / "stations.csv"
     rows = ["station,elevation,region"]
-    rows += [f"S{i:03d},{(i * 37) % 2000},R{i % 7}" for i in range(STATIONS) if i % 100 != 99]
+    rows += [f"S{i:03d},{(i * 37) % 2000},R{i % 7}" for i in range(REFERENCE_STATIONS)
+             if i % 20 != 19]
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -145,9 +153,9 @@ SERIES_FIELDS = (("temp_f", "temperature"), ("p", "pressure"), ("w", "wind_speed
 
 
 def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
-    """What flowdeck's layout stores per record, with no stage: a records row and four
-    series rows (by series id, a series_keys row the first time a series is seen), the
-    schema's own DDL and indexes, a transaction per payload."""
+    """What flowdeck's layout stores per record, with no stage: a records row (its series
+    points are its values, migration 0005) and a series_keys row the first time a series
+    is seen, the schema's own DDL and indexes, a transaction per payload."""
     from sqlalchemy.dialects import sqlite as sqlite_dialect
     from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -157,7 +165,7 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     dialect = sqlite_dialect.dialect()
-    for table in (schema.records, schema.series_keys, schema.series):
+    for table in (schema.records, schema.series_keys):
         con.execute(str(CreateTable(table).compile(dialect=dialect)))
         for index in table.indexes:
             con.execute(str(CreateIndex(index).compile(dialect=dialect)))
@@ -166,7 +174,7 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     sids: dict[tuple[str, str], int] = {}
     t = time.perf_counter()
     for body in payloads:
-        records, series, new_keys = [], [], []
+        records, new_keys = [], []
 
         def sid(key: str, metric: str, new_keys: list = new_keys) -> int:
             got = sids.get((key, metric))
@@ -183,16 +191,14 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
             records.append((FLOW, key, ts, dumps(data).decode(), 1.0, 0.0, False, "[]",
                             '["feed"]', dumps({"feed": {"v": data, "ts": ts, "raw": 1, "q": 1.0,
                                                          "f": []}}).decode(), "[1]", 1, now))
-            for src_field, metric in SERIES_FIELDS:
-                series.append((sid(key, metric), ts, float(d[src_field])))
-            series.append((sid(key, "temperature_f"), ts, float(d["temp_f"])))
+            for _src, metric in (*SERIES_FIELDS, ("temp_f", "temperature_f")):
+                sid(key, metric)
         con.execute("begin")
         con.executemany("insert into records (flow, key, ts_ms, data, quality, anomaly_score, "
                         "anomalous, flags, sources, contributions, raw_ids, version_id, "
                         "updated_ms) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
         con.executemany("insert into series_keys (id, flow, key, metric) values (?, ?, ?, ?)",
                         new_keys)
-        con.executemany("insert into series (sid, ts_ms, value) values (?, ?, ?)", series)
         con.execute("commit")
     dt = time.perf_counter() - t
     con.close()
@@ -433,11 +439,78 @@ def run_pg(payloads: list[bytes], warm: list[bytes], rounds: int, root: Path,
                   extra={"ratio_vs_pg_floor": round(t_floor / t_ours, 3)}), extra
 
 
+# ---------------------------------------------------------------- the store alone
+
+
+STORE_METRICS = ("temperature", "pressure", "wind_speed", "temperature_f")
+
+
+def store_batches(n: int, keys: int) -> list[Any]:
+    """n records of this flow's shape as the engine hands them to the store (records and
+    their points), in 1,000-record batches."""
+    from flowdeck.storage.model import BatchWrite
+
+    out = []
+    for b in range(0, n, 1000):
+        recs, pts = [], []
+        for i in range(b, min(n, b + 1000)):
+            key, ts = f"S{i % keys:03d}", T0_MS + (i // keys) * 1000
+            data = {"station": key, "temperature": 10 + (i % 37) * 0.5,
+                    "pressure": 1000.0 + i % 20, "wind_speed": (i % 15) * 0.7,
+                    "temperature_f": 50.0 + i % 37, "elevation": 37, "region": "R1"}
+            raw = b // 1000 + 1
+            recs.append({"flow": FLOW, "key": key, "ts_ms": ts, "data": data, "quality": 1.0,
+                         "anomaly_score": 0.0, "anomalous": False, "flags": [],
+                         "sources": ["feed"], "raw_ids": [raw], "version_id": 1,
+                         "contributions": {"feed": {"v": data, "ts": ts, "raw": raw, "q": 1.0,
+                                                    "f": []}}, "updated_ms": T0_MS})
+            pts.extend((FLOW, key, m, ts, float(data[m])) for m in STORE_METRICS)
+        out.append(BatchWrite(FLOW, records=recs, series=pts))
+    return out
+
+
+def store_alone(url: str, n: int, keys: int) -> tuple[float, float]:
+    """``Store.write_batch`` alone, deferred and flushed as a running engine does
+    (FLUSH_ROWS, STEP_ROWS): (CPU seconds of this process, wall seconds). CPU time is
+    what to compare on a shared machine."""
+    from flowdeck.pipeline.engine.deferred import FLUSH_ROWS, STEP_ROWS
+
+    batches = store_batches(n, keys)
+    store = Store(url)
+    c0, w0 = time.process_time(), time.perf_counter()
+    for b in batches:
+        store.write_batch(b, T0_MS, stored=lambda: None, defer=True)
+        if store.derived_owed()[0] >= FLUSH_ROWS:
+            while not store.flush_step(STEP_ROWS):
+                pass
+    store.close()
+    return time.process_time() - c0, time.perf_counter() - w0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--profile", action="store_true", help="cProfile top 15 by cumtime")
+    ap.add_argument("--store-only", action="store_true",
+                    help="Store.write_batch alone (no stages): CPU and wall records/s")
+    ap.add_argument("--keys", type=int, default=STATIONS, help="with --store-only")
+    ap.add_argument("--pg", action="store_true", help="with --store-only: into PostgreSQL")
     args = ap.parse_args()
+    if args.store_only:
+        if args.pg:
+            reason = pg_reason()
+            if reason is not None:
+                print(reason)
+                return 1
+            with PgDatabase() as db:
+                cpu, wall = store_alone(db.url, args.records, args.keys)
+        else:
+            with tempfile.TemporaryDirectory(prefix="flowdeck-bench-") as d:
+                cpu, wall = store_alone(f"sqlite:///{d}/f.db", args.records, args.keys)
+        print(f"store alone, {args.records:,} records, {args.keys} keys: "
+              f"{args.records / cpu:,.0f} rec/s CPU ({cpu:.2f} s), "
+              f"{args.records / wall:,.0f} rec/s wall ({wall:.2f} s)")
+        return 0
     opts = Options(quick=False, scale=args.records / 100_000)
     figures, extra = run(opts, profile=args.profile)
     for f in figures:

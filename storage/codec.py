@@ -21,7 +21,6 @@ RECORD_JSON = ("data", "flags", "sources", "contributions", "raw_ids")
 LATEST_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags",
                "sources", "updated_ms")
 SERIES_COLS = ("flow", "key", "metric", "ts_ms", "value")  # a point as the engine hands it
-POINT_COLS = ("sid", "ts_ms", "value")  # ... and as the series table stores it
 RAW_STATUS_COLS = ("raw_id", "outcome", "processed_ms", "version_id", "records_in", "records_out")
 _CONTRIB_KEYS = {"v", "ts", "raw", "q", "f"}
 # A record's ``contributions`` when they are its one source's reading as the row itself
@@ -157,10 +156,29 @@ def _json_encoder():
 _INF = float("inf")
 
 
+def metric_path(dialect: str, metric: str) -> str:
+    """The parameter that names a metric in ``data`` for the point SQL of ``hot_sql``:
+    a JSON path on SQLite, the field name on PostgreSQL."""
+    if dialect == "postgresql":
+        return metric
+    return '$."' + metric.replace('"', '\\"') + '"'
+
+
+def point_sql(dialect: str) -> tuple[str, str]:
+    """(value, condition) SQL of a series point in a records row: the metric's value in
+    ``data``, and "it is a number" (JSON booleans, strings and nulls are not points; the
+    engine's values are finite). Each takes the metric's ``metric_path`` as its one
+    parameter; the value is only read in rows the condition kept."""
+    if dialect == "postgresql":
+        return '("data" ->> %s)::float8', 'jsonb_typeof("data" -> %s) = \'number\''
+    return 'json_extract("data", ?)', 'json_type("data", ?) IN (\'integer\', \'real\')'
+
+
 def hot_sql(dialect: str) -> dict[str, str]:
     """Driver SQL for the hot tables (see Records._write_records), per dialect's paramstyle."""
     pg = dialect == "postgresql"
     ph = "%s" if pg else "?"
+    value, number = point_sql(dialect)
 
     def q(name: str) -> str:
         return f'"{name}"'
@@ -191,9 +209,38 @@ def hot_sql(dialect: str) -> dict[str, str]:
                 f'"min" = {least}({q(table)}."min", excluded."min"), '
                 f'"max" = {greatest}({q(table)}."max", excluded."max")')
 
+    cols = ", ".join(map(q, RECORD_COLS))
+    sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in RECORD_COLS
+                     if c not in ("flow", "key", "ts_ms"))
+    latest_cols = ", ".join(map(q, LATEST_COLS))
+    latest_sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in LATEST_COLS
+                            if c not in ("flow", "key"))
+    stage_types = {"flow": "text", "key": "text", "ts_ms": "bigint", "quality": "float8",
+                   "anomaly_score": "float8", "anomalous": "boolean", "version_id": "bigint",
+                   "updated_ms": "bigint"}
+    # PostgreSQL: a batch's records COPYed into a temporary table of this session (its
+    # rows gone at commit), then inserted, upserted and folded into latest from there
+    # (Records._copy_records).
+    pg_stage = {
+        "records_stage": ('CREATE TEMP TABLE IF NOT EXISTS "_records_in" ('
+                          + ", ".join(f"{q(c)} {stage_types.get(c, 'jsonb')}"
+                                      for c in RECORD_COLS)
+                          + ") ON COMMIT DELETE ROWS"),
+        "records_copy": f'COPY "_records_in" ({cols}) FROM STDIN',
+        "records_new_staged": (f'INSERT INTO "records" ({cols}) SELECT {cols} FROM "_records_in" '
+                               'ON CONFLICT DO NOTHING'),
+        "records_staged": (f'INSERT INTO "records" ({cols}) SELECT {cols} FROM "_records_in" '
+                           f'ON CONFLICT ("flow", "key", "ts_ms") DO UPDATE SET {sets}'),
+        "latest_staged": (f'INSERT INTO "latest" ({latest_cols}) SELECT DISTINCT ON ("flow", '
+                          f'"key") {latest_cols} FROM "_records_in" '
+                          'ORDER BY "flow", "key", "ts_ms" DESC '
+                          f'ON CONFLICT ("flow", "key") DO UPDATE SET {latest_sets} '
+                          'WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
+    } if pg else {}
     raw_cols = ("flow", "source", "fetched_ms", "content_hash", "content_type", "status_code",
                 "size", "truncated", "body", "run_id")
     return {
+        **pg_stage,
         "raw_insert": (f'INSERT INTO "raw_payloads" ({", ".join(map(q, raw_cols))}) '
                        f'VALUES ({", ".join([ph] * len(raw_cols))}) '
                        'ON CONFLICT ("flow", "source", "content_hash") DO NOTHING RETURNING "id"'),
@@ -203,20 +250,33 @@ def hot_sql(dialect: str) -> dict[str, str]:
                           '"quality", "flags" FROM "records" '
                           f'WHERE "flow" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" <= {ph}'),
         "records": upsert("records", RECORD_COLS, ("flow", "key", "ts_ms")),
+        # Streaming data only appends: records inserted without overwriting and counted
+        # (the roll-ups' fast path, see DerivedSeries._write_series), then upserted only
+        # if some already were there.
+        "records_new": (f'INSERT INTO "records" ({", ".join(map(q, RECORD_COLS))}) '
+                        f'VALUES ({values(RECORD_COLS)}) ON CONFLICT DO NOTHING'),
+        # A series' points, newest first: (path, flow, key, from, before, path, limit).
+        "points": (f'SELECT "ts_ms", {value} FROM "records" WHERE "flow" = {ph} '
+                   f'AND "key" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" < {ph} AND {number} '
+                   f'ORDER BY "ts_ms" DESC LIMIT {ph}'),
         "latest": upsert("latest", LATEST_COLS, ("flow", "key"),
                          ' WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
         "raw_status": upsert("raw_status", RAW_STATUS_COLS, ("raw_id",)),
-        "series": upsert("series", POINT_COLS, ("sid", "ts_ms")),
-        "series_new": (f'INSERT INTO "series" ({", ".join(map(q, POINT_COLS))}) '
-                       f'VALUES ({values(POINT_COLS)}) ON CONFLICT DO NOTHING'),
         "series_key_add": (f'INSERT INTO "series_keys" ("flow", "key", "metric") '
                            f'VALUES ({ph}, {ph}, {ph}) '
                            'ON CONFLICT ("flow", "key", "metric") DO NOTHING'),
         "series_keys_of": f'SELECT "id", "key", "metric" FROM "series_keys" WHERE "flow" = {ph}',
         "add_1m": add("series_1m"),
         "add_1h": add("series_1h"),
-        "rollup_1m": rollup("series_1m", "series", "count(*)", 'sum("value")', 'min("value")',
-                            'max("value")', "ts_ms"),
+        # One touched minute of one series re-aggregated from the records' values:
+        # (sid, bucket, path, flow, key, from, before, path).
+        "rollup_1m": ('INSERT INTO "series_1m" ("sid", "bucket_ms", "n", "sum", "min", "max") '
+                      f'SELECT {ph}, {ph}, count(*), sum("v"), min("v"), max("v") FROM '
+                      f'(SELECT 0 AS "g", {value} AS "v" FROM "records" WHERE "flow" = {ph} '
+                      f'AND "key" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" < {ph} AND {number}) p '
+                      'GROUP BY "g" ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
+                      '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
+                      '"max" = excluded."max"'),
         "rollup_1h": rollup("series_1h", "series_1m", 'sum("n")', 'sum("sum")', 'min("min")',
                             'max("max")', "bucket_ms"),
     }

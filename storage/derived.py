@@ -9,21 +9,19 @@ repository's own; the engine drives it only through ``flush_step``, ``flush_deri
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.codec import metric_path
 from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
-_SERIES_ORDER = operator.itemgetter(0, 1, 2, 3)
-_POINT_ORDER = operator.itemgetter(0, 1)
 
 
 class _Derived:
@@ -39,43 +37,87 @@ class _Derived:
 
     def __init__(self) -> None:
         self.runs: list[tuple[list[tuple], list[tuple]]] = []  # (series rows, raw status)
+        # Were all these runs' records new when written, and no roll-up recomputed since?
+        # Then their points are in no roll-up yet and are added (``_write_series``).
+        self.all_new = True
         self.raw_ids: set[int] = set()
         self.rows = 0
         self.since: float | None = None  # time.monotonic() of the oldest
         self.seq = 0  # the store's count of deferred batches, at the newest of these
 
-    def add(self, series: list[tuple], raw_status: list[tuple], seq: int) -> None:
+    def add(self, series: list[tuple], raw_status: list[tuple], seq: int, new: bool) -> None:
         if self.since is None:
             self.since = time.monotonic()
         self.runs.append((series, raw_status))
+        self.all_new = self.all_new and new
         self.raw_ids.update(r[0] for r in raw_status)
         self.rows += len(series) + len(raw_status)
         self.seq = seq
 
 
+def _fold(rows: list[tuple], minutes: dict[tuple, list]) -> dict[tuple, list]:
+    """Points (flow, key, metric, ts_ms, value) folded into ``minutes``: (flow, key,
+    metric, minute) -> [n, sum, min, max]. One dict update per point: the only per-point
+    work the roll-ups cost (the points themselves are the records' values)."""
+    m_w = s.ROLLUP_1M
+    get = minutes.get
+    for flow, key, metric, ts, v in rows:
+        k = (flow, key, metric, ts - ts % m_w)
+        a = get(k)
+        if a is None:
+            minutes[k] = [1, v, v, v]
+        else:
+            a[0] += 1
+            a[1] += v
+            if v < a[2]:
+                a[2] = v
+            elif v > a[3]:
+                a[3] = v
+    return minutes
+
+
+def _merge(items: list[tuple[tuple, list]], minutes: dict[tuple, list]) -> None:
+    """Folded minutes added into ``minutes`` (copied: ``items`` stay as they are)."""
+    for k, (n, total, lo, hi) in items:
+        a = minutes.get(k)
+        if a is None:
+            minutes[k] = [n, total, lo, hi]
+        else:
+            a[0] += n
+            a[1] += total
+            a[2] = min(a[2], lo)
+            a[3] = max(a[3], hi)
+
+
 class _Flush:
-    """Owed runs being written in steps: their series points in key order, a slice per
-    transaction, then their raw status with the last slice. A slice covers a range of
-    series, so the steps together rewrite the pages one transaction would (a step that
-    fails is repeated; a crash between steps leaves the payloads unmarked, processed
-    again, and the points already written are recognised as such)."""
+    """Owed runs being written in steps: their points folded into minutes once, in
+    series order, a slice of them per transaction, then their raw status with the last
+    slice. A slice covers a range of series, so the steps together rewrite the pages one
+    transaction would (a step that fails is repeated; a crash between steps leaves the
+    payloads unmarked, processed again, and their roll-ups recomputed then)."""
 
     def __init__(self, owed: _Derived) -> None:
-        self.series = [p for run in owed.runs for p in run[0]]
-        self.series.sort(key=_SERIES_ORDER)  # stable: of two values for a point, the later last
+        minutes: dict[tuple, list] = {}
+        for run in owed.runs:
+            _fold(run[0], minutes)
+        self.minutes = sorted(minutes.items())  # by (flow, key, metric, minute)
+        self.points = sum(a[0] for a in minutes.values())
+        self.done = 0  # points of the minutes written
         self.raw_status = [r for run in owed.runs for r in run[1]]
         self.raw_ids = owed.raw_ids
+        self.all_new = owed.all_new
         self.since = owed.since
         self.seq = owed.seq
         self.pos = 0
 
     @property
     def rows(self) -> int:
-        return len(self.series) - self.pos + len(self.raw_status)
+        return self.points - self.done + len(self.raw_status)
 
 
 class DerivedSeries(Repository):
-    """``series``, ``series_1m``, ``series_1h`` and ``raw_status`` written, now or owed."""
+    """``series_keys``, ``series_1m``, ``series_1h`` and ``raw_status`` written, now or
+    owed (the series points are the records' values: ``Records``)."""
 
     _derived: _Derived  # owed by deferred batches, not being written yet
     _flushing: _Flush | None  # owed, being written in steps
@@ -83,6 +125,7 @@ class DerivedSeries(Repository):
     _written_seq: int  # ... of which every one up to this is written
     _derived_lock: threading.RLock  # held while the owed set changes or is written
     _sids: dict[tuple, int]  # (flow, key, metric) -> series_keys.id, of committed series
+    _recomputes: int  # roll-up recomputes begun so far (see write_batch)
 
     # Past this many rows owed (series points + raw status), a flush that fails gives up
     # the oldest runs: their payloads stay unprocessed (no raw status) and are processed
@@ -96,24 +139,26 @@ class DerivedSeries(Repository):
         self._written_seq = 0
         self._derived_lock = threading.RLock()
         self._sids: dict[tuple, int] = {}  # (flow, key, metric) -> series_keys.id
+        self._recomputes = 0
 
-    def _defer(self, series: list[tuple], raw_status: list[tuple]) -> None:
-        """Leave one batch's series and raw status owed (its records are committed)."""
+    def _defer(self, series: list[tuple], raw_status: list[tuple], new: bool) -> None:
+        """Leave one batch's series and raw status owed (its records are committed;
+        ``new``: all of them were new, and no roll-up was recomputed since they were)."""
         with self._derived_lock:
             self._deferred_seq += 1
-            self._derived.add(series, raw_status, self._deferred_seq)
+            self._derived.add(series, raw_status, self._deferred_seq, new)
 
-    def _write_with_owed(self, write: Callable[[Connection], None], series: list[tuple],
-                         raw_status: list[tuple]) -> None:
-        """One transaction: ``write(conn)``, then everything owed, then one batch's own
-        series and raw status (raw status last). The lock is held while written, so the
-        owed set stays exact; if it fails, what was owed stays owed and this batch fails
-        whole."""
+    def _write_with_owed(self, write: Callable[[Connection], bool], series: list[tuple],
+                         raw_status: list[tuple], new: bool = True) -> None:
+        """One transaction: ``write(conn)`` (True unless it wrote records that were
+        stored before), then everything owed, then one batch's own series and raw status
+        (raw status last). The lock is held while written, so the owed set stays exact;
+        if it fails, what was owed stays owed and this batch fails whole."""
         with self._derived_lock:
             try:
                 with self.engine.begin() as conn:
-                    write(conn)
-                    self._write_owed(conn, series, raw_status)
+                    new = write(conn) and new
+                    self._write_owed(conn, series, raw_status, new)
             except Exception:
                 self._bound_derived()
                 raise
@@ -140,10 +185,10 @@ class DerivedSeries(Repository):
             return self._derived.raw_ids
         return self._derived.raw_ids | self._flushing.raw_ids
 
-    def _write_series_and_status(self, conn: Connection, series: list[tuple],
-                                 raw_status: list[tuple]) -> None:
-        if series:
-            self._write_series(conn, series)
+    def _write_series_and_status(self, conn: Connection, minutes: list[tuple[tuple, list]],
+                                 raw_status: list[tuple], all_new: bool) -> None:
+        if minutes:
+            self._write_series(conn, minutes, all_new)
         crash_point("mid_series_write")  # in the transaction, before its commit
         if raw_status:
             # Every run writes it: driver SQL, as for the hot tables below (the Core
@@ -152,21 +197,24 @@ class DerivedSeries(Repository):
             conn.exec_driver_sql(self._sql["raw_status"], raw_status)
 
     def _write_owed(self, conn: Connection, series: list[tuple] = (),
-                    raw_status: list[tuple] = ()) -> int:
+                    raw_status: list[tuple] = (), new: bool = True) -> int:
         """Everything owed (lock held), then one batch's own series and raw status, the
         newest last (once committed, the caller calls ``_all_written``). Returns the
         payloads marked."""
         f, owed = self._flushing, self._derived
-        all_series, all_status = [], []
+        minutes: dict[tuple, list] = {}
+        all_status = []
+        all_new = new and owed.all_new
         if f is not None:
-            all_series += f.series[f.pos:]
+            _merge(f.minutes[f.pos:], minutes)
             all_status += f.raw_status
+            all_new = all_new and f.all_new
         for run_series, run_status in owed.runs:
-            all_series += run_series
+            _fold(run_series, minutes)
             all_status += run_status
-        all_series += series
+        _fold(series, minutes)
         all_status += raw_status
-        self._write_series_and_status(conn, all_series, all_status)
+        self._write_series_and_status(conn, sorted(minutes.items()), all_status, all_new)
         return len(all_status)
 
     def _all_written(self) -> None:
@@ -190,7 +238,8 @@ class DerivedSeries(Repository):
             return n
 
     def flush_step(self, max_rows: int) -> bool:
-        """Write the next slice (at most ``max_rows`` series points, in key order) of what
+        """Write the next slice (at most ``max_rows`` minute roll-ups, of a range of
+        series, in series order: one upsert each, however many points it folds) of what
         deferred batches owe, in a transaction of its own, so that other writes can go
         between the slices; the slice that ends a flush also marks its payloads processed.
         A flush takes everything owed when it begins. Returns True once nothing taken is
@@ -204,15 +253,17 @@ class DerivedSeries(Repository):
                 f = self._flushing = _Flush(self._derived)
                 self._derived = _Derived()
             end = f.pos + max_rows
-            last = end >= len(f.series)
+            points = sum(a[0] for _k, a in f.minutes[f.pos:end])
+            last = end >= len(f.minutes)
             try:
                 with self.engine.begin() as conn:
-                    self._write_series_and_status(conn, f.series[f.pos:end],
-                                                  f.raw_status if last else [])
+                    self._write_series_and_status(conn, f.minutes[f.pos:end],
+                                                  f.raw_status if last else [], f.all_new)
             except Exception:
                 self._bound_derived()
                 raise
             f.pos = end
+            f.done += points
             if last:
                 self._flushing = None
                 self._written_seq = f.seq
@@ -236,63 +287,46 @@ class DerivedSeries(Repository):
 
     # Series and roll-ups go through driver SQL (flowdeck.storage.codec), as the records do.
 
-    def _add_series(self, conn: Connection, rows: list[tuple]) -> None:
-        """Give every (flow, key, metric) of ``rows`` (points as the engine hands them)
-        that the store's map lacks its series id: added to ``series_keys`` in this
-        transaction, read back with the flow's others. The map is dropped if the
-        transaction fails (``_bound_derived``), so an id rolled back is never used."""
+    def _sids_of(self, conn: Connection, names: Iterable[tuple]) -> dict[tuple, int]:
+        """The series id of every (flow, key, metric) of ``names``; those the store's map
+        lacks are added to ``series_keys`` in this transaction and read back with the
+        flow's others. The map is dropped if the transaction fails (``_bound_derived``),
+        so an id rolled back is never used."""
         sids = self._sids
-        missing = sorted({p[:3] for p in rows if p[:3] not in sids})
-        conn.exec_driver_sql(self._sql["series_key_add"], missing)
-        for flow in {m[0] for m in missing}:
-            for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"], (flow,)):
-                sids[(flow, key, metric)] = int(sid)
+        missing = sorted({n for n in names if n not in sids})
+        if missing:
+            conn.exec_driver_sql(self._sql["series_key_add"], missing)
+            for flow in {m[0] for m in missing}:
+                for sid, key, metric in conn.exec_driver_sql(self._sql["series_keys_of"],
+                                                             (flow,)):
+                    sids[(flow, key, metric)] = int(sid)
+        return sids
 
-    def _write_series(self, conn: Connection, rows: list[tuple]) -> None:
-        """Points (flow, key, metric, ts_ms, value), the later of two for one point last,
-        stored as (series id, ts_ms, value) and folded into the roll-ups."""
-        sids = self._sids
-        # In primary-key order the b-tree is written leaf after leaf instead of jumping
-        # between every series for every timestamp: about 2x faster inserts on SQLite.
-        # Stable on the key: of two values for one point (a corrected or replayed one),
-        # the later batch's is written last and wins.
-        try:
-            points = [(sids[p[:3]], p[3], p[4]) for p in rows]
-        except KeyError:  # a series seen for the first time
-            self._add_series(conn, rows)
-            points = [(sids[p[:3]], p[3], p[4]) for p in rows]
-        points.sort(key=_POINT_ORDER)
-        # Streaming data only appends: insert without overwriting and count. If every
-        # point was new, the roll-ups are exact by adding the batch's own aggregates (no
-        # re-read of the series); a replay or a corrected value takes the recompute
-        # below. sqlite3 and psycopg 3 both sum executemany's rowcount over all rows.
-        new = conn.exec_driver_sql(self._sql["series_new"], points).rowcount
-        if new == len(points):
-            self._add_rollups(conn, points)
+    def _write_series(self, conn: Connection, minutes: list[tuple[tuple, list]],
+                      all_new: bool) -> None:
+        """Points folded into minutes (``_fold``: (flow, key, metric, minute) -> [n, sum,
+        min, max], in that order) written into the roll-ups, new series named in
+        ``series_keys``. The points themselves are the records' values, already written
+        (``Records._write_records``).
+
+        ``all_new``: every point's record was new when written, and no roll-up was
+        recomputed since (so none counts them yet): the roll-ups are exact by adding the
+        batch's own aggregates, one upsert per (series, bucket), not per point.
+        Otherwise (a replay, a corrected value, a late source merged in, or runs owed
+        across a recompute) each touched bucket is recomputed from the records, which
+        are committed before their roll-ups are written."""
+        h_w = s.ROLLUP_1H
+        sids = self._sids_of(conn, {k[:3] for k, _a in minutes})
+        if not all_new:
+            # A recompute reads every committed record, among them those of runs still
+            # owed (committed, roll-ups not written): those must not be added after it.
+            self._recomputes += 1
+            self._derived.all_new = False
+            self._rollups(conn, [(sids[k[:3]], k) for k, _a in minutes])
             return
-        conn.exec_driver_sql(self._sql["series"], points)
-        self._rollups(conn, points)
-
-    def _add_rollups(self, conn: Connection, points: list[tuple]) -> None:
-        """Fold points (sid, ts_ms, value) that are all new into their minute and hour
-        buckets: one upsert per (series, bucket) per batch, not per point."""
-        m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        minutes: dict[tuple, list] = {}
-        get = minutes.get
-        for sid, ts, v in points:  # sorted: runs of one series
-            k = (sid, ts - ts % m_w)
-            a = get(k)
-            if a is None:
-                minutes[k] = [1, v, v, v]
-            else:
-                a[0] += 1
-                a[1] += v
-                if v < a[2]:
-                    a[2] = v
-                elif v > a[3]:
-                    a[3] = v
+        by_sid = sorted((sids[k[:3]], k[3], a) for k, a in minutes)  # b-tree order
         hours: dict[tuple, list] = {}
-        for (sid, b), (n, total, lo, hi) in minutes.items():
+        for sid, b, (n, total, lo, hi) in by_sid:
             k = (sid, b - b % h_w)
             a = hours.get(k)
             if a is None:
@@ -302,20 +336,24 @@ class DerivedSeries(Repository):
                 a[1] += total
                 a[2] = min(a[2], lo)
                 a[3] = max(a[3], hi)
-        conn.exec_driver_sql(self._sql["add_1m"], [k + tuple(a) for k, a in minutes.items()])
+        conn.exec_driver_sql(self._sql["add_1m"], [(sid, b, *a) for sid, b, a in by_sid])
         conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
-    def _rollups(self, conn: Connection, points: list[tuple]) -> None:
+    def _rollups(self, conn: Connection, minutes: list[tuple[int, tuple]]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
 
-        Each touched (series, minute) is re-aggregated from the series (an index range
-        scan), then each touched hour from its minutes, so the work follows the batch,
-        not the size of the table.
+        Each touched minute (series id, (flow, key, metric, minute)) is re-aggregated
+        from the records' values of its metric (a range scan of
+        ``ix_records_flow_key_ts``), then each touched hour from its minutes, so the work
+        follows the batch, not the size of the table.
         """
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        minutes = {(sid, ts - ts % m_w) for sid, ts, _v in points}
-        conn.exec_driver_sql(self._sql["rollup_1m"], [
-            (b, sid, b, b + m_w) for sid, b in minutes])
-        hours = {(sid, b - b % h_w) for sid, b in minutes}
+        dialect = self.dialect
+        args = []
+        for sid, (flow, key, metric, b) in sorted(minutes):
+            path = metric_path(dialect, metric)
+            args.append((sid, b, path, flow, key, b, b + m_w, path))
+        conn.exec_driver_sql(self._sql["rollup_1m"], args)
+        hours = sorted({(sid, k[3] - k[3] % h_w) for sid, k in minutes})
         conn.exec_driver_sql(self._sql["rollup_1h"], [
             (b, sid, b, b + h_w) for sid, b in hours])

@@ -7,7 +7,7 @@ import json
 import operator
 from collections.abc import Iterable
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select
+from sqlalchemy import and_, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
@@ -17,11 +17,13 @@ from flowdeck.storage.codec import (
     JsonCodec,
     contributions_of,
     expand_contributions,
+    metric_path,
     row_contribution,
 )
 from flowdeck.storage.repository import Repository
 
 _RECORD_ORDER = operator.itemgetter(0, 1, 2)
+_NO_END = 2**63 - 1  # "before" when a read has no end
 
 
 def _same(value):
@@ -29,7 +31,8 @@ def _same(value):
 
 
 class Records(Repository):
-    """``records`` and ``latest`` written and read; ``series`` and its roll-ups read."""
+    """``records`` and ``latest`` written and read; series points (the records' metric
+    values) and their roll-ups read."""
 
     def contributions(self, flow: str, keys_ts: Iterable[tuple[str, int]]) -> dict[tuple, dict]:
         """Stored per-source contributions for (key, ts) pairs, so late sources merge in."""
@@ -60,8 +63,10 @@ class Records(Repository):
     # processing cost more than SQLite's own work. Same columns, same upsert semantics
     # as the Core statements everywhere else; the SQL is in flowdeck.storage.codec.
 
-    def _write_records(self, conn: Connection, records: list[dict]) -> None:
-        """Upsert records (idempotent on flow, key, ts) and keep `latest` current."""
+    def _write_records(self, conn: Connection, records: list[dict]) -> bool:
+        """Upsert records (idempotent on flow, key, ts) and keep `latest` current.
+        Returns whether every record was new (none was stored before): then their
+        series points are new too and the roll-ups may add them (``_write_series``)."""
         codec = JsonCodec()
         dumps, small = codec.dumps, codec.small_list
         rows = []
@@ -81,10 +86,40 @@ class Records(Repository):
             cur = newest.get(k)
             if cur is None or row[2] >= cur[2]:
                 newest[k] = row
-        rows.sort(key=_RECORD_ORDER)  # index order: fewer b-tree pages touched (see series)
-        conn.exec_driver_sql(self._sql["records"], rows)
+        rows.sort(key=_RECORD_ORDER)  # index order: fewer b-tree pages touched
+        if self.dialect == "postgresql":
+            return self._copy_records(conn, rows)
+        # Streaming data only appends: insert without overwriting and count (sqlite3 and
+        # psycopg 3 both sum executemany's rowcount); only if some were stored already
+        # (a replay, a late source merged in) upsert them all.
+        new = conn.exec_driver_sql(self._sql["records_new"], rows).rowcount == len(rows)
+        if not new:
+            conn.exec_driver_sql(self._sql["records"], rows)
         # latest: the newest record per key of this batch, only if newer than the stored one
         conn.exec_driver_sql(self._sql["latest"], [r[:9] + r[12:] for r in newest.values()])
+        return new
+
+    def _copy_records(self, conn: Connection, rows: list[tuple]) -> bool:
+        """PostgreSQL: the rows COPYed into a temporary table (one stream, not a
+        statement per row), inserted from it without overwriting and counted, upserted
+        only if some were stored already, and folded into ``latest`` (the newest per
+        key, only if newer) by one statement. Same result as the executemany path."""
+        unique = {r[:3]: r for r in rows}  # of two rows for one record the later wins
+        driver = conn.connection.driver_connection  # psycopg's, in this transaction
+        assert driver is not None
+        with driver.cursor() as cur:
+            cur.execute(self._sql["records_stage"])
+            with cur.copy(self._sql["records_copy"]) as copy:
+                for row in unique.values():
+                    copy.write_row(row)
+            cur.execute(self._sql["records_new_staged"])
+            # A record twice in the batch is not new the second time (its points would
+            # be counted twice): the recompute path.
+            new = cur.rowcount == len(rows)
+            if not new:
+                cur.execute(self._sql["records_staged"])
+            cur.execute(self._sql["latest_staged"])
+        return new
 
     def latest(self, flow: str, key: str | None = None) -> list[dict]:
         q = select(s.latest).where(s.latest.c.flow == flow).order_by(s.latest.c.key)
@@ -140,21 +175,32 @@ class Records(Repository):
                 s.records.c.id == record_id)).mappings().first()
         return expand_contributions(dict(row)) if row else None
 
+    def _points(self, conn: Connection, flow: str, key: str, metric: str, since_ms: int,
+                before_ms: int | None, limit: int) -> list[tuple[int, float]]:
+        """A series' newest ``limit`` points in [since, before), oldest first: the finite
+        numeric values of ``metric`` in the key's records (``ix_records_flow_key_ts``)."""
+        path = metric_path(self.dialect, metric)
+        hi = _NO_END if before_ms is None else before_ms
+        rows = [(int(ts), float(v)) for ts, v in conn.exec_driver_sql(
+            self._sql["points"], (path, flow, key, since_ms, hi, path, limit))]
+        rows.reverse()
+        return rows
+
     def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
                 step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:
-        """A metric's values; with a step of 1m or 1h the roll-up is read instead."""
+        """A metric's values; with a step of 1m or 1h the roll-up is read instead.
+        The points are the key's records' finite numeric values of ``metric``, read from
+        the records themselves (committed with them, before their roll-ups)."""
+        if step_ms not in s.ROLLUPS:
+            with self.engine.connect() as conn:
+                return self._points(conn, flow, key, metric, since_ms, None, limit)
         k = s.series_keys
         sid = select(k.c.id).where(k.c.flow == flow, k.c.key == key,
                                    k.c.metric == metric).scalar_subquery()
-        if step_ms in s.ROLLUPS:
-            t = s.ROLLUPS[step_ms]
-            q = (select(t.c.bucket_ms, t.c.sum / t.c.n).where(
-                t.c.sid == sid, t.c.bucket_ms >= since_ms)
-                .order_by(t.c.bucket_ms.desc()).limit(limit))
-        else:
-            t = s.series
-            q = (select(t.c.ts_ms, t.c.value).where(t.c.sid == sid, t.c.ts_ms >= since_ms)
-                 .order_by(t.c.ts_ms.desc()).limit(limit))
+        t = s.ROLLUPS[step_ms]
+        q = (select(t.c.bucket_ms, t.c.sum / t.c.n).where(
+            t.c.sid == sid, t.c.bucket_ms >= since_ms)
+            .order_by(t.c.bucket_ms.desc()).limit(limit))
         with self.engine.connect() as conn:
             rows = [(int(a), float(b)) for a, b in conn.execute(q)]
         rows.reverse()
@@ -163,23 +209,19 @@ class Records(Repository):
     def recent_values(self, flow: str, metric: str, per_series: int,
                       before_ms: int | None = None) -> dict[str, list[tuple[int, float]]]:
         """The newest ``per_series`` values of every key for a metric, oldest first (to warm
-        up detectors after a restart). Reads only those rows: the metric's series ids come
-        from ``series_keys``, then each series' newest points are read along its primary key
-        ``ORDER BY ts_ms DESC LIMIT per_series``, never a key's whole history."""
-        t, k = s.series, s.series_keys
+        up detectors after a restart). Reads only those rows: the metric's series come
+        from ``series_keys``, then each series' newest records are read along
+        ``ix_records_flow_key_ts`` ``ORDER BY ts_ms DESC LIMIT per_series``, never a key's
+        whole history."""
+        k = s.series_keys
         out: dict[str, list] = {}
         if per_series <= 0:
             return out
-        newest = select(t.c.ts_ms, t.c.value).where(t.c.sid == bindparam("sid"))
-        if before_ms is not None:
-            newest = newest.where(t.c.ts_ms < before_ms)
-        newest = newest.order_by(t.c.ts_ms.desc()).limit(per_series)
         with self.engine.connect() as conn:
-            sids = conn.execute(select(k.c.id, k.c.key).where(
-                k.c.flow == flow, k.c.metric == metric).order_by(k.c.key)).all()
-            for sid, key in sids:
-                rows = [(int(ts), float(v)) for ts, v in conn.execute(newest, {"sid": sid})]
+            keys = conn.execute(select(k.c.key).where(
+                k.c.flow == flow, k.c.metric == metric).order_by(k.c.key)).scalars().all()
+            for key in keys:
+                rows = self._points(conn, flow, key, metric, -_NO_END, before_ms, per_series)
                 if rows:
-                    rows.reverse()
                     out[key] = rows
         return out

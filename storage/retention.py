@@ -13,9 +13,10 @@ What stays, whatever its age:
   it), payloads a quarantined item still points at, payloads an open issue names, and,
   with ``keep_lineage``, payloads a kept record may name (see ``raw_cutoff``);
 - records an open issue names (by key and time);
-- series points whose minute roll-up is not written, and minute roll-ups whose hour
-  roll-up is not written ("roll-ups complete before their raw points go"); the cutoffs
-  of series and roll-ups are also rounded down to a whole hour, so a bucket is never cut;
+- records with a series point (a numeric value of a metric ``series_keys`` names for
+  their key) whose minute roll-up is not written, and minute roll-ups whose hour roll-up
+  is not written ("roll-ups complete before their raw points go"); the cutoffs of
+  roll-ups are also rounded down to a whole hour, so a bucket is never cut;
 - quarantined items an open issue names; runs still running.
 
 Open issues (open, acknowledged, muted) are few; what they name is read once per pass
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, not_, or_, select, tuple_
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, text, tuple_
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,14 +41,17 @@ HOUR_MS = s.ROLLUP_1H
 OPEN_STATES = ("open", "acknowledged", "muted")
 
 # The kinds of row retention deletes, in the order a pass visits them (quarantine before
-# raw: a quarantined item holds its payload), and the column that dates each.
+# raw: a quarantined item holds its payload), and the column that dates each. Series
+# points are the records' values (migration 0006): they go with their records, and the
+# "series" kind deletes nothing of its own (it stays a kind so that configurations and
+# pass reports that name it keep working; docs/operations.md).
 KINDS = ("records", "series", "series_1m", "series_1h", "quarantine", "raw", "issues_resolved",
          "actions", "runs")
-TABLE_OF = {"records": s.records, "series": s.series, "series_1m": s.series_1m,
+TABLE_OF = {"records": s.records, "series": s.records, "series_1m": s.series_1m,
             "series_1h": s.series_1h, "quarantine": s.quarantine, "raw": s.raw_payloads,
             "issues_resolved": s.issues, "actions": s.actions, "runs": s.runs}
 TIME_COLUMN = {"raw_payloads": "fetched_ms", "raw_status": "processed_ms", "records": "ts_ms",
-               "latest": "ts_ms", "series": "ts_ms", "series_1m": "bucket_ms",
+               "latest": "ts_ms", "series_1m": "bucket_ms",
                "series_1h": "bucket_ms", "quarantine": "created_ms", "issues": "updated_ms",
                "actions": "ts_ms", "runs": "started_ms", "pipeline_versions": "created_ms",
                "source_state": "updated_ms"}
@@ -271,24 +275,36 @@ def _delete_pk(conn: Connection, t, time_col, rows: list) -> int:
     return n
 
 
+# A record whose every series point is in a minute roll-up: no series of its key has a
+# numeric value in it without that minute's roll-up row.
+_ROLLED = {
+    "sqlite": """NOT EXISTS (SELECT 1 FROM "series_keys" k WHERE k."flow" = "records"."flow"
+        AND k."key" = "records"."key"
+        AND json_type("records"."data", '$."' || k."metric" || '"') IN ('integer', 'real')
+        AND NOT EXISTS (SELECT 1 FROM "series_1m" m WHERE m."sid" = k."id"
+            AND m."bucket_ms" = "records"."ts_ms" - "records"."ts_ms" % 60000))""",
+    "postgresql": """NOT EXISTS (SELECT 1 FROM "series_keys" k WHERE k."flow" = "records"."flow"
+        AND k."key" = "records"."key"
+        AND jsonb_typeof("records"."data" -> k."metric") = 'number'
+        AND NOT EXISTS (SELECT 1 FROM "series_1m" m WHERE m."sid" = k."id"
+            AND m."bucket_ms" = "records"."ts_ms" - "records"."ts_ms" % 60000))""",
+}
+
+
 def _records(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
+    """Records, and with them their series points, once those are rolled up."""
     t = s.records
+    rolled = text(_ROLLED[conn.dialect.name])
     rows, nxt = _walk(conn, t, [t.c.ts_ms, t.c.key, t.c.id], [t.c.flow],
-                      [scope.where(t), t.c.ts_ms < cutoff], cursor, limit)
+                      [scope.where(t), t.c.ts_ms < cutoff, rolled], cursor, limit)
     ids = [(r.id,) for r in rows
            if (r.key, r.ts_ms) not in keep.record_keys.get(r.flow, ())]
     return _delete_by(conn, t, [t.c.id], ids), nxt
 
 
 def _series(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
-    t, m = s.series, s.series_1m
-    cutoff -= cutoff % HOUR_MS
-    rolled = exists().where(m.c.sid == t.c.sid,
-                            m.c.bucket_ms == t.c.ts_ms - t.c.ts_ms % s.ROLLUP_1M)
-    rows, nxt = _walk(conn, t, [t.c.sid, t.c.ts_ms], [],
-                      [t.c.sid.in_(_series_ids(scope)), t.c.ts_ms < cutoff, rolled],
-                      cursor, limit)
-    return _delete_pk(conn, t, t.c.ts_ms, rows), nxt
+    """Series points are the records' values: they go with their records (``_records``)."""
+    return 0, None
 
 
 def _minutes(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:

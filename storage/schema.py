@@ -116,6 +116,10 @@ records = Table(
     Column("updated_ms", BigInteger, nullable=False),
     # In time order: a run's new rows append at the index's right edge (migration 0003).
     UniqueConstraint("flow", "ts_ms", "key", name="uq_records_flow_ts_key"),
+    # A key's records in time order: series points are read from the records (their
+    # numeric metric values), so a history or warm-up read is a range scan of this
+    # index (migration 0006; docs/architecture.md "Storage layout").
+    Index("ix_records_flow_key_ts", "flow", "key", "ts_ms"),
 )
 
 # L3 cache: the newest record per key, kept current in the same transaction.
@@ -135,10 +139,10 @@ latest = Table(
 )
 
 # A series is one metric of one key of a flow. ``series_keys`` names it once and gives it
-# an integer id; ``series`` holds its points as (sid, ts_ms, value), clustered on that
-# primary key on SQLite (WITHOUT ROWID): a point is ~20 bytes instead of repeating the
-# flow, key and metric names (~40), so a batch's points touch half the b-tree pages and
-# compare as integers (migration 0004; docs/architecture.md "Storage layout").
+# an integer id, which the roll-ups are keyed by (migration 0004). Its points are not a
+# table of their own: they are the records' values of that metric (``data``'s finite
+# numbers), read from ``records`` (migration 0006; docs/architecture.md "Storage
+# layout"), so a record's values are stored once.
 series_keys = Table(
     "series_keys",
     metadata,
@@ -147,15 +151,6 @@ series_keys = Table(
     Column("key", String(128), nullable=False),
     Column("metric", String(64), nullable=False),
     UniqueConstraint("flow", "key", "metric", name="uq_series_keys_flow_key_metric"),
-)
-
-series = Table(
-    "series",
-    metadata,
-    Column("sid", BigInteger, primary_key=True, autoincrement=False),
-    Column("ts_ms", BigInteger, primary_key=True, autoincrement=False),
-    Column("value", Float, nullable=False),
-    sqlite_with_rowid=False,
 )
 
 

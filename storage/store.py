@@ -112,9 +112,13 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
                                   "quarantined": len(batch.quarantine), "issues_opened": 0,
                                   "issues_updated": 0, "opened": []}
         early = stored is not None and bool(batch.records)
+        # Were all records new, with no roll-up recomputed meanwhile from the records
+        # (which would count them already)? Then their points are added to the roll-ups.
+        recomputes = self._recomputes
+        new = True
         if early:
             with self.engine.begin() as conn:
-                self._write_records(conn, batch.records)
+                new = self._write_records(conn, batch.records)
                 crash_point("mid_records_upsert")
             crash_point("after_records_commit")
             stored()
@@ -125,15 +129,18 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
             if batch.quarantine or batch.replayed or batch.issues:
                 with self.engine.begin() as conn:
                     self._write_bookkeeping(conn, batch, now_ms, counts)
-            self._defer(series, raw_status)
+            self._defer(series, raw_status, new and self._recomputes == recomputes)
             return counts
 
-        def write(conn: Connection) -> None:
+        def write(conn: Connection) -> bool:
+            fresh = True
             if batch.records and not early:
-                self._write_records(conn, batch.records)
+                fresh = self._write_records(conn, batch.records)
             self._write_bookkeeping(conn, batch, now_ms, counts)
+            return fresh
 
-        self._write_with_owed(write, series, raw_status)  # what is owed first, raw status last
+        # what is owed first, raw status last
+        self._write_with_owed(write, series, raw_status, new and self._recomputes == recomputes)
         return counts
 
     def count(self, table: str, **where: Any) -> int:
@@ -147,11 +154,12 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
     # ------------------------------------------------------------ maintenance
 
     def purge_flow(self, flow: str) -> None:
-        """Remove a flow's derived data (records, series, latest); raw payloads are kept."""
+        """Remove a flow's derived data (records and so their series points, roll-ups,
+        latest); raw payloads are kept."""
         self.flush_derived()
         with self._derived_lock, self.engine.begin() as conn:
             sids = select(s.series_keys.c.id).where(s.series_keys.c.flow == flow)
-            for t in (s.series, s.series_1m, s.series_1h):
+            for t in (s.series_1m, s.series_1h):
                 conn.execute(delete(t).where(t.c.sid.in_(sids)))
             for t in (s.records, s.latest, s.series_keys):
                 conn.execute(delete(t).where(t.c.flow == flow))

@@ -1,7 +1,8 @@
 """The deferred-series flusher: owns the ``store.derived_delay`` policy.
 
-With a delay, a run commits its records and latest values at once and leaves what it
-owes the store (series points, roll-ups, raw status: ``Store.write_batch(defer=True)``)
+With a delay, a run commits its records and latest values (and so its series points,
+which are the records' values) at once and leaves what it owes the store (roll-ups,
+new series names, raw status: ``Store.write_batch(defer=True)``)
 to be written later, in steps, so a run arriving meanwhile waits for one step, not for
 all of it. What is owed is written once it is ``derived_delay`` old or
 ``FLUSH_ROWS`` rows, before history is read (so a reader never sees a value in latest
@@ -25,9 +26,10 @@ log = logging.getLogger("flowdeck.engine")
 # What deferred batches owe is written once it is store.derived_delay old or this many
 # rows, whichever comes first ...
 FLUSH_ROWS = 8000
-# ... in steps of at most this many series points, each its own transaction on the
-# worker, so a run that arrives meanwhile waits for one step (~2-6 ms), not for all
-# of it (a 4,000-point flush in one go took 23-30 ms in bench_feed and was its tail).
+# ... in steps of at most this many minute roll-ups (each one upsert, the points of a
+# series' minute folded first), each its own transaction on the worker, so a run that
+# arrives meanwhile waits for one step (a few ms), not for all of it (a 4,000-point
+# flush in one go took 23-30 ms in bench_feed and was its tail, when points were rows).
 STEP_ROWS = 1000
 
 

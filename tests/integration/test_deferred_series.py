@@ -1,9 +1,9 @@
 """The order in which a run is stored and shown, and series written for many runs at once.
 
 A run's records and ``latest`` are committed, then shown (and this daemon's cached
-values of those keys are gone by then); its series points and the mark that its
-payloads are processed may wait (store.derived_delay), and are then written together
-with the following runs'. Nothing may be lost or counted twice on the way: not when
+values of those keys are gone by then), and with them its series points (the records'
+values, migration 0006); its roll-ups and the mark that its payloads are processed may
+wait (store.derived_delay), and are then written together with the following runs'. Nothing may be lost or counted twice on the way: not when
 the write fails, not when the process dies with them still owed.
 """
 
@@ -36,10 +36,10 @@ def rec(key: str, ts: int, rate: float) -> dict:
             "updated_ms": ts}
 
 
-def run_batch(st: Store, i: int, rate: float, **kw) -> BatchWrite:
-    """One run: a payload committed raw, one record of EURUSD at T + i s, its point."""
+def run_batch(st: Store, i: int, rate: float, step_ms: int = 1000, **kw) -> BatchWrite:
+    """One run: a payload committed raw, one record of EURUSD at T + i steps, its point."""
     (raw_id, _), = st.insert_raws("fx", [RawDraft("q", f"run {i}: {rate}".encode(), T)])
-    ts = T + i * 1000
+    ts = T + i * step_ms
     return BatchWrite("fx", records=[rec("EURUSD", ts, rate)],
                       series=[("fx", "EURUSD", "rate", ts, rate)],
                       raw_status=[{"raw_id": raw_id, "outcome": "ok", "processed_ms": T,
@@ -47,11 +47,15 @@ def run_batch(st: Store, i: int, rate: float, **kw) -> BatchWrite:
                       **kw)
 
 
-def minute(st: Store) -> tuple | None:
+def minute(st: Store, key: str | None = None) -> tuple | None:
+    """(n, sum) of the minute roll-up at T (of one key's series, or the first)."""
+    k = s.series_keys
     with st.engine.connect() as conn:
-        row = conn.execute(select(s.series_1m.c.n, s.series_1m.c.sum).join(
-            s.series_keys, s.series_keys.c.id == s.series_1m.c.sid).where(
-            s.series_keys.c.flow == "fx", s.series_1m.c.bucket_ms == T)).first()
+        q = select(s.series_1m.c.n, s.series_1m.c.sum).join(
+            k, k.c.id == s.series_1m.c.sid).where(k.c.flow == "fx", s.series_1m.c.bucket_ms == T)
+        if key is not None:
+            q = q.where(k.c.key == key)
+        row = conn.execute(q).first()
     return tuple(row) if row else None
 
 
@@ -65,10 +69,11 @@ def test_deferred_runs_are_shown_at_once_and_their_series_written_together(store
     for i, rate in enumerate([1.0, 2.0, 4.0]):
         store.write_batch(run_batch(store, i, rate), T, stored=lambda: shown.append(1),
                           defer=True)
-    # Values: stored and shown at once. Series, roll-ups, processed marks: owed.
+    # Values, and so the series points: stored and shown at once. Roll-ups, processed
+    # marks: owed.
     assert len(shown) == 3
     assert store.latest("fx")[0]["data"]["rate"] == 4.0
-    assert store.history("fx", "EURUSD", "rate") == []
+    assert store.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 1000, 2.0), (T + 2000, 4.0)]
     assert minute(store) is None and marked(store) == 0
     rows, age = store.derived_owed()
     assert rows == 6 and age is not None
@@ -100,31 +105,59 @@ def test_issues_of_a_deferred_run_are_committed_at_once(store):
                                stored=lambda: None, defer=True)
     assert counts["issues_opened"] == 1
     assert [i["title"] for i in store.issues(flow="fx")] == ["EURUSD differs"]
-    assert store.history("fx", "EURUSD", "rate") == []  # its series still owed
+    assert minute(store) is None  # its roll-ups still owed
     assert store.flush_derived() == 1
+    assert minute(store) == (1, 1.0)
 
 
 def test_a_flush_in_steps_marks_its_payloads_with_its_last_step(store):
-    for i, rate in enumerate([1.0, 2.0, 4.0]):
-        store.write_batch(run_batch(store, i, rate), T, stored=lambda: None, defer=True)
+    def minutes() -> list[tuple[int, float]]:
+        return store.history("fx", "EURUSD", "rate", step_ms=MIN)
+
+    for i, rate in enumerate([1.0, 2.0, 4.0]):  # a minute each
+        store.write_batch(run_batch(store, i, rate, step_ms=MIN), T, stored=lambda: None,
+                          defer=True)
     assert store.derived_seq() == (3, 0)
-    assert store.flush_step(2) is False  # two of the three points; no payload marked yet
-    assert [v for _, v in store.history("fx", "EURUSD", "rate")] == [1.0, 2.0]
+    assert store.flush_step(2) is False  # two of the three minutes; no payload marked yet
+    assert minutes() == [(T, 1.0), (T + MIN, 2.0)]
     assert marked(store) == 0 and store.pending_raw("fx") == []
     # A batch deferred now waits for the next flush: this one took what was owed before.
-    store.write_batch(run_batch(store, 3, 8.0), T, stored=lambda: None, defer=True)
+    store.write_batch(run_batch(store, 3, 8.0, step_ms=MIN), T, stored=lambda: None,
+                      defer=True)
     assert store.flush_step(2) is True
     assert marked(store) == 3 and store.derived_seq() == (4, 3)
-    assert minute(store) == (3, 7.0)
+    assert len(minutes()) == 3
     assert store.raw_processed(4) and store.pending_raw("fx") == []
     assert store.flush_step(2) is True and store.derived_seq() == (4, 4)
-    assert minute(store) == (4, 15.0) and marked(store) == 4
+    assert minutes()[-1] == (T + 3 * MIN, 8.0) and marked(store) == 4
     assert store.flush_step(2) is True  # nothing owed
+
+
+def test_runs_owed_across_a_recompute_are_not_added_to_it_again(store):
+    """A roll-up recomputed from the records counts every committed record, also those of
+    runs whose roll-ups are still owed: those runs must not add their points on top."""
+    def batch(*recs) -> BatchWrite:
+        return BatchWrite("fx", records=list(recs), series=[
+            ("fx", r["key"], "rate", r["ts_ms"], r["data"]["rate"]) for r in recs])
+
+    store.write_batch(batch(rec("AAA", T, 1.0)), T)
+    # a correction (AAA) and a new point (EURUSD): the flush recomputes, a step per series
+    store.write_batch(batch(rec("AAA", T, 5.0), rec("EURUSD", T, 1.0)), T,
+                      stored=lambda: None, defer=True)
+    assert store.flush_step(1) is False  # AAA's minute
+    # a new run, committed while that flush is under way, owed to the next one
+    store.write_batch(batch(rec("EURUSD", T + 1000, 2.0)), T, stored=lambda: None,
+                      defer=True)
+    assert store.flush_step(1) is True  # EURUSD's minute, from both its records
+    assert minute(store, "EURUSD") == (2, 3.0)
+    assert store.flush_step(1) is True  # the new run's: already counted, not added again
+    assert minute(store, "EURUSD") == (2, 3.0) and minute(store, "AAA") == (1, 5.0)
+    assert store.derived_owed() == (0, None)
 
 
 def refuse_series(path) -> sqlite3.Connection:
     con = sqlite3.connect(path)
-    con.execute("CREATE TRIGGER refuse_series BEFORE INSERT ON series "
+    con.execute("CREATE TRIGGER refuse_series BEFORE INSERT ON series_1m "
                 "BEGIN SELECT RAISE(ABORT, 'series refused'); END")
     con.commit()
     return con
@@ -149,14 +182,17 @@ def test_a_failed_flush_keeps_everything_owed_until_a_later_one_succeeds(tmp_pat
         except Exception as exc:
             assert "series refused" in str(exc)
         assert st.derived_owed()[0] == 4
-        assert marked(st) == 0 and st.history("fx", "EURUSD", "rate") == []
+        assert marked(st) == 0 and minute(st) is None
         assert [r["id"] for r in st.pending_raw("fx")] == [3]  # only the failed run's
 
         con.execute("DROP TRIGGER refuse_series")
         con.commit()
         con.close()
         assert st.flush_derived() == 2
-        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 1000, 2.0)]
+        # the failed run's record was committed before its roll-ups failed: its point
+        # is shown, and rolled up once its payload is processed again
+        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 1000, 2.0),
+                                                      (T + 2000, 4.0)]
         assert minute(st) == (2, 3.0)  # each point counted once
         assert marked(st) == 2
     finally:
@@ -183,7 +219,7 @@ def test_past_the_bound_a_failing_store_gives_up_the_oldest_runs_whole(tmp_path)
         con.commit()
         con.close()
         assert st.flush_derived() == 2
-        assert [t for t, _ in st.history("fx", "EURUSD", "rate")] == [T + 1000, T + 2000]
+        assert minute(st) == (2, 3.0)  # the two newer runs' points, 1.0 and 2.0
     finally:
         st.close()
 
@@ -238,8 +274,8 @@ async def test_a_running_engine_writes_owed_series_a_moment_after_a_run(tmp_path
     store, engine = await started(tmp_path, clock, "derived_delay: 50ms")
     try:
         await engine._db(process, engine, store, 0)
-        await until(lambda: store.history("fx", "EURUSD", "rate"))
-        assert store.history("fx", "EURUSD", "rate") == [(T, 1.0)]
+        await until(lambda: minute(store))
+        assert minute(store, "EURUSD") == (1, 1.0)
         assert store.derived_owed() == (0, None)
     finally:
         await engine.stop()
@@ -295,10 +331,10 @@ async def test_a_failed_timed_flush_is_tried_again_without_another_run(tmp_path,
         await engine._db(process, engine, store, 0)
         await until(lambda: "writing deferred series failed" in caplog.text)
         assert "series refused" in caplog.text
-        assert store.history("fx", "EURUSD", "rate") == [] and store.derived_owed()[0] == 3
+        assert minute(store) is None and store.derived_owed()[0] == 3
         con.execute("DROP TRIGGER refuse_series")
         con.commit()
-        await until(lambda: store.history("fx", "EURUSD", "rate"))  # store.retry later
+        await until(lambda: minute(store))  # store.retry later
         assert store.history("fx", "EURUSD", "rate") == [(T, 1.0)]
         assert marked(store) == 1
     finally:
@@ -313,7 +349,7 @@ async def test_an_engine_stop_writes_what_is_owed(tmp_path, clock):
         for i in range(3):
             await engine._db(process, engine, store, i)
         assert [r["key"] for r in store.latest("fx")] == ["EURUSD", "GBPUSD"]
-        assert store.history("fx", "EURUSD", "rate") == []  # owed for up to an hour
+        assert minute(store) is None  # owed for up to an hour
     finally:
         await engine.stop()
     assert store.history("fx", "GBPUSD", "rate") == [(T, 2.0), (T + 1000, 3.0), (T + 2000, 4.0)]
@@ -343,11 +379,12 @@ CRASH = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("steps", [0, 3], ids=["all owed", "mid-flush"])
+@pytest.mark.parametrize("steps", [0, 1], ids=["all owed", "mid-flush"])
 async def test_series_owed_when_the_process_dies_are_completed_by_the_next_start(
         tmp_path, clock, steps):
-    """Dead with every point owed, or after a flush wrote three of its six points: the
-    next start processes the three payloads again and each point counts once."""
+    """Dead with every roll-up owed, or after a flush wrote one of its two (EURUSD's
+    minute): the next start processes the three payloads again and each point counts
+    once."""
     url = f"sqlite:///{tmp_path / 'flowdeck.db'}"
     cfg = str(tmp_path / "f.yaml")
     script = CRASH.format(tests=os.path.dirname(__file__), url=url, cfg=cfg, steps=steps)
@@ -357,9 +394,9 @@ async def test_series_owed_when_the_process_dies_are_completed_by_the_next_start
     store = Store(url)
     try:
         assert [r["data"]["rate"] for r in store.latest("fx")] == [3.0, 4.0]  # committed
-        # series in key order: a flush's first three steps wrote EURUSD's, not GBPUSD's
-        assert len(store.history("fx", "EURUSD", "rate")) == steps
-        assert store.history("fx", "GBPUSD", "rate") == []
+        # roll-ups in key order: a flush's first step wrote EURUSD's minute, not GBPUSD's
+        assert (minute(store, "EURUSD") or (0,))[0] == 3 * steps
+        assert minute(store, "GBPUSD") is None
         assert len(store.pending_raw("fx")) == 3  # never marked processed
         engine = Engine(parse_config(FLOW % "1h", cfg), store, clock=clock)
         await engine.start(schedule=False)  # resume takes them up again

@@ -98,12 +98,12 @@ def metric_value(text: str, name: str) -> float:
 
 
 async def test_metrics_show_series_that_cannot_be_written(tmp_path):
-    """While the store refuses series, the stored runs' points wait, and /metrics says so
-    (an operator can alert on it); once it accepts them they are written."""
+    """While the store refuses roll-ups, the stored runs' points wait to be rolled up, and
+    /metrics says so (an operator can alert on it); once it accepts them they are written."""
     rig = await start_rig(tmp_path, extra="store: {derived_delay: 50ms, retry: 100ms}")
     con = sqlite3.connect(tmp_path / "feed.db")
     try:
-        con.execute("CREATE TRIGGER refuse_series BEFORE INSERT ON series "
+        con.execute("CREATE TRIGGER refuse_series BEFORE INSERT ON series_1m "
                     "BEGIN SELECT RAISE(ABORT, 'series refused'); END")
         con.commit()
         await rig.ingest("bench", rows_for(["KAAA", "KBBB"]))
@@ -121,6 +121,7 @@ async def test_metrics_show_series_that_cannot_be_written(tmp_path):
             await asyncio.sleep(0.05)
         assert metric_value(body.decode(), "flowdeck_series_owed_age_seconds") == 0
         assert len(rig.store.history("bench", "KAAA", "temperature")) == 1
+        assert len(rig.store.history("bench", "KAAA", "temperature", step_ms=60_000)) == 1
     finally:
         con.close()
         await rig.close()

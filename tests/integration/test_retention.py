@@ -46,8 +46,8 @@ retention:
 """
 
 
-def rec(flow: str, key: str, ts: int, raw_id: int) -> dict:
-    return {"flow": flow, "key": key, "ts_ms": ts, "data": {"pair": key, "rate": 1.0},
+def rec(flow: str, key: str, ts: int, raw_id: int, rate: float = 1.0) -> dict:
+    return {"flow": flow, "key": key, "ts_ms": ts, "data": {"pair": key, "rate": rate},
             "quality": 1.0, "anomaly_score": 0.0, "anomalous": False, "flags": [],
             "sources": ["q"], "contributions": {}, "raw_ids": [raw_id], "version_id": None,
             "updated_ms": ts}
@@ -71,10 +71,11 @@ def fill(store) -> dict:
     ids["quarantined"] = payload(store, b"quarantined", T)
     ids["recent"] = payload(store, b"recent", NOW - DAY)
     ids["kept_flow"] = payload(store, b"kept flow", T, flow="kept")
+    # A's series: two hours of points, a record each (a point is its record's value)
     old_series = [("fx", "A", "rate", T + i * MIN, float(i)) for i in range(120)]
     store.write_batch(BatchWrite(
-        "fx", records=[rec("fx", "A", T, ids["old"]), rec("fx", "B", T, ids["issue"]),
-                       rec("fx", "C", T + MIN, ids["old"])],
+        "fx", records=[rec("fx", "A", T + i * MIN, ids["old"], float(i)) for i in range(120)]
+        + [rec("fx", "B", T, ids["issue"]), rec("fx", "C", T + MIN, ids["old"])],
         series=old_series, raw_status=[status(ids["old"], T), status(ids["issue"], T),
                                        status(ids["quarantined"], T)],
         quarantine=[QuarantineRow("fx", "q", ids["quarantined"], 0, "validate", "invalid",
@@ -83,7 +84,7 @@ def fill(store) -> dict:
                            key="B", record_keys=[("B", T)], raw_ids=[ids["issue"]]),
                 IssueDraft("fx", "anomaly", "info", "over", "anomaly:fx:A", key="A")]), T)
     store.write_batch(BatchWrite(
-        "fx", records=[rec("fx", "A", NOW - DAY, ids["recent"])],
+        "fx", records=[rec("fx", "A", NOW - DAY, ids["recent"], 5.0)],
         series=[("fx", "A", "rate", NOW - DAY, 5.0)],
         raw_status=[status(ids["recent"], NOW - DAY)]), NOW - DAY)
     store.write_batch(BatchWrite("kept", records=[rec("kept", "K", T, ids["kept_flow"])],
@@ -149,11 +150,13 @@ async def test_a_pass_deletes_old_rows_and_keeps_what_is_still_needed(store):
     result = await job.run_pass()
 
     assert result["error"] is None
-    # records: 30 days; the one an open issue names stays; a flow keeping records forever too
+    # records, and with them their series points: 30 days; the one an open issue names
+    # stays, and the one whose point's minute has no roll-up; a flow keeping records
+    # forever too
     assert rows(store, s.records, "flow", "key", "ts_ms") == [
-        ("fx", "A", NOW - DAY), ("fx", "B", T), ("kept", "K", T)]
-    # series: 7 days, except the minute without a roll-up; roll-ups themselves untouched
-    assert rows(store, s.series, "ts_ms", flow="fx") == [(T + 5 * MIN,), (NOW - DAY,)]
+        ("fx", "A", T + 5 * MIN), ("fx", "A", NOW - DAY), ("fx", "B", T), ("kept", "K", T)]
+    assert store.history("fx", "A", "rate") == [(T + 5 * MIN, 5.0), (NOW - DAY, 5.0)]
+    # roll-ups themselves untouched
     assert rows(store, s.series_1h, "key", "bucket_ms", "n", "sum", "min", "max")[:2] == \
         rollups_before[1][:2]
     assert rows(store, s.series_1m, "key", "bucket_ms", "n", "sum", "min", "max") == [
@@ -167,17 +170,17 @@ async def test_a_pass_deletes_old_rows_and_keeps_what_is_still_needed(store):
     assert [i["state"] for i in store.issues(flow="fx")] == ["open"]
     assert [a["ts_ms"] for a in store.actions("fx")] == [NOW - DAY]
     assert rows(store, s.runs, "started_ms") == [(T + 200,)]
-    assert result["deleted"] == {"records": 2, "series": 119, "raw": 2, "quarantine": 1,
+    assert result["deleted"] == {"records": 120, "raw": 2, "quarantine": 1,
                                  "issues_resolved": 1, "actions": 5, "runs": 1}
     assert result["steps"] > 40  # batch: 3 -> many short transactions, not one long one
     # the pass is recorded as a recovery action, and the statistics follow it
     (action, kw), = job.recorded
-    assert action == "retention" and kw["outcome"] == "ok" and "2 records" in kw["reason"]
+    assert action == "retention" and kw["outcome"] == "ok" and "120 records" in kw["reason"]
     snap = job.snapshot()
     assert snap["last_pass"] == result
-    assert snap["tables"]["records"] == {"rows": 3, "oldest_ms": T, **(
+    assert snap["tables"]["records"] == {"rows": 4, "oldest_ms": T, **(
         {"bytes": snap["tables"]["records"]["bytes"]} if store.dialect == "postgresql" else {})}
-    assert snap["tables"]["series"]["oldest_ms"] == T + 5 * MIN
+    assert "series" not in snap["tables"]  # no table of its own (migration 0006)
     assert snap["size_bytes"] > 0 and snap["backend"] == store.dialect
 
     # the same moment again: nothing more to do, and nothing recorded

@@ -48,6 +48,16 @@ def point(key: str, ts: int, value: float, metric: str = "rate", flow: str = "fx
     return {"flow": flow, "key": key, "metric": metric, "ts_ms": ts, "value": value}
 
 
+def batch_of(pts: list[dict]) -> BatchWrite:
+    """A batch of fx records holding the points' values (a point is its record's metric
+    value: migration 0006), and the points, as the engine hands both to the store."""
+    data: dict[tuple, dict] = {}
+    for p in pts:
+        data.setdefault((p["key"], p["ts_ms"]), {})[p["metric"]] = p["value"]
+    return BatchWrite("fx", records=[rec(k, ts, **d) for (k, ts), d in data.items()],
+                      series=pts)
+
+
 # The series table before revision 0004: a point named by (flow, key, metric) itself.
 OLD_SERIES = table("series", column("flow"), column("key"), column("metric"), column("ts_ms"),
                    column("value"))
@@ -161,6 +171,8 @@ def database_at(db_url: str, revision: str):
 def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
     """0002 rebuilds the series tables on SQLite: nothing stored before may be lost."""
     with database_at(db_url, "0001") as conn:
+        conn.execute(s.records.insert(), [rec("EURUSD", T + 10_000, rate=1.0),
+                                          rec("EURUSD", T + 20_000, rate=3.0)])
         conn.execute(OLD_SERIES.insert(), [point("EURUSD", T + 10_000, 1.0),
                                            point("EURUSD", T + 20_000, 3.0)])
         for old in OLD_ROLLUPS.values():
@@ -175,7 +187,8 @@ def test_upgrading_a_revision_0001_database_keeps_its_history(db_url, capsys):
     try:
         assert st.history("fx", "EURUSD", "rate") == [(T + 10_000, 1.0), (T + 20_000, 3.0)]
         assert st.history("fx", "EURUSD", "rate", step_ms=MIN) == [(T, 2.0)]
-        st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 30_000, 5.0)]), T)
+        st.write_batch(BatchWrite("fx", records=[rec("EURUSD", T + 30_000, rate=5.0)],
+                                  series=[point("EURUSD", T + 30_000, 5.0)]), T)
         assert rollup(st, s.series_1m) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
         assert rollup(st, s.series_1h) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
     finally:
@@ -207,7 +220,10 @@ def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_ur
     moves, history, roll-up reads and warm-up values read the same, and the next points
     (new and rewritten) land in the moved series."""
     with database_at(db_url, "0003") as conn:
-        conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0, bid=0.9)])
+        conn.execute(s.records.insert(), [
+            rec("EURUSD", T, rate=1.0, bid=0.9), rec("EURUSD", T + 10_000, rate=3.0),
+            rec("GBPUSD", T + 5_000, rate=2.0),
+            {**rec("EURUSD", T, rate=7.0), "flow": "other"}])
         conn.execute(OLD_SERIES.insert(), [
             point("EURUSD", T, 1.0), point("EURUSD", T + 10_000, 3.0),
             point("EURUSD", T, 0.9, metric="bid"), point("GBPUSD", T + 5_000, 2.0),
@@ -228,15 +244,69 @@ def test_upgrading_a_revision_0003_database_moves_its_series_to_series_ids(db_ur
         assert st.history("fx", "USDJPY", "rate", step_ms=MIN) == [(T, 150.0)]
         assert st.recent_values("fx", "rate", 5) == {
             "EURUSD": [(T, 1.0), (T + 10_000, 3.0)], "GBPUSD": [(T + 5_000, 2.0)]}
-        assert st.count("series") == 5 and st.count("series_keys") == 5
-        assert [r["data"]["rate"] for r in st.records_since("fx")] == [1.0]
+        assert st.count("series_keys") == 5
+        assert [r["data"]["rate"] for r in st.records_since("fx")] == [1.0, 2.0, 3.0]
         # a rewritten point and a new one in the same minute: the roll-up is recomputed
-        st.write_batch(BatchWrite("fx", series=[point("EURUSD", T + 10_000, 5.0),
-                                                point("EURUSD", T + 20_000, 6.0)]), T)
+        st.write_batch(BatchWrite("fx", records=[rec("EURUSD", T + 10_000, rate=5.0),
+                                                 rec("EURUSD", T + 20_000, rate=6.0)],
+                                  series=[point("EURUSD", T + 10_000, 5.0),
+                                          point("EURUSD", T + 20_000, 6.0)]), T)
         assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 5.0),
                                                       (T + 20_000, 6.0)]
         assert rollup(st, s.series_1m) == pytest.approx({T: (3, 12.0, 1.0, 6.0)})
         assert st.count("series_keys") == 5
+    finally:
+        st.close()
+
+
+# The series table of revision 0004: points by series id.
+SERIES_0004 = table("series", column("sid"), column("ts_ms"), column("value"))
+
+
+def test_upgrading_a_revision_0004_database_reads_its_points_from_the_records(db_url,
+                                                                              capsys):
+    """0006 drops the series table (its points are the records' values): history, warm-up
+    and roll-ups read the same; a point whose record was already gone goes with the table,
+    its roll-up stays; a downgrade rebuilds the points from the records."""
+    from alembic import command
+
+    with database_at(db_url, "0004") as conn:
+        conn.execute(s.records.insert(), [rec("EURUSD", T, rate=1.0, bid=0.9),
+                                          rec("EURUSD", T + 10_000, rate=3.0, bid="n/a")])
+        conn.execute(s.series_keys.insert(), [
+            {"id": 1, "flow": "fx", "key": "EURUSD", "metric": "rate"},
+            {"id": 2, "flow": "fx", "key": "EURUSD", "metric": "bid"},
+            {"id": 3, "flow": "fx", "key": "USDJPY", "metric": "rate"}])
+        conn.execute(SERIES_0004.insert(), [
+            {"sid": 1, "ts_ms": T, "value": 1.0}, {"sid": 1, "ts_ms": T + 10_000, "value": 3.0},
+            {"sid": 2, "ts_ms": T, "value": 0.9},
+            {"sid": 3, "ts_ms": T, "value": 150.0}])  # its record is gone (retention)
+        conn.execute(s.series_1m.insert(), [
+            {"sid": 1, "bucket_ms": T, "n": 2, "sum": 4.0, "min": 1.0, "max": 3.0},
+            {"sid": 3, "bucket_ms": T, "n": 1, "sum": 150.0, "min": 150.0, "max": 150.0}])
+    assert cli_main(["db", "upgrade", "--db", db_url]) == 0
+    assert capsys.readouterr().out.strip() == f"schema 0004 -> {head_revision()}"
+    st = Store(db_url, create_if_empty=False)
+    try:
+        assert "series" not in inspect(st.engine).get_table_names()
+        assert st.history("fx", "EURUSD", "rate") == [(T, 1.0), (T + 10_000, 3.0)]
+        assert st.history("fx", "EURUSD", "bid") == [(T, 0.9)]  # a string is no point
+        assert st.history("fx", "EURUSD", "pair") == []  # a string: no point
+        assert st.history("fx", "USDJPY", "rate") == []
+        assert st.history("fx", "USDJPY", "rate", step_ms=MIN) == [(T, 150.0)]
+        assert st.recent_values("fx", "rate", 1) == {"EURUSD": [(T + 10_000, 3.0)]}
+        st.write_batch(BatchWrite("fx", records=[rec("EURUSD", T + 20_000, rate=5.0)],
+                                  series=[point("EURUSD", T + 20_000, 5.0)]), T)
+        assert rollup(st, s.series_1m) == pytest.approx({T: (3, 9.0, 1.0, 5.0)})
+        engine = st.engine
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004")
+        with engine.connect() as conn:
+            assert sorted(conn.execute(select(SERIES_0004.c.sid, SERIES_0004.c.ts_ms,
+                                              SERIES_0004.c.value))) == [
+                (1, T, 1.0), (1, T + 10_000, 3.0), (1, T + 20_000, 5.0), (2, T, 0.9)]
     finally:
         st.close()
 
@@ -338,6 +408,26 @@ def test_pending_raw_lists_payloads_never_processed(store):
 # --------------------------------------------------------------------------- records
 
 
+def test_a_record_twice_in_one_batch_is_stored_once_and_its_point_counted_once(store):
+    """The later of two rows for one record wins (as a second batch's would), on SQLite's
+    executemany and PostgreSQL's COPY path alike; its minute counts it once."""
+    pts = [point("AUDUSD", T, 0.5), point("AUDUSD", T + 1000, 0.75),
+           point("AUDUSD", T, 0.25)]
+    store.write_batch(BatchWrite("fx", records=[
+        rec("AUDUSD", T, rate=0.5), rec("AUDUSD", T + 1000, rate=0.75),
+        rec("AUDUSD", T, now=T + 5, rate=0.25)], series=pts), T)
+    assert [(r["ts_ms"], r["data"]["rate"], r["updated_ms"])
+            for r in store.records_since("fx")] == [(T, 0.25, T + 5), (T + 1000, 0.75, T)]
+    assert store.latest("fx", "AUDUSD")[0]["data"]["rate"] == 0.75
+    assert store.history("fx", "AUDUSD", "rate") == [(T, 0.25), (T + 1000, 0.75)]
+    assert rollup(store, s.series_1m, "AUDUSD") == pytest.approx({T: (2, 1.0, 0.25, 0.75)})
+    # and again, as a replay: nothing changes
+    store.write_batch(BatchWrite("fx", records=[rec("AUDUSD", T + 1000, rate=0.75)],
+                                 series=pts[1:2]), T)
+    assert rollup(store, s.series_1m, "AUDUSD") == pytest.approx({T: (2, 1.0, 0.25, 0.75)})
+    assert store.count("records") == 2
+
+
 def test_records_are_upserted_and_latest_keeps_the_newest(store):
     # the same (flow, key, ts) twice: one row, the second values win
     store.write_batch(BatchWrite("fx", records=[rec("AUDUSD", T, rate=0.65)]), T)
@@ -433,22 +523,20 @@ def test_series_rollups_hold_count_sum_min_max_and_survive_rewrites(store):
         point("EURUSD", T + MIN + 5_000, 2.0),
         point("GBPUSD", T + 20_000, 10.0),
     ]
-    store.write_batch(BatchWrite("fx", series=pts), T)
+    store.write_batch(batch_of(pts), T)
     one_min = {T: (2, 4.0, 1.0, 3.0), T + MIN: (1, 2.0, 2.0, 2.0)}
     assert rollup(store, s.series_1m) == pytest.approx(one_min)
     assert rollup(store, s.series_1h) == pytest.approx({T: (3, 6.0, 1.0, 3.0)})
     assert rollup(store, s.series_1m, "GBPUSD") == pytest.approx({T: (1, 10.0, 10.0, 10.0)})
 
-    store.write_batch(BatchWrite("fx", series=pts), T)  # a replay: nothing double-counted
+    store.write_batch(batch_of(pts), T)  # a replay: nothing double-counted
     assert rollup(store, s.series_1m) == pytest.approx(one_min)
     assert rollup(store, s.series_1h) == pytest.approx({T: (3, 6.0, 1.0, 3.0)})
-    assert store.count("series") == 4
+    assert len(store.history("fx", "EURUSD", "rate")) == 3 and store.count("records") == 4
 
     # a corrected value and a late point in the same hour
     store.write_batch(
-        BatchWrite(
-            "fx", series=[point("EURUSD", T + 40_000, 5.0), point("EURUSD", T + 30 * MIN, 4.0)]
-        ),
+        batch_of([point("EURUSD", T + 40_000, 5.0), point("EURUSD", T + 30 * MIN, 4.0)]),
         T,
     )
     assert rollup(store, s.series_1m) == pytest.approx(
@@ -456,7 +544,7 @@ def test_series_rollups_hold_count_sum_min_max_and_survive_rewrites(store):
     )
     assert rollup(store, s.series_1h) == pytest.approx({T: (4, 12.0, 1.0, 5.0)})
     # the next hour is a bucket of its own
-    store.write_batch(BatchWrite("fx", series=[point("EURUSD", T + HOUR + 1, 7.0)]), T)
+    store.write_batch(batch_of([point("EURUSD", T + HOUR + 1, 7.0)]), T)
     assert rollup(store, s.series_1h) == pytest.approx(
         {T: (4, 12.0, 1.0, 5.0), T + HOUR: (1, 7.0, 7.0, 7.0)}
     )
@@ -466,7 +554,7 @@ def test_history_and_recent_values_read_the_series(store):
     pts = [point("EURUSD", T + i * 20_000, float(i)) for i in range(9)]  # 3 minutes, 3 per minute
     pts.append(point("EURUSD", T + 5_000, 99.0, metric="other"))
     pts.append(point("GBPUSD", T + 5_000, 99.0))
-    store.write_batch(BatchWrite("fx", series=pts), T)
+    store.write_batch(batch_of(pts), T)
     raw_hist = store.history("fx", "EURUSD", "rate")
     assert raw_hist == [(T + i * 20_000, float(i)) for i in range(9)]
     assert store.history("fx", "EURUSD", "rate", since_ms=T + MIN) == raw_hist[3:]
@@ -487,7 +575,7 @@ def test_history_and_recent_values_read_the_series(store):
     ]
     pts.append(point("USDJPY", T, 150.0, metric="mid"))
     pts.append(point("EURUSD", T, 0.5, metric="other"))
-    store.write_batch(BatchWrite("fx", series=pts), T)
+    store.write_batch(batch_of(pts), T)
     got = store.recent_values("fx", "mid", 3)
     assert got == {
         "EURUSD": [(T + 3 * MIN, 3.0), (T + 4 * MIN, 4.0), (T + 5 * MIN, 5.0)],

@@ -328,9 +328,14 @@ def _records(db: Path, lo: int, hi: int) -> dict:
 
 
 # Series and roll-ups are stored by series id (series_keys names each): compared by name,
-# since the two databases number their series independently.
+# since the two databases number their series independently. A series' points are its
+# records' numeric values of the metric (migration 0006).
 NAMES = "k.flow, k.key, k.metric"
 BY_NAME = " t JOIN series_keys k ON k.id = t.sid"
+_PATH = "'$.\"' || k.metric || '\"'"
+POINTS = (f"(SELECT k.id AS sid, r.ts_ms AS ts_ms, json_extract(r.data, {_PATH}) AS value "
+          "FROM records r JOIN series_keys k ON k.flow = r.flow AND k.key = r.key "
+          f"WHERE json_type(r.data, {_PATH}) IN ('integer', 'real'))")
 
 
 def _rollup_problems(db: Path, name: str) -> list[str]:
@@ -338,7 +343,7 @@ def _rollup_problems(db: Path, name: str) -> list[str]:
     table, width = {"1m": ("series_1m", MINUTE), "1h": ("series_1h", 60 * MINUTE)}[name]
     points: dict[tuple, list[float]] = {}
     for flow, key, metric, ts, value in _rows(db, f"SELECT {NAMES}, t.ts_ms, t.value "
-                                                  f"FROM series{BY_NAME}"):
+                                                  f"FROM {POINTS}{BY_NAME}"):
         points.setdefault((flow, key, metric, ts // width * width), []).append(value)
     bad = []
     rollups = _rows(db, f"SELECT {NAMES}, t.bucket_ms, t.n, t.sum, t.min, t.max "
@@ -372,7 +377,7 @@ def compare(clean_db: Path, crash_db: Path, folder: Path, lo: int, hi: int) -> t
             problems.append(f"records {what}: {len(keys)}, e.g. "
                             + "; ".join(f"{k}: clean {a.get(k)} crashed {b.get(k)}"
                                         for k in keys[:3]))
-    q = (f"SELECT {NAMES}, t.ts_ms, t.value FROM series{BY_NAME} "
+    q = (f"SELECT {NAMES}, t.ts_ms, t.value FROM {POINTS}{BY_NAME} "
          "WHERE t.ts_ms >= ? AND t.ts_ms < ?")
     sa, sb = set(_rows(clean_db, q, (lo, hi))), set(_rows(crash_db, q, (lo, hi)))
     if sa != sb:
