@@ -118,7 +118,7 @@ class Proc:
     """One `flowdeck daemon` process on a SQLite file."""
 
     def __init__(self, config: Path, db: Path, crash_at: str | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, preexec_fn=None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("FLOWDECK_CRASH_AT",
@@ -132,7 +132,7 @@ class Proc:
         self.proc = subprocess.Popen(
             FLOWDECK + ["daemon", "--config", str(config), "--db", f"sqlite:///{db}",
                         "--bind", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=self._err, env=env)
+            stdout=subprocess.DEVNULL, stderr=self._err, env=env, preexec_fn=preexec_fn)
 
     def ready(self, timeout: float = 60.0) -> float | None:
         """Seconds from start to /readyz 200, or None if the process died first."""
