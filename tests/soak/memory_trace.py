@@ -8,8 +8,12 @@ The daemon runs with tracemalloc on (``--frames`` frames per traceback) and a th
 dumps a snapshot every ``--every`` seconds into DIR. At the end the script prints, for the
 snapshot after the warm-up against the last one, the allocations that grew most (by
 traceback, the flowdeck frame nearest the allocation first), their size now and their
-growth, and the traced total over time. Tracing slows the daemon several times, so the
-rate it keeps up with is lower than without it: the daemon's lag (files behind) is printed.
+growth, and the traced total over time; and, every ``--every`` seconds, a probe of
+the process (VmRSS, RssAnon, fds, glibc malloc in use and free, SQLite's own memory,
+pymalloc blocks, gc-tracked objects, cyclic garbage collected; ``--garbage`` also counts
+the cyclic garbage by type). ``--frames 0`` runs the probe alone: tracemalloc's own
+tables (tens of bytes per live block) inflate RSS and slow the daemon several times, so
+RSS figures are read from a run without it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, for bench.*
 
+from bench.common import REPO  # noqa: E402
 from bench.soak import Soak  # noqa: E402
 
 WRAPPER = """
@@ -98,8 +103,8 @@ runpy.run_module("flowdeck.console.cli", run_name="__main__", alter_sys=True)
 def where(tb: tracemalloc.Traceback) -> str:
     """The allocation's frames, flowdeck's first (newest first), shortened."""
     frames = list(reversed(tb))  # tracemalloc keeps the oldest frame first
-    ours = [f for f in frames if "/flowdeck" in f.filename or "/wt-" in f.filename
-            or "/pipeline/" in f.filename or "/storage/" in f.filename]
+    ours = [f for f in frames if f.filename.startswith(str(REPO))
+            and "site-packages" not in f.filename]
     pick = (ours or frames)[:4]
     return " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in pick)
 
