@@ -157,13 +157,14 @@ class SeenTimestamps:
     (flow, key, ts) is idempotent). Records usually arrive in time order per key, so the
     common case is one comparison and an append."""
 
-    __slots__ = ("by_key", "limit", "per_key", "_sweep_at")
+    __slots__ = ("by_key", "limit", "per_key", "_cap", "_trim_at", "_sweep_at")
 
     def __init__(self, limit: int = SEEN_LIMIT, per_key: int = SEEN_PER_KEY) -> None:
         self.by_key: dict[str, array] = {}
         self.limit = limit
         self.per_key = per_key
         self._sweep_at = 2
+        self._recap()
 
     def __len__(self) -> int:
         return sum(len(a) for a in self.by_key.values())
@@ -177,13 +178,18 @@ class SeenTimestamps:
 
     def cap(self) -> int:
         """Timestamps each key keeps now."""
-        return max(self.per_key, self.limit // max(1, len(self.by_key)))
+        return self._cap
+
+    def _recap(self) -> None:
+        self._cap = max(self.per_key, self.limit // max(1, len(self.by_key)))
+        self._trim_at = self._cap + (self._cap >> 2)
 
     def add(self, key: str, ts: int) -> bool:
         """Remember (key, ts); False if it was already remembered (a duplicate)."""
         arr = self.by_key.get(key)
         if arr is None:
             self.by_key[key] = array("q", (ts,))
+            self._recap()
             if len(self.by_key) >= self._sweep_at:
                 self._sweep()
             return True
@@ -194,17 +200,14 @@ class SeenTimestamps:
             if i < len(arr) and arr[i] == ts:
                 return False
             arr.insert(i, ts)
-        n = len(arr)
-        if n > self.per_key:
-            cap = self.cap()
-            if n > cap + (cap >> 2):
-                del arr[:n - cap]
+        if len(arr) > self._trim_at:
+            del arr[:len(arr) - self._cap]
         return True
 
     def _sweep(self) -> None:
         """The keys have doubled: every key down to its (smaller) share."""
         self._sweep_at = 2 * len(self.by_key)
-        cap = self.cap()
+        cap = self._cap
         for arr in self.by_key.values():
             if len(arr) > cap:
                 del arr[:len(arr) - cap]
