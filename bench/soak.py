@@ -50,8 +50,12 @@ flows:
 
 
 class Soak:
-    def __init__(self, seconds: float, rate: int, concurrent: bool) -> None:
+    def __init__(self, seconds: float, rate: int, concurrent: bool,
+                 launcher: list[str] | None = None) -> None:
         self.seconds = seconds
+        # What runs the CLI (python's arguments before "daemon"): tests/soak/memory_trace.py
+        # starts it under tracemalloc.
+        self.launcher = launcher or ["-m", "flowdeck.console.cli"]
         self.rate = rate
         self.concurrent = concurrent
         self.warmup = max(10.0, seconds / 10)
@@ -70,7 +74,7 @@ class Soak:
         cfg.write_text(CONFIG.format(folder=folder))
         self._log = open(self.dir / "daemon.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowdeck.console.cli", "daemon", "--config", str(cfg),
+            [sys.executable, *self.launcher, "daemon", "--config", str(cfg),
              "--db", f"sqlite:///{self.dir / 'soak.db'}", "--bind", "127.0.0.1:0"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir,
             env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import re
+import resource
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -19,7 +20,7 @@ from flowdeck.pipeline.config import Config
 from flowdeck.pipeline.core.clock import Clock
 from flowdeck.pipeline.core.redact import redact
 from flowdeck.pipeline.engine.spool import RawSpool
-from flowdeck.storage.db import UNAVAILABLE
+from flowdeck.storage.db import UNAVAILABLE, sqlite_file
 from flowdeck.storage.model import IssueDraft, RawDraft
 
 if TYPE_CHECKING:
@@ -37,24 +38,58 @@ def _short(exc: BaseException) -> str:
 
 
 def write_error_reason(exc: BaseException) -> str:
-    """Why a store write failed, as a metric label: ``disk_full`` (ENOSPC, SQLite's
-    "database or disk is full", PostgreSQL's "No space left on device"), ``locked``,
-    ``io_error`` (EIO, SQLite's "disk I/O error", EFBIG past RLIMIT_FSIZE) or
-    ``unavailable`` (anything else: unreachable, refused, timed out)."""
+    """Why a store write failed, as a metric label: ``disk_full`` (ENOSPC, EDQUOT, EFBIG
+    past the file size limit, SQLite's "database or disk is full", PostgreSQL's "No space
+    left on device"), ``locked``, ``io_error`` (EIO, SQLite's "disk I/O error") or
+    ``unavailable`` (anything else: unreachable, refused, timed out). SQLite says "disk
+    I/O error" for EFBIG too: :func:`file_size_limit_hit` tells that case apart."""
     for e in (exc, getattr(exc, "orig", None), exc.__cause__):
         if isinstance(e, OSError):
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 return "disk_full"
-            if e.errno in (errno.EIO, errno.EFBIG):
+            if e.errno == errno.EIO:
                 return "io_error"
     text = str(getattr(exc, "orig", None) or exc).lower()
-    if "disk is full" in text or "no space left" in text or "disk full" in text:
+    if ("disk is full" in text or "no space left" in text or "disk full" in text
+            or "file too large" in text):
         return "disk_full"
-    if "disk i/o error" in text or "file too large" in text:
+    if "disk i/o error" in text:
         return "io_error"
     if "locked" in text or "busy" in text:
         return "locked"
     return "unavailable"
+
+
+def file_size_limit() -> int | None:
+    """This process's RLIMIT_FSIZE (the soft limit) in bytes, None if unlimited."""
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def file_size_limit_hit(paths: Iterable[str | Path], slack: int = 65_536) -> str | None:
+    """Which of these files can grow no more under the file size limit, said as an
+    operator reads it; None if none (or no limit). A write past RLIMIT_FSIZE fails with
+    EFBIG (SIGXFSZ is ignored, as Python does), which SQLite reports as a disk I/O error:
+    for whoever runs the daemon it is a full disk."""
+    limit = file_size_limit()
+    if limit is None:
+        return None
+    for p in paths:
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            continue
+        if size + slack >= limit:
+            return (f"{Path(p).name} is {size} bytes, at the file size limit "
+                    f"(RLIMIT_FSIZE {limit} bytes)")
+    return None
+
+
+def store_files(store: Store) -> list[str]:
+    """A SQLite store's files (database, WAL, rollback journal); none for PostgreSQL."""
+    engine = getattr(store, "engine", None)
+    path = sqlite_file(engine) if engine is not None else None
+    return [path, path + "-wal", path + "-journal"] if path else []
 
 
 def spool_root(config: Config, store: Store) -> Path | None:
@@ -108,6 +143,11 @@ class StoreGuard:
         """A store call met the store unavailable."""
         self.error = _short(exc)
         self.reason = write_error_reason(exc)
+        if self.reason == "io_error":  # EFBIG, as SQLite says it: a full disk to the operator
+            hit = file_size_limit_hit(store_files(self.store))
+            if hit is not None:
+                self.reason = "disk_full"
+                self.error = f"{self.error}: {hit}"
         self.write_errors[self.reason] = self.write_errors.get(self.reason, 0) + 1
         if self.down_since is None:
             self.down_since = self.clock.now_ms()

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import resource
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,11 @@ from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.model import RawDraft
 
 log = logging.getLogger("flowdeck.spool")
+
+def _fsize_limit() -> int | None:
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
 
 _NAME = re.compile(r"^(\d{12})\.spool$")
 
@@ -104,9 +110,11 @@ class RawSpool:
             log.error("cannot spool a payload of %s in %s: %s", draft.source, self.folder, exc)
             tmp.unlink(missing_ok=True)
             self.dropped += 1
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
             self.refused = "disk_full" if full else "io_error"
             self.refused_error = f"{os.strerror(exc.errno) if exc.errno else exc}"
+            if exc.errno == errno.EFBIG:  # one payload larger than RLIMIT_FSIZE allows
+                self.refused_error += f" (RLIMIT_FSIZE {_fsize_limit()} bytes)"
             self._refused_size = len(body)
             return False
         self._sizes[self._seq] = len(body)
@@ -123,6 +131,9 @@ class RawSpool:
             return False
         if self.refused == "spool_max" or self.folder is None:
             return True
+        limit = _fsize_limit()
+        if limit is not None and self._refused_size + 4096 >= limit:  # + its header
+            return False  # such a payload never fits in one file under RLIMIT_FSIZE
         where = self.folder
         while not where.exists() and where.parent != where:  # not made yet: its disk
             where = where.parent

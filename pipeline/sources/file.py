@@ -53,7 +53,11 @@ class FileSource:
             out.append(RawDraft(self.src.name, body[:self.src.max_bytes] if truncated else body,
                                 content_type=_TYPES[self.src.format], truncated=truncated,
                                 origin=p))
-        # Only files actually handed over count as seen: a failure loses nothing.
+        # Only files actually handed over count as seen: a failure loses nothing. Files no
+        # longer there are forgotten (a drop folder cleaned as it goes would otherwise
+        # grow this by one entry per file ever read).
+        present = set(paths)
+        self.seen = {p: sig for p, sig in self.seen.items() if p in present}
         self.seen.update(seen)
         if errors and not out:
             raise FetchError("io", "; ".join(errors))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 import zoneinfo
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import islice
 from typing import Any
 
 from flowdeck.pipeline.config import FieldSource, FlowConfig, SourceConfig, source_key_constants
@@ -26,7 +27,10 @@ from flowdeck.pipeline.stages.base import register
 from flowdeck.pipeline.units import UnitError, affine, unit_code
 
 VERSION = "collect/1"
-SEEN_LIMIT = 200_000  # (key, ts) pairs remembered per source for de-duplication
+# De-duplication memory per source (SeenTimestamps): about this many timestamps in all
+# (8 bytes each), shared out among the keys, and at least SEEN_PER_KEY of each key's newest.
+SEEN_LIMIT = 200_000
+SEEN_PER_KEY = 64
 
 
 class TimestampError(ValueError):
@@ -141,6 +145,82 @@ def interval_parser(fmt: str, tz: str) -> Callable[[Any], tuple[int, float | Non
     return checked
 
 
+class SeenTimestamps:
+    """The (key, timestamp) pairs a source has sent, for dropping duplicates: per key, its
+    newest timestamps, ascending, in an ``array('q')`` (8 bytes each).
+
+    Bounded by design: each key keeps its newest ``max(per_key, limit // keys)`` timestamps,
+    trimmed from the oldest when it passes that by a quarter (so trimming is amortised),
+    and every key's at once each time the number of keys doubles; memory stays within
+    about ``20 * max(limit, per_key * keys)`` bytes plus a small array per key: it grows
+    with the keys, never with the records ever seen. A timestamp older than everything a
+    key remembers counts as new; storing it again is harmless (the records' upsert on
+    (flow, key, ts) is idempotent). Records usually arrive in time order per key, so the
+    common case is one comparison and an append."""
+
+    __slots__ = ("by_key", "limit", "per_key", "_cap", "_trim_at", "_sweep_at")
+
+    def __init__(self, limit: int = SEEN_LIMIT, per_key: int = SEEN_PER_KEY) -> None:
+        self.by_key: dict[str, array] = {}
+        self.limit = limit
+        self.per_key = per_key
+        self._sweep_at = 2
+        self._recap()
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self.by_key.values())
+
+    def __contains__(self, pair: tuple[str, int]) -> bool:
+        arr = self.by_key.get(pair[0])
+        if not arr:
+            return False
+        i = bisect_left(arr, pair[1])
+        return i < len(arr) and arr[i] == pair[1]
+
+    def cap(self) -> int:
+        """Timestamps each key keeps now."""
+        return self._cap
+
+    def _recap(self) -> None:
+        self._cap = max(self.per_key, self.limit // max(1, len(self.by_key)))
+        self._trim_at = self._cap + (self._cap >> 2)
+
+    def add(self, key: str, ts: int) -> bool:
+        """Remember (key, ts); False if it was already remembered (a duplicate)."""
+        arr = self.by_key.get(key)
+        if arr is None:
+            self.by_key[key] = array("q", (ts,))
+            self._recap()
+            if len(self.by_key) >= self._sweep_at:
+                self._sweep()
+            return True
+        if not arr or ts > arr[-1]:
+            arr.append(ts)
+        else:
+            i = bisect_left(arr, ts)
+            if i < len(arr) and arr[i] == ts:
+                return False
+            arr.insert(i, ts)
+        if len(arr) > self._trim_at:
+            del arr[:len(arr) - self._cap]
+        return True
+
+    def _sweep(self) -> None:
+        """The keys have doubled: every key down to its (smaller) share."""
+        self._sweep_at = 2 * len(self.by_key)
+        cap = self._cap
+        for arr in self.by_key.values():
+            if len(arr) > cap:
+                del arr[:len(arr) - cap]
+
+    def discard(self, key: str, ts: int) -> None:
+        arr = self.by_key.get(key)
+        if arr:
+            i = bisect_left(arr, ts)
+            if i < len(arr) and arr[i] == ts:
+                del arr[i]
+
+
 class SourceCollector:
     """Per-source state: compiled field getters and the de-duplication memory."""
 
@@ -190,10 +270,10 @@ class SourceCollector:
         # epoch_ms: an int in years 1..9999 is its own timestamp (no parser call per record).
         self.ts_is_ms = src.timestamp.format == "epoch_ms"
         self.duration_field = src.timestamp.duration_field or f"{flow.ts}_duration_s"
-        # Oldest first (a dict keeps insertion order, and a key is never set twice: it is
-        # forgotten first); cheaper per record than an OrderedDict.
-        self.seen: dict[tuple[str, int], int | None] = {}  # -> content hash
-        self.seen_hashes: dict[int, None] = {}
+        # (key, ts) already sent. A record's content hash would add nothing: it hashes the
+        # key and timestamp too, so within a source it can only match where (key, ts) does,
+        # or collide (and drop a record that is not a duplicate).
+        self.seen = SeenTimestamps()
         self.last_ts: dict[str, int] = {}  # newest timestamp seen per key (staleness)
 
     def convert_units(self, item: Any, data: dict) -> str | None:
@@ -218,15 +298,6 @@ class SourceCollector:
             if isinstance(v, int | float) and not isinstance(v, bool) and (a, b) != (1.0, 0.0):
                 data[field] = a * v + b
         return None
-
-    def trim(self) -> None:
-        """Forget the oldest pairs and hashes beyond SEEN_LIMIT."""
-        memories: tuple[dict[Any, Any], ...] = (self.seen, self.seen_hashes)
-        for memory in memories:
-            excess = len(memory) - SEEN_LIMIT
-            if excess > 0:
-                for k in list(islice(memory, excess)):
-                    del memory[k]
 
 
 @register("collect")
@@ -283,7 +354,7 @@ class Collector:
         plain_ts = sc.plain_ts
         mapping, ts_key = plain_ts if plain_ts is not None else ([], None)
         constants, key_derive, unmatched = sc.constants, sc.key_derive, sc.unmatched
-        seen, seen_hashes, last_ts = sc.seen, sc.seen_hashes, sc.last_ts
+        seen_add, last_ts = sc.seen.add, sc.last_ts
         stored_newest = {} if replay else self.stored_newest
         duration_field = sc.duration_field
         parse_ts, ts_is_ms, unit_from = sc.parse_ts, sc.ts_is_ms, sc.unit_from
@@ -374,20 +445,9 @@ class Collector:
                              message=f"timestamp {_iso(ts)} is older than "
                                      f"{human_duration(checks.max_age or 0)}")
                 continue
-            kt = (key, ts)
-            if kt in seen:
+            if not seen_add(key, ts):
                 batch.dropped["duplicate"] += 1
                 continue
-            try:
-                h = hash((key, ts, tuple(data.values())))
-            except TypeError:  # unhashable values (lists/dicts) are left to validation
-                h = None
-            if h is not None:
-                if h in seen_hashes:
-                    batch.dropped["duplicate"] += 1
-                    continue
-                seen_hashes[h] = None
-            seen[kt] = h
             if ts > skew:
                 rec.flags.append("clock_skew")
             newest = stored_newest.get(key)
@@ -396,15 +456,12 @@ class Collector:
             if ts > last_ts.get(key, ts - 1):
                 last_ts[key] = ts
             append(rec)
-        sc.trim()  # once per batch, not per record
 
     def forget(self, source: str, pairs: list[tuple[str, int]]) -> None:
         """Let a later payload bring these (key, ts) again (used when a batch fails to store)."""
-        sc = self.sources[source]
-        for kt in pairs:
-            h = sc.seen.pop(kt, None)
-            if h is not None:
-                sc.seen_hashes.pop(h, None)
+        seen = self.sources[source].seen
+        for key, ts in pairs:
+            seen.discard(key, ts)
 
 
 def map_value(vmap: dict, v: Any) -> tuple[Any, bool]:

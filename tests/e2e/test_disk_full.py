@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import sqlite3
 import time
 import urllib.error
@@ -21,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.crashes import Proc, http_json, write_config
+from support.crashes import MINUTE, Proc, compare, http_json, write_config
 from support.disk import small_tmpfs
 
 
@@ -125,3 +127,82 @@ def test_a_full_disk_is_said_survived_and_recovered_from(tmp_path, small_disk):
     assert "Traceback" not in text, text[-3000:]
     assert "disk is full" in text
     assert not list(Path(small_disk).glob("full.db.spool/*/*.tmp"))
+
+
+def _file_size_limit(limit: int):
+    """A child's preexec_fn: RLIMIT_FSIZE, and SIGXFSZ ignored so a write past it fails
+    with EFBIG instead of killing the process."""
+    def pre() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return pre
+
+
+def test_a_file_size_limit_is_said_as_a_full_disk_and_loses_nothing(tmp_path):
+    """The daemon started under RLIMIT_FSIZE a little above its database's size: once the
+    file reaches it, SQLite's writes fail (EFBIG, which SQLite reports as a disk I/O
+    error), and the daemon says so as for a full disk, spools what it fetches (each spool
+    file is far below the limit), and after a restart without the limit the store holds
+    what a daemon that never met the limit stored, minute for minute."""
+    config = write_config(tmp_path)
+    clean_db, db = tmp_path / "clean.db", tmp_path / "crash.db"
+    clean = Proc(config, clean_db, log=tmp_path / "clean.log")
+    try:
+        assert clean.ready() is not None
+        first_ms = int(time.time() * 1000)
+        d0 = Proc(config, db, log=tmp_path / "first.log")  # the schema and a first run
+        assert d0.ready() is not None
+        d0.wait_success_after(int(time.time() * 1000))
+        assert d0.stop() == 0
+        limit = db.stat().st_size + 96 * 1024
+        log = tmp_path / "limited.log"
+        d = Proc(config, db, log=log, preexec_fn=_file_size_limit(limit))
+        try:
+            assert d.ready() is not None, log.read_text()
+            _wait(lambda: "store unavailable (disk_full)" in log.read_text(), 240,
+                  "the daemon never said the file size limit was reached")
+            outage_ms = int(time.time() * 1000)
+            assert f"at the file size limit (RLIMIT_FSIZE {limit} bytes)" in log.read_text()
+            _wait(lambda: _ready(d.url)[0] == 503, 60, "/readyz not 503 at the size limit")
+            code, body = _ready(d.url)
+            assert body["reason"] == "store_unavailable: disk full", body
+            assert _metric(d.url, "flowdeck_store_up") == 0
+            assert _metric(d.url, 'flowdeck_store_write_errors_total{reason="disk_full"}') >= 1
+            outage = next(f["store"]["outage"] for f in d.flows().values()
+                          if (f.get("store") or {}).get("outage"))
+            assert "RLIMIT_FSIZE" in outage["action"]["reason"]
+            # Fetching goes on into the spool (files far below the limit) for over a
+            # minute, so new minutes of data are fetched while the store takes nothing.
+            time.sleep(75)
+            spooled = list((tmp_path / "crash.db.spool").glob("*/*.spool"))
+            assert spooled, "nothing was spooled while the store took no writes"
+            assert _ready(d.url)[0] == 503
+        finally:
+            assert d.stop() == 0
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        assert "dropped" not in text, text[-3000:]
+        # Without the limit, the spool is committed and processed; nothing is missing.
+        again = Proc(config, db, log=tmp_path / "after.log")
+        assert again.ready() is not None
+        mark = int(time.time() * 1000) + 500
+        again.wait_success_after(mark)
+        _wait(lambda: not list((tmp_path / "crash.db.spool").glob("*/*.spool")), 120,
+              "the spool was never committed")
+        # Compared below: minutes both have fully seen, which end three minutes before the
+        # last poll (the slowest source serves two minutes behind): past the outage's.
+        time.sleep(max(0.0, outage_ms / 1000 + 4 * 60 - time.time()))
+        mark = int(time.time() * 1000)
+        again.wait_success_after(mark)
+        clean.wait_success_after(mark)
+        last_ms = mark
+        assert again.stop() == 0
+    finally:
+        clean.stop()
+    lo = (first_ms // MINUTE) * MINUTE - 3 * MINUTE
+    hi = (last_ms // MINUTE) * MINUTE - 3 * MINUTE
+    compared, problems = compare(clean_db, db, tmp_path, lo, hi)
+    print("file size limit", limit, "spooled", len(spooled), compared)
+    assert not problems, "\n".join(problems)
+    assert compared["records"] > 0 and hi > outage_ms  # the outage's minutes are compared
+    assert compared["lost"] == 0 and compared["duplicated"] == 0

@@ -24,6 +24,11 @@ both have fully seen:
   processed, freshness and the detectors' warm-up, not on what was stored);
 - the series points are the same, and every roll-up (1 m and 1 h) agrees with the
   points it sums (n, sum, min, max): a point written twice would count twice.
+
+On PostgreSQL (``run_campaign(..., pg_admin=URL)``) each daemon gets a database of its own,
+made for the run and dropped after it, and a spool folder of its own; ``mid_spool_write``
+keeps the store away by refusing connections to the crashed daemon's database
+(``ALLOW_CONNECTIONS false`` and its sessions ended) instead of SQLite's write lock.
 """
 
 from __future__ import annotations
@@ -93,15 +98,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(folder: Path) -> Path:
+def write_config(folder: Path, spool_dir: Path | None = None, name: str = "crash-flows") -> Path:
     """The bundled demo, every flow on a 1 s schedule, a short SQLite busy timeout (so a
-    held lock sends payloads to the spool quickly), the reference table by absolute path."""
+    held lock sends payloads to the spool quickly), the reference table by absolute path;
+    ``spool_dir`` for a PostgreSQL store (a SQLite one spools next to its file)."""
     data = files("flowdeck.sample_data")
     text = (data / "flows" / "demo.yaml").read_text()
     text = text.replace("schedule: {every: 10s}", "schedule: {every: 1s}")
     text = text.replace("../reference/stations.csv", str(data / "reference" / "stations.csv"))
     text += "\nstore:\n  busy_timeout: 0.5s\n  retry: 1s\n"
-    path = folder / "crash-flows.yaml"
+    if spool_dir is not None:
+        text += f"  spool_dir: {spool_dir}\n"
+    path = folder / f"{name}.yaml"
     path.write_text(text)
     return path
 
@@ -114,11 +122,16 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
         return e.code, {}
 
 
-class Proc:
-    """One `flowdeck daemon` process on a SQLite file."""
+def db_url(db: Path | str) -> str:
+    """A SQLite file's URL; a PostgreSQL URL as it is."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
 
-    def __init__(self, config: Path, db: Path, crash_at: str | None = None,
-                 log: Path | None = None) -> None:
+
+class Proc:
+    """One `flowdeck daemon` process on a SQLite file (a Path) or a PostgreSQL URL."""
+
+    def __init__(self, config: Path, db: Path | str, crash_at: str | None = None,
+                 log: Path | None = None, preexec_fn=None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("FLOWDECK_CRASH_AT",
@@ -130,9 +143,9 @@ class Proc:
         self._err = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            FLOWDECK + ["daemon", "--config", str(config), "--db", f"sqlite:///{db}",
+            FLOWDECK + ["daemon", "--config", str(config), "--db", db_url(db),
                         "--bind", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=self._err, env=env)
+            stdout=subprocess.DEVNULL, stderr=self._err, env=env, preexec_fn=preexec_fn)
 
     def ready(self, timeout: float = 60.0) -> float | None:
         """Seconds from start to /readyz 200, or None if the process died first."""
@@ -204,6 +217,54 @@ class WriteLock:
         self.conn.close()
 
 
+class RefuseConnections:
+    """Keep a PostgreSQL database away from its clients: no new connections, and the
+    sessions it has ended (as a server restart or a failover would)."""
+
+    def __init__(self, admin: str, name: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(_libpq(admin), autocommit=True)
+        self.name = name
+        self.conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        self.conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+    def release(self) -> None:
+        self.conn.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+        self.conn.close()
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+class PgDatabases:
+    """Databases made for one campaign on a PostgreSQL server, dropped at the end."""
+
+    def __init__(self, admin: str) -> None:
+        import uuid
+
+        import psycopg
+
+        self.admin = admin
+        self.prefix = f"flowdeck_crash_{uuid.uuid4().hex[:10]}"
+        self.names: list[str] = []
+        self._psycopg = psycopg
+
+    def make(self, suffix: str) -> str:
+        name = f"{self.prefix}_{suffix}"
+        with self._psycopg.connect(_libpq(self.admin), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        return self.admin.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop(self) -> None:
+        with self._psycopg.connect(_libpq(self.admin), autocommit=True) as c:
+            for name in self.names:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @dataclass
 class Outcome:
     kills: list[str] = field(default_factory=list)
@@ -232,13 +293,34 @@ class Outcome:
 
 
 def run_campaign(folder: Path, kills: list[Kill], *, settle_s: float = 0.0,
-                 progress=None) -> Outcome:
-    """Run the clean and the crashed daemon through ``kills``; compare; an Outcome."""
-    config = write_config(folder)
-    clean_db, crash_db = folder / "clean.db", folder / "crash.db"
+                 progress=None, pg_admin: str | None = None) -> Outcome:
+    """Run the clean and the crashed daemon through ``kills``; compare; an Outcome.
+    ``pg_admin``: on PostgreSQL, in two databases made (and dropped) on that server."""
+    if pg_admin is None:
+        return _campaign(folder, kills, settle_s, progress, None)
+    dbs = PgDatabases(pg_admin)
+    try:
+        return _campaign(folder, kills, settle_s, progress, dbs)
+    finally:
+        dbs.drop()
+
+
+def _campaign(folder: Path, kills: list[Kill], settle_s: float, progress,
+              pg: PgDatabases | None) -> Outcome:
+    clean_db: Path | str
+    crash_db: Path | str
+    if pg is None:
+        config = clean_config = write_config(folder)
+        clean_db, crash_db = folder / "clean.db", folder / "crash.db"
+        spool = folder / "crash.db.spool"
+    else:
+        spool = folder / "crash.spool"
+        config = write_config(folder, spool, "crash-flows")
+        clean_config = write_config(folder, folder / "clean.spool", "clean-flows")
+        clean_db, crash_db = pg.make("clean"), pg.make("crash")
     out = Outcome()
     say = progress or (lambda _msg: None)
-    clean = Proc(config, clean_db, log=folder / "clean.log")
+    clean = Proc(clean_config, clean_db, log=folder / "clean.log")
     assert clean.ready() is not None, "the clean daemon did not start"
     first_ms = int(time.time() * 1000)
     try:
@@ -256,7 +338,8 @@ def run_campaign(folder: Path, kills: list[Kill], *, settle_s: float = 0.0,
                 p = Proc(config, crash_db, kill.point + f":{kill.n}", log=log)
                 if p.ready() is None:
                     raise AssertionError(f"daemon died before the lock: {log.read_text()}")
-                lock = WriteLock(crash_db)
+                lock = (WriteLock(crash_db) if pg is None
+                        else RefuseConnections(pg.admin, str(crash_db).rsplit("/", 1)[1]))
                 try:
                     code = p.wait_killed()
                 finally:
@@ -303,12 +386,17 @@ def run_campaign(folder: Path, kills: list[Kill], *, settle_s: float = 0.0,
     # minutes before the common mark (the slowest source serves two minutes behind).
     lo = (first_ms // MINUTE) * MINUTE - 3 * MINUTE
     hi = (last_ms // MINUTE) * MINUTE - 3 * MINUTE
-    out.compared, problems = compare(clean_db, crash_db, folder, lo, hi)
+    out.compared, problems = compare(clean_db, crash_db, folder, lo, hi, spool=spool)
     out.problems.extend(problems)
     return out
 
 
-def _rows(db: Path, sql: str, args=()) -> list[tuple]:
+def _rows(db: Path | str, sql: str, args=()) -> list[tuple]:
+    if isinstance(db, str):  # PostgreSQL
+        import psycopg
+
+        with psycopg.connect(_libpq(db)) as pconn:
+            return [tuple(r) for r in pconn.execute(sql.replace("?", "%s"), args).fetchall()]
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql, args).fetchall()
@@ -316,14 +404,22 @@ def _rows(db: Path, sql: str, args=()) -> list[tuple]:
         conn.close()
 
 
+def _json(v):
+    return json.loads(v) if isinstance(v, str | bytes) else v
+
+
+def _name(db: Path | str) -> str:
+    return db.name if isinstance(db, Path) else db.rsplit("/", 1)[1]
+
+
 def _records(db: Path, lo: int, hi: int) -> dict:
     out = {}
     for flow, key, ts, data, sources in _rows(
             db, "SELECT flow, key, ts_ms, data, sources FROM records "
                 "WHERE ts_ms >= ? AND ts_ms < ?", (lo, hi)):
-        d = json.loads(data)
+        d = dict(_json(data))
         d.pop("anomaly_reason", None)
-        out[(flow, key, ts)] = (json.dumps(d, sort_keys=True), tuple(sorted(json.loads(sources))))
+        out[(flow, key, ts)] = (json.dumps(d, sort_keys=True), tuple(sorted(_json(sources))))
     return out
 
 
@@ -338,7 +434,7 @@ POINTS = (f"(SELECT k.id AS sid, r.ts_ms AS ts_ms, json_extract(r.data, {_PATH})
           f"WHERE json_type(r.data, {_PATH}) IN ('integer', 'real'))")
 
 
-def _rollup_problems(db: Path, name: str) -> list[str]:
+def _rollup_problems(db: Path | str, name: str) -> list[str]:
     """Roll-ups that disagree with the points they sum (a point counted twice, or lost)."""
     table, width = {"1m": ("series_1m", MINUTE), "1h": ("series_1h", 60 * MINUTE)}[name]
     points: dict[tuple, list[float]] = {}
@@ -352,19 +448,21 @@ def _rollup_problems(db: Path, name: str) -> list[str]:
         vals = points.pop((flow, key, metric, bucket), [])
         if (n != len(vals) or abs(total - sum(vals)) > 1e-6 * max(1.0, abs(total))
                 or (vals and (abs(lo - min(vals)) > 1e-9 or abs(hi - max(vals)) > 1e-9))):
-            bad.append(f"{db.name} {table} {flow}/{key}/{metric}@{bucket}: n={n} sum={total}"
+            bad.append(f"{_name(db)} {table} {flow}/{key}/{metric}@{bucket}: n={n} sum={total}"
                        f" but {len(vals)} points summing {sum(vals)}")
-    bad.extend(f"{db.name} {table}: no roll-up for {k}" for k in points)
+    bad.extend(f"{_name(db)} {table}: no roll-up for {k}" for k in points)
     return bad
 
 
-def compare(clean_db: Path, crash_db: Path, folder: Path, lo: int, hi: int) -> tuple[dict, list]:
+def compare(clean_db: Path | str, crash_db: Path | str, folder: Path, lo: int, hi: int,
+            spool: Path | None = None) -> tuple[dict, list]:
     problems = []
     pending = _rows(crash_db, "SELECT count(*) FROM raw_payloads p LEFT JOIN raw_status s "
                               "ON s.raw_id = p.id WHERE s.raw_id IS NULL")[0][0]
     if pending:
         problems.append(f"{pending} committed raw payload(s) never processed")
-    spooled = [p for p in folder.glob("crash.db.spool/*/*") if p.suffix in (".spool", ".bad")]
+    spool = spool or folder / "crash.db.spool"
+    spooled = [p for p in spool.glob("*/*") if p.suffix in (".spool", ".bad")]
     if spooled:
         problems.append(f"{len(spooled)} payload(s) left in the spool: {spooled[:3]}")
     a, b = _records(clean_db, lo, hi), _records(crash_db, lo, hi)
@@ -392,8 +490,8 @@ def compare(clean_db: Path, crash_db: Path, folder: Path, lo: int, hi: int) -> t
     for db in (clean_db, crash_db):
         for name in ("1m", "1h"):
             problems.extend(_rollup_problems(db, name)[:5])
-    dup = _rows(crash_db, "SELECT count(*) - count(DISTINCT flow || '|' || key || '|' || ts_ms)"
-                          " FROM records")[0][0]
+    dup = _rows(crash_db, "SELECT count(*) - count(DISTINCT flow || '|' || key || '|' "
+                          "|| CAST(ts_ms AS TEXT)) FROM records")[0][0]
     compared = {"records": len(a), "series": len(sa), "rollups": len(ra),
                 "minutes": max(0, (hi - lo) // MINUTE), "lost": len(lost) + len(sa - sb),
                 "duplicated": dup + len(extra), "different": len(different), "pending": pending}

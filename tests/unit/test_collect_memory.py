@@ -1,5 +1,5 @@
-"""Collect's de-duplication memory is bounded and forgets the oldest first: a reading
-seen again within the last SEEN_LIMIT readings is a duplicate, an older one is new."""
+"""Collect's de-duplication memory is bounded and forgets each key's oldest readings first:
+a reading among a key's newest remembered timestamps is a duplicate, an older one is new."""
 
 from __future__ import annotations
 
@@ -33,15 +33,16 @@ def collected(c: Collector, readings: list[tuple[str, int]]) -> list[tuple[str, 
     return [(r.key, r.ts) for r in batch.records]
 
 
-def test_the_oldest_readings_are_forgotten_first(monkeypatch) -> None:
-    monkeypatch.setattr(collect, "SEEN_LIMIT", 3)
+def test_each_key_forgets_its_oldest_readings_first() -> None:
     c = Collector("f", parse_config(CONFIG, "f.yaml").flows["f"])
+    c.sources["feed"].seen = collect.SeenTimestamps(limit=3, per_key=3)
     first = [("A", T0), ("A", T0 + 1), ("A", T0 + 2), ("A", T0 + 3)]
     assert collected(c, first) == first
-    # Only the newest three are remembered: T0 was forgotten, the rest are duplicates.
+    # Only A's newest three are remembered: T0 was forgotten, the rest are duplicates.
     assert collected(c, first) == [("A", T0)]
+    assert collected(c, [("A", T0 + 1)]) == []  # among the newest three still
+    assert collected(c, [("A", T0 + 4)]) == [("A", T0 + 4)]  # new; T0 + 1 goes
     assert collected(c, [("A", T0 + 1)]) == [("A", T0 + 1)]  # forgotten by then
-    assert collected(c, [("A", T0 + 3)]) == []  # remembered still
 
 
 def test_a_forgotten_pair_may_come_again() -> None:
