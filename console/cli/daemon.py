@@ -141,8 +141,9 @@ def fanout(args, config: Config):
 
     node = (getattr(args, "node", None) or os.environ.get("FLOWDECK_NODE")
             or f"{socket.gethostname()}-{os.getpid()}")
+    limits = FeedLimits()
     return Fanout(url, f"{config.cache.namespace}:feed:", node=str(node),
-                  maxlen=FeedLimits().replay_messages)
+                  maxlen=limits.replay_messages, max_bytes=limits.replay_bytes)
 
 
 def feed_server(args, config: Config, engine):

@@ -90,7 +90,7 @@ class Fanout:
     """
 
     def __init__(self, url: str, prefix: str, *, node: str, maxlen: int = 1000,
-                 timeout: float = 2.0, block_s: float = 1.0, retry_s: float = 1.0,
+                 max_bytes: int = 8 * 1024 * 1024, timeout: float = 2.0, block_s: float = 1.0, retry_s: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
         import redis.asyncio as aioredis  # optional dependency: only with cache.redis_url
 
@@ -98,6 +98,8 @@ class Fanout:
         self.prefix = prefix
         self.node = node
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
+        self._avg: dict[str, float] = {}  # channel -> moving average of an entry's bytes
         self.timeout = timeout
         self.block_s = block_s
         self.retry_s = retry_s
@@ -194,7 +196,15 @@ class Fanout:
 
     async def _refresh_known(self) -> None:
         """Channels other nodes registered (their flows): read their streams from 0."""
-        names = await self.client.smembers(self.channels_key)
+        async with self.client.pipeline(transaction=False) as p:
+            p.smembers(self.channels_key)
+            p.get(f"{self.prefix}epoch")
+            names, epoch = await p.execute()
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if self.up and epoch != self.epoch:
+            # Redis lost our keys (flushed, or restarted empty): every stream's numbering
+            # starts over, so go through the outage path: reconnect, re-read, resync.
+            raise ConnectionError(f"the fan-out's keys under {self.prefix!r} were lost")
         new = []
         for n in names:
             name = n.decode() if isinstance(n, bytes) else n
@@ -242,12 +252,21 @@ class Fanout:
             for channel, data, ts, ckey in batch:
                 p.xadd(self.key(channel),
                        {"ts": repr(ts), "d": data, "k": encode_ckey(ckey), "n": self.node},
-                       id="0-*", maxlen=self.maxlen, approximate=True)
+                       id="0-*", maxlen=self.stream_len(channel, len(data)), approximate=True)
             await p.execute()
         self._known.update(new)
         for ch in new:
             self._ids.setdefault(self.key(ch), "0-0")
         self.published += len(batch)
+
+    def stream_len(self, channel: str, size: int) -> int:
+        """How many entries the channel's stream keeps: the replay backlog's count, or
+        fewer when its entries are large (records batches), so a stream holds about
+        ``max_bytes`` like the feed's own buffer."""
+        avg = self._avg.get(channel)
+        avg = size if avg is None else avg * 0.9 + size * 0.1
+        self._avg[channel] = avg
+        return max(16, min(self.maxlen, int(self.max_bytes // max(avg, 1.0))))
 
     def take_unsent(self) -> list[tuple[str, bytes, float, Any]]:
         """Deltas accepted while up but not written when Redis went away."""
@@ -341,6 +360,8 @@ class Fanout:
                 continue
             log.warning("event fan-out through Redis is back: resyncing viewers")
             self.on_up(entries)
+            with contextlib.suppress(Exception):  # published locally while reconnecting
+                await self._mark_gaps()
             self._spawn(self._read_loop())
             self._spawn(self._send_loop())
             if self._outbox:

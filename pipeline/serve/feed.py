@@ -125,6 +125,7 @@ class FeedServer:
         self.fanout = fanout
         self.local_flows: set[str] = set()
         self._remote_summary: dict[str, ViewerFlow] = {}
+        self._numbering = 0  # +1 whenever seqs switch between the streams' and local ones
         self.metrics = FeedMetrics()
         self.http = HttpApi(self)
         self.flows: list[str] = []
@@ -369,6 +370,7 @@ class FeedServer:
     def _fanout_down(self, reason: str) -> None:
         """Redis went away: viewers move to this node's own numbering (a gap, the local
         epoch, a snapshot); deltas not written to Redis are delivered here."""
+        self._numbering += 1
         self._resync(reason, only=lambda c: c.kind in CLUSTER_KINDS,
                      extra={"epoch": self.local_epoch, "fanout": "degraded"})
         f = self.fanout
@@ -382,6 +384,7 @@ class FeedServer:
     def _fanout_up(self, entries: list[Entry]) -> None:
         """Redis is back: every cluster channel is numbered by its stream again (re-read
         from the start), and viewers get a gap with the deployment's epoch, then a snapshot."""
+        self._numbering += 1
         self._resync("event fan-out restored", only=lambda c: c.kind in CLUSTER_KINDS,
                      extra={"epoch": self.epoch, "fanout": "up"})
         for ch in self.channels.values():
@@ -710,10 +713,12 @@ class FeedServer:
     async def _send_snapshot(self, viewer: Viewer, ch: Channel, sub: Sub) -> None:
         """A channel snapshot, then whatever arrived while it was taken, then live deltas."""
         try:
+            numbering = self._numbering
             seq, data = await self._channel_snapshot(ch)
             for _ in range(3):  # older than the replay buffer reaches: take a fresh one
-                if ch.covers(seq):
+                if ch.covers(seq) and numbering == self._numbering:
                     break
+                numbering = self._numbering
                 seq, data = await self._channel_snapshot(ch, fresh=True)
         except Exception as exc:
             viewer.reply(
@@ -724,7 +729,8 @@ class FeedServer:
             return
         if viewer.closed:
             return
-        if not ch.covers(seq):  # more arrived meanwhile than the buffer holds
+        if not ch.covers(seq) or numbering != self._numbering:
+            # more arrived meanwhile than the buffer holds, or the numbering changed
             viewer.reply(
                 "error",
                 {

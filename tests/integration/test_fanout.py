@@ -250,3 +250,53 @@ def _get(url: str) -> bytes:
 
     with urllib.request.urlopen(url, timeout=30) as r:
         return r.read()
+
+
+def test_lost_keys_are_an_outage_and_the_nodes_renumber_together(tmp_path, pg_url, prefix):
+    """Redis restarted empty (here: our keys deleted): both nodes notice, re-read the
+    streams, resync their viewers, and number new events alike again."""
+    async def main():
+        a = await start_node(tmp_path, "a", ["xa"], pg_url, prefix)
+        b = await start_node(tmp_path, "b", ["yb"], pg_url, prefix)
+        try:
+            await wait_for(lambda: "records:yb" in a.feed.channels, what="yb on node a")
+            va = await Client.open(a.feed.feed_url)
+            vb = await Client.open(b.feed.feed_url)
+            sub, _ = await va.subscribe("records:yb")
+            await vb.subscribe("records:yb")
+            await b.ingest("yb", rows_for(["K001"]))
+            await va.expect("delta", "records:yb", timeout=60)
+            await vb.expect("delta", "records:yb", timeout=60)
+            published = a.feed.fanout.status()["published"] + b.feed.fanout.status()["published"]
+            assert published > 0
+
+            assert await a.feed.fanout.delete_keys() > 0
+            for v in (va, vb):
+                back = await v.expect("gap", "records:yb", timeout=60,
+                                      where=lambda m: m["data"].get("fanout") == "up")
+                assert back["data"]["epoch"] != sub["data"]["epoch"]  # a new deployment epoch
+                await v.expect("snapshot", "records:yb", timeout=60)
+            await wait_for(lambda: a.feed.fanout.up and b.feed.fanout.up, what="both up")
+            await b.ingest("yb", rows_for(["K002"]))
+            k2 = lambda m: m["data"]["records"][0]["key"] == "K002"  # noqa: E731
+            ma = await va.expect("delta", "records:yb", timeout=60, where=k2)
+            mb = await vb.expect("delta", "records:yb", timeout=60, where=k2)
+            assert ma == mb
+            assert a.feed.fanout.epoch == b.feed.fanout.epoch
+            await va.close()
+            await vb.close()
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_stream_keeps_about_the_replay_backlog_in_bytes():
+    f = Fanout(REDIS, "unused:", node="n", maxlen=1000, max_bytes=1_000_000)
+    assert f.stream_len("events", 200) == 1000  # small entries: the count bound
+    for _ in range(50):
+        n = f.stream_len("records:big", 100_000)
+    assert n == 16  # large ones: max_bytes / size (10), but never under 16
+    assert f.stream_len("records:mid", 10_000) == 100
+    asyncio.run(f.stop())
