@@ -281,8 +281,9 @@ class Fanout:
             if block:
                 await asyncio.sleep(self.block_s)
             return []
-        resp = await self.reader.xread(
-            dict(self._ids), count=1000, block=int(self.block_s * 1000) if block else None
+        streams: Any = dict(self._ids)
+        resp: Any = await self.reader.xread(
+            streams, count=1000, block=int(self.block_s * 1000) if block else None
         )
         out: list[Entry] = []
         now = self.clock()

@@ -182,7 +182,7 @@ class FeedServer:
             f.on_entries = self._on_entries
             f.on_down = self._fanout_down
             f.on_up = self._fanout_up
-            f.on_known = lambda names: [self._channel_for(n) for n in names]
+            f.on_known = self._open_channels
             self._on_entries(await f.start(
                 [n for n, ch in self.channels.items() if ch.kind in CLUSTER_KINDS]))
         try:
@@ -345,6 +345,10 @@ class FeedServer:
             self.channels[f"{k}:{flow}"] = Channel(f"{k}:{flow}", k, flow)
         return self.channels[name]
 
+    def _open_channels(self, names: list[str]) -> None:
+        for name in names:
+            self._channel_for(name)
+
     def _on_entries(self, entries: list[Entry]) -> None:
         """Entries read from the streams, in order: deltas at the seq their stream gave."""
         for e in entries:
@@ -394,7 +398,7 @@ class FeedServer:
         self._on_entries(entries)
         self._flows_dirty.set()
 
-    def all_flows(self, snap: ViewerSnapshot) -> dict[str, ViewerFlow]:
+    def all_flows(self, snap: ViewerSnapshot | dict) -> dict[str, ViewerFlow]:
         """Every flow's summary: this engine's, and the last the fan-out brought of the
         flows other nodes run."""
         return {**self._remote_summary, **snap["flows"]}
@@ -784,7 +788,7 @@ class FeedServer:
             summary = snap["flows"].get(flow)
         else:  # another node's flow: its values from the shared store, its last summary
             latest = await self.control.query("latest", flow=flow, fresh=True)
-            summary = self._remote_summary.get(flow)
+            summary = self._remote_summary.get(flow or "")
         if kind == "records":
             return seq, {"flow": flow, "records": latest}
         return seq, {
