@@ -233,7 +233,11 @@ class Fanout:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox and self.up:
-                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
+                batch, size = [], 0  # one pipeline: at most 500 deltas or ~4 MiB
+                while self._outbox and len(batch) < 500 and size < 4 * 1024 * 1024:
+                    item = self._outbox.popleft()
+                    batch.append(item)
+                    size += len(item[1])
                 try:
                     await self._send(batch)
                 except Exception as exc:
@@ -250,9 +254,12 @@ class Fanout:
             if new:
                 p.sadd(self.channels_key, *new)
             for channel, data, ts, ckey in batch:
+                n = self.stream_len(channel, len(data))
+                # "~" trims whole stream nodes (100 entries): cheap, and right for the
+                # count bound; a stream of large entries is trimmed exactly to its few.
                 p.xadd(self.key(channel),
                        {"ts": repr(ts), "d": data, "k": encode_ckey(ckey), "n": self.node},
-                       id="0-*", maxlen=self.stream_len(channel, len(data)), approximate=True)
+                       id="0-*", maxlen=n, approximate=n >= self.maxlen)
             await p.execute()
         self._known.update(new)
         for ch in new:

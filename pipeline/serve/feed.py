@@ -126,6 +126,7 @@ class FeedServer:
         self.local_flows: set[str] = set()
         self._remote_summary: dict[str, ViewerFlow] = {}
         self._numbering = 0  # +1 whenever seqs switch between the streams' and local ones
+        self._renumbered_at = -1e18  # (monotonic) when it last did
         self.metrics = FeedMetrics()
         self.http = HttpApi(self)
         self.flows: list[str] = []
@@ -224,6 +225,9 @@ class FeedServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), self.limits.close_timeout_s)
             self.server = None
+        snap_task = self._snap_task
+        if snap_task is not None and not snap_task.done():
+            self._tasks.add(snap_task)  # cancelled with the rest: the engine stops next
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -253,6 +257,8 @@ class FeedServer:
     ) -> tuple[dict, dict[str, int]]:
         if fresh_after is None:
             fresh_after = time.monotonic() - self.limits.snapshot_ttl_s
+        # none taken before the seqs were renumbered (their seqs are of the old numbering)
+        fresh_after = max(fresh_after, self._renumbered_at)
         while True:
             if self._snap is not None and self._snap_started >= fresh_after:
                 return self._snap
@@ -375,6 +381,7 @@ class FeedServer:
         """Redis went away: viewers move to this node's own numbering (a gap, the local
         epoch, a snapshot); deltas not written to Redis are delivered here."""
         self._numbering += 1
+        self._renumbered_at = time.monotonic()
         self._resync(reason, only=lambda c: c.kind in CLUSTER_KINDS,
                      extra={"epoch": self.local_epoch, "fanout": "degraded"})
         f = self.fanout
@@ -389,6 +396,7 @@ class FeedServer:
         """Redis is back: every cluster channel is numbered by its stream again (re-read
         from the start), and viewers get a gap with the deployment's epoch, then a snapshot."""
         self._numbering += 1
+        self._renumbered_at = time.monotonic()
         self._resync("event fan-out restored", only=lambda c: c.kind in CLUSTER_KINDS,
                      extra={"epoch": self.epoch, "fanout": "up"})
         for ch in self.channels.values():

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.feed import Client, free_port, rows_for
 from tests.support.services import need_service
+from tests.support.tcpproxy import ThreadedProxy
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,9 @@ flows:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, name: str, flow: str, db: str, ns: str) -> None:
+    def __init__(self, tmp: Path, name: str, flow: str, db: str, ns: str,
+                 redis: str = REDIS) -> None:
+        self.redis = redis
         self.dir = tmp / name
         (self.dir / flow).mkdir(parents=True)
         self.flow = flow
@@ -62,7 +65,7 @@ class Daemon:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             FLOWDECK + ["daemon", "--config", str(self.config), "--db", self.db,
-                        "--redis", REDIS, "--bind", f"127.0.0.1:{self.port}"],
+                        "--redis", self.redis, "--bind", f"127.0.0.1:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
             env={**os.environ, "FLOWDECK_NODE": self.dir.name})
         deadline = time.time() + 120
@@ -182,4 +185,83 @@ def test_viewer_on_node_a_sees_node_b_flow_and_resumes_after_a_restarts(
     finally:
         a.stop()
         b.stop()
+    assert "Traceback" not in a.log.read_text() + b.log.read_text()
+
+
+def metrics(d: Daemon) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=30) as r:
+        return r.read().decode()
+
+
+def keys_of(m: dict) -> list[str]:
+    return [r["key"] for r in m["data"]["records"]]
+
+
+def test_a_node_cut_off_from_redis_runs_its_own_flows_and_catches_up(
+        tmp_path, pg_url, namespace):
+    """Node A reaches Redis through a proxy the test cuts: A's viewers keep seeing A's
+    flow (degraded, said in the gap and on /metrics), B's viewers miss it until A is
+    back and then get a gap and a snapshot; fan-out then works both ways again."""
+    proxy = ThreadedProxy("127.0.0.1", 6379)
+    a = Daemon(tmp_path, "node-a", "xa", pg_url, namespace, redis=proxy.url)
+    b = Daemon(tmp_path, "node-b", "yb", pg_url, namespace)
+
+    async def main():
+        deadline = time.monotonic() + 120
+        while "yb" not in await hello_flows(a.ws):
+            assert time.monotonic() < deadline, "node a never listed node b's flow"
+            await asyncio.sleep(0.5)
+        va = await Client.open(a.ws)
+        vb = await Client.open(b.ws)
+        sub, _ = await va.subscribe("records:xa")
+        await va.subscribe("records:yb")
+        await vb.subscribe("records:xa")
+        await vb.subscribe("records:yb")
+        await a.run(va, rows_for(["K001"]))
+        first = await va.expect("delta", "records:xa", timeout=120)
+        await vb.expect("delta", "records:xa", timeout=120)
+
+        await asyncio.to_thread(proxy.cut)
+        gap = await va.expect("gap", "records:xa", timeout=120)
+        assert gap["data"]["fanout"] == "degraded"
+        assert gap["data"]["epoch"] != sub["data"]["epoch"]
+        assert "flowdeck_fanout_degraded 1.0" in await asyncio.to_thread(metrics, a)
+        await a.run(va, rows_for(["K002"]))
+        local = await va.expect("delta", "records:xa", timeout=120,
+                                where=lambda m: keys_of(m) == ["K002"])
+        assert local["seq"] == first["seq"] + 1
+        await b.run(vb, rows_for(["Y001"]))
+        with pytest.raises(TimeoutError):  # A is cut off: B's run does not reach it ...
+            await va.expect("delta", "records:yb", timeout=2)
+        with pytest.raises(TimeoutError):  # ... and A's run did not reach B
+            await vb.expect("delta", "records:xa", timeout=2)
+
+        await asyncio.to_thread(proxy.restore)
+        back = await va.expect("gap", "records:xa", timeout=120,
+                               where=lambda m: m["data"].get("fanout") == "up")
+        assert back["data"]["epoch"] == sub["data"]["epoch"]
+        missed = await vb.expect("gap", "records:xa", timeout=120)
+        assert "node-a" in missed["data"]["reason"]
+        snap = await vb.expect("snapshot", "records:xa", timeout=120)
+        assert {r["key"] for r in snap["data"]["records"]} >= {"K001", "K002"}
+        snap = await va.expect("snapshot", "records:yb", timeout=120)
+        assert "Y001" in {r["key"] for r in snap["data"]["records"]}
+        await b.run(vb, rows_for(["Y002"]))
+        y2 = lambda m: keys_of(m) == ["Y002"]  # noqa: E731
+        on_a = await va.expect("delta", "records:yb", timeout=120, where=y2)
+        on_b = await vb.expect("delta", "records:yb", timeout=120, where=y2)
+        assert on_a == on_b  # numbered by the stream again, as on B
+        assert "flowdeck_fanout_degraded 0.0" in await asyncio.to_thread(metrics, a)
+        assert "flowdeck_fanout_outages_total 1.0" in await asyncio.to_thread(metrics, a)
+        await va.close()
+        await vb.close()
+
+    try:
+        a.start()
+        b.start()
+        asyncio.run(main())
+    finally:
+        a.stop()
+        b.stop()
+        proxy.close()
     assert "Traceback" not in a.log.read_text() + b.log.read_text()

@@ -43,7 +43,8 @@ class TcpProxy:
             finally:
                 w.close()
 
-        tasks = [asyncio.ensure_future(pipe(reader, up_w)), asyncio.ensure_future(pipe(up_r, writer))]
+        tasks = [asyncio.ensure_future(pipe(reader, up_w)),
+                 asyncio.ensure_future(pipe(up_r, writer))]
         self._tasks.update(tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.difference_update(tasks)
@@ -69,3 +70,35 @@ class TcpProxy:
         await self.cut()
         for t in list(self._tasks):
             t.cancel()
+
+
+class ThreadedProxy:
+    """A :class:`TcpProxy` on its own event loop in a thread, for synchronous tests that
+    put it between a daemon subprocess and Redis."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = TcpProxy(target_host, target_port)
+        self._call(self.proxy.start())
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def cut(self) -> None:
+        self._call(self.proxy.cut())
+
+    def restore(self) -> None:
+        self._call(self.proxy.restore())
+
+    def close(self) -> None:
+        self._call(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
