@@ -226,6 +226,8 @@ def test_a_node_cut_off_from_redis_runs_its_own_flows_and_catches_up(
         assert gap["data"]["fanout"] == "degraded"
         assert gap["data"]["epoch"] != sub["data"]["epoch"]
         assert "flowdeck_fanout_degraded 1.0" in await asyncio.to_thread(metrics, a)
+        for ch in ("records:xa", "records:yb"):  # the snapshots after the degraded gap
+            await va.expect("snapshot", ch, timeout=120)
         await a.run(va, rows_for(["K002"]))
         local = await va.expect("delta", "records:xa", timeout=120,
                                 where=lambda m: keys_of(m) == ["K002"])
