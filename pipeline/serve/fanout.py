@@ -90,7 +90,7 @@ class Fanout:
     """
 
     def __init__(self, url: str, prefix: str, *, node: str, maxlen: int = 1000,
-                 max_bytes: int = 8 * 1024 * 1024, timeout: float = 2.0, block_s: float = 1.0, retry_s: float = 1.0,
+                 max_bytes: int = 8 * 1024 * 1024, timeout: float = 5.0, block_s: float = 1.0, retry_s: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
         import redis.asyncio as aioredis  # optional dependency: only with cache.redis_url
 
@@ -233,8 +233,8 @@ class Fanout:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox and self.up:
-                batch, size = [], 0  # one pipeline: at most 500 deltas or ~4 MiB
-                while self._outbox and len(batch) < 500 and size < 4 * 1024 * 1024:
+                batch, size = [], 0  # one pipeline: at most 500 deltas or ~1 MiB
+                while self._outbox and len(batch) < 500 and size < 1024 * 1024:
                     item = self._outbox.popleft()
                     batch.append(item)
                     size += len(item[1])

@@ -366,6 +366,10 @@ class FeedServer:
                     self._resync(e.gap or "gap in the event stream",
                                  only=lambda c, name=ch.name: c.name == name)
                 continue
+            if ch.seq and e.seq > ch.seq + 1:
+                # trimmed from the stream before this node read them (it fell behind)
+                self._resync(f"this node fell behind the event stream: {e.seq - ch.seq - 1}"
+                             " deltas lost", only=lambda c, name=ch.name: c.name == name)
             msg = self.channels.ingest(ch, e.seq, e.ts, e.data, e.ckey)
             if msg is None:
                 continue

@@ -300,3 +300,31 @@ def test_a_stream_keeps_about_the_replay_backlog_in_bytes():
     assert n == 16  # large ones: max_bytes / size (10), but never under 16
     assert f.stream_len("records:mid", 10_000) == 100
     asyncio.run(f.stop())
+
+
+def test_entries_trimmed_before_a_node_read_them_resync_its_viewers(tmp_path, pg_url, prefix):
+    """A node that fell behind a stream (its entries trimmed before it read them) does not
+    hand its viewers a silent jump in seq: they get a gap and a snapshot."""
+    from flowdeck.pipeline.serve.fanout import Entry
+
+    async def main():
+        a = await start_node(tmp_path, "a", ["xa"], pg_url, prefix)
+        try:
+            va = await Client.open(a.feed.feed_url)
+            await va.subscribe("records:xa")
+            await a.ingest("xa", rows_for(["K001"]))
+            first = await va.expect("delta", "records:xa", timeout=60)
+            # The next entry the node reads is three past the last it had (the two
+            # between were trimmed from the stream before it read them).
+            body = b'{"flow":"xa","count":1,"records":[{"key":"K009"}]}'
+            a.feed._on_entries([Entry("records:xa", first["seq"] + 3, time.time(), body,
+                                      ("records",), "x")])
+            gap = await va.expect("gap", "records:xa", timeout=60)
+            assert "fell behind the event stream: 2 deltas lost" in gap["data"]["reason"]
+            snap = await va.expect("snapshot", "records:xa", timeout=60)
+            assert snap["seq"] >= first["seq"] + 3
+            await va.close()
+        finally:
+            await a.close()
+
+    asyncio.run(main())
