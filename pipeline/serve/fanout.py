@@ -233,7 +233,8 @@ class Fanout:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox and self.up:
-                batch, size = [], 0  # one pipeline: at most 500 deltas or ~1 MiB
+                batch: list[tuple[str, bytes, float, Any]] = []  # a pipeline: <= 500, ~1 MiB
+                size = 0
                 while self._outbox and len(batch) < 500 and size < 1024 * 1024:
                     item = self._outbox.popleft()
                     batch.append(item)
