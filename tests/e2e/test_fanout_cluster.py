@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.feed import Client, free_port, rows_for
 from tests.support.services import need_service
-from tests.support.tcpproxy import ThreadedProxy
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,7 @@ def test_a_node_cut_off_from_redis_runs_its_own_flows_and_catches_up(
     """Node A reaches Redis through a proxy the test cuts: A's viewers keep seeing A's
     flow (degraded, said in the gap and on /metrics), B's viewers miss it until A is
     back and then get a gap and a snapshot; fan-out then works both ways again."""
-    proxy = ThreadedProxy("127.0.0.1", 6379)
+    proxy = Proxy(("127.0.0.1", 6379))
     a = Daemon(tmp_path, "node-a", "xa", pg_url, namespace, redis=proxy.url)
     b = Daemon(tmp_path, "node-b", "yb", pg_url, namespace)
 

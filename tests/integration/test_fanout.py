@@ -3,7 +3,7 @@
 Each "node" here is a real engine + feed server in this process, with its own flows
 (as two daemons with different config files): a viewer on one node sees the other's
 flows, numbered the same on both, and resumes on a third. The degraded-mode test
-talks to Redis through a TCP proxy it cuts (tests/support/tcpproxy.py).
+talks to Redis through a TCP proxy it cuts (tests/support/proxy.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flowdeck.pipeline.serve.protocol import envelope, envelope_raw
 from flowdeck.storage.store import Store
 from tests.support.feed import Client, rows_for
 from tests.support.services import need_service
-from tests.support.tcpproxy import TcpProxy
+from tests.support.proxy import Proxy
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -176,7 +176,7 @@ def test_a_viewer_on_any_node_sees_every_flow_with_the_same_seqs(tmp_path, pg_ur
 
 def test_redis_cut_degrades_to_own_flows_and_recovers(tmp_path, pg_url, prefix):
     async def main():
-        proxy = await TcpProxy("127.0.0.1", 6379).start()
+        proxy = Proxy(("127.0.0.1", 6379))
         a = await start_node(tmp_path, "a", ["xa"], pg_url, prefix, redis_url=proxy.url)
         b = await start_node(tmp_path, "b", ["yb"], pg_url, prefix)
         try:
@@ -191,7 +191,7 @@ def test_redis_cut_degrades_to_own_flows_and_recovers(tmp_path, pg_url, prefix):
             first = await va.expect("delta", "records:xa", timeout=60)
             await vb.expect("delta", "records:xa", timeout=60)
 
-            await proxy.cut()
+            proxy.cut()
             gap = await va.expect("gap", "records:xa", timeout=60)
             assert gap["data"]["fanout"] == "degraded"
             assert gap["data"]["epoch"] != cluster_epoch
@@ -211,7 +211,7 @@ def test_redis_cut_degrades_to_own_flows_and_recovers(tmp_path, pg_url, prefix):
             body = (await asyncio.to_thread(_get, a.feed.url + "/metrics")).decode()
             assert "flowdeck_fanout_degraded 1.0" in body
 
-            await proxy.restore()
+            proxy.restore()
             back = await va.expect("gap", "records:xa", timeout=60)
             assert back["data"]["fanout"] == "up" and back["data"]["epoch"] == cluster_epoch
             snap = await va.expect("snapshot", "records:xa", timeout=60)
@@ -240,7 +240,7 @@ def test_redis_cut_degrades_to_own_flows_and_recovers(tmp_path, pg_url, prefix):
         finally:
             await a.close()
             await b.close()
-            await proxy.close()
+            proxy.close()
 
     asyncio.run(main())
 

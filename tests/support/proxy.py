@@ -1,4 +1,4 @@
-"""A TCP proxy a daemon talks to PostgreSQL through, to cut its network: ``cut()``
+"""A TCP proxy a daemon talks to PostgreSQL or Redis through, to cut its network: ``cut()``
 drops every connection and refuses new ones (as a partition would), ``restore()``
 lets them through again."""
 
@@ -60,6 +60,11 @@ class Proxy:
                     pass
             with self._lock:
                 self._socks -= {src, dst}
+
+    @property
+    def url(self) -> str:
+        """A Redis URL through the proxy (PostgreSQL tests put ``port`` into their own)."""
+        return f"redis://127.0.0.1:{self.port}"
 
     def cut(self) -> None:
         self._cut.set()
