@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.feed import Client, free_port, rows_for
-from tests.support.services import need_service
 from tests.support.proxy import Proxy
+from tests.support.services import need_service
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from flowdeck.pipeline.serve.feed import FeedServer
 from flowdeck.pipeline.serve.protocol import envelope, envelope_raw
 from flowdeck.storage.store import Store
 from tests.support.feed import Client, rows_for
-from tests.support.services import need_service
 from tests.support.proxy import Proxy
+from tests.support.services import need_service
 
 REDIS = "redis://127.0.0.1:6379/0"
 
