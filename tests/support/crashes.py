@@ -429,9 +429,16 @@ def _records(db: Path, lo: int, hi: int) -> dict:
 NAMES = "k.flow, k.key, k.metric"
 BY_NAME = " t JOIN series_keys k ON k.id = t.sid"
 _PATH = "'$.\"' || k.metric || '\"'"
-POINTS = (f"(SELECT k.id AS sid, r.ts_ms AS ts_ms, json_extract(r.data, {_PATH}) AS value "
-          "FROM records r JOIN series_keys k ON k.flow = r.flow AND k.key = r.key "
-          f"WHERE json_type(r.data, {_PATH}) IN ('integer', 'real'))")
+_SQLITE_VALUE = (f"json_extract(r.data, {_PATH})", f"json_type(r.data, {_PATH}) IN ('integer', 'real')")
+_PG_VALUE = ("(r.data ->> k.metric)::float8", "jsonb_typeof(r.data -> k.metric) = 'number'")
+
+
+def _points(db: Path | str) -> str:
+    """The points as a table (sid, ts_ms, value), in the database's own JSON functions."""
+    value, numeric = _PG_VALUE if isinstance(db, str) else _SQLITE_VALUE
+    return (f"(SELECT k.id AS sid, r.ts_ms AS ts_ms, {value} AS value "
+            "FROM records r JOIN series_keys k ON k.flow = r.flow AND k.key = r.key "
+            f"WHERE {numeric})")
 
 
 def _rollup_problems(db: Path | str, name: str) -> list[str]:
@@ -439,7 +446,7 @@ def _rollup_problems(db: Path | str, name: str) -> list[str]:
     table, width = {"1m": ("series_1m", MINUTE), "1h": ("series_1h", 60 * MINUTE)}[name]
     points: dict[tuple, list[float]] = {}
     for flow, key, metric, ts, value in _rows(db, f"SELECT {NAMES}, t.ts_ms, t.value "
-                                                  f"FROM {POINTS}{BY_NAME}"):
+                                                  f"FROM {_points(db)}{BY_NAME}"):
         points.setdefault((flow, key, metric, ts // width * width), []).append(value)
     bad = []
     rollups = _rows(db, f"SELECT {NAMES}, t.bucket_ms, t.n, t.sum, t.min, t.max "
@@ -475,9 +482,12 @@ def compare(clean_db: Path | str, crash_db: Path | str, folder: Path, lo: int, h
             problems.append(f"records {what}: {len(keys)}, e.g. "
                             + "; ".join(f"{k}: clean {a.get(k)} crashed {b.get(k)}"
                                         for k in keys[:3]))
-    q = (f"SELECT {NAMES}, t.ts_ms, t.value FROM {POINTS}{BY_NAME} "
-         "WHERE t.ts_ms >= ? AND t.ts_ms < ?")
-    sa, sb = set(_rows(clean_db, q, (lo, hi))), set(_rows(crash_db, q, (lo, hi)))
+    def q(db: Path | str) -> str:
+        return (f"SELECT {NAMES}, t.ts_ms, t.value FROM {_points(db)}{BY_NAME} "
+                "WHERE t.ts_ms >= ? AND t.ts_ms < ?")
+
+    sa = set(_rows(clean_db, q(clean_db), (lo, hi)))
+    sb = set(_rows(crash_db, q(crash_db), (lo, hi)))
     if sa != sb:
         problems.append(f"series differ: {len(sa - sb)} only in the clean run, "
                         f"{len(sb - sa)} only after crashes, e.g. "
