@@ -64,7 +64,7 @@ T0 = 1_793_491_200.0  # 2026-11-01T00:00Z, the simulated month's start
 # Retention of the run, in units (days; hours in --quick).
 WINDOWS = {"raw": 1, "records": 3, "series": 2, "series_1m": 7, "series_1h": 10,
            "quarantine": 3, "actions": 3, "issues_resolved": 3, "runs": 3}
-TABLES = ("raw_payloads", "raw_status", "records", "latest", "series", "series_1m",
+TABLES = ("raw_payloads", "raw_status", "records", "latest", "series_1m",
           "series_1h", "quarantine", "issues", "actions", "runs")
 
 
@@ -213,7 +213,7 @@ def growth(curve: list[dict], last: int, smooth: int = 3) -> float | None:
 
 
 def curve_table(curve: list[dict], unit: str = "day") -> str:
-    cols = ("records", "series", "series_1m", "series_1h", "raw_payloads", "runs", "issues")
+    cols = ("records", "series_1m", "series_1h", "raw_payloads", "runs", "issues")
     head = f"{unit:>4}  {'sim time':<17} {'size MB':>8} {'file MB':>7} {'wal MB':>7} " + " ".join(
         f"{c:>12}" for c in cols) + "  lost"
     lines = [head]
