@@ -33,6 +33,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--token", metavar="T",
                    help="token viewers must present (default: the variable named by the "
                         "config's feed.token_env, FLOWDECK_TOKEN); required off loopback")
+    p.add_argument("--redis", metavar="URL",
+                   help="Redis shared by the daemons of a deployment: L2 cache, invalidations "
+                        "and event fan-out (sets the config's cache.redis_url)")
     p.add_argument("--log-events", action="store_true", help=argparse.SUPPRESS)  # console's
     p.add_argument("--node", metavar="NAME",
                    help="this daemon's name in a cluster (PostgreSQL only: each flow runs on "
@@ -50,7 +53,7 @@ def cmd_daemon(args) -> int:
     problem logged as file:line: field: problem) and the running one goes on; a good one
     is applied by re-executing the daemon in place (same PID, as systemd expects of
     a reload), after a graceful stop."""
-    config = common.config(args)
+    config = with_redis(common.config(args), getattr(args, "redis", None))
     common.check_scenario(args.scenario)
     args.serve_feed = True
     args.reexec = False
@@ -121,6 +124,31 @@ def format_run(s: dict) -> str:
             f"{chain}" + (f"  [{', '.join(extra)}]" if extra else ""))
 
 
+def with_redis(config: Config, url: str | None) -> Config:
+    """The config with cache.redis_url set to --redis, if given."""
+    if not url:
+        return config
+    return config.model_copy(update={"cache": config.cache.model_copy(
+        update={"redis_url": url})})
+
+
+def fanout(args, config: Config):
+    """Event fan-out through the config's Redis (cache.redis_url), or None without one."""
+    from flowdeck.pipeline.serve.fanout import Fanout
+    from flowdeck.pipeline.serve.feed import FeedLimits
+
+    url = config.cache.redis_url
+    if not url:
+        return None
+    import socket
+
+    node = (getattr(args, "node", None) or os.environ.get("FLOWDECK_NODE")
+            or f"{socket.gethostname()}-{os.getpid()}")
+    limits = FeedLimits()
+    return Fanout(url, f"{config.cache.namespace}:feed:", node=str(node),
+                  maxlen=limits.replay_messages, max_bytes=limits.replay_bytes)
+
+
 def feed_server(args, config: Config, engine):
     """The feed and HTTP API for `flowdeck daemon` (FeedError if the bind needs a token)."""
     from flowdeck.pipeline.serve.access import FeedError, parse_bind
@@ -132,7 +160,7 @@ def feed_server(args, config: Config, engine):
         host, port = parse_bind(args.bind or config.feed.bind)
         return FeedServer(LocalControl(engine, actor=os.environ.get("USER") or "operator"),
                           host=host, port=port, token=token, origins=config.feed.origins,
-                          caches=engine.caches)
+                          caches=engine.caches, fanout=fanout(args, config))
     except FeedError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 

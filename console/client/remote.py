@@ -141,7 +141,9 @@ class RemoteControl:
         self._waiting: dict[int, asyncio.Future] = {}
         self._subs: set[RemoteSubscription] = set()
         self._events_seq: int | None = None  # feed seq of the events channel
-        self._last_event: int = 0  # hub seq of the newest event handed out
+        # Events handed out lately, by identity: with several nodes behind one feed
+        # (fan-out), hub seqs are each node's own, so they cannot say what was seen.
+        self._seen_events: dict[tuple, None] = {}
         self._closed_reason: str | None = None
 
     # ------------------------------------------------------------ connection
@@ -173,7 +175,7 @@ class RemoteControl:
             data = hello["data"]
             if self.epoch is not None and data.get("epoch") != self.epoch:
                 self._events_seq = None  # a restarted daemon: start over
-                self._last_event = 0
+                self._seen_events.clear()
             self.epoch = data.get("epoch")
             self.flows = list(data.get("flows") or [])
             self._ws = ws
@@ -229,10 +231,12 @@ class RemoteControl:
             self._hand_out(data)
 
     def _hand_out(self, ev: HubEvent) -> None:
-        seq = ev.get("seq") or 0
-        if seq and seq <= self._last_event:
+        ident = (ev.get("seq"), ev.get("ts"), ev.get("type"), ev.get("flow"))
+        if ident in self._seen_events:
             return  # already handed out (a snapshot after a gap overlaps what we had)
-        self._last_event = max(self._last_event, seq)
+        self._seen_events[ident] = None
+        if len(self._seen_events) > 5000:
+            del self._seen_events[next(iter(self._seen_events))]
         for sub in list(self._subs):
             sub._put(ev)
 

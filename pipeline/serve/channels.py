@@ -29,6 +29,7 @@ from flowdeck.pipeline.serve.protocol import (
     all_channels,
     channel_kind,
     envelope,
+    envelope_raw,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ class Sub:
 class Channel:
     """A channel's sequence counter, subscribers and replay buffer."""
 
-    __slots__ = ("name", "kind", "flow", "seq", "subscribers", "buffer", "buffer_bytes", "label")
+    __slots__ = ("name", "kind", "flow", "seq", "subscribers", "buffer", "buffer_bytes", "label",
+                 "complete_from")
 
     def __init__(self, name: str, kind: str, flow: str | None) -> None:
         self.name = name
@@ -75,6 +77,16 @@ class Channel:
         self.subscribers: dict[Viewer, Sub] = {}
         self.buffer: deque[Message] = deque()
         self.buffer_bytes = 0
+        # The first seq from which the buffer misses nothing (a fan-out gap marker or a
+        # jump in the stream moves it): a resume from before it gets a snapshot.
+        self.complete_from = 1
+
+    def reset(self) -> None:
+        """Forget seq and buffer (the fan-out numbers the channel again from its stream)."""
+        self.seq = 0
+        self.buffer.clear()
+        self.buffer_bytes = 0
+        self.complete_from = 1
 
     def remember(self, msg: Message, limits: FeedLimits) -> None:
         """Keep the encoded message for resume (bytes only: no parsed data to keep alive)."""
@@ -90,7 +102,7 @@ class Channel:
 
     def covers(self, after: int) -> bool:
         """Whether every message after seq ``after`` is still in the replay buffer."""
-        if after < 0 or after > self.seq:
+        if after < 0 or after > self.seq or after + 1 < self.complete_from:
             return False
         if after == self.seq:
             return True
@@ -100,6 +112,8 @@ class Channel:
         if not self.buffer or after >= self.seq:
             return iter(())
         start = max(0, after + 1 - self.buffer[0].seq)
+        if self.complete_from > 1:  # seqs may skip (gap markers): find the first by seq
+            return (m for m in self.buffer if m.seq > after)
         return itertools.islice(self.buffer, start, None)
 
 
@@ -140,6 +154,30 @@ class Channels(dict[str, Channel]):
         if ch.subscribers:
             self._fanout(ch, msg)
         return msg
+
+    def ingest(self, ch: Channel, seq: int, ts: float, data: bytes, ckey: Any) -> Message | None:
+        """A delta read back from the fan-out, at the seq its stream gave it (``data`` is
+        its encoded JSON: framed, not re-encoded). None for one already seen."""
+        if seq <= ch.seq:
+            return None
+        if seq != ch.seq + 1:
+            ch.complete_from = seq
+        ch.seq = seq
+        msg = Message(ch.name, "delta", seq, ts, None, ckey,
+                      envelope_raw("delta", ch.name, seq, ts, data), ckey == MERGE_RECORDS)
+        ch.remember(msg, self.limits)
+        if ch.subscribers:
+            self._fanout(ch, msg)
+        return msg
+
+    def skip(self, ch: Channel, seq: int) -> bool:
+        """A fan-out gap marker at ``seq``: nothing after it replays from before it.
+        True if the channel had not seen it (its viewers must resync)."""
+        if seq <= ch.seq:
+            return False
+        ch.seq = seq
+        ch.complete_from = seq + 1
+        return True
 
     def _fanout(self, ch: Channel, msg: Message) -> None:
         filtered: dict[Filter, Message | None] = {}
@@ -192,16 +230,21 @@ class Channels(dict[str, Channel]):
         viewers: Iterable[Viewer],
         reason: str,
         resubscribe: Callable[[Viewer, Channel, Sub], object],
+        only: Callable[[Channel], bool] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        """After lost events: every subscription gets a gap notice, then ``resubscribe``
-        (the server's fresh snapshot, which puts the subscription back: no duplicates)."""
+        """After lost events: every subscription (of the channels ``only`` accepts) gets a
+        gap notice (with ``extra``, e.g. a new epoch), then ``resubscribe`` (the server's
+        fresh snapshot, which puts the subscription back: no duplicates)."""
         for viewer in list(viewers):
             for name, sub in list(viewer.subs.items()):
                 ch = self[name]
+                if only is not None and not only(ch):
+                    continue
                 ch.subscribers.pop(viewer, None)  # back in after the snapshot, no duplicates
                 viewer.subs.pop(name, None)
                 viewer.drop_pending(name)
-                viewer.reply("gap", {"reason": reason, "seq": ch.seq}, name)
+                viewer.reply("gap", {"reason": reason, "seq": ch.seq, **(extra or {})}, name)
                 resubscribe(viewer, ch, sub)
 
 __all__ = ["Channel", "Channels", "Message", "Sub"]

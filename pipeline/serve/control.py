@@ -312,6 +312,8 @@ class LocalControl:
             return _jsonable(await self._read(s.actions, flow=params.get("flow"),
                                             limit=params.get("limit", 200)))
         if name == "latest":
+            if params.get("fresh"):  # from the store, not the caches (another node's flow)
+                return _jsonable(await self._read(s.latest, params["flow"], params.get("key")))
             return await self.engine.caches.latest(params["flow"], params.get("key"))
         if name == "history":
             return await self.engine.caches.history(

@@ -44,16 +44,20 @@ from flowdeck.pipeline.core.shapes import HubEvent, ViewerFlow, ViewerSnapshot
 from flowdeck.pipeline.serve.access import CLOSE_UNAUTHORIZED, FeedError, Gate
 from flowdeck.pipeline.serve.channels import Channel, Channels, Message, Sub
 from flowdeck.pipeline.serve.control import Control, ControlError
+from flowdeck.pipeline.serve.fanout import CLUSTER_KINDS, Entry, Fanout
 from flowdeck.pipeline.serve.http_api import HttpApi
 from flowdeck.pipeline.serve.metrics import FeedMetrics
 from flowdeck.pipeline.serve.protocol import (
     FLOW_CHANGING,
+    FLOW_KINDS,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     Filter,
     ProtocolError,
     channel_kind,
+    dumps,
     envelope,
+    latest_summary,
     remote_actor,
     route,
     slim_event,
@@ -105,6 +109,7 @@ class FeedServer:
         origins: list[str] | tuple[str, ...] = (),
         limits: FeedLimits | None = None,
         caches: Any = None,
+        fanout: Fanout | None = None,
     ) -> None:
         self.gate = Gate(host, port, token, origins)  # FeedError for an unsafe config
         self.control = control
@@ -115,7 +120,13 @@ class FeedServer:
         self.host = host
         self.port = port
         self.limits = limits or FeedLimits()
-        self.epoch = uuid.uuid4().hex[:12]
+        self.local_epoch = uuid.uuid4().hex[:12]
+        # Events of every node through Redis (fanout.py), or None: this node's only.
+        self.fanout = fanout
+        self.local_flows: set[str] = set()
+        self._remote_summary: dict[str, ViewerFlow] = {}
+        self._numbering = 0  # +1 whenever seqs switch between the streams' and local ones
+        self._renumbered_at = -1e18  # (monotonic) when it last did
         self.metrics = FeedMetrics()
         self.http = HttpApi(self)
         self.flows: list[str] = []
@@ -141,6 +152,15 @@ class FeedServer:
         return self.gate.token
 
     @property
+    def epoch(self) -> str:
+        """The deployment's epoch while the fan-out is up (seqs are the streams', the same
+        on every node), else this server's own (seqs are local)."""
+        f = self.fanout
+        if f is not None and f.up and f.epoch:
+            return f.epoch
+        return self.local_epoch
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else (self.host or "0.0.0.0")
         return f"http://{host}:{self.port}"
@@ -154,9 +174,18 @@ class FeedServer:
         self._hub_sub = self.control.subscribe()
         snap = await self.snapshot()
         self.flows = list(snap["flows"])
+        self.local_flows = set(self.flows)
         self.channels.open(self.flows)
         self.metrics.seed(snap)
         self._last_summary = dict(snap["flows"])
+        if self.fanout is not None:
+            f = self.fanout
+            f.on_entries = self._on_entries
+            f.on_down = self._fanout_down
+            f.on_up = self._fanout_up
+            f.on_known = self._open_channels
+            self._on_entries(await f.start(
+                [n for n, ch in self.channels.items() if ch.kind in CLUSTER_KINDS]))
         try:
             self.server = await serve(
                 self._handler,
@@ -196,12 +225,17 @@ class FeedServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), self.limits.close_timeout_s)
             self.server = None
+        snap_task = self._snap_task
+        if snap_task is not None and not snap_task.done():
+            self._tasks.add(snap_task)  # cancelled with the rest: the engine stops next
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._hub_sub is not None:
             self._hub_sub.close()
+        if self.fanout is not None:
+            await self.fanout.stop()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -223,6 +257,8 @@ class FeedServer:
     ) -> tuple[dict, dict[str, int]]:
         if fresh_after is None:
             fresh_after = time.monotonic() - self.limits.snapshot_ttl_s
+        # none taken before the seqs were renumbered (their seqs are of the old numbering)
+        fresh_after = max(fresh_after, self._renumbered_at)
         while True:
             if self._snap is not None and self._snap_started >= fresh_after:
                 return self._snap
@@ -260,6 +296,7 @@ class FeedServer:
         self.metrics.set_series_owed(snap)
         self.metrics.set_store(snap)
         self.metrics.set_storage(snap)
+        self.metrics.set_fanout(self.fanout_status())
 
     # ------------------------------------------------------------ events -> channels
 
@@ -279,20 +316,117 @@ class FeedServer:
 
     def _on_event(self, ev: HubEvent) -> None:
         self.metrics.observe(ev)
-        self.recent.append(slim_event(ev))
+        fanned = False
         for r in route(ev):
             ch = self.channels.get(r.channel)
             if ch is not None:
-                self.channels.publish(ch, r.data, r.ckey)
+                fanned = self._publish(ch, r.data, r.ckey) or fanned
+        if not fanned:  # else the events channel's entry read back fills it
+            self.recent.append(slim_event(ev))
         if ev.get("type") in FLOW_CHANGING:
             self._flows_dirty.set()
 
-    def _resync(self, reason: str) -> None:
-        """After lost events: every subscription gets a gap notice and a fresh snapshot."""
+    def _publish(self, ch: Channel, data: Any, ckey: Any = None) -> bool:
+        """A delta of this node: to the fan-out (True; every node, this one too, delivers
+        it when it reads it back), or straight to local viewers (no fan-out, or Redis away)."""
+        f = self.fanout
+        if f is not None and ch.kind in CLUSTER_KINDS:
+            if f.publish(ch.name, dumps(data), time.time(), ckey):
+                return True
+        self.channels.publish(ch, data, ckey)
+        return False
+
+    # ------------------------------------------------------------ fan-out between nodes
+
+    def _channel_for(self, name: str) -> Channel | None:
+        """The channel of a fanned-out entry, opened when it names a flow of another node."""
+        ch = self.channels.get(name)
+        if ch is not None:
+            return ch
+        kind, sep, flow = name.partition(":")
+        if not sep or kind not in FLOW_KINDS or not flow:
+            return None
+        self.flows.append(flow)
+        for k in FLOW_KINDS:
+            self.channels[f"{k}:{flow}"] = Channel(f"{k}:{flow}", k, flow)
+        return self.channels[name]
+
+    def _open_channels(self, names: list[str]) -> None:
+        for name in names:
+            self._channel_for(name)
+
+    def _on_entries(self, entries: list[Entry]) -> None:
+        """Entries read from the streams, in order: deltas at the seq their stream gave."""
+        for e in entries:
+            ch = self._channel_for(e.channel)
+            if ch is None:
+                continue
+            if e.gap is not None or e.data is None:
+                if self.channels.skip(ch, e.seq):
+                    self._resync(e.gap or "gap in the event stream",
+                                 only=lambda c, name=ch.name: c.name == name)
+                continue
+            if ch.seq and e.seq > ch.seq + 1:
+                # trimmed from the stream before this node read them (it fell behind)
+                self._resync(f"this node fell behind the event stream: {e.seq - ch.seq - 1}"
+                             " deltas lost", only=lambda c, name=ch.name: c.name == name)
+            msg = self.channels.ingest(ch, e.seq, e.ts, e.data, e.ckey)
+            if msg is None:
+                continue
+            if ch.kind == "events":
+                self.recent.append(json.loads(e.data))
+            elif ch.kind == "flows":
+                d = json.loads(e.data)
+                flow = d.get("flow")
+                if flow not in self.local_flows and isinstance(flow, str):
+                    self._remote_summary[flow] = d.get("summary")
+
+    def _fanout_down(self, reason: str) -> None:
+        """Redis went away: viewers move to this node's own numbering (a gap, the local
+        epoch, a snapshot); deltas not written to Redis are delivered here."""
+        self._numbering += 1
+        self._renumbered_at = time.monotonic()
+        self._resync(reason, only=lambda c: c.kind in CLUSTER_KINDS,
+                     extra={"epoch": self.local_epoch, "fanout": "degraded"})
+        f = self.fanout
+        if f is None:
+            return
+        for channel, data, _ts, ckey in f.take_unsent():
+            ch = self.channels.get(channel)
+            if ch is not None:
+                self.channels.publish(ch, json.loads(data), ckey)
+
+    def _fanout_up(self, entries: list[Entry]) -> None:
+        """Redis is back: every cluster channel is numbered by its stream again (re-read
+        from the start), and viewers get a gap with the deployment's epoch, then a snapshot."""
+        self._numbering += 1
+        self._renumbered_at = time.monotonic()
+        self._resync("event fan-out restored", only=lambda c: c.kind in CLUSTER_KINDS,
+                     extra={"epoch": self.epoch, "fanout": "up"})
+        for ch in self.channels.values():
+            if ch.kind in CLUSTER_KINDS:
+                ch.reset()
+        self.recent.clear()
+        self._on_entries(entries)
+        self._flows_dirty.set()
+
+    def all_flows(self, snap: ViewerSnapshot | dict) -> dict[str, ViewerFlow]:
+        """Every flow's summary: this engine's, and the last the fan-out brought of the
+        flows other nodes run."""
+        return {**self._remote_summary, **snap["flows"]}
+
+    def fanout_status(self) -> dict[str, Any] | None:
+        return None if self.fanout is None else self.fanout.status()
+
+    def _resync(self, reason: str, only=None, extra: dict | None = None) -> None:
+        """After lost events: every subscription (of the channels ``only`` accepts) gets a
+        gap notice and a fresh snapshot."""
         self.channels.resync(
             self.viewers,
             reason,
             lambda viewer, ch, sub: self._spawn(self._send_snapshot(viewer, ch, sub)),
+            only,
+            extra,
         )
 
     # ------------------------------------------------------------ periodic
@@ -309,7 +443,8 @@ class FeedServer:
         last = 0.0
         while True:
             await self._flows_dirty.wait()
-            if not self._flow_subscribers():
+            if not self._flow_subscribers() and self.fanout is None:
+                # (with a fan-out, other nodes' viewers may want them)
                 self._flows_dirty.clear()
                 continue
             wait = last + self.limits.flows_interval_s - time.monotonic()
@@ -337,12 +472,12 @@ class FeedServer:
             if self._last_summary.get(flow) == summary:
                 continue
             self._last_summary[flow] = summary
-            self.channels.publish(
+            self._publish(
                 self.channels["flows"], {"flow": flow, "summary": summary}, flow
             )
             ch = self.channels.get(f"flow:{flow}")
             if ch is not None:
-                self.channels.publish(
+                self._publish(
                     ch,
                     {"type": "summary", "ts": now, "flow": flow, "seq": None, "data": summary},
                     "summary",
@@ -371,7 +506,9 @@ class FeedServer:
         while True:
             await asyncio.sleep(self.limits.metrics_interval_s)
             self.metrics.tick()
+            self.metrics.set_fanout(self.fanout_status())
             data = self.metrics.channel_data(len(self.viewers))
+            data["feed"]["fanout"] = self.fanout_status()
             ch = self.channels["metrics"]
             if ch.subscribers:
                 self.channels.publish(ch, data, "metrics")
@@ -413,6 +550,7 @@ class FeedServer:
                 "flows": self.flows,
                 "channels": list(self.channels),
                 "heartbeat_s": self.limits.heartbeat_s,
+                "fanout": self.fanout_status(),
                 "max_message_bytes": self.limits.max_inbound_bytes,
                 "requests": list(REQUEST_TYPES),
             },
@@ -497,7 +635,7 @@ class FeedServer:
                 result = await self.control.act(name, **({"actor": actor} if actor else {}),
                                                 **params)
             elif name == "snapshot":
-                result = trim_snapshot(await self.snapshot(), params.get("latest"))
+                result = await self._cluster_snapshot(params.get("latest"))
             else:
                 result = await self.control.query(name, **params)
             viewer.reply(
@@ -570,11 +708,33 @@ class FeedServer:
             )
         await self._send_snapshot(viewer, ch, sub)
 
+    async def _cluster_snapshot(self, latest: list[str] | None) -> ViewerSnapshot:
+        """The ``snapshot`` query: this engine's, plus the flows of other nodes the fan-out
+        has seen (their last summary, their latest values from the shared store)."""
+        snap = trim_snapshot(await self.snapshot(), latest)
+        remote = {f: s for f, s in self._remote_summary.items() if f not in snap["flows"]}
+        if not remote:
+            return snap
+        rows = dict(snap["latest"])
+        for f in remote:
+            if latest is None or f in latest:
+                rows[f] = await self.control.query("latest", flow=f, fresh=True)
+        summary = dict(snap.get("latest_summary") or {})
+        for f in remote:
+            if f in rows:
+                summary[f] = latest_summary({f: rows[f]})[f]
+        return {**snap, "flows": {**snap["flows"], **remote}, "latest": rows,
+                "latest_summary": summary}
+
     async def _send_snapshot(self, viewer: Viewer, ch: Channel, sub: Sub) -> None:
         """A channel snapshot, then whatever arrived while it was taken, then live deltas."""
         try:
+            numbering = self._numbering
             seq, data = await self._channel_snapshot(ch)
-            if not ch.covers(seq):  # older than the replay buffer reaches: take a fresh one
+            for _ in range(3):  # older than the replay buffer reaches: take a fresh one
+                if ch.covers(seq) and numbering == self._numbering:
+                    break
+                numbering = self._numbering
                 seq, data = await self._channel_snapshot(ch, fresh=True)
         except Exception as exc:
             viewer.reply(
@@ -585,7 +745,8 @@ class FeedServer:
             return
         if viewer.closed:
             return
-        if not ch.covers(seq):  # more arrived meanwhile than the buffer holds
+        if not ch.covers(seq) or numbering != self._numbering:
+            # more arrived meanwhile than the buffer holds, or the numbering changed
             viewer.reply(
                 "error",
                 {
@@ -628,18 +789,24 @@ class FeedServer:
         if kind == "caches":
             return seq, snap.get("caches") or {"layers": {}, "history": [], "hot_keys": []}
         if kind == "flows":
-            return seq, {"flows": snap["flows"]}
+            return seq, {"flows": self.all_flows(snap)}
         if kind == "quality":
             return seq, {"issues": snap["issues"], "quarantine": snap["quarantine"]}
         if kind == "recovery":
             return seq, {"actions": snap["actions"]}
         flow = ch.flow
+        if flow in self.local_flows:
+            latest = snap["latest"].get(flow, [])
+            summary = snap["flows"].get(flow)
+        else:  # another node's flow: its values from the shared store, its last summary
+            latest = await self.control.query("latest", flow=flow, fresh=True)
+            summary = self._remote_summary.get(flow or "")
         if kind == "records":
-            return seq, {"flow": flow, "records": snap["latest"].get(flow, [])}
+            return seq, {"flow": flow, "records": latest}
         return seq, {
             "flow": flow,
-            "summary": snap["flows"].get(flow),
-            "latest": snap["latest"].get(flow, []),
+            "summary": summary,
+            "latest": latest,
             "runs": [r for r in snap["runs"] if r.get("flow") == flow],
             "issues": [r for r in snap["issues"] if r.get("flow") == flow],
         }

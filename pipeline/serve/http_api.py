@@ -260,7 +260,7 @@ class HttpApi:
         server = self.server
         if path == "/api/flows":
             snap = await server.snapshot()
-            return self._cached(request, "flows", {"flows": snap["flows"]}, cors)
+            return self._cached(request, "flows", {"flows": server.all_flows(snap)}, cors)
         m = _FLOW_PATH.match(path)
         if m:
             flow = unquote(m.group(1))

@@ -133,6 +133,32 @@ class FeedMetrics:
             ["reason"],
             registry=r,
         )
+        self.fanout_published = Counter(
+            "flowdeck_fanout_published",
+            "Deltas this node added to the Redis streams of the event fan-out.",
+            registry=r,
+        )
+        self.fanout_received = Counter(
+            "flowdeck_fanout_received",
+            "Stream entries this node read from the event fan-out (every node's, its own too).",
+            registry=r,
+        )
+        self.fanout_lag = Gauge(
+            "flowdeck_fanout_lag_seconds",
+            "Seconds between publishing and this node reading the newest fan-out entry.",
+            registry=r,
+        )
+        self.fanout_degraded = Gauge(
+            "flowdeck_fanout_degraded",
+            "1 while Redis is unreachable: viewers of this node see its own flows only.",
+            registry=r,
+        )
+        self.fanout_outages = Counter(
+            "flowdeck_fanout_outages",
+            "Times the event fan-out lost Redis.",
+            registry=r,
+        )
+        self._fanout_seen = (0, 0, 0)
         self.run_duration = Gauge(
             "flowdeck_run_duration_seconds",
             "Duration of the flow's last run.",
@@ -473,6 +499,22 @@ class FeedMetrics:
                 "dropped": dict(self.dropped),
             },
         }
+
+    def set_fanout(self, status: dict | None) -> None:
+        """The fan-out's counters (fanout.Fanout.status) onto their series."""
+        if status is None:
+            return
+        pub, rec, out = status["published"], status["received"], status["outages"]
+        p0, r0, o0 = self._fanout_seen
+        if pub > p0:
+            self.fanout_published.inc(pub - p0)
+        if rec > r0:
+            self.fanout_received.inc(rec - r0)
+        if out > o0:
+            self.fanout_outages.inc(out - o0)
+        self._fanout_seen = (max(pub, p0), max(rec, r0), max(out, o0))
+        self.fanout_lag.set(status["lag_s"])
+        self.fanout_degraded.set(1 if status["degraded"] else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -105,6 +105,16 @@ def envelope(type_: str, channel: str | None, seq: int, ts: float, data: Any) ->
     )
 
 
+def envelope_raw(type_: str, channel: str | None, seq: int, ts: float, data: bytes) -> bytes:
+    """The same bytes as :func:`envelope` for data already encoded with :func:`dumps`
+    (a delta read back from the fan-out is framed, not decoded and encoded again)."""
+    return b"".join((
+        b'{"v":', str(PROTOCOL_VERSION).encode(), b',"type":', dumps(type_),
+        b',"channel":', dumps(channel), b',"seq":', str(seq).encode(),
+        b',"ts":', dumps(round(ts, 3)), b',"data":', data, b"}",
+    ))
+
+
 # ---------------------------------------------------------------- channels
 
 
