@@ -109,6 +109,23 @@ def keys_ts(msg: dict) -> list[tuple[str, int]]:
     return [(r["key"], r["ts_ms"]) for r in msg["data"]["records"]]
 
 
+def published_summaries(ns: str, flow: str) -> list[tuple]:
+    """(seq, publishing node, runs) of the flow's summaries in the `flows` stream."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS)
+    try:
+        out = []
+        for entry_id, f in r.xrange(f"{ns}:feed:ch:flows"):
+            d = json.loads(f.get(b"d") or b"{}")
+            if d.get("flow") == flow:
+                out.append((int(entry_id.split(b"-")[1]), f.get(b"n", b"").decode(),
+                            d["summary"].get("runs")))
+        return out
+    finally:
+        r.close()
+
+
 async def deltas(client: Client, channel: str, n: int) -> list[dict]:
     return [await client.expect("delta", channel, timeout=180) for _ in range(n)]
 
@@ -149,7 +166,9 @@ def test_viewer_on_one_node_follows_another_nodes_flow_and_resumes_on_a_third(
             await va.send(type="subscribe", channel=channel)
             sub = await va.expect("subscribed", channel, timeout=180)
             snap = await va.expect("snapshot", channel, timeout=180)
+            await va.send(type="subscribe", channel="flows")  # summaries, read on the way
             on_a = await deltas(va, channel, 4)
+            fsnap = await va.expect("snapshot", "flows", timeout=180)
             await va.close()  # the viewer leaves node A ...
             last = on_a[-1]["seq"]
             # ... while B's flow goes on running (at least two more deltas meanwhile)
@@ -161,12 +180,33 @@ def test_viewer_on_one_node_follows_another_nodes_flow_and_resumes_on_a_third(
             await vc.send(type="subscribe", channel=channel, resume_from=last,
                           epoch=sub["data"]["epoch"])
             resumed = await vc.expect("subscribed", channel, timeout=180)
+            await vc.send(type="subscribe", channel="flows")
             assert resumed["data"]["resumed"] is True, resumed
             assert resumed["data"]["epoch"] == sub["data"]["epoch"]  # one deployment epoch
             on_c = await deltas(vc, channel, ref_all[-1]["seq"] - last + 1)
             ref_all += await deltas(ref, channel, 1)
             assert not [m for m in vc.backlog + va.backlog
                         if m["type"] in ("gap", "snapshot") and m["channel"] == channel]
+            # The flow's summary on A and C is its owner's (it has run), not the picture of
+            # a flow those nodes hold no lease on (never run there).
+            for n in (a, c):
+                v = await Client.open(nodes[n].ws)
+                rid = await v.send(type="query", name="snapshot", params={"latest": [flow]})
+                res = await v.expect("result", timeout=180,
+                                     where=lambda m, rid=rid: m["data"]["id"] == rid)
+                assert res["data"]["result"]["flows"][flow]["last_run"] is not None, n
+                await v.send(type="subscribe", channel=f"flow:{flow}")
+                fs = await v.expect("snapshot", f"flow:{flow}", timeout=180)
+                assert fs["data"]["summary"]["last_run"] is not None, n
+                await v.close()
+            summaries = [m for m in va.seen + vc.seen + ref.seen
+                         if m["type"] == "delta" and m["channel"] == "flows"
+                         and m["data"]["flow"] == flow]
+            runs = [m["data"]["summary"]["runs"] for m in summaries]
+            assert runs and runs == sorted(runs), runs  # the owner's count, never reset
+            since = [(n, r) for seq, n, r in published_summaries(namespace, flow)
+                     if seq > fsnap["seq"]]
+            assert since and {n for n, _ in since} == {b}, since  # only the owner publishes
             await vc.close()
             await ref.close()
             return [snap, *on_a], on_c, ref_all
