@@ -378,7 +378,7 @@ class FeedServer:
             elif ch.kind == "flows":
                 d = json.loads(e.data)
                 flow = d.get("flow")
-                if flow not in self.local_flows and isinstance(flow, str):
+                if isinstance(flow, str) and e.node != self.fanout_node:
                     self._remote_summary[flow] = d.get("summary")
 
     def _fanout_down(self, reason: str) -> None:
@@ -410,10 +410,26 @@ class FeedServer:
         self._on_entries(entries)
         self._flows_dirty.set()
 
+    @property
+    def fanout_node(self) -> str | None:
+        return None if self.fanout is None else self.fanout.node
+
+    @staticmethod
+    def runs_here(flow: str | None, snap: ViewerSnapshot | dict) -> bool:
+        """Whether this node's engine runs ``flow``: every flow of its config, or in a
+        cluster (nodes sharing one config) only those it holds the lease of; the others'
+        summaries here are of a flow that never runs on this node."""
+        cluster = snap.get("cluster")
+        return flow in snap["flows"] and (cluster is None or flow in cluster["owned"])
+
     def all_flows(self, snap: ViewerSnapshot | dict) -> dict[str, ViewerFlow]:
-        """Every flow's summary: this engine's, and the last the fan-out brought of the
-        flows other nodes run."""
-        return {**self._remote_summary, **snap["flows"]}
+        """Every flow's summary: this engine's for the flows it runs, and the last the
+        fan-out brought of the flows other nodes run."""
+        out = {**self._remote_summary, **snap["flows"]}
+        for f, s in self._remote_summary.items():
+            if not self.runs_here(f, snap):
+                out[f] = s
+        return out
 
     def fanout_status(self) -> dict[str, Any] | None:
         return None if self.fanout is None else self.fanout.status()
@@ -469,8 +485,8 @@ class FeedServer:
     def publish_summaries(self, snap: ViewerSnapshot) -> None:
         now = time.time()
         for flow, summary in snap["flows"].items():
-            if self._last_summary.get(flow) == summary:
-                continue
+            if self._last_summary.get(flow) == summary or not self.runs_here(flow, snap):
+                continue  # (another node's flow in a cluster: its owner publishes it)
             self._last_summary[flow] = summary
             self._publish(
                 self.channels["flows"], {"flow": flow, "summary": summary}, flow
@@ -712,9 +728,10 @@ class FeedServer:
         """The ``snapshot`` query: this engine's, plus the flows of other nodes the fan-out
         has seen (their last summary, their latest values from the shared store)."""
         snap = trim_snapshot(await self.snapshot(), latest)
-        remote = {f: s for f, s in self._remote_summary.items() if f not in snap["flows"]}
+        flows = self.all_flows(snap)
+        remote = [f for f in flows if not self.runs_here(f, snap)]
         if not remote:
-            return snap
+            return {**snap, "flows": flows}
         rows = dict(snap["latest"])
         for f in remote:
             if latest is None or f in latest:
@@ -723,7 +740,7 @@ class FeedServer:
         for f in remote:
             if f in rows:
                 summary[f] = latest_summary({f: rows[f]})[f]
-        return {**snap, "flows": {**snap["flows"], **remote}, "latest": rows,
+        return {**snap, "flows": flows, "latest": rows,
                 "latest_summary": summary}
 
     async def _send_snapshot(self, viewer: Viewer, ch: Channel, sub: Sub) -> None:
@@ -795,12 +812,13 @@ class FeedServer:
         if kind == "recovery":
             return seq, {"actions": snap["actions"]}
         flow = ch.flow
-        if flow in self.local_flows:
+        if self.runs_here(flow, snap):
             latest = snap["latest"].get(flow, [])
             summary = snap["flows"].get(flow)
-        else:  # another node's flow: its values from the shared store, its last summary
+        else:  # another node's flow (in a cluster: one whose lease this node does not
+            # hold): its values from the shared store, its owner's last summary
             latest = await self.control.query("latest", flow=flow, fresh=True)
-            summary = self._remote_summary.get(flow or "")
+            summary = self.all_flows(snap).get(flow or "")
         if kind == "records":
             return seq, {"flow": flow, "records": latest}
         return seq, {
