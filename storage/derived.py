@@ -326,16 +326,7 @@ class DerivedSeries(Repository):
             return
         by_sid = sorted((sids[k[:3]], k[3], a) for k, a in minutes)  # b-tree order
         hours: dict[tuple, list] = {}
-        for sid, b, (n, total, lo, hi) in by_sid:
-            k = (sid, b - b % h_w)
-            a = hours.get(k)
-            if a is None:
-                hours[k] = [n, total, lo, hi]
-            else:
-                a[0] += n
-                a[1] += total
-                a[2] = min(a[2], lo)
-                a[3] = max(a[3], hi)
+        _merge([((sid, b - b % h_w), a) for sid, b, a in by_sid], hours)
         conn.exec_driver_sql(self._sql["add_1m"], [(sid, b, *a) for sid, b, a in by_sid])
         conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
 
