@@ -36,10 +36,10 @@ import sys
 import tempfile
 import time
 import uuid
-from importlib.resources import files
 from pathlib import Path
 
 from bench.common import PG_ADMIN, Figure, Options, log, pct
+from tests.support.cluster import demo_cluster_config
 
 FLOWDECK = [sys.executable, "-m", "flowdeck.console.cli"]
 TTL = 3.0
@@ -53,25 +53,7 @@ def _free_port() -> int:
 
 
 def write_config(folder: Path, copies: int) -> Path:
-    import yaml
-
-    data = files("flowdeck.sample_data")
-    cfg = yaml.safe_load((data / "flows" / "demo.yaml").read_text())
-    flows = {}
-    for i in range(copies):
-        for name, flow in cfg["flows"].items():
-            flow = json.loads(json.dumps(flow, default=str))
-            flow["schedule"] = {"every": f"{EVERY:g}s"}
-            for e in flow.get("enrich", []):
-                e["table"] = str(data / "reference" / "stations.csv")
-                if "true" in e:  # YAML 1.1 read `on:` as true
-                    e["on"] = e.pop("true")
-            flows[f"{name}{i:02d}"] = flow
-    cfg["flows"] = flows
-    cfg["cluster"] = {"lease_ttl": f"{TTL:g}s"}
-    path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return demo_cluster_config(folder, copies, every=EVERY, lease_ttl=TTL, name="{name}{i:02d}")
 
 
 class Database:

@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
-import yaml
 from sqlalchemy import create_engine, text
 
 from flowdeck.storage.leases import cluster_view
+from tests.support.cluster import demo_cluster_config
 from tests.support.crashes import free_port, http_json
 from tests.support.proxy import Proxy
 
@@ -33,24 +32,8 @@ EVERY = 3.0
 
 def write_config(folder: Path, copies: int = 3) -> Path:
     """The demo's two flows, ``copies`` times each (six flows), every 3 s, leases of 3 s."""
-    data = files("flowdeck.sample_data")
-    cfg = yaml.safe_load((data / "flows" / "demo.yaml").read_text())
-    flows = {}
-    for i in range(copies):
-        for name, flow in cfg["flows"].items():
-            flow = json.loads(json.dumps(flow, default=str))
-            flow["schedule"] = {"every": f"{EVERY:g}s"}
-            for e in flow.get("enrich", []):
-                e["table"] = str(data / "reference" / "stations.csv")
-                if "true" in e:  # YAML 1.1 read `on:` as true
-                    e["on"] = e.pop("true")
-            flows[f"{name}{i}"] = flow
-    cfg["flows"] = flows
-    cfg["cluster"] = {"lease_ttl": f"{TTL:g}s"}
-    cfg["store"] = {"retry": "1s"}
-    path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return demo_cluster_config(folder, copies, every=EVERY, lease_ttl=TTL,
+                               extra={"store": {"retry": "1s"}})
 
 
 @pytest.fixture

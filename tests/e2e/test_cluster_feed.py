@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,29 +27,19 @@ from tests.e2e.test_cluster import (
     wait,
     write_config,
 )
+from tests.support.cluster import REDIS, redis_namespace
 from tests.support.crashes import free_port, http_json
 from tests.support.feed import Client
-from tests.support.services import need_service
 
 pytestmark = pytest.mark.slow
 
-REDIS = "redis://127.0.0.1:6379/0"
 NODES = ("a", "b", "c")
 
 
 @pytest.fixture
 def namespace():
     """A Redis key prefix of this test's own, every key under it deleted afterwards."""
-    need_service("Redis", "127.0.0.1", 6379)
-    ns = f"fdtest-{uuid.uuid4().hex[:10]}"
-    yield ns
-    import redis
-
-    r = redis.Redis.from_url(REDIS)
-    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    yield from redis_namespace()
 
 
 class Node:

@@ -13,34 +13,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import DROP_FLOW, REDIS, redis_namespace
 from tests.support.feed import Client, free_port, rows_for
 from tests.support.proxy import Proxy
-from tests.support.services import need_service
 
 pytestmark = pytest.mark.slow
 
 FLOWDECK = [sys.executable, "-m", "flowdeck.console.cli"]
-REDIS = "redis://127.0.0.1:6379/0"
 
-CONFIG = """
-cache: {{namespace: "{ns}"}}
-flows:
-  {flow}:
-    schedule: {{every: 1h}}
-    key: station
-    sources:
-      - {{name: drop, kind: file, path: "{dir}/*.jsonl", format: jsonl,
-          fields: {{station: s, ts: t, temperature: temp}},
-          timestamp: {{format: epoch_ms}}}}
-    fields:
-      station: {{type: str, required: true}}
-      temperature: {{type: float, range: [-90, 60]}}
-"""
+CONFIG = 'cache: {{namespace: "{ns}"}}\nflows:' + DROP_FLOW.replace("{name}", "{flow}")
 
 
 class Daemon:
@@ -102,16 +87,8 @@ class Daemon:
 
 @pytest.fixture
 def namespace():
-    need_service("Redis", "127.0.0.1", 6379)
-    ns = f"fdtest-{uuid.uuid4().hex[:10]}"
-    yield ns
-    import redis
-
-    r = redis.Redis.from_url(REDIS)
-    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    """A Redis key prefix of this test's own, every key under it deleted afterwards."""
+    yield from redis_namespace()
 
 
 async def hello_flows(url: str) -> list[str]:

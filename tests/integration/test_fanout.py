@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,24 +22,9 @@ from flowdeck.pipeline.serve.fanout import Fanout
 from flowdeck.pipeline.serve.feed import FeedServer
 from flowdeck.pipeline.serve.protocol import envelope, envelope_raw
 from flowdeck.storage.store import Store
+from tests.support.cluster import DROP_FLOW, REDIS, redis_namespace
 from tests.support.feed import Client, rows_for
 from tests.support.proxy import Proxy
-from tests.support.services import need_service
-
-REDIS = "redis://127.0.0.1:6379/0"
-
-FLOW = """
-  {name}:
-    schedule: {{every: 1h}}
-    key: station
-    sources:
-      - {{name: drop, kind: file, path: "{dir}/*.jsonl", format: jsonl,
-          fields: {{station: s, ts: t, temperature: temp}},
-          timestamp: {{format: epoch_ms}}}}
-    fields:
-      station: {{type: str, required: true}}
-      temperature: {{type: float, range: [-90, 60]}}
-"""
 
 
 class Node:
@@ -64,7 +48,7 @@ async def start_node(tmp: Path, name: str, flows: list[str], db: str, prefix: st
                      redis_url: str = REDIS) -> Node:
     d = tmp / name
     d.mkdir()
-    text = "flows:\n" + "".join(FLOW.format(name=f, dir=d / f) for f in flows)
+    text = "flows:\n" + "".join(DROP_FLOW.format(name=f, dir=d / f) for f in flows)
     for f in flows:
         (d / f).mkdir()
     config = parse_config(text, str(d / "flows.yaml"))
@@ -80,16 +64,9 @@ async def start_node(tmp: Path, name: str, flows: list[str], db: str, prefix: st
 
 @pytest.fixture
 def prefix():
-    need_service("Redis", "127.0.0.1", 6379)
-    p = f"fdtest-{uuid.uuid4().hex[:10]}:feed:"
-    yield p
-    import redis
-
-    r = redis.Redis.from_url(REDIS)
-    keys = list(r.scan_iter(match=f"{p}*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    """A feed key prefix of this test's own in Redis, its keys deleted afterwards."""
+    for ns in redis_namespace(":feed:"):
+        yield f"{ns}:feed:"
 
 
 async def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:

@@ -5,6 +5,8 @@ transaction of the store (storage/leases.py)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -33,6 +35,19 @@ def _leases(store: Store, node: str, ttl: float = 30.0) -> Leases:
     return Leases(store.engine.url, node, ttl)
 
 
+@contextmanager
+def _joined(store: Store, ttl: float = 30.0) -> Iterator[tuple[Leases, Leases]]:
+    """Nodes ``a`` and ``b``, both joined, closed afterwards."""
+    a, b = _leases(store, "a", ttl), _leases(store, "b", ttl)
+    try:
+        a.join()
+        b.join()
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
 def _expire(store: Store, flow: str) -> None:
     """The lease runs out (by the database's clock, as if its TTL had passed)."""
     with store.engine.begin() as conn:
@@ -41,10 +56,7 @@ def _expire(store: Store, flow: str) -> None:
 
 
 def test_one_owner_at_a_time_and_takeover_after_expiry(pg_store):
-    a, b = _leases(pg_store, "a"), _leases(pg_store, "b")
-    try:
-        a.join()
-        b.join()
+    with _joined(pg_store) as (a, b):
         ta = a.acquire("f1")
         assert ta == 1
         assert b.acquire("f1") is None  # held by a
@@ -57,16 +69,10 @@ def test_one_owner_at_a_time_and_takeover_after_expiry(pg_store):
         owners = {lease["flow"]: lease["node"] for lease in view["leases"] if lease["held"]}
         assert owners == {"f1": "b"}
         assert {n["node"]: n["flows"] for n in view["nodes"]} == {"a": [], "b": ["f1"]}
-    finally:
-        a.close()
-        b.close()
 
 
 def test_release_hands_over_at_once_and_move_pins_to_target(pg_store):
-    a, b = _leases(pg_store, "a"), _leases(pg_store, "b")
-    try:
-        a.join()
-        b.join()
+    with _joined(pg_store) as (a, b):
         t = a.acquire("f1")
         assert a.release({"f1": t}) == ["f1"]
         assert b.acquire("f1") == t + 1  # no TTL to wait for
@@ -80,16 +86,10 @@ def test_release_hands_over_at_once_and_move_pins_to_target(pg_store):
         b2.close()
         with pytest.raises(ValueError, match="no node"):
             move_flow(pg_store.engine, "f1", "nobody")
-    finally:
-        a.close()
-        b.close()
 
 
 def test_write_with_a_stale_token_is_refused_by_the_store(pg_store):
-    a, b = _leases(pg_store, "a"), _leases(pg_store, "b")
-    try:
-        a.join()
-        b.join()
+    with _joined(pg_store) as (a, b):
         ta = a.acquire("f1")
         draft = RawDraft("s1", b'{"v": 1}', 1_000, "application/json")
         with fenced("f1", "a", ta):
@@ -108,9 +108,6 @@ def test_write_with_a_stale_token_is_refused_by_the_store(pg_store):
         bodies = sorted(r["body"] for r in pg_store.raw_since("f1", 0))
         assert bodies == [b'{"v": 1}', b'{"v": 3}']  # the stale node's payload never landed
         assert pg_store.count("runs") == 0 and pg_store.count("actions") == 0
-    finally:
-        a.close()
-        b.close()
 
 
 def test_takeover_waits_for_the_old_owners_transaction(pg_store):
@@ -119,10 +116,7 @@ def test_takeover_waits_for_the_old_owners_transaction(pg_store):
     can, and the old token is refused from then on."""
     from sqlalchemy.exc import OperationalError
 
-    a, b = _leases(pg_store, "a", ttl=2.0), _leases(pg_store, "b", ttl=2.0)
-    try:
-        a.join()
-        b.join()
+    with _joined(pg_store, ttl=2.0) as (a, b):
         ta = a.acquire("f1")
         with fenced("f1", "a", ta), pg_store.engine.begin() as conn:  # checked here
             conn.execute(text("SELECT 1"))
@@ -132,9 +126,6 @@ def test_takeover_waits_for_the_old_owners_transaction(pg_store):
         assert b.acquire("f1") == ta + 1
         with fenced("f1", "a", ta), pytest.raises(FenceError):
             pg_store.start_run("f1", "schedule", 1)
-    finally:
-        a.close()
-        b.close()
 
 
 async def test_an_engine_node_runs_only_what_it_holds_and_a_stolen_lease_stops_it(
