@@ -378,8 +378,19 @@ class Caches:
             if len(recent) < MAX_REWARM:
                 recent[ek] = load
         now = self.timer()  # one reading for the lookup and the freshness
-        c = self.l1.flows.get(flow)  # MemoryCache.get, inlined: this is the hit path
-        e = None if c is None else c.hit(ek, now)
+        # MemoryCache.get and _CountingTTLCache.hit, inlined: this is the hit path.
+        e = None
+        c = self.l1.flows.get(flow)
+        if c is not None:
+            links = c._links
+            if links is None:
+                e = c.hit(ek, now)
+            else:
+                link = links.get(ek)
+                if link is not None:
+                    links.move_to_end(ek)
+                    if now < link.expires:
+                        e = c._data[ek]
         if e is not None:
             self._l1_stats.hits += 1
             if e.fresh_until <= now and (flow, ek) not in self._inflight:
