@@ -40,6 +40,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import broadcast, serve
 
 from bench.common import REPO, Figure, Options
+from bench.feed_client import pin
 from flowdeck.pipeline.config import parse_config
 from flowdeck.pipeline.core.clock import SystemClock
 from flowdeck.pipeline.core.hub import Event
@@ -82,71 +83,6 @@ def pct(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------- client processes
 
 
-def pin(role: str) -> str:
-    """Server on CPU 0, clients on the others, so they do not take turns on one core."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) < 2:
-        return "not pinned (one CPU)"
-    mine = {cpus[0]} if role == "server" else set(cpus[1:])
-    os.sched_setaffinity(0, mine)
-    return f"{role} on CPU {','.join(map(str, sorted(mine)))}"
-
-
-async def client_main(url: str, n: int, channel: str | None, phases: list[str]) -> None:
-    """Open n viewers, print 'ready', then per phase: latencies, count, first/last receive."""
-    pin("clients")
-    stats = {p: {"lat": [], "count": 0, "first": None, "last": None} for p in phases}
-    done = asyncio.Event()
-    finished = 0
-
-    async def viewer(i: int) -> None:
-        nonlocal finished
-        async with connect(
-            url, compression=None, max_size=2**26, open_timeout=60, ping_interval=None
-        ) as ws:
-            if channel:
-                await ws.recv()  # hello
-                await ws.send(json.dumps({"type": "subscribe", "channel": channel}))
-                while json.loads(await ws.recv())["type"] != "snapshot":
-                    pass
-            ready.append(i)
-            async for raw in ws:
-                now = time.time()
-                m = json.loads(raw)
-                if m.get("type") not in ("delta", "bench"):
-                    continue
-                d = m["data"]
-                d = d.get("data", d)
-                if "phase" in d:
-                    st = stats[d["phase"]]
-                    st["count"] += 1
-                    st["first"] = st["first"] or now
-                    st["last"] = now
-                    if i % 10 == 0:  # a sample of viewers is plenty for percentiles
-                        st["lat"].append(now - d["sent"])
-                    if d.get("end") and d["phase"] == phases[-1]:
-                        break
-                elif "records" in d:  # ingest-to-viewer: each record carries when it was sent
-                    st = stats[phases[0]]
-                    st["count"] += 1
-                    st["lat"].append(now - max(r["data"]["sent"] for r in d["records"]))
-        finished += 1
-        if finished == n:
-            done.set()
-
-    ready: list[int] = []
-    tasks = []
-    for i in range(n):
-        tasks.append(asyncio.create_task(viewer(i)))
-        if i % 50 == 49:
-            await asyncio.sleep(0.05)
-    while len(ready) < n:
-        await asyncio.sleep(0.05)
-    print("ready", flush=True)
-    await asyncio.wait(tasks)
-    print(json.dumps(stats), flush=True)
-
-
 class Clients:
     """Client processes holding viewers; ``wait_ready`` then ``results``."""
 
@@ -156,19 +92,8 @@ class Clients:
         share = [viewers // procs + (1 if i < viewers % procs else 0) for i in range(procs)]
         self.procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.feed",
-                    "--client",
-                    url,
-                    "--n",
-                    str(k),
-                    "--channel",
-                    channel or "",
-                    "--phases",
-                    ",".join(phases),
-                ],
+                [sys.executable, "-m", "bench.feed_client", url, str(k), channel or "",
+                 ",".join(phases)],
                 stdout=subprocess.PIPE,
                 text=True,
                 cwd=REPO,
@@ -721,10 +646,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--light-rate", type=float, default=2.0)
     ap.add_argument("--parts", default="123", help="which measurements to run (1, 2, 3)")
     ap.add_argument("--stall-rounds", type=int, default=5)
-    ap.add_argument("--client")
-    ap.add_argument("--n", type=int)
-    ap.add_argument("--channel")
-    ap.add_argument("--phases")
     ap.add_argument("--full-path-only", action="store_true",
                     help="part 1: skip the hub -> feed measurement (keep baseline and full path)")
     return ap
@@ -738,7 +659,7 @@ def run(opts: Options) -> tuple[list[Figure], dict]:
     ap = parser()
     if opts.quick:
         argv = ["--seconds", f"{opts.seconds(4, 2, 1):g}", "--paced", str(opts.n(100, 10, 5)),
-                "--burst", str(opts.n(200, 20, 10)), "--rounds", "2", "--stall-rounds", "2",
+                "--burst", str(opts.n(200, 12, 10)), "--rounds", "2", "--stall-rounds", "2",
                 "--light", "0", "--full-path-only"]
         DRAIN = 0.5
     else:
@@ -781,8 +702,4 @@ async def _parts(args, parts: str) -> dict:
 
 
 if __name__ == "__main__":
-    a = parser().parse_args()
-    if a.client:
-        asyncio.run(client_main(a.client, a.n, a.channel or None, a.phases.split(",")))
-        sys.exit(0)
-    sys.exit(asyncio.run(main(a)))
+    sys.exit(asyncio.run(main(parser().parse_args())))

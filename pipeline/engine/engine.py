@@ -23,6 +23,7 @@ import contextvars
 import functools
 import gc
 import logging
+import operator
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -60,6 +61,7 @@ from flowdeck.storage.model import BatchWrite, IssueDraft, RawDraft
 from flowdeck.storage.store import Store
 
 log = logging.getLogger("flowdeck.engine")
+_KEY_TS = operator.attrgetter("key", "ts")
 
 
 def _gc_paused(fn):
@@ -556,7 +558,10 @@ class Engine:
             batch, n_items = chain.collect(p, now, replay=replay, stats=st)
             if p.source not in rt.paths_checked:
                 issues.extend(self._check_paths(rt, p, batch))
-            seen_pairs.setdefault(p.source, []).extend((r.key, r.ts) for r in batch.records)
+            pairs = seen_pairs.get(p.source)
+            if pairs is None:
+                pairs = seen_pairs[p.source] = []
+            pairs.extend(map(_KEY_TS, batch.records))  # (key, ts) tuples, made in C
             chain.refine(batch, now, stats=st)
             raw_status.append({"raw_id": p.raw_id, "processed_ms": now,
                                "version_id": rt.version_id, "records_in": n_items,
@@ -576,22 +581,32 @@ class Engine:
             d.record_keys = [(k, bucket(ts)) for k, ts in d.record_keys]
         issues.extend(merged.issues)
         write = BatchWrite(rt.name, raw_status=raw_status, quarantine=quarantine, issues=issues)
-        flow, version_id, metrics = rt.name, rt.version_id, rt.metrics
-        records, series = write.records, write.series
+        flow, version_id, metrics = rt.name, rt.version_id, tuple(rt.metrics)
+        add_record, add_point = write.records.append, write.series.append
+        newest: dict[str, int] = {}  # newest timestamp per key (collect's order check)
+        anomalies = 0
         for r in merged.records:
-            data = r.data
-            records.append({
-                "flow": flow, "key": r.key, "ts_ms": r.ts, "data": data,
+            data, key, ts = r.data, r.key, r.ts
+            add_record({
+                "flow": flow, "key": key, "ts_ms": ts, "data": data,
                 "quality": r.quality, "anomaly_score": r.anomaly, "anomalous": r.anomalous,
                 "flags": r.flags, "sources": r.sources, "contributions": r.contrib or {},
                 "raw_ids": r.raw_ids, "version_id": version_id, "updated_ms": now})
+            if r.anomalous:
+                anomalies += 1
+            if ts > newest.get(key, ts - 1):
+                newest[key] = ts
+            get = data.get
             for m in metrics:
-                v = data.get(m)
-                tv = type(v)
+                v: Any = get(m)
+                tv = v.__class__
                 # Finite numbers only (v - v is NaN for NaN and inf); exact types first, cheap.
-                if tv is float or tv is int or (tv is not bool and isinstance(v, int | float)):
+                if tv is float:
                     if v - v == 0:
-                        series.append((flow, r.key, m, r.ts, float(v)))
+                        add_point((flow, key, m, ts, v))
+                elif tv is int or (tv is not bool and isinstance(v, int | float)):
+                    if v - v == 0:
+                        add_point((flow, key, m, ts, float(v)))
         if replay:
             keep = {(q.raw_id, q.item) for q in quarantine}
             replayed_raw = {p.raw_id for p in payloads}
@@ -603,15 +618,15 @@ class Engine:
         def publish_records() -> None:
             """Viewers see a run's values once they are committed (records and latest),
             without waiting for its series, roll-ups and bookkeeping (docs/protocol.md)."""
-            newest = {}
+            last = {}
             for r in merged.records:
-                newest[r.key] = r
+                last[r.key] = r
             self._publish_stored(rt, Event(
                 type="records", ts=self.clock.now(), flow=rt.name,
                 data={"count": len(merged.records), "latest": [
                     {"key": r.key, "ts_ms": r.ts, "data": r.data, "quality": r.quality,
                      "anomaly_score": r.anomaly, "anomalous": r.anomalous, "flags": r.flags,
-                     "sources": r.sources} for r in newest.values()]}))
+                     "sources": r.sources} for r in last.values()]}))
 
         t = time.perf_counter()
         defer = self.deferred.active
@@ -627,14 +642,10 @@ class Engine:
             raise
         if defer:
             self.deferred.written()
-        newest: dict[str, int] = {}
-        for r in merged.records:
-            if r.ts > newest.get(r.key, r.ts - 1):
-                newest[r.key] = r.ts
         chain.collector.stored(newest)
         if quarantine and not merged.records:
             summary.all_quarantined = True
-        summary.changed_keys.update(r["key"] for r in write.records)
+        summary.changed_keys.update(newest)  # every stored record's key
         ss = st["store"]
         ss.records_in += len(write.records)
         ss.records_out += len(write.records)
@@ -646,7 +657,7 @@ class Engine:
             for issue in counts["opened"]:
                 self.alerter.notify(issue)
         summary.conflicts += sum(1 for d in issues if d.kind == "conflict")
-        summary.anomalies += sum(1 for r in merged.records if r.anomalous)
+        summary.anomalies += anomalies
         for q in quarantine:
             self.emit("quarantine", rt.name, source=q.source, raw_id=q.raw_id, item=q.item,
                       stage=q.stage, reason=q.reason, message=q.message[:300])

@@ -10,6 +10,7 @@ payloads. Each stage's time and counts go into the run's ``StageStats`` when a
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
 from typing import cast
@@ -21,6 +22,8 @@ from flowdeck.pipeline.stages.collect import Collector
 from flowdeck.pipeline.stages.detect import AnomalyDetector
 from flowdeck.pipeline.stages.resolve import Resolver
 from flowdeck.storage.model import RawDraft
+
+_KEY_TS = operator.attrgetter("key", "ts")
 
 # Called after each stage with the stage and the batch it has just changed (lineage).
 AfterStage = Callable[[Stage, Batch], None]
@@ -105,7 +108,9 @@ class StageChain:
         merge in)."""
         t = time.perf_counter()
         resolver = self.resolver
-        contributions = stored({(r.key, resolver.bucket(r.ts)) for r in merged.records})
+        w = resolver.window_ms  # resolver.bucket(ts), inlined: once per record
+        contributions = stored({(r.key, r.ts - r.ts % w) for r in merged.records} if w > 0
+                               else set(map(_KEY_TS, merged.records)))
         timed(stats and stats[resolver.name], len(merged.records), merged,
               lambda: resolver.run(merged, now_ms, contributions), t)
         for stage in self.run_stages:

@@ -354,7 +354,8 @@ class Collector:
         plain_ts = sc.plain_ts
         mapping, ts_key = plain_ts if plain_ts is not None else ([], None)
         constants, key_derive, unmatched = sc.constants, sc.key_derive, sc.unmatched
-        seen_add, last_ts = sc.seen.add, sc.last_ts
+        seen = sc.seen
+        seen_add, seen_by_key, last_ts = seen.add, seen.by_key, sc.last_ts
         stored_newest = {} if replay else self.stored_newest
         duration_field = sc.duration_field
         parse_ts, ts_is_ms, unit_from = sc.parse_ts, sc.ts_is_ms, sc.unit_from
@@ -445,7 +446,12 @@ class Collector:
                              message=f"timestamp {_iso(ts)} is older than "
                                      f"{human_duration(checks.max_age or 0)}")
                 continue
-            if not seen_add(key, ts):
+            # SeenTimestamps.add's common case inlined: a key's next timestamp, newer than
+            # everything it remembers, with no trim due.
+            arr = seen_by_key.get(key)
+            if arr and ts > arr[-1] and len(arr) < seen._trim_at:
+                arr.append(ts)
+            elif not seen_add(key, ts):
                 batch.dropped["duplicate"] += 1
                 continue
             if ts > skew:

@@ -353,7 +353,7 @@ def _fast_batch(checks: list[tuple], datas: list[dict]) -> list[dict | None]:
         # collect maps a source's fields in one order): its dict is kept, with the
         # coerced values put in place, instead of a new one per record.
         keys = tuple(names)
-        if all(tuple(d) == keys for d in datas):
+        if all(map(keys.__eq__, map(tuple, datas))):  # per record, in C
             for name, column in changed:
                 for d, v in zip(datas, column, strict=True):
                     d[name] = v

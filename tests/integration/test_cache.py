@@ -81,6 +81,19 @@ async def test_l1_is_lru_bounded_per_flow_and_counts_evictions():
     assert c.layer_stats()["l1"]["size"] == 3
 
 
+async def test_an_l1_hit_makes_its_entry_the_most_recently_used():
+    clock = ManualClock()
+    c = caches(clock, l1_size=2)
+    for key in ("a", "b"):
+        await c.get("f", "latest", key, "", Loads(key))
+    assert await c.get("f", "latest", "a", "", Loads("again")) == "a1"  # a hit, no load
+    await c.get("f", "latest", "c", "", Loads("c"))
+    assert c.peek("f", "latest", "b") is None  # b was the least recently used, not a
+    assert c.peek("f", "latest", "a") == "a1"
+    assert c.peek("f", "latest", "c") == "c1"
+    assert (c.stats["l1"].evictions, c.stats["l1"].hits) == (1, 3)
+
+
 async def test_hundred_concurrent_misses_cause_one_load():
     c = caches(ManualClock())
     load = Loads()

@@ -843,6 +843,16 @@ def test_resolve_window_bucketing():
     assert r.bucket(T0 + 59_999) == T0 and r.bucket(T0 + 60_000) == T0 + MIN
 
 
+def test_resolve_gives_lone_records_by_window_then_key_in_whatever_order_they_came():
+    readings = [("K2", T0 + MIN + 5), ("K1", T0 + 2 * MIN), ("K1", T0 + 7), ("K3", T0 + MIN),
+                ("K2", T0 + 9)]
+    expected = [("K1", T0), ("K2", T0), ("K2", T0 + MIN), ("K3", T0 + MIN), ("K1", T0 + 2 * MIN)]
+    for order in (readings, sorted(readings, key=lambda kt: (kt[1] // MIN, kt[0]))):
+        b = batch("a", *[rec(k, ts, "a", temperature=1.0) for k, ts in order])
+        resolver().run(b, NOW)
+        assert [(m.key, m.ts) for m in b.records] == expected
+
+
 def test_resolve_without_window_merges_only_equal_timestamps():
     r = resolver("mean", window="0")
     b = batch(
