@@ -791,6 +791,22 @@ class SeriesDetector:
             return getattr(twin, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling (Bytewax snapshots its operators' state): on the kernel path the state
+        # travels as state(), and is restored on whichever path the loading process runs.
+        if self.__dict__.get("_k") is None:
+            return self.__dict__
+        return {"_kernel_state": self.state(), "settings": self.settings}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        if "_kernel_state" not in data:
+            self.__dict__.update(data)
+            return
+        twin = SeriesDetector.from_state(data["_kernel_state"], data["settings"])
+        self.__dict__.update(twin.__dict__)
+        if twin._k is None:  # no kernel here: the Python path, its methods bound to self
+            self._measures = [(m, getattr(self, "_m_" + m)) for m in self.settings.methods]
+
     def _to_python(self) -> None:
         """Move this series from the kernel to the Python path, with the same state (for
         a point the kernel cannot take: a seasonal bin index beyond 64 bits)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -216,3 +217,20 @@ def test_the_kernels_exact_sum_is_math_fsum() -> None:
                 detectors._kernel.fsum_of(values)
             continue
         assert repr(detectors._kernel.fsum_of(values)) == expected, values
+
+
+def test_a_pickled_series_continues_like_the_uninterrupted_one() -> None:
+    """Bytewax snapshots its operators' state by pickling: a kernel series pickles as its
+    state() and restores on the kernel (or, in a process without it, the Python path)."""
+    ts, values = STREAMS["spikes_and_shift"]
+    ref = SeriesDetector(kernel=False)
+    expected = [ref.score(t, v) for t, v in zip(ts, values, strict=True)]
+    det = SeriesDetector(kernel=True)
+    got = det.score_many(ts[:1500], values[:1500])
+    det = pickle.loads(pickle.dumps(det))
+    assert det._k is not None
+    got += det.score_many(ts[1500:], values[1500:])
+    assert_same(got, expected)
+    assert state(det) == state(ref)
+    pure = pickle.loads(pickle.dumps(ref))
+    assert pure._k is None and state(pure) == state(ref)
