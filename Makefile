@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup run test test-fast bench lint lint-imports ns typecheck typecheck-baseline format clean
 
-$(STAMP): pyproject.toml
+# setup.py and the kernel source too: an editable install does not rebuild the extension
+$(STAMP): pyproject.toml setup.py pipeline/_kernel.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -118,7 +118,15 @@ def environment() -> dict[str, Any]:
         "git_rev": git_rev(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg_at_start": load,
+        # the detectors' compiled kernel (pipeline/_kernel.pyx) or their Python path
+        "detector_kernel": detector_kernel(),
     }
+
+
+def detector_kernel() -> bool:
+    from flowdeck.pipeline import detectors
+
+    return detectors.KERNEL
 
 
 def log(msg: str) -> None:

@@ -17,6 +17,10 @@ Times are CPU time of this process (``time.process_time``), the stage and the ba
 alike: the work is single-threaded, and on a shared machine wall time mostly measures
 the other jobs (seen here: 150 µs wall for 25 µs of CPU per point at a load of 8).
 
+``kernel`` in the details says which path scored: the compiled kernel
+(``pipeline/_kernel.pyx``) or, with ``FLOWDECK_PURE_PYTHON=1`` or no compiler at install
+time, the Python reference (the same scores).
+
     .venv/bin/python -m bench.detect
 """
 
@@ -29,6 +33,7 @@ from collections import deque
 from pathlib import Path
 
 from bench.common import Figure, Options
+from flowdeck.pipeline import detectors
 from flowdeck.pipeline.config import parse_config
 from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.stages.detect import AnomalyDetector
@@ -118,14 +123,15 @@ def run(opts: Options) -> tuple[list[Figure], dict]:
     runs = series(few, (warm + timed) * keys // few, seed=8)
     dt_runs, points_runs, _ = timed_stage(runs, warm * keys // 1000)
     methods = list(cfg.flows["det"].detect[0].methods)
-    extra = {"detect_points_timed": points, "series": keys * len(METRICS),
+    extra = {"kernel": detectors.KERNEL,  # compiled per-point path, or pure Python
+             "detect_points_timed": points, "series": keys * len(METRICS),
              "points_per_series_per_batch": 1000 // keys,
              "methods": methods, "flagged_records": flagged,
              "bare_robust_z_us": base * 1e6, "ratio_vs_bare_robust_z": us / (base * 1e6),
              "us_at_50_points_per_series_per_batch": dt_runs / points_runs * 1e6}
     return [Figure("detect_us_per_record_metric", us, "<= 2",
                    f"bare rolling-median z {base * 1e6:.2f} us", "us",
-                   extra={"methods": len(methods)})], extra
+                   extra={"methods": len(methods), "kernel": detectors.KERNEL})], extra
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ range ``[low, high]`` outside which that method would flag, the ``observed`` val
 from __future__ import annotations
 
 import math
+import os
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -505,21 +506,7 @@ class _Seasonal:
             self._find_period()
 
     def _find_period(self) -> None:
-        values = list(self.bins)
-        day, week = int(DAY / HOUR), int(WEEK / HOUR)
-        period: float | None = None
-        if len(values) >= 5 * week // 2:
-            # With the weekly trend removed, a weekly rhythm repeats at a week but not from
-            # one day to the next (weekdays differ from weekends); a daily one at both.
-            detrended = _detrend(values, week)
-            daily, weekly = _acf(detrended, day), _acf(detrended, week)
-            if (weekly is not None and weekly >= SEASON_MIN_ACF
-                    and weekly > (daily or 0.0) + 0.1):
-                period = WEEK
-        if period is None and len(values) >= 3 * day:
-            daily = _acf(_detrend(values, day), day)
-            if daily is not None and daily >= SEASON_MIN_ACF:
-                period = DAY
+        period = _season_period(list(self.bins))
         if period != self.period:
             self.period = period
             self._memo = None
@@ -596,6 +583,27 @@ class _Seasonal:
             self.residuals.add(value - base)
         self.total += value
         self.n += 1
+
+
+def _season_period(values: list[float | None]) -> float | None:
+    """The period the hourly bins show (oldest first): a week, a day, or None.
+
+    Called once per day of data by both paths (the kernel calls it too)."""
+    day, week = int(DAY / HOUR), int(WEEK / HOUR)
+    period: float | None = None
+    if len(values) >= 5 * week // 2:
+        # With the weekly trend removed, a weekly rhythm repeats at a week but not from
+        # one day to the next (weekdays differ from weekends); a daily one at both.
+        detrended = _detrend(values, week)
+        daily, weekly = _acf(detrended, day), _acf(detrended, week)
+        if (weekly is not None and weekly >= SEASON_MIN_ACF
+                and weekly > (daily or 0.0) + 0.1):
+            period = WEEK
+    if period is None and len(values) >= 3 * day:
+        daily = _acf(_detrend(values, day), day)
+        if daily is not None and daily >= SEASON_MIN_ACF:
+            period = DAY
+    return period
 
 
 def _detrend(values: list[float | None], lag: int) -> list[float | None]:
@@ -727,8 +735,25 @@ class SeriesDetector:
 
     STATE_VERSION = 1
 
-    def __init__(self, settings: DetectorSettings = DetectorSettings()) -> None:
+    def __init__(self, settings: DetectorSettings = DetectorSettings(),
+                 kernel: bool | None = None) -> None:
+        """``kernel``: run the compiled kernel (True), the Python reference (False), or
+        whichever :data:`KERNEL` says (None); both give the very same results."""
         self.settings = settings
+        # The verdicts of the last flagged in-order points, so a point merged again later
+        # (a late source) keeps the verdict it was given, not a late point's (see score).
+        self._flagged: deque[tuple[float, Score]] = deque(maxlen=FLAGGED_KEPT)
+        if kernel is None:
+            kernel = KERNEL
+        if kernel:
+            if _kernel is None:
+                raise RuntimeError("the compiled detector kernel is not built or is off "
+                                   "(FLOWDECK_PURE_PYTHON)")
+            # The whole state lives in the kernel; the Python structures below are only
+            # made for the Python path (see _to_python, __getattr__).
+            self._k: Any = _kernel.Series(settings, self._flagged)
+            return
+        self._k = None
         methods = settings.methods
         self.count = 0  # points added to the state
         self.last_ts: float | None = None
@@ -750,9 +775,6 @@ class SeriesDetector:
         self._episodes = 0  # episodes opened so far
         self._in_episode = False
         self._below = 0  # points in a row below the flag since the episode's last high one
-        # The verdicts of the last flagged in-order points, so a point merged again later
-        # (a late source) keeps the verdict it was given, not a late point's (see score).
-        self._flagged: deque[tuple[float, Score]] = deque(maxlen=FLAGGED_KEPT)
         self._measures: list[tuple[str, Callable[[float, float], Measure | None]]] = [
             (m, getattr(self, "_m_" + m)) for m in methods]
         self._log_flag = math.log(settings.flag_probability)
@@ -761,8 +783,46 @@ class SeriesDetector:
 
     # ---- public
 
+    def __getattr__(self, name: str) -> Any:
+        # Kernel path: the Python-side attributes (count, last_ts, _values, _tails, ...)
+        # read from a Python copy of the current state (a snapshot, not a live view).
+        if name in _PY_ATTRS and self.__dict__.get("_k") is not None:
+            twin = SeriesDetector.from_state(self.state(), self.settings, kernel=False)
+            return getattr(twin, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling (Bytewax snapshots its operators' state): on the kernel path the state
+        # travels as state(), and is restored on whichever path the loading process runs.
+        if self.__dict__.get("_k") is None:
+            return self.__dict__
+        return {"_kernel_state": self.state(), "settings": self.settings}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        if "_kernel_state" not in data:
+            self.__dict__.update(data)
+            return
+        twin = SeriesDetector.from_state(data["_kernel_state"], data["settings"])
+        self.__dict__.update(twin.__dict__)
+        if twin._k is None:  # no kernel here: the Python path, its methods bound to self
+            self._measures = [(m, getattr(self, "_m_" + m)) for m in self.settings.methods]
+
+    def _to_python(self) -> None:
+        """Move this series from the kernel to the Python path, with the same state (for
+        a point the kernel cannot take: a seasonal bin index beyond 64 bits)."""
+        twin = SeriesDetector.from_state(self.state(), self.settings, kernel=False)
+        self.__dict__.update(twin.__dict__)
+        self._measures = [(m, getattr(self, "_m_" + m)) for m in self.settings.methods]
+        self._k = None
+
     def score(self, ts: float, value: float) -> Score:
         """Score the point, then add it to the state if it is finite and in order."""
+        k = self._k
+        if k is not None:
+            try:
+                return k.score(ts, value)  # type: ignore[no-any-return]
+            except _KernelLimit:
+                self._to_python()
         if not (math.isfinite(value) and math.isfinite(ts)):
             return _quiet()
         measures = self._measure(ts, value)
@@ -791,48 +851,83 @@ class SeriesDetector:
         The stage hands each series its points of a batch at once (per-series batching):
         one series' state is worked on while it sits in the CPU's caches, instead of
         hopping between series record by record."""
+        k = self._k
+        if k is not None:
+            got: list[Score] = k.score_many(ts, values)
+            if len(got) == len(ts):
+                return got
+            self._to_python()  # the kernel stopped at a point it cannot take
+        else:
+            got = []
         score = self.score
-        return [score(ts[i], values[i]) for i in range(len(ts))]
+        return got + [score(ts[i], values[i]) for i in range(len(got), len(ts))]
+
+    def score_batch(self, ts: Sequence[float], values: Sequence[float]
+                    ) -> tuple[list[float], dict[int, Score]]:
+        """:meth:`score_many`, compact: each point's ``score``, and the whole
+        :class:`Score` of each point scoring 0.5 or more, by its index (the stage needs no
+        more; the kernel then builds no Score for the rest)."""
+        k = self._k
+        scores: list[float]
+        full: dict[int, Score]
+        if k is not None:
+            scores, full, done = k.score_batch(ts, values)
+            if done == len(ts):
+                return scores, full
+            self._to_python()
+        else:
+            scores, full, done = [], {}, 0
+        score = self.score
+        for i in range(done, len(ts)):
+            sc = score(ts[i], values[i])
+            scores.append(sc.score)
+            if sc.score >= 0.5:
+                full[i] = sc
+        return scores, full
 
     def _again(self, ts: float, value: float) -> Score | None:
-        """The first verdict of a flagged point scored again at the same timestamp (resolve
-        merged a late source into it), with the value it has now; None if the point was not
-        flagged or its new value falls inside the range its detector expected (then it is
-        scored as a late point: the state has already learned from that timestamp, so its
-        first verdict cannot be re-derived, only kept or withdrawn)."""
-        for seen_ts, first in reversed(self._flagged):
-            if seen_ts != ts:
-                continue
-            if (value != first.observed and first.low is not None and first.high is not None
-                    and first.low <= value <= first.high):
-                return None
-            return Score(first.score, first.anomalous, first.method, dict(first.details),
-                         value, first.expected, first.low, first.high, first.probability,
-                         first.episode, True)
-        return None
+        return _again_of(self._flagged, ts, value)
 
     def evaluate(self, ts: float, value: float) -> Score:
         """Score the point against the current state, without changing the state.
 
         The episode is not advanced, so ``anomalous`` here is ``score >= 0.5``.
         """
+        k = self._k
+        if k is not None:
+            try:
+                return k.evaluate(ts, value)  # type: ignore[no-any-return]
+            except _KernelLimit:
+                self._to_python()
         if not (math.isfinite(value) and math.isfinite(ts)):
             return _quiet()
         return self._verdict(value, self._measure(ts, value))
 
     def accepts(self, ts: float, value: float) -> bool:
         """Whether :meth:`update` would take the point: finite, and newer than the last one."""
+        if self._k is not None:
+            return self._k.accepts(ts, value)  # type: ignore[no-any-return]
         if not (math.isfinite(value) and math.isfinite(ts)):
             return False
         return self.last_ts is None or ts > self.last_ts
 
     def update(self, ts: float, value: float) -> None:
         """Add an accepted point to the state (see :meth:`accepts`); others are ignored."""
+        k = self._k
+        if k is not None:
+            try:
+                k.update(ts, value)
+                return
+            except _KernelLimit:
+                self._to_python()
         if self.accepts(ts, value):
             self._learn(ts, float(value), self._measure(ts, value))
 
     def snapshot(self) -> dict[str, Any]:
         """A small dict of the state for display; a statistic is None when not tracked yet."""
+        if self._k is not None:
+            return SeriesDetector.from_state(self.state(), self.settings,
+                                             kernel=False).snapshot()
         snap: dict[str, Any] = {
             "n": self.count,
             "last_ts": self.last_ts,
@@ -860,6 +955,10 @@ class SeriesDetector:
 
     def state(self) -> dict[str, Any]:
         """The whole state as a JSON-able dict (see :meth:`from_state`)."""
+        if self._k is not None:
+            part = self._k.export()
+            return {"version": self.STATE_VERSION, "settings": _settings_dict(self.settings),
+                    **part, "flagged": [[ts, _score_state(sc)] for ts, sc in self._flagged]}
         return {
             "version": self.STATE_VERSION,
             "settings": _settings_dict(self.settings),
@@ -873,14 +972,20 @@ class SeriesDetector:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], settings: DetectorSettings
-                   ) -> SeriesDetector:
-        """Rebuild a series from :meth:`state`; ``settings`` must be the ones it was made with."""
+    def from_state(cls, state: dict[str, Any], settings: DetectorSettings,
+                   kernel: bool | None = None) -> SeriesDetector:
+        """Rebuild a series from :meth:`state`; ``settings`` must be the ones it was made with.
+
+        A state made by either path restores in either (``kernel`` as in the constructor)."""
         if state.get("version") != cls.STATE_VERSION:
             raise ValueError(f"unknown detector state version {state.get('version')!r}")
         if state.get("settings") != _settings_dict(settings):
             raise ValueError("detector state was made with other settings")
-        self = cls(settings)
+        self = cls(settings, kernel)
+        if self._k is not None:
+            self._k.load(state)
+            self._flagged.extend((ts, Score(**sc)) for ts, sc in state.get("flagged", []))
+            return self
         self.count, self.last_ts, self.last_value = (state["count"], state["last_ts"],
                                                      state["last_value"])
         self._values = _load(state["values"])
@@ -1077,6 +1182,25 @@ class SeriesDetector:
         return "flatline", float(run), None, None
 
 
+def _again_of(flagged: Sequence[tuple[float, Score]], ts: float, value: float
+               ) -> Score | None:
+    """The first verdict of a flagged point scored again at the same timestamp (resolve
+    merged a late source into it), with the value it has now; None if the point was not
+    flagged or its new value falls inside the range its detector expected (then it is
+    scored as a late point: the state has already learned from that timestamp, so its
+    first verdict cannot be re-derived, only kept or withdrawn)."""
+    for seen_ts, first in reversed(flagged):
+        if seen_ts != ts:
+            continue
+        if (value != first.observed and first.low is not None and first.high is not None
+                and first.low <= value <= first.high):
+            return None
+        return Score(first.score, first.anomalous, first.method, dict(first.details),
+                     value, first.expected, first.low, first.high, first.probability,
+                     first.episode, True)
+    return None
+
+
 def _score_state(score: Score) -> dict[str, Any]:
     return {f: getattr(score, f) for f in Score.__slots__}  # type: ignore[attr-defined]
 
@@ -1129,3 +1253,33 @@ class Detector:
     def restore(self, series: tuple, state: dict[str, Any]) -> None:
         """Replace the state of ``series`` with one from :meth:`state`."""
         self._series[series] = SeriesDetector.from_state(state, self.settings)
+
+
+# --------------------------------------------------------------------------- the compiled kernel
+
+_PY_ATTRS = frozenset({
+    "count", "last_ts", "last_value", "_values", "_ewma", "_learn_rates", "_rates",
+    "_seasonal", "_cusum", "_run", "_window_memo", "_tails", "_episodes", "_in_episode",
+    "_below", "_measures", "_log_flag", "_need", "_min_history"})
+"""The Python path's state attributes, read from a copy on the kernel path."""
+
+
+class _NoKernelLimit(Exception):
+    """Stands for the kernel's KernelLimit when there is no kernel (never raised)."""
+
+
+_kernel: Any = None
+_KernelLimit: type[Exception] = _NoKernelLimit
+if os.environ.get("FLOWDECK_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from flowdeck.pipeline import _kernel  # type: ignore[attr-defined, no-redef]
+    except ImportError:  # not built (no compiler at install time): the Python path
+        _kernel = None
+    else:
+        _kernel.setup(Score, _again_of, _season_period)
+        _KernelLimit = _kernel.KernelLimit
+
+KERNEL: bool = _kernel is not None
+"""Whether series run the compiled kernel (pipeline/_kernel.pyx, built when a C compiler
+was there at install time) or the Python reference above; ``FLOWDECK_PURE_PYTHON=1``
+forces the Python path. The results are the same float for float."""

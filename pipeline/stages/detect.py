@@ -123,17 +123,20 @@ class AnomalyDetector:
             issues: list[tuple[Rec, IssueDraft]] = []
             series_of = det.series_detector
             for key, group in groups.items():
-                series = series_of((key, metric))
-                if len(group) == 1:
-                    rec, v = group[0]
-                    sc = series.score(rec.ts / 1000, v)
-                    if sc.score != 0.0:
-                        self._apply(rec, v, sc, metric, best, issues)
-                    continue
-                got = series.score_many([rec.ts / 1000 for rec, _ in group],
-                                        [v for _, v in group])
-                for (rec, v), sc in zip(group, got, strict=True):
-                    if sc.score != 0.0:
+                # Compact results (SeriesDetector.score_batch): every point's score, and
+                # the whole Score only of the points at the flag, which need a reason.
+                scores, full = series_of((key, metric)).score_batch(
+                    [rec.ts / 1000 for rec, _ in group], [v for _, v in group])
+                for i, s in enumerate(scores):
+                    if s == 0.0:
+                        continue
+                    rec, v = group[i]
+                    sc = full.get(i)
+                    if sc is None:  # below the flag: only the record's score
+                        score = round(s, 4)
+                        if score > rec.anomaly:
+                            rec.anomaly = score
+                    else:
                         self._apply(rec, v, sc, metric, best, issues)
             if len(issues) > 1:
                 position = {id(rec): i for i, rec in enumerate(recs)}
