@@ -327,8 +327,22 @@ class DerivedSeries(Repository):
         by_sid = sorted((sids[k[:3]], k[3], a) for k, a in minutes)  # b-tree order
         hours: dict[tuple, list] = {}
         _merge([((sid, b - b % h_w), a) for sid, b, a in by_sid], hours)
-        conn.exec_driver_sql(self._sql["add_1m"], [(sid, b, *a) for sid, b, a in by_sid])
-        conn.exec_driver_sql(self._sql["add_1h"], [k + tuple(a) for k, a in hours.items()])
+        self._add(conn, "add_1m", [(sid, b, *a) for sid, b, a in by_sid])
+        self._add(conn, "add_1h", [k + tuple(a) for k, a in hours.items()])
+
+    def _add(self, conn: Connection, sql: str, rows: list[tuple]) -> None:
+        """Roll-up rows (sid, bucket, n, sum, min, max), each (sid, bucket) once, added
+        into their table: executemany on SQLite (its loop is C), on PostgreSQL one
+        statement over an array per column, each sent as its text (``{1,2,...}``, the
+        numbers as ``str`` writes them, which is what psycopg sends for one parameter:
+        the same values, without psycopg's work per element of a list)."""
+        if not rows:
+            return
+        if self.dialect != "postgresql":
+            conn.exec_driver_sql(self._sql[sql], rows)
+            return
+        conn.exec_driver_sql(self._sql[sql + "_all"], tuple(
+            "{" + ",".join(map(str, col)) + "}" for col in zip(*rows, strict=True)))
 
     def _rollups(self, conn: Connection, minutes: list[tuple[int, tuple]]) -> None:
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.

@@ -49,6 +49,7 @@ from flowdeck.storage.records import Records
 from flowdeck.storage.runs import Runs
 
 log = logging.getLogger(__name__)
+_TUPLE = frozenset({tuple})
 
 
 class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
@@ -122,8 +123,11 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
                 crash_point("mid_records_upsert")
             crash_point("after_records_commit")
             stored()
-        series = [p if type(p) is tuple else (p["flow"], p["key"], p["metric"], p["ts_ms"],
-                                              float(p["value"])) for p in batch.series]
+        points = batch.series
+        series: list[tuple] = (
+            list(points) if set(map(type, points)) <= _TUPLE  # type: ignore[arg-type]
+            else [p if type(p) is tuple else (p["flow"], p["key"], p["metric"], p["ts_ms"],
+                                              float(p["value"])) for p in points])
         raw_status = [tuple(r[c] for c in RAW_STATUS_COLS) for r in batch.raw_status]
         if defer and early:
             if batch.quarantine or batch.replayed or batch.issues:
