@@ -21,6 +21,16 @@ from cpython.float cimport PyFloat_AsDouble
 from collections import deque
 import math
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FLOWDECK_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define FLOWDECK_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void FLOWDECK_PREFETCH(const void *p) nogil
+
 # Set by detectors.py (the Python reference) when it imports this module.
 cdef object _Score = None
 cdef object _again_of = None
@@ -265,6 +275,24 @@ cdef inline void _win_reindex(Win *w, Py_ssize_t lo, Py_ssize_t hi) noexcept nog
     cdef Py_ssize_t m
     for m in range((lo + 15) >> 4, (hi >> 4) + 1):
         w.idx[m] = w.srt[m << 4]
+
+
+cdef inline void _win_prefetch(Win *w) noexcept nogil:
+    """Ask for the memory of a window that its searches and adds read first (a hint: no
+    result depends on it): the ring's oldest value, and the sorted values of a short
+    window (up to 128: the value, rate and residual windows by default), or the block
+    index of a long one (a tail's 1,000 sorted values are 8 KB: fetching them all costs
+    more than the misses of the few blocks a point touches)."""
+    cdef Py_ssize_t k, n = w.count
+    if n == 0:
+        return
+    FLOWDECK_PREFETCH(w.ring + w.head)
+    if n <= 128:
+        for k in range(0, n, 8):
+            FLOWDECK_PREFETCH(w.srt + k)
+    else:
+        for k in range(0, (n + 15) >> 4, 8):
+            FLOWDECK_PREFETCH(w.idx + k)
 
 
 cdef int _win_add(Win *w, double v) except -1:
@@ -1042,6 +1070,20 @@ cdef class Series:
         self.last_value = value
         return 0
 
+    cdef void _prefetch(self) noexcept:
+        """Hint the caches at this series' windows before its points are scored (the
+        batch scores series after series: the next one's state is fetched meanwhile)."""
+        cdef int i
+        if self.has[M_ROBUST_Z] or self.has[M_LEVEL_SHIFT]:
+            _win_prefetch(&self.values)
+        if self.learn_rates:
+            _win_prefetch(&self.rates)
+        if self.has[M_SEASONAL]:
+            _win_prefetch(&self.residuals)
+        if self.calibrate:
+            for i in range(self.n_methods):
+                _win_prefetch(&self.tails[self.methods[i]].w)
+
     cdef int _check(self, double ts) except -1:
         """Raise KernelLimit (before any change) for a point whose seasonal bin index
         would not fit an int64."""
@@ -1050,9 +1092,9 @@ cdef class Series:
         return 0
 
     cdef object _one(self, object ts_obj, object value_obj, double ts, double value,
-                     bint full):
+                     bint full, double *score):
         """SeriesDetector.score for one finite point: its Score, or (``full`` false and
-        the point in order and below the flag) its score as a float."""
+        the point in order and below the flag) None, its score in ``score``."""
         cdef Verdict r
         cdef bint flagged
         self._check(ts)
@@ -1070,7 +1112,8 @@ cdef class Series:
             if result is None and full:
                 result = self._score(&r, value_obj)
             self._learn(ts, ts_obj, value, flagged)
-            return result if result is not None else r.score
+            score[0] = r.score
+            return result
         again = _again_of(self.flagged, ts_obj, value_obj)
         if again is not None:
             return again
@@ -1082,16 +1125,16 @@ cdef class Series:
     # ---- public (SeriesDetector delegates to these)
 
     def score(self, ts, value):
-        cdef double t = ts, v = value
+        cdef double t = ts, v = value, sc
         if not (isfinite(v) and isfinite(t)):
             return _Score(0.0, False, None, {})
-        return self._one(ts, value, t, v, True)
+        return self._one(ts, value, t, v, True, &sc)
 
     def score_many(self, ts, values):
         """Scores of the points, in order; fewer than given if one hit KernelLimit (the
         caller scores the rest in Python)."""
         cdef Py_ssize_t i, n = len(ts)
-        cdef double t, v
+        cdef double t, v, sc
         out = []
         for i in range(n):
             tso, vo = ts[i], values[i]
@@ -1100,7 +1143,7 @@ cdef class Series:
                 out.append(_Score(0.0, False, None, {}))
                 continue
             try:
-                out.append(self._one(tso, vo, t, v, True))
+                out.append(self._one(tso, vo, t, v, True, &sc))
             except KernelLimit:
                 break
         return out
@@ -1108,7 +1151,7 @@ cdef class Series:
     def score_batch(self, ts, values):
         """(scores, {index: Score of each point scoring 0.5 or more}, points done)."""
         cdef Py_ssize_t i, n = len(ts)
-        cdef double t, v
+        cdef double t, v, sc
         scores = []
         full = {}
         for i in range(n):
@@ -1118,11 +1161,11 @@ cdef class Series:
                 scores.append(0.0)
                 continue
             try:
-                got = self._one(tso, vo, t, v, False)
+                got = self._one(tso, vo, t, v, False, &sc)
             except KernelLimit:
                 return scores, full, i
-            if type(got) is float:
-                scores.append(got)
+            if got is None:
+                scores.append(sc)
             else:
                 scores.append(got.score)
                 if got.score >= 0.5:
@@ -1265,3 +1308,81 @@ cdef class Series:
         if self.b_val != NULL:
             total += self.b_cap * 9
         return total
+
+
+def score_columns(list series, list index, list ts, list values):
+    """Score the points of many series in one call: point ``i`` is ``(ts[i], values[i])``
+    of ``series[index[i]]`` (a :class:`Series`, or None: its points are left to the
+    caller); each series takes its points in the order given, as its ``score_batch``.
+
+    Returns ``(low, full, rest)``: ``(i, score)`` of each point scoring other than 0 and
+    below 0.5, ``{i: Score}`` of each point scoring 0.5 or more, and ``(position, done)``
+    of each series that did not take all its points (None, or a point hit KernelLimit
+    after ``done`` of them): the caller scores the rest."""
+    cdef Py_ssize_t n = len(index), ns = len(series), i, k, p, end
+    cdef Py_ssize_t *start
+    cdef Py_ssize_t *order
+    cdef double t, v, sc
+    cdef Series s
+    if len(ts) != n or len(values) != n:
+        raise ValueError("index, ts and values must have the same length")
+    low = []
+    full = {}
+    rest = []
+    start = <Py_ssize_t *>malloc((ns + 1) * sizeof(Py_ssize_t))
+    order = <Py_ssize_t *>malloc((n if n else 1) * sizeof(Py_ssize_t))
+    try:
+        if start == NULL or order == NULL:
+            raise MemoryError()
+        for p in range(ns + 1):
+            start[p] = 0
+        for i in range(n):  # counting sort by series, stable: each series' points in order
+            p = index[i]
+            if p < 0 or p >= ns:
+                raise IndexError("series index out of range")
+            start[p + 1] += 1
+        for p in range(ns):
+            start[p + 1] += start[p]
+        for i in range(n):
+            p = index[i]
+            order[start[p]] = i
+            start[p] += 1
+        k = 0
+        for p in range(ns):  # start[p] is now the end of series p's points
+            end = start[p]
+            obj = series[p]
+            if obj is None:
+                if end > k:
+                    rest.append((p, 0))
+                k = end
+                continue
+            s = <Series?>obj
+            if p + 1 < ns:  # the next series' state comes into the caches meanwhile
+                nxt = series[p + 1]
+                if nxt is not None:
+                    (<Series?>nxt)._prefetch()
+            while k < end:
+                i = order[k]
+                tso, vo = ts[i], values[i]
+                t, v = tso, vo
+                if isfinite(v) and isfinite(t):
+                    try:
+                        got = s._one(tso, vo, t, v, False, &sc)
+                    except KernelLimit:
+                        rest.append((p, k - (start[p - 1] if p else 0)))
+                        k = end
+                        break
+                    if got is None:
+                        if sc != 0.0:
+                            low.append((i, sc))
+                    else:
+                        sc = got.score
+                        if sc >= 0.5:
+                            full[i] = got
+                        elif sc != 0.0:
+                            low.append((i, sc))
+                k += 1
+    finally:
+        free(start)
+        free(order)
+    return low, full, rest

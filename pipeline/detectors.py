@@ -1233,6 +1233,57 @@ class Detector:
             state = self._series[series] = SeriesDetector(self.settings)
         return state
 
+    def score_columns(self, series: Sequence[tuple], index: list[int], ts: list[float],
+                      values: list[float]
+                      ) -> tuple[list[tuple[int, float]], dict[int, Score]]:
+        """Score a batch of many series' points given as columns: point ``i`` is
+        ``(ts[i], values[i])`` of ``series[index[i]]``; each series takes its points in
+        the given order (as :meth:`SeriesDetector.score_batch`; the series are
+        independent, so the order between them does not change any score).
+
+        Returns ``(low, full)``: ``(i, score)`` of each point scoring other than 0 and
+        below 0.5, and ``{i: Score}`` of each point scoring 0.5 or more. On the kernel
+        path the whole batch is one C call (the stage's Python is one pass to gather the
+        columns and one over the nonzero scores)."""
+        known = self._series
+        sds: list[SeriesDetector] = []
+        for key in series:
+            sd = known.get(key)
+            if sd is None:
+                sd = known[key] = SeriesDetector(self.settings)
+            sds.append(sd)
+        low: list[tuple[int, float]]
+        full: dict[int, Score]
+        if _kernel is not None:
+            low, full, rest = _kernel.score_columns(
+                [sd._k for sd in sds], index, ts, values)
+            if not rest:
+                return low, full
+        else:
+            low, full, rest = [], {}, [(p, 0) for p in range(len(sds))]
+        # The series the kernel left (Python-path series, or a point it cannot take):
+        # their remaining points, through score_batch.
+        points: dict[int, list[int]] = {p: [] for p, _ in rest}
+        for i, p in enumerate(index):
+            got = points.get(p)
+            if got is not None:
+                got.append(i)
+        for p, done in rest:
+            rows = points[p][done:]
+            if not rows:
+                continue
+            scores, flagged = sds[p].score_batch([ts[i] for i in rows],
+                                                 [values[i] for i in rows])
+            for j, sc in enumerate(scores):
+                if sc == 0.0:
+                    continue
+                top = flagged.get(j)
+                if top is None:
+                    low.append((rows[j], sc))
+                else:
+                    full[rows[j]] = top
+        return low, full
+
     def score_many(self, items: Iterable[tuple[tuple, float, float]]) -> list[Score]:
         """:meth:`score` for each ``(series, ts, value)``, in order."""
         return [self.score(series, ts, value) for series, ts, value in items]

@@ -101,50 +101,55 @@ class AnomalyDetector:
         best: dict[int, float] = {}  # id(rec) -> score of the reason it carries
         isfinite = math.isfinite
         series_field = self.series_field
+        # The batch as columns, for every metric: each record's series (its position in
+        # order of first appearance) and time; per metric its values (Detector.
+        # score_columns scores them all at once, each series' points in time order).
+        if series_field is None:
+            keys = [rec.key for rec in recs]
+        else:
+            keys = [str(rec.data.get(series_field)) for rec in recs]
+        position: dict[str, int] = {}
+        index = [position.setdefault(key, len(position)) for key in keys]
+        names = list(position)
+        times = [rec.ts / 1000 for rec in recs]
         for metric, det in self.detectors:
-            # Per series: each series' points of the batch (in time order) go to its
-            # detector at once (SeriesDetector.score_many); issues keep the batch's order.
-            groups: dict[str, list[tuple[Rec, float]]] = {}
-            for rec in recs:
-                v: Any = rec.data.get(metric)
-                t = type(v)
-                if t is not float:
-                    if t is not int or not isfinite(v):  # bool, str, None: not a value
+            values: list[Any] = [rec.data.get(metric) for rec in recs]
+            if set(map(type, values)) == {float} and all(map(isfinite, values)):
+                rows = None  # every record has a value: the batch's columns as they are
+                series = [(key, metric) for key in names]
+                idx, ts = index, times
+            else:  # only the finite numbers; bool, str, None: not a value
+                rows = []
+                kept: list[float] = []
+                for i, v in enumerate(values):
+                    t = type(v)
+                    if t is not float:
+                        if t is not int or not isfinite(v):
+                            continue
+                        v = float(v)
+                    elif not isfinite(v):
                         continue
-                    v = float(v)
-                elif not isfinite(v):
-                    continue
-                key = rec.key if series_field is None else str(rec.data.get(series_field))
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [(rec, v)]
-                else:
-                    group.append((rec, v))
-            issues: list[tuple[Rec, IssueDraft]] = []
-            series_of = det.series_detector
-            for key, group in groups.items():
-                # Compact results (SeriesDetector.score_batch): every point's score, and
-                # the whole Score only of the points at the flag, which need a reason.
-                scores, full = series_of((key, metric)).score_batch(
-                    [rec.ts / 1000 for rec, _ in group], [v for _, v in group])
-                for i, s in enumerate(scores):
-                    if s == 0.0:
-                        continue
-                    rec, v = group[i]
-                    sc = full.get(i)
-                    if sc is None:  # below the flag: only the record's score
-                        score = round(s, 4)
-                        if score > rec.anomaly:
-                            rec.anomaly = score
-                    else:
-                        self._apply(rec, v, sc, metric, best, issues)
-            if len(issues) > 1:
-                position = {id(rec): i for i, rec in enumerate(recs)}
-                issues.sort(key=lambda item: position[id(item[0])])
-            batch.issues.extend(draft for _, draft in issues)
+                    rows.append(i)
+                    kept.append(v)
+                values = kept
+                used: dict[int, int] = {}  # batch position -> this metric's position
+                idx = [used.setdefault(index[i], len(used)) for i in rows]
+                series = [(names[p], metric) for p in used]
+                ts = [times[i] for i in rows]
+            low, full = det.score_columns(series, idx, ts, values)
+            for i, s in low:  # below the flag: only the record's score
+                rec = recs[i if rows is None else rows[i]]
+                score = round(s, 4)
+                if score > rec.anomaly:
+                    rec.anomaly = score
+            issues: list[IssueDraft] = []  # in the batch's (time) order
+            for i in sorted(full):
+                self._apply(recs[i if rows is None else rows[i]], values[i], full[i],
+                            metric, best, issues)
+            batch.issues.extend(issues)
 
     def _apply(self, rec: Rec, v: float, sc: Score, metric: str, best: dict[int, float],
-               issues: list[tuple[Rec, IssueDraft]]) -> None:
+               issues: list[IssueDraft]) -> None:
         """Put one nonzero verdict on its record: the score, and from the flag on the
         flag, the reason and (first point of an episode) the issue."""
         score = round(sc.score, 4)
@@ -163,7 +168,7 @@ class AnomalyDetector:
         rec.anomalous = True
         if sc.again:  # a late source merged into the onset: its issue is raised
             return
-        issues.append((rec, IssueDraft(
+        issues.append(IssueDraft(
             flow=self.flow_name, kind="anomaly",
             severity="error" if sc.score >= 0.9 else "warning",
             title=f"{rec.key}: {metric}={v:.4g} is anomalous "
@@ -174,7 +179,7 @@ class AnomalyDetector:
                     "method": sc.method, "ts": rec.ts, "episode": sc.episode,
                     "reason": reason,
                     "details": {k: round(x, 3) for k, x in sc.details.items()}},
-            record_keys=[(rec.key, rec.ts)], raw_ids=list(rec.raw_ids))))
+            record_keys=[(rec.key, rec.ts)], raw_ids=list(rec.raw_ids)))
 
 
 def _expected(reason: dict[str, Any]) -> str:

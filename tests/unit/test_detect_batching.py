@@ -10,7 +10,13 @@ import random
 import pytest
 
 from flowdeck.pipeline.config import DetectSpec
-from flowdeck.pipeline.detectors import METHODS, DetectorSettings, Score, SeriesDetector
+from flowdeck.pipeline.detectors import (
+    METHODS,
+    Detector,
+    DetectorSettings,
+    Score,
+    SeriesDetector,
+)
 from flowdeck.pipeline.evaluation import detect_flow
 from flowdeck.pipeline.model import Batch, Rec
 from flowdeck.pipeline.stages.detect import AnomalyDetector
@@ -163,3 +169,45 @@ def test_evaluate_batches_score_late_and_duplicate_rows_as_rows_alone() -> None:
     got = stage_scorer()("f.csv", ts, values)
     assert got == alone
     assert sum(flag for _, flag in alone) >= 2
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_columns_of_many_series_score_as_each_series_alone(setting: str) -> None:
+    """Detector.score_columns (the stage's one call per metric and batch): the shapes
+    interleaved in batches of every size give each point the score, flagged Score and
+    state it gets scored alone; one series on the Python path among kernel ones too."""
+    settings = SETTINGS[setting]
+    every = shapes()
+    names = sorted(every)
+    expected = {name: one_by_one(settings, *every[name]) for name in names}
+    det = Detector(settings)
+    det._series[("flat", "m")] = SeriesDetector(settings, kernel=False)
+    rng = random.Random(len(setting))
+    n = len(every[names[0]][0])
+    i = 0
+    while i < n:
+        size = rng.choice((1, 4, 50, 333))
+        order = names[:]
+        rng.shuffle(order)  # the series in a new order every batch
+        index, ts, values, where = [], [], [], []
+        for k in range(i, min(n, i + size)):
+            for p, name in enumerate(order):
+                index.append(p)
+                ts.append(every[name][0][k])
+                values.append(every[name][1][k])
+                where.append((name, k))
+        low, full = det.score_columns([(name, "m") for name in order], index, ts, values)
+        got = dict.fromkeys(range(len(index)), 0.0)
+        got.update(low)
+        for j, sc in full.items():
+            assert sc.score >= 0.5
+            name, k = where[j]
+            assert sc == expected[name][0][k]
+            got[j] = sc.score
+        for j, score in got.items():
+            name, k = where[j]
+            want = expected[name][0][k].score
+            assert repr(score) == repr(want), f"{name} point {k}"
+        i += size
+    for name in names:
+        assert state(det.series_detector((name, "m"))) == state(expected[name][1])

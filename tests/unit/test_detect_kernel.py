@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from flowdeck.pipeline import detectors
-from flowdeck.pipeline.detectors import METHODS, DetectorSettings, Score, SeriesDetector
+from flowdeck.pipeline.detectors import (
+    METHODS,
+    Detector,
+    DetectorSettings,
+    Score,
+    SeriesDetector,
+)
 from flowdeck.pipeline.evaluation import read_series
 from tests.unit.test_detect_batching import SETTINGS, shapes
 
@@ -234,3 +240,39 @@ def test_a_pickled_series_continues_like_the_uninterrupted_one() -> None:
     assert state(det) == state(ref)
     pure = pickle.loads(pickle.dumps(ref))
     assert pure._k is None and state(pure) == state(ref)
+
+
+def test_a_timestamp_beyond_the_kernels_range_in_a_batch_of_columns() -> None:
+    """Detector.score_columns: the series whose point the kernel cannot take goes on in
+    Python from that point, the other series in the batch stay in the kernel; every
+    score as the reference's."""
+    settings = DetectorSettings(methods=METHODS, season=600.0)
+    rng = random.Random(5)
+    far = [T0 + 10.0 * i for i in range(800)] + [1e25 + 1e10 * i for i in range(400)]
+    near = [T0 + 10.0 * i for i in range(1200)]
+    series = {"far": (far, [rng.gauss(0.0, 1.0) for _ in far]),
+              "near": (near, [rng.gauss(0.0, 1.0) for _ in near])}
+    expected = {}
+    for name, (ts, values) in series.items():
+        ref = SeriesDetector(settings, kernel=False)
+        expected[name] = ([ref.score(t, v) for t, v in zip(ts, values, strict=True)], ref)
+    det = Detector(settings)
+    for start in range(0, 1200, 300):
+        index, ts, values, where = [], [], [], []
+        for k in range(start, start + 300):
+            for p, name in enumerate(("far", "near")):
+                index.append(p)
+                ts.append(series[name][0][k])
+                values.append(series[name][1][k])
+                where.append((name, k))
+        low, full = det.score_columns([("far",), ("near",)], index, ts, values)
+        got = dict.fromkeys(range(len(index)), 0.0)
+        got.update(low)
+        got.update({j: sc.score for j, sc in full.items()})
+        for j, score in got.items():
+            name, k = where[j]
+            assert repr(score) == repr(expected[name][0][k].score), f"{name} point {k}"
+    assert det.series_detector(("far",))._k is None
+    assert det.series_detector(("near",))._k is not None
+    for name in series:
+        assert state(det.series_detector((name,))) == state(expected[name][1])
