@@ -24,6 +24,9 @@ from support.services import REQUIRE_SERVICES
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+# Cython source, its generated C and the editable install's in-place build: what ships is
+# the extension the wheel's own build compiled.
+COMPILED_SOURCES_AND_BUILDS = (".pyx", ".c", ".so", ".pyd")
 # The checkout's folders and where the wheel puts them ([tool.setuptools] package-dir).
 PACKAGE_DIRS = {
     "console": "flowdeck/console",
@@ -135,10 +138,16 @@ def test_wheel_carries_the_package_data_and_no_generic_top_level_names(wheel):
         for path in sorted((ROOT / folder).rglob("*")):
             if path.is_dir() or "__pycache__" in path.parts or path.suffix == ".pyc":
                 continue
+            if path.suffix in COMPILED_SOURCES_AND_BUILDS:
+                continue  # the detection kernel: checked below as the built module
             name = f"{target}/{path.relative_to(ROOT / folder).as_posix()}"
             if name not in names:
                 missing.append(name)
     assert not missing, f"not in the wheel: {missing}"
+    # The compiled detection kernel (pipeline/_kernel.pyx) ships built: this machine has a
+    # C compiler, and the wheel was built with it.
+    assert any(n.startswith("flowdeck/pipeline/_kernel.") and n.endswith((".so", ".pyd"))
+               for n in names), sorted(n for n in names if "_kernel" in n)
 
 
 def test_installed_package_is_imported_from_the_virtualenv(installed):
