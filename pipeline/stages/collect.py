@@ -268,8 +268,9 @@ class SourceCollector:
                              ts_keys[0] if ts_keys else None)
         # The plain mappings as functions of one item (a dict display: a third cheaper
         # than the same mapping as a comprehension, per record).
-        self.map_plain = _mapper(self.plain) if self.plain is not None else None
-        self.map_ts = _mapper(self.plain_ts[0]) if self.plain_ts is not None else None
+        # (Each is used only where its mapping is not None.)
+        self.map_plain = _mapper(self.plain or [])
+        self.map_ts = _mapper(self.plain_ts[0] if self.plain_ts is not None else [])
         self.parse_ts = interval_parser(src.timestamp.format, src.timestamp.tz)
         # epoch_ms: an int in years 1..9999 is its own timestamp (no parser call per record).
         self.ts_is_ms = src.timestamp.format == "epoch_ms"

@@ -260,8 +260,8 @@ class Resolver:
         recs = batch.records
         tss = list(map(_BY_TS, recs))
         windows = map(operator.sub, tss, map(operator.mod, tss, repeat(w))) if w > 0 else tss
-        pairs = list(zip(map(_BY_KEY, recs), windows))
-        alone = dict(zip(pairs, recs))  # the last record of each pair ...
+        pairs = list(zip(map(_BY_KEY, recs), windows, strict=True))
+        alone = dict(zip(pairs, recs, strict=True))  # the last record of each pair ...
         if len(alone) == len(recs):  # ... which is its first and only one (the usual case)
             if stored:
                 for gk, rec in alone.items():

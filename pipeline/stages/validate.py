@@ -319,7 +319,7 @@ def _fast_batch(checks: list[tuple], datas: list[dict]) -> list[dict | None]:
         if check[1] == FLOAT and int in types and types <= _NUMBERS:
             # Coerced as _to_float does (ints to floats), the column at once.
             try:
-                column = (list(map(float, column)) if _NONE not in types
+                column = (list(map(float, column)) if _NONE not in types  # type: ignore[arg-type]
                           else [None if v is None else float(v) for v in column])
             except OverflowError:  # an int too large for a float: value by value
                 pass

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowdeck.pipeline.payload import (
-    _LONG_DIGITS,
     _DIGITS_TO_9,
+    _LONG_DIGITS,
     _jsonl_lines,
     _jsonl_whole,
     decode_text,
