@@ -294,9 +294,10 @@ def _load_json(text: str, body: bytes, max_depth: int) -> Any:
 # A run of 19 digits may be an integer beyond 64 bits, which orjson reads as a float
 # (the stdlib keeps it an int): a payload holding one is read by the stdlib throughout.
 # (One C pass: every digit becomes a 9, then a substring search; a regex takes 25 times
-# as long over a payload of numbers.)
-_DIGITS_TO_9 = str.maketrans("0123456789", "9" * 10)
-_LONG_DIGITS = "9" * 19
+# as long over a payload of numbers; over the UTF-8 bytes, whose digits are the text's.)
+_DIGITS_TO_9 = bytes.maketrans(b"0123456789", b"9" * 10)
+_LONG_DIGITS = b"9" * 19
+_NOT_MARK_NL = bytes(sorted(set(range(256)) - set(b'"[]{}\n')))  # _jsonl_whole's marks
 
 
 def _parse_jsonl(text: str, max_depth: int) -> list[Any]:
@@ -305,10 +306,24 @@ def _parse_jsonl(text: str, max_depth: int) -> list[Any]:
     Each line is read by orjson first (several times faster than the stdlib); a line it
     refuses (NaN, lone surrogates, malformed) goes through :func:`_jsonl_line`, the stdlib
     reading that decides what the line is and words the BadItem, so the result is the
-    stdlib's either way."""
+    stdlib's either way. Most payloads are read whole by one orjson call instead
+    (:func:`_jsonl_whole`), where that gives the same items."""
+    data = text.encode("utf-8")
+    if _LONG_DIGITS in data.translate(_DIGITS_TO_9):
+        fast = None
+    else:
+        whole = _jsonl_whole(data, max_depth)
+        if whole is not None:
+            return whole
+        fast = orjson.loads
+    return _jsonl_lines(text, max_depth, fast)
+
+
+def _jsonl_lines(text: str, max_depth: int, fast: Callable[[str], Any] | None) -> list[Any]:
+    """JSON Lines read line by line: by ``fast`` (orjson.loads) where it can, else by the
+    stdlib (None: the stdlib throughout)."""
     items: list[Any] = []
     append = items.append
-    fast = None if _LONG_DIGITS in text.translate(_DIGITS_TO_9) else orjson.loads
     # Split on "\n" only: str.splitlines() would also split on U+2028 etc.,
     # which may legally appear raw inside JSON strings.
     for lineno, line in enumerate(text.split("\n"), 1):
@@ -329,6 +344,43 @@ def _parse_jsonl(text: str, max_depth: int) -> list[Any]:
             continue
         _jsonl_line(items, lineno, line, max_depth)
     return items
+
+
+def _jsonl_whole(data: bytes, max_depth: int) -> list[Any] | None:
+    """Every line of a JSON Lines payload read by one orjson call, or None when that would
+    not give exactly what reading it line by line gives (then the caller does that).
+
+    The lines are joined into one array (``[line1\n,line2\n,...]``) and the result kept
+    only if it is one object per line, each within ``max_depth``, and no value crosses a
+    line: strings cannot (the newline stays, and a raw newline inside a string is
+    malformed JSON) and containers do not (every line's brackets balance, checked on the
+    brackets alone, after dropping the strings). Then each inserted comma separates two
+    elements at the top, so element i is line i read alone. Anything else (a blank or bad
+    line, NaN, a line of two values, a bracket inside a string, deep nesting) gives None."""
+    data = data.rstrip(b"\n")  # trailing blank lines are skipped either way
+    try:
+        values = orjson.loads(b"[" + data.replace(b"\n", b"\n,") + b"]")
+    except ValueError:
+        return None
+    if len(values) != data.count(b"\n") + 1 or set(map(type, values)) != {dict}:
+        return None
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Quotes and brackets and newlines only; then every string without a bracket inside
+    # goes (as in _excess_depth: '""' is a string, or one string's end and the next's start).
+    marks = data.translate(None, _NOT_MARK_NL).replace(b'""', b"")
+    if b'"' in marks:
+        return None  # a bracket inside a string: leave it to the line by line reading
+    # Innermost pairs out, one or two levels per pass: what is left after max_depth // 2
+    # passes is newlines alone only if every line balances within the depth limit.
+    for _ in range(max_depth // 2):
+        shorter = marks.replace(b"{}", b"").replace(b"[]", b"")
+        if len(shorter) == len(marks):
+            break
+        marks = shorter
+    if marks.count(b"\n") != len(marks):
+        return None
+    return values
 
 
 def _jsonl_line(items: list[Any], lineno: int, line: str, max_depth: int) -> None:

@@ -266,6 +266,11 @@ class SourceCollector:
             ts_keys = [k for t, k in self.plain if t == flow.ts]
             self.plain_ts = ([(t, k) for t, k in self.plain if t != flow.ts],
                              ts_keys[0] if ts_keys else None)
+        # The plain mappings as functions of one item (a dict display: a third cheaper
+        # than the same mapping as a comprehension, per record).
+        # (Each is used only where its mapping is not None.)
+        self.map_plain = _mapper(self.plain or [])
+        self.map_ts = _mapper(self.plain_ts[0] if self.plain_ts is not None else [])
         self.parse_ts = interval_parser(src.timestamp.format, src.timestamp.tz)
         # epoch_ms: an int in years 1..9999 is its own timestamp (no parser call per record).
         self.ts_is_ms = src.timestamp.format == "epoch_ms"
@@ -352,7 +357,8 @@ class Collector:
         single_key = key_fields[0] if len(key_fields) == 1 else None
         plain = sc.plain
         plain_ts = sc.plain_ts
-        mapping, ts_key = plain_ts if plain_ts is not None else ([], None)
+        ts_key = plain_ts[1] if plain_ts is not None else None
+        map_ts, map_plain = sc.map_ts, sc.map_plain
         constants, key_derive, unmatched = sc.constants, sc.key_derive, sc.unmatched
         seen = sc.seen
         seen_add, seen_by_key, last_ts = seen.add, seen.by_key, sc.last_ts
@@ -364,12 +370,12 @@ class Collector:
         source, raw_id = batch.source, batch.raw_id
         for idx, item in enumerate(batch.items):
             if plain_ts is not None and item.__class__ is dict:
-                data = {target: item.get(k) for target, k in mapping}
+                data = map_ts(item)
                 if constants:
                     data.update(constants)
                 raw_ts = None if ts_key is None else item.get(ts_key)
             elif plain is not None and item.__class__ is dict:
-                data = {target: item.get(k) for target, k in plain}
+                data = map_plain(item)
                 if constants:
                     data.update(constants)
                 for name, expr in key_derive:
@@ -468,6 +474,18 @@ class Collector:
         seen = self.sources[source].seen
         for key, ts in pairs:
             seen.discard(key, ts)
+
+
+def _mapper(pairs: list[tuple[str, Any]]) -> Callable[[dict], dict]:
+    """``item -> {target: item.get(key) for target, key in pairs}``, compiled as one dict
+    display (the names are written in as ``repr`` literals, so any text is safe)."""
+    if not all(type(t) is str and type(k) is str for t, k in pairs):
+        return lambda item: {target: item.get(k) for target, k in pairs}
+    body = ", ".join(f"{t!r}: get({k!r})" for t, k in pairs)
+    code = f"def mapped(item):\n    get = item.get\n    return {{{body}}}\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "<collect mapping>", "exec"), {}, namespace)
+    return namespace["mapped"]
 
 
 def map_value(vmap: dict, v: Any) -> tuple[Any, bool]:

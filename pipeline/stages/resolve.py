@@ -19,6 +19,7 @@ import math
 import operator
 import statistics
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any
 
 from flowdeck.pipeline.config import FlowConfig
@@ -256,8 +257,22 @@ class Resolver:
 
         # ``alone`` holds the first record of every (key, window); a pair that turns out
         # to have more (or something stored) is in ``groups`` too, and grouped from there.
+        recs = batch.records
+        tss = list(map(_BY_TS, recs))
+        windows = map(operator.sub, tss, map(operator.mod, tss, repeat(w))) if w > 0 else tss
+        pairs = list(zip(map(_BY_KEY, recs), windows, strict=True))
+        alone = dict(zip(pairs, recs, strict=True))  # the last record of each pair ...
+        if len(alone) == len(recs):  # ... which is its first and only one (the usual case)
+            if stored:
+                for gk, rec in alone.items():
+                    base = stored.get(gk)
+                    if base:
+                        add(groups.setdefault(gk, [dict(base), set(), {}]), rec)
+            recs = []
+        else:
+            alone = {}
         first_of = alone.setdefault
-        for rec in batch.records:
+        for rec in recs:
             ts = rec.ts
             gk = (rec.key, ts - ts % w if w > 0 else ts)
             first = first_of(gk, rec)
