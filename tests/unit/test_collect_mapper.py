@@ -1,4 +1,4 @@
-"""Collect's compiled field mapping gives what the comprehension it replaces gives, for
+"""Collect's field mapping gives what the comprehension it replaces gives, for
 any field names (quotes, backslashes, newlines, unicode) and any item."""
 
 from __future__ import annotations
