@@ -148,6 +148,8 @@ def test_wheel_carries_the_package_data_and_no_generic_top_level_names(wheel):
     # C compiler, and the wheel was built with it.
     assert any(n.startswith("flowdeck/pipeline/_kernel.") and n.endswith((".so", ".pyd"))
                for n in names), sorted(n for n in names if "_kernel" in n)
+    # ... and not Cython's generated C, a 1.2 MB build artefact.
+    assert "flowdeck/pipeline/_kernel.c" not in names
 
 
 def test_installed_package_is_imported_from_the_virtualenv(installed):
