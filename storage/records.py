@@ -38,8 +38,8 @@ class Records(Repository):
         wanted = set(keys_ts)
         if not wanted:
             return {}
-        lo = min(t for _, t in wanted)
-        hi = max(t for _, t in wanted)
+        times = list(map(_KEY, wanted))  # the pairs' second items: their times
+        lo, hi = min(times), max(times)
         out = {}
         # Driver SQL so that only the wanted rows' JSON is decoded, not every row's in
         # the range.
