@@ -50,6 +50,8 @@ from sqlalchemy.engine import Connection, Engine
 
 # Epoch milliseconds by the database's clock (the real time, not the transaction's start).
 NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+# A node whose last heartbeat is this old is forgotten when another node joins.
+FORGET_NODES_MS = 7 * 24 * 3600 * 1000
 
 
 class FenceError(Exception):
@@ -138,7 +140,17 @@ class Leases:
     # ------------------------------------------------------------ this node
 
     def join(self, info: dict | None = None) -> None:
+        """Register this node as up, and forget nodes silent for ``FORGET_NODES_MS``
+        (stopped or dead a week: with the default ``HOSTNAME-PID`` names every restart is
+        a new row, and ``flowdeck status`` would list them all forever). A node that an
+        operator's move still names as its target, or that holds an unexpired lease, is
+        kept whatever its age."""
         with self._begin() as conn:
+            conn.execute(text(
+                f"DELETE FROM cluster_nodes c WHERE c.heartbeat_ms < {NOW_MS} - :age "
+                f"AND c.node <> :n AND NOT EXISTS (SELECT 1 FROM flow_leases l "
+                f"WHERE l.target = c.node OR (l.node = c.node AND l.expires_ms > {NOW_MS}))"),
+                {"age": FORGET_NODES_MS, "n": self.node})
             conn.execute(text(
                 f"INSERT INTO cluster_nodes (node, started_ms, heartbeat_ms, state, info) "
                 f"VALUES (:n, {NOW_MS}, {NOW_MS}, 'up', CAST(:info AS jsonb)) "

@@ -55,6 +55,22 @@ def _expire(store: Store, flow: str) -> None:
                           "WHERE flow = :f"), {"f": flow})
 
 
+def test_a_joining_node_forgets_nodes_silent_for_a_week_unless_a_lease_names_them(pg_store):
+    week = 7 * 24 * 3600 * 1000
+    with pg_store.engine.begin() as conn:
+        for node, age_ms in (("old-1", week + 60_000), ("old-target", week + 60_000),
+                             ("recent", week - 3_600_000)):
+            conn.execute(text(
+                "INSERT INTO cluster_nodes (node, started_ms, heartbeat_ms, state) VALUES "
+                "(:n, 0, (extract(epoch from clock_timestamp()) * 1000)::bigint - :age, "
+                "'stopped')"), {"n": node, "age": age_ms})
+        conn.execute(text("INSERT INTO flow_leases (flow, node, token, acquired_ms, "
+                          "expires_ms, target) VALUES ('f', NULL, 1, 0, 0, 'old-target')"))
+    with _joined(pg_store) as (a, _b):
+        nodes = {n["node"] for n in a.view()["nodes"]}
+    assert nodes == {"a", "b", "old-target", "recent"}
+
+
 def test_one_owner_at_a_time_and_takeover_after_expiry(pg_store):
     with _joined(pg_store) as (a, b):
         ta = a.acquire("f1")
