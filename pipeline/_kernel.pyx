@@ -200,21 +200,38 @@ def fsum_of(values):
 
 # --------------------------------------------------------------------------- windows
 
+cdef enum:
+    BLOCK = 64            # values per block of a blocked window
+    BLOCKED_MIN_CAP = 256  # windows this long (the tails) keep their values in blocks
+    CHAIN_MAX = 3         # a full block passes values on to at most this many neighbours
+
+
 cdef struct Win:
     Py_ssize_t cap    # maxlen
-    Py_ssize_t alloc  # doubles allocated in each array (grows to cap while filling)
+    Py_ssize_t alloc  # doubles allocated in the ring (grows to cap while filling)
+    Py_ssize_t srt_alloc  # and in srt (a flat window: the same)
     Py_ssize_t count
     Py_ssize_t head   # ring index of the oldest value
     Py_ssize_t negzero  # how many of the values are -0.0
     Py_ssize_t nans   # how many are nan (then searches are Python's bisect, step for step)
     double *ring      # arrival order
-    double *srt       # ascending
+    double *srt       # ascending (a flat window)
     double *idx       # idx[m] = srt[16 m]: a search looks there first (fewer cache misses)
+    # A blocked window (a tail) keeps the ascending values as the concatenation of its
+    # blocks instead of srt: block b holds cnt[b] values (0 to BLOCK) at blk + b * BLOCK,
+    # top[b] is its last (the block's largest) when cnt[b] > 0.
+    bint blocked
+    Py_ssize_t nb     # blocks allocated
+    Py_ssize_t nbmax  # blocks at most: cap and an eighth more, in blocks
+    int *cnt
+    double *top
+    double *blk
 
 
-cdef int _win_init(Win *w, Py_ssize_t cap) except -1:
+cdef int _win_init(Win *w, Py_ssize_t cap, bint blocked=False) except -1:
     w.cap = cap
     w.alloc = 0
+    w.srt_alloc = 0
     w.count = 0
     w.head = 0
     w.negzero = 0
@@ -222,6 +239,12 @@ cdef int _win_init(Win *w, Py_ssize_t cap) except -1:
     w.ring = NULL
     w.srt = NULL
     w.idx = NULL
+    w.blocked = blocked and cap >= BLOCKED_MIN_CAP
+    w.nb = 0
+    w.nbmax = (cap + cap // 8 + BLOCK - 1) // BLOCK
+    w.cnt = NULL
+    w.top = NULL
+    w.blk = NULL
     return 0
 
 
@@ -229,14 +252,302 @@ cdef void _win_free(Win *w) noexcept:
     free(w.ring)
     free(w.srt)
     free(w.idx)
+    free(w.cnt)
+    free(w.top)
+    free(w.blk)
     w.ring = NULL
     w.srt = NULL
     w.idx = NULL
+    w.cnt = NULL
+    w.top = NULL
+    w.blk = NULL
+    w.nb = 0
     w.alloc = 0
+    w.srt_alloc = 0
     w.count = 0
     w.head = 0
     w.negzero = 0
     w.nans = 0
+
+
+# ---- blocked windows: the sorted values in blocks (the same sequence as a flat srt)
+
+cdef void _bw_flatten(Win *w, double *out) noexcept nogil:
+    """The ascending values, as one array (what srt would hold)."""
+    cdef Py_ssize_t b, k = 0
+    for b in range(w.nb):
+        memcpy(out + k, w.blk + b * BLOCK, w.cnt[b] * sizeof(double))
+        k += w.cnt[b]
+
+
+cdef int _bw_spread(Win *w, double *values, Py_ssize_t n) except -1:
+    """Lay the ascending ``values[:n]`` out evenly over the blocks, adding blocks (up to
+    nbmax) so that each is filled to at most seven eighths."""
+    cdef Py_ssize_t nb = w.nb, b, start, end
+    cdef void *p
+    if nb < 1:
+        nb = 1
+    while nb < w.nbmax and n * 8 > nb * BLOCK * 7:
+        nb *= 2
+    if nb > w.nbmax:
+        nb = w.nbmax
+    if nb * BLOCK < n:
+        raise MemoryError("blocked window overfull")
+    if nb != w.nb:
+        p = realloc(w.blk, nb * BLOCK * sizeof(double))
+        if p == NULL:
+            raise MemoryError()
+        w.blk = <double *>p
+        p = realloc(w.cnt, nb * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        w.cnt = <int *>p
+        p = realloc(w.top, nb * sizeof(double))
+        if p == NULL:
+            raise MemoryError()
+        w.top = <double *>p
+        w.nb = nb
+    for b in range(nb):
+        start = n * b // nb
+        end = n * (b + 1) // nb
+        w.cnt[b] = <int>(end - start)
+        memcpy(w.blk + b * BLOCK, values + start, (end - start) * sizeof(double))
+        if end > start:
+            w.top[b] = values[end - 1]
+    return 0
+
+
+cdef int _bw_rebuild(Win *w, Py_ssize_t n) except -1:
+    """Spread the blocks' values evenly again (a block and its neighbours are full)."""
+    cdef double *buf = <double *>malloc((n if n else 1) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        _bw_flatten(w, buf)
+        _bw_spread(w, buf, n)
+    finally:
+        free(buf)
+    return 0
+
+
+cdef inline Py_ssize_t _bw_left(Win *w, double x, Py_ssize_t *block,
+                                Py_ssize_t *offset) noexcept nogil:
+    """bisect_left of the (nan-free) ascending values: the count of values below x, and
+    the block and offset where it falls (the first block whose largest is not below x;
+    past the last value: block nb)."""
+    cdef Py_ssize_t b, pos = 0, o
+    cdef int c
+    for b in range(w.nb):
+        c = w.cnt[b]
+        if c == 0:
+            continue
+        if w.top[b] < x:
+            pos += c
+            continue
+        o = _bisect_left(w.blk + b * BLOCK, c, x)
+        block[0] = b
+        offset[0] = o
+        return pos + o
+    block[0] = w.nb
+    offset[0] = 0
+    return pos
+
+
+cdef inline void _bw_right(Win *w, double x, Py_ssize_t *block,
+                           Py_ssize_t *offset) noexcept nogil:
+    """Where bisect_right puts x: the first block whose largest is above x, at the
+    bisect_right in it; past the last value: the end of the last non-empty block."""
+    cdef Py_ssize_t b, last = 0
+    cdef int c
+    for b in range(w.nb):
+        c = w.cnt[b]
+        if c == 0:
+            continue
+        if x < w.top[b]:
+            block[0] = b
+            offset[0] = _bisect_right(w.blk + b * BLOCK, c, x)
+            return
+        last = b
+    block[0] = last
+    offset[0] = w.cnt[last]
+
+
+cdef inline double _bw_at(Win *w, Py_ssize_t i) noexcept nogil:
+    """The value at ascending position i (0 <= i < count)."""
+    cdef Py_ssize_t b = 0
+    while i >= w.cnt[b]:
+        i -= w.cnt[b]
+        b += 1
+    return w.blk[b * BLOCK + i]
+
+
+cdef void _bw_top(Win *w, Py_ssize_t m, double *out) noexcept nogil:
+    """The m largest values, ascending, into out[:m] (m <= count)."""
+    cdef Py_ssize_t b = w.nb - 1, c
+    while m > 0:
+        c = w.cnt[b]
+        if c > m:
+            memcpy(out, w.blk + b * BLOCK + (c - m), m * sizeof(double))
+            return
+        m -= c
+        memcpy(out + m, w.blk + b * BLOCK, c * sizeof(double))
+        b -= 1
+
+
+cdef inline void _bw_delete(Win *w, Py_ssize_t b, Py_ssize_t o) noexcept nogil:
+    cdef double *a = w.blk + b * BLOCK
+    cdef int c = w.cnt[b] - 1
+    memmove(a + o, a + o + 1, (c - o) * sizeof(double))
+    w.cnt[b] = c
+    if c:
+        w.top[b] = a[c - 1]
+
+
+cdef inline void _bw_put(Win *w, Py_ssize_t b, Py_ssize_t o, double v) noexcept nogil:
+    """Insert v at offset o of block b, which has room."""
+    cdef double *a = w.blk + b * BLOCK
+    cdef int c = w.cnt[b]
+    memmove(a + o + 1, a + o, (c - o) * sizeof(double))
+    a[o] = v
+    w.cnt[b] = c + 1
+    w.top[b] = a[c]
+
+
+cdef inline void _bw_pass_right(Win *w, Py_ssize_t q) noexcept nogil:
+    """Move the last value of block q to the front of block q + 1 (which has room)."""
+    cdef int c = w.cnt[q] - 1
+    _bw_put(w, q + 1, 0, w.blk[q * BLOCK + c])
+    w.cnt[q] = c
+    if c:
+        w.top[q] = w.blk[q * BLOCK + c - 1]
+
+
+cdef inline void _bw_pass_left(Win *w, Py_ssize_t q) noexcept nogil:
+    """Move the first value of block q to the end of block q - 1 (which has room)."""
+    cdef double *a = w.blk + q * BLOCK
+    cdef Py_ssize_t p = q - 1
+    cdef int c = w.cnt[q] - 1
+    w.blk[p * BLOCK + w.cnt[p]] = a[0]
+    w.top[p] = a[0]
+    w.cnt[p] += 1
+    memmove(a, a + 1, c * sizeof(double))
+    w.cnt[q] = c
+
+
+cdef int _bw_insert(Win *w, double v) except -1:
+    """insort_right of a (non-nan) v into the blocks' values (count is the values there
+    now): into its block, or, that one full, through at most CHAIN_MAX full neighbours
+    to one with room, or else the values are spread evenly again first."""
+    cdef Py_ssize_t b, o, l, r, q
+    if w.nb == 0:
+        _bw_spread(w, &v, 1)
+        return 0
+    _bw_right(w, v, &b, &o)
+    if w.cnt[b] < BLOCK:
+        _bw_put(w, b, o, v)
+        return 0
+    r = b + 1
+    while r < w.nb and w.cnt[r] == BLOCK and r - b <= CHAIN_MAX:
+        r += 1
+    l = b - 1
+    while l >= 0 and w.cnt[l] == BLOCK and b - l <= CHAIN_MAX:
+        l -= 1
+    if r < w.nb and r - b <= CHAIN_MAX and w.cnt[r] < BLOCK and (
+            l < 0 or b - l > CHAIN_MAX or w.cnt[l] == BLOCK or r - b <= b - l):
+        q = r - 1
+        while q > b:
+            _bw_pass_right(w, q)
+            q -= 1
+        if o == BLOCK:
+            _bw_put(w, b + 1, 0, v)
+        else:
+            _bw_pass_right(w, b)
+            _bw_put(w, b, o, v)
+        return 0
+    if l >= 0 and b - l <= CHAIN_MAX and w.cnt[l] < BLOCK:
+        q = l + 1
+        while q < b:
+            _bw_pass_left(w, q)
+            q += 1
+        if o == 0:
+            _bw_put(w, b - 1, w.cnt[b - 1], v)
+        else:
+            _bw_pass_left(w, b)
+            _bw_put(w, b, o - 1, v)
+        return 0
+    _bw_rebuild(w, w.count)
+    _bw_right(w, v, &b, &o)
+    if w.cnt[b] == BLOCK:  # the values are not spread for room: cannot happen
+        raise MemoryError("blocked window overfull")
+    _bw_put(w, b, o, v)
+    return 0
+
+
+cdef int _bw_add_nan(Win *w, double v, bint evict, double old) except -1:
+    """_win_add's sorted part with a nan in the window or coming: on the values laid out
+    flat, the very comparisons of the flat window (Python's bisect), spread again."""
+    cdef Py_ssize_t n = w.count, i, j
+    cdef double *buf = <double *>malloc((n + 1) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        _bw_flatten(w, buf)
+        if evict:
+            i = _bisect_left(buf, n, old)
+            if i >= n:
+                raise IndexError("list assignment index out of range")
+            if buf[i] != buf[i]:
+                w.nans -= 1
+            j = _bisect_right_without(buf, n - 1, v, i)
+            if v != v:
+                w.nans += 1
+            if j >= i:
+                memmove(buf + i, buf + i + 1, (j - i) * sizeof(double))
+            else:
+                memmove(buf + j + 1, buf + j, (i - j) * sizeof(double))
+            buf[j] = v
+        else:
+            i = _bisect_right(buf, n, v)
+            if v != v:
+                w.nans += 1
+            memmove(buf + i + 1, buf + i, (n - i) * sizeof(double))
+            buf[i] = v
+            n += 1
+        _bw_spread(w, buf, n)
+    finally:
+        free(buf)
+    return 0
+
+
+cdef int _bw_replace(Win *w, double old, double v) except -1:
+    """RollingWindow.add's sorted part, window full: delete at bisect_left(old), then
+    insort_right(v)."""
+    cdef Py_ssize_t b, o
+    if w.nans or v != v:
+        return _bw_add_nan(w, v, True, old)
+    _bw_left(w, old, &b, &o)
+    _bw_delete(w, b, o)
+    w.count -= 1
+    try:
+        _bw_insert(w, v)
+    finally:
+        w.count += 1
+    return 0
+
+
+cdef Py_ssize_t _bw_rank_left(Win *w, double x) except -1:
+    """bisect_left of x in the ascending values (with nans: Python's, on them flat)."""
+    cdef Py_ssize_t b, o, i
+    cdef double *buf
+    if w.nans or x != x:
+        buf = <double *>malloc((w.count if w.count else 1) * sizeof(double))
+        if buf == NULL:
+            raise MemoryError()
+        _bw_flatten(w, buf)
+        i = _bisect_left(buf, w.count, x)
+        free(buf)
+        return i
+    return _bw_left(w, x, &b, &o)
 
 
 cdef inline Py_ssize_t _win_left(Win *w, double x) nogil:
@@ -287,7 +598,12 @@ cdef inline void _win_prefetch(Win *w) noexcept nogil:
     if n == 0:
         return
     FLOWDECK_PREFETCH(w.ring + w.head)
-    if n <= 128:
+    if w.blocked:
+        for k in range(0, w.nb, 8):
+            FLOWDECK_PREFETCH(w.top + k)
+        for k in range(0, w.nb, 16):
+            FLOWDECK_PREFETCH(w.cnt + k)
+    elif n <= 128:
         for k in range(0, n, 8):
             FLOWDECK_PREFETCH(w.srt + k)
     else:
@@ -310,6 +626,13 @@ cdef int _win_add(Win *w, double v) except -1:
             # The value leaving and the one coming have the same bits, and so have all
             # the values between where they sit (equal, and no -0.0 among zeros): the
             # sorted array stays as it is (a flat statistic, a run length of 0, ...).
+            w.ring[w.head] = v
+            w.head += 1
+            if w.head == w.cap:
+                w.head = 0
+            return 0
+        if w.blocked:
+            _bw_replace(w, old, v)
             w.ring[w.head] = v
             w.head += 1
             if w.head == w.cap:
@@ -353,6 +676,17 @@ cdef int _win_add(Win *w, double v) except -1:
         if p == NULL:
             raise MemoryError()
         w.ring = p
+        w.alloc = size
+    if w.blocked:
+        w.ring[w.count] = v
+        if w.nans or v != v:
+            _bw_add_nan(w, v, False, 0.0)
+        else:
+            _bw_insert(w, v)
+        w.count += 1
+        return 0
+    if w.srt_alloc < w.alloc:
+        size = w.alloc
         p = <double *>realloc(w.srt, size * sizeof(double))
         if p == NULL:
             raise MemoryError()
@@ -361,7 +695,7 @@ cdef int _win_add(Win *w, double v) except -1:
         if p == NULL:
             raise MemoryError()
         w.idx = p
-        w.alloc = size
+        w.srt_alloc = size
     w.ring[w.count] = v
     if v != v:
         i = _bisect_right(w.srt, w.count, v)
@@ -375,6 +709,11 @@ cdef int _win_add(Win *w, double v) except -1:
     return 0
 
 
+cdef Py_ssize_t _win_bytes(Win *w) noexcept:
+    return (w.alloc + w.srt_alloc + ((w.srt_alloc + 15) >> 4)) * sizeof(double) + w.nb * (
+        BLOCK * sizeof(double) + sizeof(double) + sizeof(int))
+
+
 cdef list _win_fifo(Win *w):
     cdef Py_ssize_t i
     return [w.ring[(w.head + i) % w.cap] for i in range(w.count)]
@@ -384,9 +723,9 @@ cdef dict _win_dump(Win *w):
     return {"rolling": w.cap, "values": _win_fifo(w)}
 
 
-cdef int _win_load(Win *w, Py_ssize_t cap, object values) except -1:
+cdef int _win_load(Win *w, Py_ssize_t cap, object values, bint blocked=False) except -1:
     _win_free(w)
-    _win_init(w, cap)
+    _win_init(w, cap, blocked)
     for v in values:
         _win_add(w, v)
     return 0
@@ -483,9 +822,15 @@ cdef struct Tail:
     double fu
     double fm
     long stale
+    # Since the last fit, every statistic that came and went was below fu (no nan
+    # about): the top k + 1 values it read are the same (see _tail_fit).
+    bint top_kept
 
 
 cdef int _tail_add(Tail *t, double stat) except -1:
+    if t.top_kept and (t.w.nans or not stat < t.fu or (
+            t.w.count == t.w.cap and not t.w.ring[t.w.head] < t.fu)):
+        t.top_kept = False
     if t.w.count == t.w.cap:
         _win_add(&t.w, stat)
         t.stale += 1
@@ -502,6 +847,8 @@ cdef int _tail_add(Tail *t, double stat) except -1:
 cdef int _tail_fit(Tail *t) except -1:
     cdef long n, k, tk
     cdef double u
+    cdef double stack[64]
+    cdef double *top = stack
     if t.has_fit:
         return 0
     n = t.w.count
@@ -509,20 +856,48 @@ cdef int _tail_fit(Tail *t) except -1:
     k = tk if tk > TAIL_MIN else TAIL_MIN
     if n - 1 < k:
         k = n - 1
-    u = t.w.srt[n - k - 1]
-    if k == 0:
-        raise ZeroDivisionError("float division by zero")
-    t.fm = _pmax(_pmax(_fsum(t.w.srt + (n - k), k) / <double>k - u, t.min_excess),
-                 _epsilon(u))
+    if t.top_kept and k == t.fk:
+        # The values from srt[n - k - 1] on are those of the last fit (a value added
+        # or deleted below u only moves them along): u and m come out the same.
+        t.fn = n
+        t.has_fit = True
+        t.stale = 0
+        return 0
+    if not t.w.blocked:
+        u = t.w.srt[n - k - 1]
+        if k == 0:
+            raise ZeroDivisionError("float division by zero")
+        t.fm = _pmax(_pmax(_fsum(t.w.srt + (n - k), k) / <double>k - u, t.min_excess),
+                     _epsilon(u))
+    else:
+        if k + 1 <= 64:
+            top = stack
+        else:
+            top = <double *>malloc((k + 1) * sizeof(double))
+            if top == NULL:
+                raise MemoryError()
+        try:
+            _bw_top(&t.w, k + 1, top)  # the values from srt[n - k - 1] on
+            u = top[0]
+            if k == 0:
+                raise ZeroDivisionError("float division by zero")
+            t.fm = _pmax(_pmax(_fsum(top + 1, k) / <double>k - u, t.min_excess),
+                         _epsilon(u))
+        finally:
+            if top != stack:
+                free(top)
     t.fn, t.fk, t.fu = n, k, u
     t.has_fit = True
     t.stale = 0
+    t.top_kept = t.w.nans == 0
     return 0
 
 
 cdef double _tail_p(Tail *t, double stat) except? -1.0:
     _tail_fit(t)
     if stat <= t.fu:
+        if t.w.blocked:
+            return <double>(t.fn - _bw_rank_left(&t.w, stat) + 1) / <double>(t.fn + 1)
         return <double>(t.fn - _win_left(&t.w, stat) + 1) / <double>(t.fn + 1)
     return <double>t.fk / <double>(t.fn + 1) * exp(-(stat - t.fu) / t.fm)
 
@@ -538,6 +913,8 @@ cdef double _tail_threshold(Tail *t, double p) except? -1.0:
             i = <long>c
         if i < 0:
             i = 0
+        if t.w.blocked:
+            return _bw_at(&t.w, i)
         return t.w.srt[i]
     return t.fu + t.fm * log(<double>t.fk / <double>(t.fn + 1) / p)
 
@@ -688,10 +1065,11 @@ cdef class Series:
         self.s_has_last = False
         _win_init(&self.residuals, settings.window)
         for i in range(N_METHODS):
-            _win_init(&self.tails[i].w, settings.calibration_window)
+            _win_init(&self.tails[i].w, settings.calibration_window, True)
             self.tails[i].min_excess = 1.0 if i == M_FLATLINE else 0.0
             self.tails[i].has_fit = False
             self.tails[i].stale = 0
+            self.tails[i].top_kept = False
 
     cdef void _set_period(self, object period):
         self.period_obj = period
@@ -1288,23 +1666,24 @@ cdef class Series:
             code = NAMES.index(name)
             t = &self.tails[code]
             s = tail["slots"]
-            _win_load(&t.w, s["window"]["rolling"], s["window"]["values"])
+            _win_load(&t.w, s["window"]["rolling"], s["window"]["values"], True)
             t.min_excess = s["min_excess"]
             fit = s["fit"]
             t.has_fit = fit is not None
             if fit is not None:
                 t.fn, t.fk, t.fu, t.fm = fit
             t.stale = s["stale"]
+            t.top_kept = False
         self.episodes, self.in_episode, self.below = (
             state["episodes"], state["in_episode"], state["below"])
 
     def sizes(self):
         """Bytes of C memory this series holds (for the memory figure)."""
         cdef int i
-        cdef Py_ssize_t total = (self.values.alloc + self.rates.alloc
-                                 + self.residuals.alloc) * 16
+        cdef Py_ssize_t total = (_win_bytes(&self.values) + _win_bytes(&self.rates)
+                                 + _win_bytes(&self.residuals))
         for i in range(N_METHODS):
-            total += self.tails[i].w.alloc * 16
+            total += _win_bytes(&self.tails[i].w)
         if self.b_val != NULL:
             total += self.b_cap * 9
         return total
@@ -1386,3 +1765,42 @@ def score_columns(list series, list index, list ts, list values):
         free(start)
         free(order)
     return low, full, rest
+
+
+def tail_run(Py_ssize_t size, double min_excess, values, probes, ps, bint blocked=True,
+             Py_ssize_t every=1):
+    """For the tests: a calibrated tail of ``size`` (its sorted values in blocks when
+    ``blocked`` and ``size`` is long enough) takes ``values`` one by one; after every
+    ``every``-th one (and the last) with two or more values, a row of its sorted values,
+    ``p`` of each of ``probes``, ``threshold`` of each of ``ps`` and its fit, as
+    _Tail.add, p, threshold and fit give them."""
+    cdef Tail t
+    cdef Py_ssize_t step = 0, last = len(values)
+    cdef double *buf
+    _win_init(&t.w, size, blocked)
+    t.min_excess = min_excess
+    t.has_fit = False
+    t.stale = 0
+    t.top_kept = False
+    rows = []
+    try:
+        for v in values:
+            _tail_add(&t, v)
+            step += 1
+            if t.w.count < 2 or (step % every and step != last):
+                continue
+            got_p = [_tail_p(&t, x) for x in probes]
+            got_t = [_tail_threshold(&t, p) for p in ps]
+            if t.w.blocked:
+                buf = <double *>malloc(t.w.count * sizeof(double))
+                if buf == NULL:
+                    raise MemoryError()
+                _bw_flatten(&t.w, buf)
+                ordered = [buf[i] for i in range(t.w.count)]
+                free(buf)
+            else:
+                ordered = [t.w.srt[i] for i in range(t.w.count)]
+            rows.append((ordered, got_p, got_t, [t.fn, t.fk, t.fu, t.fm]))
+        return bool(t.w.blocked), rows
+    finally:
+        _win_free(&t.w)

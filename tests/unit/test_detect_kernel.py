@@ -276,3 +276,56 @@ def test_a_timestamp_beyond_the_kernels_range_in_a_batch_of_columns() -> None:
     assert det.series_detector(("near",))._k is not None
     for name in series:
         assert state(det.series_detector((name,))) == state(expected[name][1])
+
+
+def python_tail_rows(size: int, min_excess: float, values: list[float], probes: list[float],
+                     ps: list[float], every: int) -> list[tuple]:
+    tail = detectors._Tail(size, min_excess)
+    rows = []
+    for step, v in enumerate(values, 1):
+        tail.add(v)
+        if len(tail) < 2 or (step % every and step != len(values)):
+            continue
+        got_p = [tail.p(x) for x in probes]
+        got_t = [tail.threshold(p) for p in ps]
+        rows.append((list(tail.window.sorted_values), got_p, got_t, list(tail.fit or [])))
+    return rows
+
+
+def tail_streams() -> dict[str, list[float]]:
+    """Statistics for a long tail: ties (few distinct values, 0.0 and -0.0 among them),
+    runs of one value (evictions of equal values), a spread of magnitudes, inf, and a
+    steady drift (the sorted values keep moving to one end)."""
+    rng = random.Random(21)
+    ties = [rng.choice((0.0, -0.0, 0.5, 1.0, 1.0, 2.5, 3.0)) for _ in range(4000)]
+    runs: list[float] = []
+    while len(runs) < 4000:
+        runs.extend([rng.choice((0.0, -0.0, 1.0, 7.0, rng.random()))] * rng.randrange(1, 400))
+    spread = [abs(rng.gauss(0.0, 1.0)) * 10.0 ** rng.randrange(-3, 4) for _ in range(4000)]
+    spread[1500:1510] = [math.inf] * 10
+    drift = [i * 0.01 + rng.random() for i in range(3000)] + [
+        30.0 - i * 0.01 - rng.random() for i in range(3000)]
+    return {"ties": ties, "runs": runs[:4000], "spread": spread, "drift": drift}
+
+
+@pytest.mark.parametrize("size", [256, 300, 1000])
+@pytest.mark.parametrize("name", sorted(tail_streams()))
+def test_a_blocked_tail_reads_as_the_python_tail(size: int, name: str) -> None:
+    """The kernel keeps a long tail's sorted values in blocks: after every statistic the
+    sorted values (their bits: -0.0 against 0.0 where equal values tie), the tail
+    probabilities of values in and between them, the thresholds and the fit are those of
+    the Python _Tail, and of the kernel's flat window."""
+    values = tail_streams()[name]
+    probes = [-0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 1e-3, 12.5, 1e3, 29.0, math.inf,
+              *values[::397]]
+    ps = [0.9, 0.5, 0.1, 0.03, 0.02, 0.01, 1e-3, 1e-6]
+    every = 1 if size == 300 else 7
+    expected = python_tail_rows(size, 1.0, values, probes, ps, every)
+    blocked, got = detectors._kernel.tail_run(size, 1.0, values, probes, ps, True, every)
+    assert blocked
+    flat_blocked, flat = detectors._kernel.tail_run(size, 1.0, values, probes, ps, False, every)
+    assert not flat_blocked
+    assert len(got) == len(flat) == len(expected)
+    for i, (a, b, c) in enumerate(zip(got, flat, expected, strict=True)):
+        assert repr(a) == repr(c), f"row {i}"
+        assert repr(b) == repr(c), f"row {i}"
