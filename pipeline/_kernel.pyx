@@ -1019,7 +1019,7 @@ cdef class Series:
         self.rate_threshold = 0.0 if settings.rate_threshold is None else settings.rate_threshold
         self.flag_probability = settings.flag_probability
         self.log_flag = math.log(settings.flag_probability)
-        self.need = max(settings.warmup, 1)
+        self.need = max(settings.warmup, 2)  # as SeriesDetector._need: a fit takes two
         self.min_history = max(settings.min_history, 1)
         self.refractory = settings.refractory
         self.count = self.run = self.episodes = self.below = 0

@@ -778,7 +778,9 @@ class SeriesDetector:
         self._measures: list[tuple[str, Callable[[float, float], Measure | None]]] = [
             (m, getattr(self, "_m_" + m)) for m in methods]
         self._log_flag = math.log(settings.flag_probability)
-        self._need = max(settings.warmup, 1)  # calibrated statistics before a method may flag
+        # Calibrated statistics before a method may flag: at least two, since a tail's fit
+        # takes its top k >= 1 values above the (k+1)-th (``warmup`` 0 or 1 reads as 2).
+        self._need = max(settings.warmup, 2)
         self._min_history = max(settings.min_history, 1)
 
     # ---- public

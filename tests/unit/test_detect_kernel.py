@@ -40,6 +40,7 @@ ALL_SETTINGS = {
                              min_history=0),
     "int_settings": DetectorSettings(methods=METHODS, season=3600, ewma_alpha=1,
                                      cusum_k=0, cusum_h=30),
+    "no_warmup": DetectorSettings(methods=METHODS, warmup=0, min_history=0),
 }
 
 

@@ -772,3 +772,19 @@ def test_restore_refuses_a_state_of_other_settings() -> None:
     with pytest.raises(ValueError):
         Detector().restore(SERIES, {**state, "version": 99})
     assert Detector().state(SERIES) is None
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_a_warmup_of_zero_or_one_scores_like_two(warmup: int) -> None:
+    # The settings allow 0..calibration_window; a tail's fit needs two statistics, so
+    # below two the detector waits for two (it divided by zero on the first point).
+    rnd = random.Random(3)
+    values = [rnd.gauss(0.0, 1.0) for _ in range(400)]
+    values[300] += 40.0
+    ts = [T0 + 10.0 * i for i in range(len(values))]
+    low = SeriesDetector(DetectorSettings(warmup=warmup))
+    two = SeriesDetector(DetectorSettings(warmup=2))
+    got = [low.score(t, v) for t, v in zip(ts, values, strict=True)]
+    want = [two.score(t, v) for t, v in zip(ts, values, strict=True)]
+    assert [(s.score, s.anomalous) for s in got] == [(s.score, s.anomalous) for s in want]
+    assert got[300].anomalous
