@@ -611,6 +611,14 @@ cdef inline void _win_prefetch(Win *w) noexcept nogil:
             FLOWDECK_PREFETCH(w.idx + k)
 
 
+cdef inline void _ring_put(Win *w, double v) noexcept nogil:
+    """A full window's ring: ``v`` in the oldest value's place, which is now the newest."""
+    w.ring[w.head] = v
+    w.head += 1
+    if w.head == w.cap:
+        w.head = 0
+
+
 cdef int _win_add(Win *w, double v) except -1:
     """RollingWindow.add: evict the oldest (deleted at its bisect_left), insort the new."""
     cdef Py_ssize_t i, j, size
@@ -626,17 +634,11 @@ cdef int _win_add(Win *w, double v) except -1:
             # The value leaving and the one coming have the same bits, and so have all
             # the values between where they sit (equal, and no -0.0 among zeros): the
             # sorted array stays as it is (a flat statistic, a run length of 0, ...).
-            w.ring[w.head] = v
-            w.head += 1
-            if w.head == w.cap:
-                w.head = 0
+            _ring_put(w, v)
             return 0
         if w.blocked:
             _bw_replace(w, old, v)
-            w.ring[w.head] = v
-            w.head += 1
-            if w.head == w.cap:
-                w.head = 0
+            _ring_put(w, v)
             return 0
         if w.nans or v != v:
             # Python's bisect with nans about: the very comparisons it makes.
@@ -663,10 +665,7 @@ cdef int _win_add(Win *w, double v) except -1:
             memmove(w.srt + j + 1, w.srt + j, (i - j) * sizeof(double))
             w.srt[j] = v
             _win_reindex(w, j, i)
-        w.ring[w.head] = v
-        w.head += 1
-        if w.head == w.cap:
-            w.head = 0
+        _ring_put(w, v)
         return 0
     if w.count == w.alloc:  # while filling, head is 0: the ring is a plain array
         size = w.alloc * 2 if w.alloc else 16
