@@ -719,8 +719,12 @@ class Caches:
             return 0
         hot = self.hot.get(flow) or {}
         wide = [(ek, ld) for ek, ld in recent.items() if ek[1] is FLOW_WIDE]
+        def hotness(item: tuple[EntryKey, Any]) -> int:
+            key = item[0][1]
+            return 0 if key is None else hot.get(key, 0)
+
         keyed = sorted(((ek, ld) for ek, ld in recent.items() if ek[1] is not FLOW_WIDE),
-                       key=lambda item: -hot.get(item[0][1], 0))
+                       key=hotness, reverse=True)
         todo = wide + keyed[: self.settings.prewarm_keys if n is None else n]
         jobs = [self.get(flow, ek[0], ek[1], ek[2], ld, hot=False) for ek, ld in todo
                 if self.l1.get(flow, ek) is None]
@@ -787,10 +791,9 @@ class Caches:
 
     def snapshot(self) -> dict:
         """The ``caches`` part of an engine snapshot (the console's Caches screen)."""
-        hot = [{"flow": f, "key": k, "hits": n} for f, c in self.hot.items()
-               for k, n in _most_common(c, 10)]
-        hot.sort(key=lambda h: (-h["hits"], h["flow"], h["key"]))
-        return {"layers": self.layer_stats(), "history": list(self.points), "hot_keys": hot[:20],
+        top = sorted(((-n, f, k) for f, c in self.hot.items() for k, n in _most_common(c, 10)))
+        hot = [{"flow": f, "key": k, "hits": -n} for n, f, k in top[:20]]
+        return {"layers": self.layer_stats(), "history": list(self.points), "hot_keys": hot,
                 "node": self.node}
 
 
