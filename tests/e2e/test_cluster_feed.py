@@ -28,7 +28,7 @@ from tests.e2e.test_cluster import (
     write_config,
 )
 from tests.support.cluster import REDIS, redis_namespace
-from tests.support.crashes import free_port, http_json
+from tests.support.crashes import free_ports, http_json
 from tests.support.feed import Client
 
 pytestmark = pytest.mark.slow
@@ -45,10 +45,11 @@ def namespace():
 class Node:
     """`flowdeck daemon --db … --redis … --node NAME` on the shared config."""
 
-    def __init__(self, name: str, config: Path, db_url: str, sim: str, log: Path) -> None:
+    def __init__(self, name: str, config: Path, db_url: str, sim: str, log: Path,
+                 port: int) -> None:
         self.name, self.config, self.db_url, self.simulator, self.log = (
             name, config, db_url, sim, log)
-        self.port = free_port()
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/feed"
         env = {k: v for k, v in os.environ.items() if k not in ("FLOWDECK_TOKEN",
@@ -127,14 +128,23 @@ def test_viewer_on_one_node_follows_another_nodes_flow_and_resumes_on_a_third(
     cfg["cache"] = {"namespace": namespace}
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     flows = sorted(cfg["flows"])
-    nodes = {n: Node(n, config, db_url_for(pg_url, n), simulator, tmp_path / f"{n}.log")
-             for n in NODES}
+    nodes = {n: Node(n, config, db_url_for(pg_url, n), simulator, tmp_path / f"{n}.log", port)
+             for n, port in zip(NODES, free_ports(len(NODES)), strict=True)}
     try:
         wait(lambda: all(n.up() for n in nodes.values()), "three nodes serving", 180)
         own = wait(lambda: settled(engine, len(flows)), "two flows over three nodes", 180)
         # Who runs what, as the operator sees it: `flowdeck status --json`.
-        live = wait(lambda: {n["node"]: sorted(n["flows"]) for n in cluster_status(pg_url)
-                             ["nodes"] if n["live"]}, "status lists the live nodes")
+        # (Waited for: on a loaded machine a node's heartbeat can lag past its TTL for a
+        # moment, and status rightly shows it not live until the next one; a node that
+        # exited fails here with its log.)
+        def all_live() -> dict[str, list[str]] | None:
+            for node in nodes.values():
+                node.up()
+            live = {n["node"]: sorted(n["flows"]) for n in cluster_status(pg_url)["nodes"]
+                    if n["live"]}
+            return live if len(live) == 3 else None
+
+        live = wait(all_live, "status lists the three nodes live", 60)
         assert sorted(live) == ["a", "b", "c"]
         assert {f: n for n, fs in live.items() for f in fs} == own
         flow = flows[0]

@@ -91,11 +91,23 @@ def plan(n_kills: int, seed: int, *, migration: bool = True) -> list[Kill]:
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now: each socket is held until all are chosen, so
+    daemons started side by side never get the same port (one of three cluster nodes once
+    failed with 'address already in use')."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def write_config(folder: Path, spool_dir: Path | None = None, name: str = "crash-flows") -> Path:
