@@ -719,7 +719,8 @@ class Caches:
             return 0
         hot = self.hot.get(flow) or {}
         wide = [(ek, ld) for ek, ld in recent.items() if ek[1] is FLOW_WIDE]
-        def hotness(item: tuple[EntryKey, Any]) -> int:
+
+        def hotness(item: tuple[EntryKey, Any]) -> int:  # (keyed entries only: key not None)
             key = item[0][1]
             return 0 if key is None else hot.get(key, 0)
 
@@ -791,7 +792,7 @@ class Caches:
 
     def snapshot(self) -> dict:
         """The ``caches`` part of an engine snapshot (the console's Caches screen)."""
-        top = sorted(((-n, f, k) for f, c in self.hot.items() for k, n in _most_common(c, 10)))
+        top = sorted((-n, f, k) for f, c in self.hot.items() for k, n in _most_common(c, 10))
         hot = [{"flow": f, "key": k, "hits": -n} for n, f, k in top[:20]]
         return {"layers": self.layer_stats(), "history": list(self.points), "hot_keys": hot,
                 "node": self.node}
