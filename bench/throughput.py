@@ -13,7 +13,9 @@ transaction per payload. The PostgreSQL floor is the same with psycopg 3
 ``executemany`` (pipelined). A third baseline, "same rows", writes what flowdeck's
 schema stores per record (the records row, whose values are the series points) with no
 stage at all; it reads the table shapes from ``flowdeck.storage.schema`` and is
-reported only while that layout has those tables.
+reported only while that layout has those tables. A fourth, "blocks", writes the same
+values as per-key blocks (a row per key and payload): the ceiling of the next layout
+docs/architecture.md names. Both run in the full run only.
 
     .venv/bin/python -m bench.throughput [--records N] [--profile]
     .venv/bin/python -m bench.throughput --store-only [--records N] [--keys K] [--pg]
@@ -205,6 +207,69 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     return dt
 
 
+BLOCKS_DDL = (
+    # One row per key and payload: the payload's records of that key as columns.
+    'CREATE TABLE "record_blocks" ("id" INTEGER PRIMARY KEY, "flow" TEXT NOT NULL, '
+    '"key" TEXT NOT NULL, "first_ms" INTEGER NOT NULL, "last_ms" INTEGER NOT NULL, '
+    '"n" INTEGER NOT NULL, "columns" TEXT NOT NULL, "sources" TEXT NOT NULL, '
+    '"raw_ids" TEXT NOT NULL, "version_id" INTEGER, "updated_ms" INTEGER NOT NULL)',
+    'CREATE UNIQUE INDEX "uq_record_blocks" ON "record_blocks" ("flow", "key", "first_ms")',
+)
+
+
+def blocks_rows_sqlite(payloads: list[bytes], path: Path) -> float:
+    """What a per-key block layout would store, with no stage: each payload's records
+    grouped by key, one row per key holding its records' columns (ts, data, quality,
+    anomaly score, anomalous, flags) as one JSON object, unique on (flow, key, first
+    ts), plus a series_keys row the first time a series is seen; a transaction per
+    payload. The same input, parse and values as ``same_rows_sqlite``: the ceiling of
+    the layout docs/architecture.md names as the next step, against the present one's."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    for ddl in BLOCKS_DDL:
+        con.execute(ddl)
+    con.execute('CREATE TABLE "series_keys" ("id" INTEGER PRIMARY KEY, "flow" TEXT NOT NULL, '
+                '"key" TEXT NOT NULL, "metric" TEXT NOT NULL, UNIQUE ("flow", "key", "metric"))')
+    loads, dumps = orjson.loads, orjson.dumps
+    now = int(time.time() * 1000)
+    sids: set[tuple[str, str]] = set()
+    metrics = [m for _src, m in (*SERIES_FIELDS, ("temp_f", "temperature_f"))]
+    t = time.perf_counter()
+    for raw_id, body in enumerate(payloads, 1):
+        by_key: dict[str, tuple[list, list]] = {}
+        for line in body.splitlines():
+            d = loads(line)
+            key = d["s"]
+            block = by_key.get(key)
+            if block is None:
+                block = by_key[key] = ([], [])
+            block[0].append(d["t"])
+            block[1].append({"station": key, "temperature": d["temp_f"], "pressure": d["p"],
+                             "wind_speed": d["w"], "temperature_f": d["temp_f"]})
+        rows, new_keys = [], []
+        for key, (ts, data) in by_key.items():
+            n = len(ts)
+            rows.append((FLOW, key, ts[0], ts[-1], n, dumps(
+                {"ts": ts, "data": data, "quality": [1.0] * n, "anomaly_score": [0.0] * n,
+                 "anomalous": [False] * n, "flags": [[]] * n}).decode(),
+                '["feed"]', f"[{raw_id}]", 1, now))
+            for metric in metrics:
+                if (key, metric) not in sids:
+                    sids.add((key, metric))
+                    new_keys.append((FLOW, key, metric))
+        con.execute("begin")
+        con.executemany('INSERT INTO "record_blocks" ("flow", "key", "first_ms", "last_ms", '
+                        '"n", "columns", "sources", "raw_ids", "version_id", "updated_ms") '
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany('INSERT INTO "series_keys" ("flow", "key", "metric") VALUES (?, ?, ?)',
+                        new_keys)
+        con.execute("commit")
+    dt = time.perf_counter() - t
+    con.close()
+    return dt
+
+
 # ---------------------------------------------------------------- flowdeck
 
 
@@ -322,7 +387,7 @@ def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, A
     payloads = make_payloads(n, batch)
     warm = payloads[: max(2, len(payloads) // 10)]
     extra: dict[str, Any] = {"records": n, "batch": batch, "rounds": rounds}
-    ours, floor, same, bw = [], [], [], []
+    ours, floor, same, blocks, bw = [], [], [], [], []
     bw_reason = bytewax_chain.unavailable()
     same_reason = None
     stages: dict[str, Any] = {}
@@ -353,6 +418,8 @@ def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, A
                     same.append(same_rows_sqlite(payloads, root / f"same{r}.db"))
                 except Exception as exc:  # the layout changed: this baseline no longer applies
                     same_reason = f"the schema no longer has the pre-change tables ({exc})"
+            if not opts.quick:
+                blocks.append(blocks_rows_sqlite(payloads, root / f"blocks{r}.db"))
         prof_sqlite = None
         if profile:
             prof = cProfile.Profile()
@@ -372,6 +439,16 @@ def run(opts: Options, profile: bool = False) -> tuple[list[Figure], dict[str, A
         else:
             extra["same_rows_records_per_s"] = None
             extra["same_rows_reason"] = same_reason or "measured in the full run only"
+        if blocks:
+            extra["blocks_rows_records_per_s"] = n / statistics.median(blocks)
+            extra["blocks_rows_ratio_vs_floor"] = t_floor / statistics.median(blocks)
+            log(f"   no-stage ceilings: this layout's rows "
+                f"{extra['same_rows_records_per_s'] or 0:,.0f} rec/s, per-key blocks "
+                f"{extra['blocks_rows_records_per_s']:,.0f} rec/s "
+                f"({extra['blocks_rows_ratio_vs_floor']:.2f} x the floor)")
+        else:
+            extra["blocks_rows_records_per_s"] = None
+            extra["blocks_rows_reason"] = "measured in the full run only"
         figures = [
             Figure("pipeline_records_per_s", n / t_ours, ">= 100000",
                    f"floor {n / t_floor:,.0f} rec/s", "rec/s",
