@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,26 +107,45 @@ def make_payloads(n: int, batch: int, t0_ms: int = T0_MS) -> list[bytes]:
 # ---------------------------------------------------------------- the floor
 
 
-def floor_sqlite(payloads: list[bytes], path: Path) -> float:
-    """orjson parse + one 4-column row per record, executemany, a transaction per payload."""
+Statements = list[tuple[str, list[tuple]]]  # (SQL, rows) pairs for executemany
+
+
+def _timed_writes(path: Path, ddl: list[str], payloads: list[bytes],
+                  statements_of: Callable[[int, bytes], Statements]) -> float:
+    """A new SQLite file (WAL, synchronous=NORMAL, as flowdeck's) with ``ddl``, then
+    each payload's statements (``statements_of(raw id, payload)``, which parses it) in a
+    transaction of its own; the seconds from the first parse to the last commit."""
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
-    con.execute("create table records (flow text, key text, ts_ms integer, data text, "
-                "primary key (flow, key, ts_ms))")
-    loads, dumps = orjson.loads, orjson.dumps
+    for one in ddl:
+        con.execute(one)
     t = time.perf_counter()
-    for body in payloads:
-        rows = []
-        for line in body.splitlines():
-            d = loads(line)
-            rows.append((FLOW, d["s"], d["t"], dumps(d).decode()))
+    for raw_id, body in enumerate(payloads, 1):
+        statements = statements_of(raw_id, body)
         con.execute("begin")
-        con.executemany("insert into records values (?, ?, ?, ?)", rows)
+        for sql, rows in statements:
+            con.executemany(sql, rows)
         con.execute("commit")
     dt = time.perf_counter() - t
     con.close()
     return dt
+
+
+def floor_sqlite(payloads: list[bytes], path: Path) -> float:
+    """orjson parse + one 4-column row per record, executemany, a transaction per payload."""
+    loads, dumps = orjson.loads, orjson.dumps
+
+    def statements(_raw_id: int, body: bytes) -> Statements:
+        rows = []
+        for line in body.splitlines():
+            d = loads(line)
+            rows.append((FLOW, d["s"], d["t"], dumps(d).decode()))
+        return [("insert into records values (?, ?, ?, ?)", rows)]
+
+    return _timed_writes(path, ["create table records (flow text, key text, ts_ms integer, "
+                                "data text, primary key (flow, key, ts_ms))"],
+                         payloads, statements)
 
 
 def floor_pg(payloads: list[bytes], dsn: str) -> float:
@@ -152,69 +172,67 @@ def floor_pg(payloads: list[bytes], dsn: str) -> float:
 
 
 SERIES_FIELDS = (("temp_f", "temperature"), ("p", "pressure"), ("w", "wind_speed"))
+METRICS = tuple(m for _src, m in (*SERIES_FIELDS, ("temp_f", "temperature_f")))
+
+
+def _data(d: dict) -> dict:
+    """A parsed line's values as the bench flow's record holds them."""
+    return {"station": d["s"], "temperature": d["temp_f"], "pressure": d["p"],
+            "wind_speed": d["w"], "temperature_f": d["temp_f"]}
 
 
 def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     """What flowdeck's layout stores per record, with no stage: a records row (its series
-    points are its values, migration 0005) and a series_keys row the first time a series
+    points are its values, migration 0006) and a series_keys row the first time a series
     is seen, the schema's own DDL and indexes, a transaction per payload."""
     from sqlalchemy.dialects import sqlite as sqlite_dialect
     from sqlalchemy.schema import CreateIndex, CreateTable
 
     from flowdeck.storage import schema
 
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
     dialect = sqlite_dialect.dialect()
+    ddl = []
     for table in (schema.records, schema.series_keys):
-        con.execute(str(CreateTable(table).compile(dialect=dialect)))
-        for index in table.indexes:
-            con.execute(str(CreateIndex(index).compile(dialect=dialect)))
+        ddl.append(str(CreateTable(table).compile(dialect=dialect)))
+        ddl += [str(CreateIndex(index).compile(dialect=dialect)) for index in table.indexes]
     loads, dumps = orjson.loads, orjson.dumps
     now = int(time.time() * 1000)
-    sids: dict[tuple[str, str], int] = {}
-    t = time.perf_counter()
-    for body in payloads:
+    sids: set[tuple[str, str]] = set()
+
+    def statements(_raw_id: int, body: bytes) -> Statements:
         records, new_keys = [], []
-
-        def sid(key: str, metric: str, new_keys: list = new_keys) -> int:
-            got = sids.get((key, metric))
-            if got is None:
-                got = sids[(key, metric)] = len(sids) + 1
-                new_keys.append((got, FLOW, key, metric))
-            return got
-
         for line in body.splitlines():
             d = loads(line)
-            key, ts = d["s"], d["t"]
-            data = {"station": key, "temperature": d["temp_f"], "pressure": d["p"],
-                    "wind_speed": d["w"], "temperature_f": d["temp_f"]}
+            key, ts, data = d["s"], d["t"], _data(d)
             records.append((FLOW, key, ts, dumps(data).decode(), 1.0, 0.0, False, "[]",
                             '["feed"]', dumps({"feed": {"v": data, "ts": ts, "raw": 1, "q": 1.0,
                                                          "f": []}}).decode(), "[1]", 1, now))
-            for _src, metric in (*SERIES_FIELDS, ("temp_f", "temperature_f")):
-                sid(key, metric)
-        con.execute("begin")
-        con.executemany("insert into records (flow, key, ts_ms, data, quality, anomaly_score, "
-                        "anomalous, flags, sources, contributions, raw_ids, version_id, "
-                        "updated_ms) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-        con.executemany("insert into series_keys (id, flow, key, metric) values (?, ?, ?, ?)",
-                        new_keys)
-        con.execute("commit")
-    dt = time.perf_counter() - t
-    con.close()
-    return dt
+            new_keys += _new_series(sids, key)
+        return [("insert into records (flow, key, ts_ms, data, quality, anomaly_score, "
+                 "anomalous, flags, sources, contributions, raw_ids, version_id, "
+                 "updated_ms) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records),
+                ("insert into series_keys (flow, key, metric) values (?, ?, ?)", new_keys)]
+
+    return _timed_writes(path, ddl, payloads, statements)
 
 
-BLOCKS_DDL = (
+def _new_series(sids: set[tuple[str, str]], key: str) -> list[tuple[str, str, str]]:
+    """The series_keys rows of a key's metrics not seen before (and now seen)."""
+    new = [(FLOW, key, m) for m in METRICS if (key, m) not in sids]
+    sids.update((key, m) for _f, _k, m in new)
+    return new
+
+
+BLOCKS_DDL = [
     # One row per key and payload: the payload's records of that key as columns.
     'CREATE TABLE "record_blocks" ("id" INTEGER PRIMARY KEY, "flow" TEXT NOT NULL, '
     '"key" TEXT NOT NULL, "first_ms" INTEGER NOT NULL, "last_ms" INTEGER NOT NULL, '
     '"n" INTEGER NOT NULL, "columns" TEXT NOT NULL, "sources" TEXT NOT NULL, '
     '"raw_ids" TEXT NOT NULL, "version_id" INTEGER, "updated_ms" INTEGER NOT NULL)',
     'CREATE UNIQUE INDEX "uq_record_blocks" ON "record_blocks" ("flow", "key", "first_ms")',
-)
+    'CREATE TABLE "series_keys" ("id" INTEGER PRIMARY KEY, "flow" TEXT NOT NULL, '
+    '"key" TEXT NOT NULL, "metric" TEXT NOT NULL, UNIQUE ("flow", "key", "metric"))',
+]
 
 
 def blocks_rows_sqlite(payloads: list[bytes], path: Path) -> float:
@@ -224,29 +242,19 @@ def blocks_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     ts), plus a series_keys row the first time a series is seen; a transaction per
     payload. The same input, parse and values as ``same_rows_sqlite``: the ceiling of
     the layout docs/architecture.md names as the next step, against the present one's."""
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    for ddl in BLOCKS_DDL:
-        con.execute(ddl)
-    con.execute('CREATE TABLE "series_keys" ("id" INTEGER PRIMARY KEY, "flow" TEXT NOT NULL, '
-                '"key" TEXT NOT NULL, "metric" TEXT NOT NULL, UNIQUE ("flow", "key", "metric"))')
     loads, dumps = orjson.loads, orjson.dumps
     now = int(time.time() * 1000)
     sids: set[tuple[str, str]] = set()
-    metrics = [m for _src, m in (*SERIES_FIELDS, ("temp_f", "temperature_f"))]
-    t = time.perf_counter()
-    for raw_id, body in enumerate(payloads, 1):
+
+    def statements(raw_id: int, body: bytes) -> Statements:
         by_key: dict[str, tuple[list, list]] = {}
         for line in body.splitlines():
             d = loads(line)
-            key = d["s"]
-            block = by_key.get(key)
+            block = by_key.get(d["s"])
             if block is None:
-                block = by_key[key] = ([], [])
+                block = by_key[d["s"]] = ([], [])
             block[0].append(d["t"])
-            block[1].append({"station": key, "temperature": d["temp_f"], "pressure": d["p"],
-                             "wind_speed": d["w"], "temperature_f": d["temp_f"]})
+            block[1].append(_data(d))
         rows, new_keys = [], []
         for key, (ts, data) in by_key.items():
             n = len(ts)
@@ -254,20 +262,14 @@ def blocks_rows_sqlite(payloads: list[bytes], path: Path) -> float:
                 {"ts": ts, "data": data, "quality": [1.0] * n, "anomaly_score": [0.0] * n,
                  "anomalous": [False] * n, "flags": [[]] * n}).decode(),
                 '["feed"]', f"[{raw_id}]", 1, now))
-            for metric in metrics:
-                if (key, metric) not in sids:
-                    sids.add((key, metric))
-                    new_keys.append((FLOW, key, metric))
-        con.execute("begin")
-        con.executemany('INSERT INTO "record_blocks" ("flow", "key", "first_ms", "last_ms", '
-                        '"n", "columns", "sources", "raw_ids", "version_id", "updated_ms") '
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        con.executemany('INSERT INTO "series_keys" ("flow", "key", "metric") VALUES (?, ?, ?)',
-                        new_keys)
-        con.execute("commit")
-    dt = time.perf_counter() - t
-    con.close()
-    return dt
+            new_keys += _new_series(sids, key)
+        return [('INSERT INTO "record_blocks" ("flow", "key", "first_ms", "last_ms", "n", '
+                 '"columns", "sources", "raw_ids", "version_id", "updated_ms") '
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows),
+                ('INSERT INTO "series_keys" ("flow", "key", "metric") VALUES (?, ?, ?)',
+                 new_keys)]
+
+    return _timed_writes(path, BLOCKS_DDL, payloads, statements)
 
 
 # ---------------------------------------------------------------- flowdeck

@@ -10,6 +10,7 @@ from bench.throughput import (
     FLOW,
     STATIONS,
     blocks_rows_sqlite,
+    floor_sqlite,
     make_payloads,
     same_rows_sqlite,
 )
@@ -56,3 +57,13 @@ def test_the_same_rows_baseline_writes_a_records_row_per_record(tmp_path) -> Non
     rows = con.execute('SELECT "key", "ts_ms", "data" FROM "records"').fetchall()
     assert sorted((k, t, json.loads(d)) for k, t, d in rows) == sorted(
         _parsed(payloads), key=lambda r: (r[0], r[1]))
+
+
+def test_the_floor_writes_every_parsed_line_once(tmp_path) -> None:
+    payloads = make_payloads(2_500, 1000)
+    floor_sqlite(payloads, tmp_path / "floor.db")
+    con = sqlite3.connect(tmp_path / "floor.db")
+    rows = con.execute("SELECT key, ts_ms, data FROM records").fetchall()
+    lines = [json.loads(line) for body in payloads for line in body.splitlines()]
+    assert sorted((k, t, json.loads(d)) for k, t, d in rows) == sorted(
+        ((d["s"], d["t"], d) for d in lines), key=lambda r: (r[0], r[1]))
