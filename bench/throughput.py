@@ -4,8 +4,11 @@ the floor: what any ingest must do at least, run in this process, on the same in
 The input is ``records`` JSON lines cut into payloads of ``batch`` records (1,000 by
 default: one payload per run, as a streaming source delivers them). flowdeck takes each
 payload through collect, validate, transform, enrich, quality, resolve and detect into
-the store (``Engine.process_payloads``: one run, one commit per payload); the payloads
-are committed raw first, untimed, as a fetch does before any stage sees them.
+the store (``Engine.process_payloads``: one run per payload, committed in two
+transactions, its records and ``latest`` first, then its roll-ups and raw status, as
+the engine writes with no ``store.derived_delay``; a daemon's default delay folds the
+second into fewer, larger ones); the payloads are committed raw first, untimed, as a
+fetch does before any stage sees them.
 
 The floor (``pipeline_ratio_vs_floor``) is the *minimal* ingest: orjson parse plus one
 row per record (flow, key, ts, data as JSON) with sqlite3 ``executemany``, one
