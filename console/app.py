@@ -226,7 +226,11 @@ class FlowdeckApp(App):
             self.redraw()
 
     def redraw(self) -> None:
-        if not self.screen_stack:  # starting or shutting down
+        # Starting, or shutting down: Textual clears the running flag before it unmounts
+        # the screens, children first, while this app's timers may still fire, so a
+        # screen can be mounted with its widgets already gone (seen once in CI, under
+        # load, as NoMatches on the Caches screen when a test's app exited).
+        if not self.screen_stack or not self.is_running:
             return
         screen = self.screen
         if getattr(screen, "resuming", False):
