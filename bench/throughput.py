@@ -192,6 +192,7 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
     from sqlalchemy.schema import CreateIndex, CreateTable
 
     from flowdeck.storage import schema
+    from flowdeck.storage.codec import CONTRIB_AS_ROW_JSON
 
     dialect = sqlite_dialect.dialect()
     ddl = []
@@ -207,9 +208,9 @@ def same_rows_sqlite(payloads: list[bytes], path: Path) -> float:
         for line in body.splitlines():
             d = loads(line)
             key, ts, data = d["s"], d["t"], _data(d)
+            # one source's reading: its contributions stored as "row", as flowdeck does
             records.append((FLOW, key, ts, dumps(data).decode(), 1.0, 0.0, False, "[]",
-                            '["feed"]', dumps({"feed": {"v": data, "ts": ts, "raw": 1, "q": 1.0,
-                                                         "f": []}}).decode(), "[1]", 1, now))
+                            '["feed"]', CONTRIB_AS_ROW_JSON, "[1]", 1, now))
             new_keys += _new_series(sids, key)
         return [("insert into records (flow, key, ts_ms, data, quality, anomaly_score, "
                  "anomalous, flags, sources, contributions, raw_ids, version_id, "

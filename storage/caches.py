@@ -720,7 +720,7 @@ class Caches:
         hot = self.hot.get(flow) or {}
         wide = [(ek, ld) for ek, ld in recent.items() if ek[1] is FLOW_WIDE]
 
-        def hotness(item: tuple[EntryKey, Any]) -> int:  # (keyed entries only: key not None)
+        def hotness(item: tuple[EntryKey, Any]) -> int:  # a flow-wide entry: 0
             key = item[0][1]
             return 0 if key is None else hot.get(key, 0)
 
