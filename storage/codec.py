@@ -145,7 +145,7 @@ def _rows_by_column(records: list[dict]) -> list[tuple] | None:
         keys = list(map(tuple, col))
         encoded_lists = {t: codec.dumps(list(t)) for t in set(keys)}
         lists.append(list(map(encoded_lists.__getitem__, keys)))
-    if _all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts):
+    if all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts):
         contrib_json: Sequence[str] = [CONTRIB_AS_ROW_JSON] * len(data)
     else:
         contrib_json = [CONTRIB_AS_ROW_JSON if row_contribution(r)
@@ -161,7 +161,7 @@ def _rows_by_column(records: list[dict]) -> list[tuple] | None:
                     contrib_json, lists[2], version, updated, strict=True))
 
 
-def _all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts) -> bool:
+def all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts) -> bool:
     """``row_contribution`` of every record of a batch, checked a column at a time (True
     only if it holds for each)."""
     eq = operator.eq
@@ -355,56 +355,14 @@ def hot_sql(dialect: str) -> dict[str, str]:
                                   "SELECT * FROM unnest(%s::int8[], %s::int8[], %s::int4[], "
                                   "%s::float8[], %s::float8[], %s::float8[])")
 
-    cols = ", ".join(map(q, RECORD_COLS))
-    sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in RECORD_COLS
-                     if c not in ("flow", "key", "ts_ms"))
-    latest_cols = ", ".join(map(q, LATEST_COLS))
-    latest_sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in LATEST_COLS
-                            if c not in ("flow", "key"))
-    stage_types = {"flow": "text", "key": "text", "ts_ms": "bigint", "quality": "float8",
-                   "anomaly_score": "float8", "anomalous": "boolean", "version_id": "bigint",
-                   "updated_ms": "bigint"}
-    # PostgreSQL: a batch's records COPYed into a temporary table of this session (its
-    # rows gone at commit), then inserted, upserted and folded into latest from there
-    # (Records._copy_records).
-    pg_stage = {
-        "records_stage": ('CREATE TEMP TABLE IF NOT EXISTS "_records_in" ('
-                          + ", ".join(f"{q(c)} {stage_types.get(c, 'jsonb')}"
-                                      for c in RECORD_COLS)
-                          + ") ON COMMIT DELETE ROWS"),
-        "records_copy": f'COPY "_records_in" ({cols}) FROM STDIN',
-        "records_new_staged": (f'INSERT INTO "records" ({cols}) SELECT {cols} FROM "_records_in" '
-                               'ON CONFLICT DO NOTHING'),
-        "records_staged": (f'INSERT INTO "records" ({cols}) SELECT {cols} FROM "_records_in" '
-                           f'ON CONFLICT ("flow", "key", "ts_ms") DO UPDATE SET {sets}'),
-        "latest_staged": (f'INSERT INTO "latest" ({latest_cols}) SELECT DISTINCT ON ("flow", '
-                          f'"key") {latest_cols} FROM "_records_in" '
-                          'ORDER BY "flow", "key", "ts_ms" DESC '
-                          f'ON CONFLICT ("flow", "key") DO UPDATE SET {latest_sets} '
-                          'WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
-    } if pg else {}
     raw_cols = ("flow", "source", "fetched_ms", "content_hash", "content_type", "status_code",
                 "size", "truncated", "body", "run_id")
     return {
-        **pg_stage,
         "raw_insert": (f'INSERT INTO "raw_payloads" ({", ".join(map(q, raw_cols))}) '
                        f'VALUES ({", ".join([ph] * len(raw_cols))}) '
                        'ON CONFLICT ("flow", "source", "content_hash") DO NOTHING RETURNING "id"'),
         "raw_find": ('SELECT "id" FROM "raw_payloads" '
                      f'WHERE "flow" = {ph} AND "source" = {ph} AND "content_hash" = {ph}'),
-        "contributions": ('SELECT "key", "ts_ms", "contributions", "data", "sources", "raw_ids", '
-                          '"quality", "flags" FROM "records" '
-                          f'WHERE "flow" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" <= {ph}'),
-        "records": upsert("records", RECORD_COLS, ("flow", "key", "ts_ms")),
-        # Streaming data only appends: records inserted without overwriting and counted
-        # (the roll-ups' fast path, see DerivedSeries._write_series), then upserted only
-        # if some already were there.
-        "records_new": (f'INSERT INTO "records" ({", ".join(map(q, RECORD_COLS))}) '
-                        f'VALUES ({values(RECORD_COLS)}) ON CONFLICT DO NOTHING'),
-        # A series' points, newest first: (path, flow, key, from, before, path, limit).
-        "points": (f'SELECT "ts_ms", {value} FROM "records" WHERE "flow" = {ph} '
-                   f'AND "key" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" < {ph} AND {number} '
-                   f'ORDER BY "ts_ms" DESC LIMIT {ph}'),
         "latest": upsert("latest", LATEST_COLS, ("flow", "key"),
                          ' WHERE excluded."ts_ms" >= "latest"."ts_ms"'),
         "raw_status": upsert("raw_status", RAW_STATUS_COLS, ("raw_id",)),
@@ -416,15 +374,12 @@ def hot_sql(dialect: str) -> dict[str, str]:
         "add_1h": add("series_1h"),
         **({"add_1m_all": add_all("series_1m"), "add_1h_all": add_all("series_1h")}
            if pg else {}),
-        # One touched minute of one series re-aggregated from the records' values:
-        # (sid, bucket, path, flow, key, from, before, path).
-        "rollup_1m": ('INSERT INTO "series_1m" ("sid", "bucket_ms", "n", "sum", "min", "max") '
-                      f'SELECT {ph}, {ph}, count(*), sum("v"), min("v"), max("v") FROM '
-                      f'(SELECT 0 AS "g", {value} AS "v" FROM "records" WHERE "flow" = {ph} '
-                      f'AND "key" = {ph} AND "ts_ms" >= {ph} AND "ts_ms" < {ph} AND {number}) p '
-                      'GROUP BY "g" ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
-                      '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
-                      '"max" = excluded."max"'),
+        # A touched minute of one series, re-aggregated from the records' values
+        # (DerivedSeries._rollups): (sid, bucket, n, sum, min, max).
+        "set_1m": ('INSERT INTO "series_1m" ("sid", "bucket_ms", "n", "sum", "min", "max") '
+                   f'VALUES ({", ".join([ph] * 6)}) ON CONFLICT ("sid", "bucket_ms") DO UPDATE SET '
+                   '"n" = excluded."n", "sum" = excluded."sum", "min" = excluded."min", '
+                   '"max" = excluded."max"'),
         "rollup_1h": rollup("series_1h", "series_1m", 'sum("n")', 'sum("sum")', 'min("min")',
                             'max("max")', "bucket_ms"),
     }

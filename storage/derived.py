@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
-from flowdeck.storage.codec import metric_path
+from flowdeck.storage.blocks import points_of
 from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.repository import Repository
 
@@ -348,17 +348,33 @@ class DerivedSeries(Repository):
         """Recompute the touched roll-up buckets: idempotent under replays and rewrites.
 
         Each touched minute (series id, (flow, key, metric, minute)) is re-aggregated
-        from the records' values of its metric (a range scan of
-        ``ix_records_flow_key_ts``), then each touched hour from its minutes, so the work
-        follows the batch, not the size of the table.
+        from the records' values of its metric (the key's blocks over the touched
+        minutes, read once per key), then each touched hour from its minutes, so the
+        work follows the batch, not the size of the table. A minute that holds no value
+        any more keeps its row, as the aggregate of no rows writes none.
         """
         m_w, h_w = s.ROLLUP_1M, s.ROLLUP_1H
-        dialect = self.dialect
-        args = []
-        for sid, (flow, key, metric, b) in sorted(minutes):
-            path = metric_path(dialect, metric)
-            args.append((sid, b, path, flow, key, b, b + m_w, path))
-        conn.exec_driver_sql(self._sql["rollup_1m"], args)
+        by_key: dict[tuple[str, str], dict[tuple[str, int], int]] = {}
+        for sid, (flow, key, metric, b) in minutes:
+            by_key.setdefault((flow, key), {})[(metric, b)] = sid
+        rows = []
+        for (flow, key), wanted in sorted(by_key.items()):
+            metrics = {m for m, _b in wanted}
+            lo = min(b for _m, b in wanted)
+            hi = max(b for _m, b in wanted) + m_w - 1
+            values: dict[tuple[str, int], list[tuple[int, float]]] = {}
+            for _bid, _first, body in self._key_blocks(conn, flow, key, lo, hi):
+                for metric in metrics:
+                    for ts, v in points_of(body, metric):
+                        mk = (metric, ts - ts % m_w)
+                        if mk in wanted:
+                            values.setdefault(mk, []).append((ts, v))
+            for mk, pts in values.items():
+                pts.sort()  # summed in time order, as the records are read
+                vs = [v for _ts, v in pts]
+                rows.append((wanted[mk], mk[1], len(vs), sum(vs), min(vs), max(vs)))
+        if rows:
+            conn.exec_driver_sql(self._sql["set_1m"], sorted(rows))
         hours = sorted({(sid, k[3] - k[3] % h_w) for sid, k in minutes})
         conn.exec_driver_sql(self._sql["rollup_1h"], [
             (b, sid, b, b + h_w) for sid, b in hours])

@@ -1,114 +1,181 @@
 """Records and ``latest`` (the newest record per key), and the reads over records and
-series: history, recent values, per-source contributions."""
+series: history, recent values, per-source contributions. Records are stored as per-key
+blocks (``flowdeck.storage.blocks``)."""
 
 from __future__ import annotations
 
-import json
+import heapq
 import operator
+from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import groupby
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.blocks import (
+    BLOCK_MAX,
+    NO_START,
+    SPAN_MS,
+    columns_of,
+    decode,
+    encode,
+    hour_of,
+    points_of,
+    record_at,
+    records_of,
+    split_id,
+)
 from flowdeck.storage.codec import (
     CONTRIB_AS_ROW,
+    JsonCodec,
+    all_row_contributions,
     contributions_of,
-    expand_contributions,
-    metric_path,
-    record_rows,
 )
 from flowdeck.storage.repository import Repository
 
-_FLOW, _KEY, _TS = (operator.itemgetter(i) for i in range(3))
-_FLOW_KEY = operator.itemgetter(0, 1)
 _NO_END = 2**63 - 1  # "before" when a read has no end
+_TS, _KEY, _FLOW = (operator.itemgetter(f) for f in ("ts_ms", "key", "flow"))
+_FLOW_KEY = operator.itemgetter("flow", "key")
+_FIRST = operator.itemgetter(0)
+_ROW_FIELDS = operator.itemgetter("data", "quality", "flags", "sources", "contributions",
+                                  "raw_ids", "ts_ms")
 
 
-def _same(value):
-    return value
+def _all_row(records: list[dict]) -> bool:
+    """Are every record's contributions its one source's reading as its own fields
+    hold it (``codec.row_contribution``)? Checked a column at a time over the batch."""
+    try:
+        return bool(records) and all_row_contributions(*zip(*map(_ROW_FIELDS, records),
+                                                            strict=True))
+    except KeyError:
+        return False
+
+
+_LATEST = ("data", "quality", "anomaly_score", "anomalous", "flags", "sources", "updated_ms")
 
 
 class Records(Repository):
-    """``records`` and ``latest`` written and read; series points (the records' metric
-    values) and their roll-ups read."""
+    """Records (as blocks) and ``latest`` written and read; series points (the records'
+    metric values) and their roll-ups read."""
 
     def contributions(self, flow: str, keys_ts: Iterable[tuple[str, int]]) -> dict[tuple, dict]:
         """Stored per-source contributions for (key, ts) pairs, so late sources merge in."""
-        wanted = set(keys_ts)
-        if not wanted:
-            return {}
-        times = list(map(_KEY, wanted))  # the pairs' second items: their times
-        lo, hi = min(times), max(times)
-        out = {}
-        # Driver SQL so that only the wanted rows' JSON is decoded, not every row's in
-        # the range.
-        # SQLite hands back JSON as text, PostgreSQL's driver JSONB already decoded.
-        load = json.loads if self.dialect == "sqlite" else _same
-
+        by_key: dict[str, set[int]] = {}
+        for key, ts in keys_ts:
+            by_key.setdefault(key, set()).add(ts)
+        out: dict[tuple, dict] = {}
         with self.engine.connect() as conn:
-            for key, ts, contrib, data, sources, raw_ids, quality, flags in conn.exec_driver_sql(
-                    self._sql["contributions"], (flow, lo, hi)):
-                if (key, ts) in wanted:
-                    contrib = load(contrib)
-                    if contrib == CONTRIB_AS_ROW:
-                        contrib = contributions_of(load(sources), load(data), ts,
-                                                   load(raw_ids), quality, load(flags))
-                    out[(key, ts)] = contrib
+            newest = self._newest_times(conn, flow, list(by_key))
+            for key, times in by_key.items():
+                if key in newest and min(times) > newest[key]:
+                    continue  # all newer than anything stored (streaming data)
+                for _bid, _first, body in self._key_blocks(conn, flow, key, min(times),
+                                                           max(times)):
+                    for pos, ts in enumerate(body["ts_ms"]):
+                        if ts in times:
+                            c = body["contributions"][pos]
+                            if c == CONTRIB_AS_ROW:
+                                c = contributions_of(body["sources"][pos], body["data"][pos], ts,
+                                                     body["raw_ids"][pos], body["quality"][pos],
+                                                     body["flags"][pos])
+                            out[(key, ts)] = c
         return out
 
-    # The hot tables (records, latest, series, roll-ups) are written with driver-level
-    # executemany of plain tuples and pre-encoded JSON: SQLAlchemy's per-row parameter
-    # processing cost more than SQLite's own work. Same columns, same upsert semantics
-    # as the Core statements everywhere else; the SQL is in flowdeck.storage.codec.
-
     def _write_records(self, conn: Connection, records: list[dict]) -> bool:
-        """Upsert records (idempotent on flow, key, ts) and keep `latest` current.
-        Returns whether every record was new (none was stored before): then their
-        series points are new too and the roll-ups may add them (``_write_series``)."""
-        rows = record_rows(records)
-        # Index order (flow, key, ts): fewer b-tree pages touched. Three stable sorts on
-        # one field each give the order one sort on the (flow, key, ts) tuple does, ties
-        # kept in batch order, at a third of its cost (one-field compares; a batch
-        # already in time order, as a stream's is, is a single run for the first).
-        for field in _TS, _KEY, _FLOW:
-            rows.sort(key=field)
-        if self.dialect == "postgresql":
-            return self._copy_records(conn, rows)
-        # Streaming data only appends: insert without overwriting and count (sqlite3 and
-        # psycopg 3 both sum executemany's rowcount); only if some were stored already
-        # (a replay, a late source merged in) upsert them all.
-        new = conn.exec_driver_sql(self._sql["records_new"], rows).rowcount == len(rows)
-        if not new:
-            conn.exec_driver_sql(self._sql["records"], rows)
-        # latest: the newest record per key of this batch (the last of its key in that
-        # order; of two at one time the later in the batch), only if newer than the
-        # stored one
-        newest = dict(zip(map(_FLOW_KEY, rows), rows, strict=True))
-        conn.exec_driver_sql(self._sql["latest"], [r[:9] + r[12:] for r in newest.values()])
+        """Store records (one per flow, key and ts: a time already stored is rewritten
+        in its block) and keep ``latest`` current. Returns whether every record was new
+        (none was stored before, none twice in the batch): then their series points are
+        new too and the roll-ups may add them (``_write_series``).
+
+        A batch's records are grouped by key; a key whose times all come after its
+        newest stored one (``latest``, kept in the same transactions: streaming data)
+        only appends new blocks; any other key's stored blocks in the batch's time range
+        are read first, and the times they hold rewritten there."""
+        sql = self._sql
+        # (flow, key, ts) order by three stable sorts on one field each (ties kept in
+        # batch order; a stream's batch, already in time order, is one run for the
+        # first), then a group per key: C-level work, not a dict update per record.
+        recs = sorted(records, key=_TS)
+        recs.sort(key=_KEY)
+        recs.sort(key=_FLOW)
+        groups = [(fk, list(g)) for fk, g in groupby(recs, _FLOW_KEY)]
+        row = _all_row(records)  # every record's contributions "row": no check per block
+        new = True
+        by_flow: dict[str, list[str]] = {}
+        for flow, key in map(_FIRST, groups):
+            by_flow.setdefault(flow, []).append(key)
+        newest = {(flow, key): ts for flow, keys in by_flow.items()
+                  for key, ts in self._newest_times(conn, flow, keys).items()}
+        inserts: list[tuple] = []
+        rewrites: list[tuple] = []
+        latest: list[dict] = []
+        for (flow, key), grp in groups:
+            times = list(map(_TS, grp))
+            if len(set(times)) < len(times):  # a time twice: the later record wins
+                once = dict(zip(times, grp, strict=True))
+                times, grp = list(once), list(once.values())
+                new = False
+            top = grp[-1]
+            stored = newest.get((flow, key))
+            if stored is None or times[0] <= stored:
+                left = self._rewrite_stored(conn, flow, key, dict(zip(times, grp, strict=True)),
+                                            times, rewrites)
+                if len(left) < len(times):
+                    new = False
+                    grp = [r for r in grp if r["ts_ms"] in left]
+                    times = list(map(_TS, grp))
+            start = 0
+            while start < len(times):  # one block per hour, of at most BLOCK_MAX records
+                end = min(bisect_left(times, hour_of(times[start]) + SPAN_MS, start),
+                          start + BLOCK_MAX)
+                inserts.append((flow, key, times[start], times[end - 1], end - start,
+                                encode(columns_of(grp[start:end], row))))
+                start = end
+            if stored is None or top["ts_ms"] >= stored:
+                latest.append(top)
+        if inserts:
+            conn.exec_driver_sql(sql["insert"], inserts)
+        if rewrites:
+            conn.exec_driver_sql(sql["rewrite"], rewrites)
+        if latest:
+            codec = JsonCodec()
+            conn.exec_driver_sql(self._sql["latest"], [
+                (r["flow"], r["key"], r["ts_ms"], codec.dumps(r["data"]), r["quality"],
+                 r.get("anomaly_score", 0.0), bool(r.get("anomalous", False)),
+                 codec.small_list(r["flags"]), codec.small_list(r["sources"]), r["updated_ms"])
+                for r in latest])
         return new
 
-    def _copy_records(self, conn: Connection, rows: list[tuple]) -> bool:
-        """PostgreSQL: the rows COPYed into a temporary table (one stream, not a
-        statement per row), inserted from it without overwriting and counted, upserted
-        only if some were stored already, and folded into ``latest`` (the newest per
-        key, only if newer) by one statement. Same result as the executemany path."""
-        unique = {r[:3]: r for r in rows}  # of two rows for one record the later wins
-        driver = conn.connection.driver_connection  # psycopg's, in this transaction
-        assert driver is not None
-        with driver.cursor() as cur:
-            cur.execute(self._sql["records_stage"])
-            with cur.copy(self._sql["records_copy"]) as copy:
-                for row in unique.values():
-                    copy.write_row(row)
-            cur.execute(self._sql["records_new_staged"])
-            # A record twice in the batch is not new the second time (its points would
-            # be counted twice): the recompute path.
-            new = cur.rowcount == len(rows)
-            if not new:
-                cur.execute(self._sql["records_staged"])
-            cur.execute(self._sql["latest_staged"])
-        return new
+    def _newest_times(self, conn: Connection, flow: str, keys: list[str]) -> dict[str, int]:
+        """The newest stored time of each of a flow's keys that has records, from
+        ``latest`` (kept in the same transactions as the records, never older than
+        them; a key missing from it is looked up in its blocks by the caller)."""
+        out: dict[str, int] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            ph = ", ".join([self._sql["ph"]] * len(part))
+            out.update(conn.exec_driver_sql(self._sql["newest"].replace("(KEYS)", f"({ph})"),
+                                            (flow, *part)).all())
+        return out
+
+    def _rewrite_stored(self, conn: Connection, flow: str, key: str, by_ts: dict[int, dict],
+                        times: list[int], rewrites: list[tuple]) -> set[int]:
+        """Rewrite in their blocks the records of ``by_ts`` whose time is stored (adding
+        each changed block to ``rewrites``); returns the other times, still to store."""
+        left = set(times)
+        for bid, _first, body in self._key_blocks(conn, flow, key, times[0], times[-1]):
+            hit = [(pos, ts) for pos, ts in enumerate(body["ts_ms"]) if ts in left]
+            if not hit:
+                continue
+            fresh = columns_of([by_ts[ts] for _pos, ts in hit])
+            for i, (pos, ts) in enumerate(hit):
+                for f, col in body.items():
+                    col[pos] = fresh[f][i]
+                left.discard(ts)
+            rewrites.append((encode(body), sum(t is not None for t in body["ts_ms"]), bid))
+        return left
 
     def latest(self, flow: str, key: str | None = None) -> list[dict]:
         q = select(s.latest).where(s.latest.c.flow == flow).order_by(s.latest.c.key)
@@ -124,56 +191,107 @@ class Records(Repository):
         operator's "purge L3": the records stay, their newest-per-key copy is rebuilt.
         Returns the number of rows written.
         """
-        r, lt = s.records, s.latest
-        newest = select(r.c.flow, r.c.key, func.max(r.c.ts_ms).label("ts_ms")).group_by(
-            r.c.flow, r.c.key)
-        scope_latest = []
+        b, lt = s.record_blocks, s.latest
+        scope_blocks, scope_latest = [], []
         if flow is not None:
-            newest = newest.where(r.c.flow == flow)
+            scope_blocks.append(b.c.flow == flow)
             scope_latest.append(lt.c.flow == flow)
         if key is not None:
-            newest = newest.where(r.c.key == key)
+            scope_blocks.append(b.c.key == key)
             scope_latest.append(lt.c.key == key)
-        newest = newest.subquery()
-        cols = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous",
-                "flags", "sources", "updated_ms")
-        sel = select(*(r.c[c] for c in cols)).join(newest, and_(
-            r.c.flow == newest.c.flow, r.c.key == newest.c.key, r.c.ts_ms == newest.c.ts_ms))
         with self.engine.begin() as conn:
+            keys = conn.execute(select(b.c.flow, b.c.key).where(*scope_blocks).distinct()).all()
+            rows = []
+            for f, k in keys:
+                r = self._newest(conn, f, k)
+                if r is not None:
+                    rows.append({"flow": f, "key": k, "ts_ms": r["ts_ms"],
+                                 **{c: r[c] for c in _LATEST}})
             conn.execute(delete(lt).where(*scope_latest))
-            res = conn.execute(insert(lt).from_select(list(cols), sel))
-            return max(res.rowcount, 0)
+            if rows:
+                conn.execute(insert(lt), rows)
+            return len(rows)
+
+    def _newest(self, conn: Connection, flow: str, key: str) -> dict | None:
+        """A key's newest stored record (None: none is): the newest hour holding blocks,
+        or the one before it if retention deleted all of that hour's records."""
+        b = s.record_blocks
+        below = _NO_END
+        while True:
+            top = conn.execute(select(func.max(b.c.first_ms)).where(
+                b.c.flow == flow, b.c.key == key, b.c.first_ms < below)).scalar()
+            if top is None:
+                return None
+            hour = hour_of(top)
+            best = None
+            for bid, _first, body in self._key_blocks(conn, flow, key, hour, hour + SPAN_MS - 1):
+                for r in records_of(bid, flow, key, body):
+                    if best is None or r["ts_ms"] > best["ts_ms"]:
+                        best = r
+            if best is not None:
+                return best
+            below = hour
 
     def records_since(self, flow: str, since_ms: int | None = None, *, limit: int | None = None,
                       key: str | None = None) -> Iterable[dict]:
-        q = select(s.records).where(s.records.c.flow == flow).order_by(s.records.c.ts_ms,
-                                                                       s.records.c.key)
-        if since_ms is not None:
-            q = q.where(s.records.c.ts_ms >= since_ms)
-        if key is not None:
-            q = q.where(s.records.c.key == key)
-        if limit:
-            q = q.limit(limit)
+        """A flow's records (or one key's) from ``since_ms`` on, in time order (of one
+        time, by key), streamed: blocks are read in order of their first time and their
+        records merged, so only the blocks that overlap in time are held at once."""
+        lo = NO_START if since_ms is None else max(since_ms, NO_START)
+        sql, args = ((self._sql["key_blocks"], (flow, key, hour_of(lo), _NO_END, lo))
+                     if key is not None else
+                     (self._sql["flow_blocks"], (flow, hour_of(lo), _NO_END, lo)))
+        heap: list[tuple[int, str, int, dict]] = []
+        seq = 0
+        out = 0
         with self.engine.connect() as conn:
-            for row in conn.execution_options(yield_per=1000).execute(q).mappings():
-                yield expand_contributions(dict(row))
+            rows = conn.execution_options(stream_results=True).exec_driver_sql(sql, args)
+            for bid, k, first, body in rows:
+                while heap and heap[0][0] < first:
+                    yield heapq.heappop(heap)[3]
+                    out += 1
+                    if limit and out >= limit:
+                        return
+                for r in records_of(bid, flow, k, decode(body)):
+                    if r["ts_ms"] >= lo:
+                        heapq.heappush(heap, (r["ts_ms"], k, seq, r))
+                        seq += 1
+            while heap:
+                yield heapq.heappop(heap)[3]
+                out += 1
+                if limit and out >= limit:
+                    return
 
     def get_record(self, record_id: int) -> dict | None:
+        bid, pos = split_id(int(record_id))
         with self.engine.connect() as conn:
-            row = conn.execute(select(s.records).where(
-                s.records.c.id == record_id)).mappings().first()
-        return expand_contributions(dict(row)) if row else None
+            row = conn.exec_driver_sql(self._sql["block"], (bid,)).first()
+        if row is None:
+            return None
+        flow, key, body = row
+        body = decode(body)
+        if pos >= len(body["ts_ms"]):
+            return None
+        return record_at(bid, flow, key, body, pos)
 
     def _points(self, conn: Connection, flow: str, key: str, metric: str, since_ms: int,
                 before_ms: int | None, limit: int) -> list[tuple[int, float]]:
         """A series' newest ``limit`` points in [since, before), oldest first: the finite
-        numeric values of ``metric`` in the key's records (``ix_records_flow_key_ts``)."""
-        path = metric_path(self.dialect, metric)
-        hi = _NO_END if before_ms is None else before_ms
-        rows = [(int(ts), float(v)) for ts, v in conn.exec_driver_sql(
-            self._sql["points"], (path, flow, key, since_ms, hi, path, limit))]
-        rows.reverse()
-        return rows
+        numeric values of ``metric`` in the key's records, read newest block first until
+        an hour older than every point kept (``ix_record_blocks_flow_key_first``)."""
+        hi = _NO_END if before_ms is None else before_ms - 1
+        points: list[tuple[int, float]] = []
+        hour = None
+        for _bid, first, body in self._key_blocks(conn, flow, key, since_ms, hi,
+                                                  newest_first=True):
+            if hour_of(first) != hour:
+                # every point kept is in a later hour than this block's: enough?
+                if len(points) >= limit:
+                    break
+                hour = hour_of(first)
+            points += [p for p in points_of(body, metric) if since_ms <= p[0] <= hi]
+        points.sort()
+        return points[-limit:] if limit > 0 else []
 
     def history(self, flow: str, key: str, metric: str, since_ms: int = 0,
                 step_ms: int | None = None, limit: int = 5000) -> list[tuple[int, float]]:

@@ -8,11 +8,13 @@ module for why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+
+from flowdeck.storage.blocks import NO_START, decode, hour_of
 
 
 class Repository:
@@ -22,6 +24,16 @@ class Repository:
     dialect: str  # "sqlite" or "postgresql"
     _sql: dict[str, str]  # the hot tables' driver SQL (flowdeck.storage.codec.hot_sql)
     _upserts: dict[tuple, Any]  # ON CONFLICT statements, built once per shape
+
+    def _key_blocks(self, conn: Connection, flow: str, key: str, lo: int, hi: int,
+                    newest_first: bool = False) -> Iterator[tuple[int, int, dict]]:
+        """(block id, first time, body) of a key's record blocks that may hold times in
+        [lo, hi], by first time (``flowdeck.storage.blocks``)."""
+        sql = self._sql["key_blocks_desc" if newest_first else "key_blocks"]
+        lo = max(lo, NO_START)
+        for bid, _key, first, body in conn.exec_driver_sql(
+                sql, (flow, key, hour_of(lo), hi, lo)):
+            yield bid, first, decode(body)
 
     def _insert(self, table):
         return (postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table))

@@ -30,11 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, not_, or_, select, text, tuple_
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.blocks import decode, hour_of, is_point
 from flowdeck.storage.db import sqlite_file
 
 HOUR_MS = s.ROLLUP_1H
@@ -47,14 +48,15 @@ OPEN_STATES = ("open", "acknowledged", "muted")
 # pass reports that name it keep working; docs/operations.md).
 KINDS = ("records", "series", "series_1m", "series_1h", "quarantine", "raw", "issues_resolved",
          "actions", "runs")
-TABLE_OF = {"records": s.records, "series": s.records, "series_1m": s.series_1m,
+TABLE_OF = {"records": s.record_blocks, "series": s.record_blocks, "series_1m": s.series_1m,
             "series_1h": s.series_1h, "quarantine": s.quarantine, "raw": s.raw_payloads,
             "issues_resolved": s.issues, "actions": s.actions, "runs": s.runs}
-TIME_COLUMN = {"raw_payloads": "fetched_ms", "raw_status": "processed_ms", "records": "ts_ms",
+TIME_COLUMN = {"raw_payloads": "fetched_ms", "raw_status": "processed_ms", "records": "first_ms",
                "latest": "ts_ms", "series_1m": "bucket_ms",
                "series_1h": "bucket_ms", "quarantine": "created_ms", "issues": "updated_ms",
                "actions": "ts_ms", "runs": "started_ms", "pipeline_versions": "created_ms",
                "source_state": "updated_ms"}
+TABLE_NAME = {"records": "record_blocks"}  # the table holding them, where not the name
 
 
 @dataclass
@@ -175,8 +177,10 @@ class Retention:
         tables: dict[str, dict] = {}
         with self.engine.connect() as conn:
             for name, col in TIME_COLUMN.items():
-                t = s.metadata.tables[name]
-                rows, oldest = conn.execute(select(func.count(), func.min(t.c[col]))
+                t = s.metadata.tables[TABLE_NAME.get(name, name)]
+                count = (func.coalesce(func.sum(t.c.n), 0) if t is s.record_blocks
+                         else func.count())  # records: those the blocks hold
+                rows, oldest = conn.execute(select(count, func.min(t.c[col]))
                                             .select_from(t)).one()
                 tables[name] = {"rows": int(rows), "oldest_ms": oldest}
             if self.dialect == "sqlite":
@@ -190,7 +194,8 @@ class Retention:
                     "SELECT pg_database_size(current_database())").scalar()
                 for name in tables:
                     tables[name]["bytes"] = conn.exec_driver_sql(
-                        f"SELECT pg_total_relation_size('{name}')").scalar()
+                        f"SELECT pg_total_relation_size('{TABLE_NAME.get(name, name)}')"
+                    ).scalar()
                 extra = {}
         return {"backend": self.dialect, "size_bytes": int(size or 0), "tables": tables, **extra}
 
@@ -275,31 +280,66 @@ def _delete_pk(conn: Connection, t, time_col, rows: list) -> int:
     return n
 
 
-# A record whose every series point is in a minute roll-up: no series of its key has a
-# numeric value in it without that minute's roll-up row.
-_ROLLED = {
-    "sqlite": """NOT EXISTS (SELECT 1 FROM "series_keys" k WHERE k."flow" = "records"."flow"
-        AND k."key" = "records"."key"
-        AND json_type("records"."data", '$."' || k."metric" || '"') IN ('integer', 'real')
-        AND NOT EXISTS (SELECT 1 FROM "series_1m" m WHERE m."sid" = k."id"
-            AND m."bucket_ms" = "records"."ts_ms" - "records"."ts_ms" % 60000))""",
-    "postgresql": """NOT EXISTS (SELECT 1 FROM "series_keys" k WHERE k."flow" = "records"."flow"
-        AND k."key" = "records"."key"
-        AND jsonb_typeof("records"."data" -> k."metric") = 'number'
-        AND NOT EXISTS (SELECT 1 FROM "series_1m" m WHERE m."sid" = k."id"
-            AND m."bucket_ms" = "records"."ts_ms" - "records"."ts_ms" % 60000))""",
-}
-
-
 def _records(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:
-    """Records, and with them their series points, once those are rolled up."""
-    t = s.records
-    rolled = text(_ROLLED[conn.dialect.name])
-    rows, nxt = _walk(conn, t, [t.c.ts_ms, t.c.key, t.c.id], [t.c.flow],
-                      [scope.where(t), t.c.ts_ms < cutoff, rolled], cursor, limit)
-    ids = [(r.id,) for r in rows
-           if (r.key, r.ts_ms) not in keep.record_keys.get(r.flow, ())]
-    return _delete_by(conn, t, [t.c.id], ids), nxt
+    """Records, and with them their series points, once those are rolled up: a record
+    older than the cutoff goes unless an open issue names it or one of its series
+    points (a finite number under a metric ``series_keys`` names for its key) has no
+    minute roll-up yet. Walks the record blocks in time order, at most ``limit`` records
+    a step; a block all of whose records go is deleted, one with some left rewritten
+    with those positions emptied (record ids stay; ``flowdeck.storage.blocks``)."""
+    b, k, m = s.record_blocks, s.series_keys, s.series_1m
+    conds = [scope.where(b), b.c.first_ms < cutoff]
+    if cursor is not None:
+        conds.append(tuple_(b.c.first_ms, b.c.id) > tuple_(*cursor))
+    blocks = conn.execute(select(b.c.id, b.c.flow, b.c.key, b.c.first_ms).where(and_(*conds))
+                          .order_by(b.c.first_ms, b.c.id).limit(limit)).all()
+    series: dict[tuple[str, str], dict[str, int]] = {}
+    deleted = 0
+    nxt: Cursor = None
+    drop, rewrite = [], []
+    for bid, flow, key, first in blocks:
+        body = decode(conn.execute(select(b.c.body).where(b.c.id == bid)).scalar_one())
+        sids = series.get((flow, key))
+        if sids is None:
+            sids = series[(flow, key)] = dict(conn.execute(select(k.c.metric, k.c.id).where(
+                k.c.flow == flow, k.c.key == key)).all())
+        hour = hour_of(first)
+        rolled = set(conn.execute(select(m.c.sid, m.c.bucket_ms).where(
+            m.c.sid.in_(list(sids.values())), m.c.bucket_ms >= hour,
+            m.c.bucket_ms < hour + HOUR_MS)).all()) if sids else set()
+        kept = keep.record_keys.get(flow, ())
+        live, going = 0, []
+        for pos, ts in enumerate(body["ts_ms"]):
+            if ts is None:
+                continue
+            live += 1
+            data = body["data"][pos]
+            if (ts < cutoff and (key, ts) not in kept
+                    and all((sid, ts - ts % 60000) in rolled for metric, sid in sids.items()
+                            if type(data) is dict and is_point(data.get(metric)))):
+                going.append(pos)
+        take = going[:limit - deleted]
+        for pos in take:
+            for col in body.values():
+                col[pos] = None
+        if take and len(take) == live:
+            drop.append((bid,))
+        elif take:
+            rewrite.append({"id": bid, "n": live - len(take), "body": body})
+        deleted += len(take)
+        if len(take) < len(going):  # at most ``limit`` a step: this block again next
+            nxt = (first, bid - 1)
+            break
+        nxt = (first, bid)
+        if deleted >= limit:
+            break
+    else:
+        if len(blocks) < limit:
+            nxt = None
+    _delete_by(conn, b, [b.c.id], drop)
+    for row in rewrite:
+        conn.execute(update(b).where(b.c.id == row["id"]).values(n=row["n"], body=row["body"]))
+    return deleted, nxt
 
 
 def _series(conn, scope, cutoff, cursor, limit, keep) -> tuple[int, Cursor]:

@@ -96,30 +96,49 @@ raw_status = Table(
     Column("records_out", Integer, nullable=False, default=0),
 )
 
-# Validated records: one row per (flow, key, ts), upserted (replays never duplicate).
-records = Table(
-    "records",
+# Validated records, stored as per-key blocks (migration 0007; docs/architecture.md
+# "Storage layout"): the records of one key that one write brought, all in one hour,
+# as one row whose ``body`` holds a column per record field (JSON arrays of equal
+# length: ts_ms, data, quality, ...; ``flowdeck.storage.blocks``). A record is still one
+# per (flow, key, ts): a write of a time already stored rewrites it in its block. Its
+# id follows from its block's id and its position (``blocks.record_id``). ``records``
+# is a view of one row per record over these blocks (migration 0007), for SQL reads.
+record_blocks = Table(
+    "record_blocks",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("first_ms", BigInteger, nullable=False),  # its records' times lie in
+    Column("last_ms", BigInteger, nullable=False),   # [first, last], in one hour
+    Column("n", Integer, nullable=False),  # records in it (deleted ones not counted)
+    Column("body", Json, nullable=False),
+    # A key's blocks in time order (history, warm-up, roll-up recompute, rewrites), and
+    # a flow's (export, retention).
+    Index("ix_record_blocks_flow_key_first", "flow", "key", "first_ms"),
+    Index("ix_record_blocks_flow_first", "flow", "first_ms"),
+)
+
+# The ``records`` view's rows, for reading with SQLAlchemy (not created by ``metadata``:
+# the migrations create the view).
+views = MetaData()
+records = Table(
+    "records",
+    views,
+    Column("id", BigInteger, primary_key=True),
     Column("flow", String(64), nullable=False),
     Column("key", String(128), nullable=False),
     Column("ts_ms", BigInteger, nullable=False),
     Column("data", Json, nullable=False),
     Column("quality", Float, nullable=False),
-    Column("anomaly_score", Float, nullable=False, default=0.0),
-    Column("anomalous", Boolean, nullable=False, default=False),
+    Column("anomaly_score", Float, nullable=False),
+    Column("anomalous", Boolean, nullable=False),
     Column("flags", Json, nullable=False),
-    Column("sources", Json, nullable=False),  # source names merged into this record
-    Column("contributions", Json, nullable=False),  # per source: its values, raw id, quality
+    Column("sources", Json, nullable=False),
+    Column("contributions", Json, nullable=False),  # "row": its one source is the row
     Column("raw_ids", Json, nullable=False),
     Column("version_id", BigInteger),
     Column("updated_ms", BigInteger, nullable=False),
-    # In time order: a run's new rows append at the index's right edge (migration 0003).
-    UniqueConstraint("flow", "ts_ms", "key", name="uq_records_flow_ts_key"),
-    # A key's records in time order: series points are read from the records (their
-    # numeric metric values), so a history or warm-up read is a range scan of this
-    # index (migration 0006; docs/architecture.md "Storage layout").
-    Index("ix_records_flow_key_ts", "flow", "key", "ts_ms"),
 )
 
 # L3 cache: the newest record per key, kept current in the same transaction.

@@ -38,6 +38,7 @@ from sqlalchemy import and_, delete, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from flowdeck.storage import schema as s
+from flowdeck.storage.blocks import block_sql
 from flowdeck.storage.codec import RAW_STATUS_COLS, hot_sql
 from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.db import WalCheckpointer, check_schema, make_engine, sqlite_file
@@ -62,7 +63,7 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
         self.dialect = self.engine.dialect.name
         if check:
             check_schema(self.engine, create_if_empty=create_if_empty)
-        self._sql = hot_sql(self.dialect)
+        self._sql = hot_sql(self.dialect) | block_sql(self.dialect)
         self._upserts: dict[tuple, Any] = {}
         self._wal_file = sqlite_file(self.engine)
         self._checkpointer: WalCheckpointer | None = None
@@ -148,8 +149,14 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
         return counts
 
     def count(self, table: str, **where: Any) -> int:
-        t = s.metadata.tables[table]
-        q = select(func.count()).select_from(t)
+        """Rows of a table where columns equal values; of "records", the records the
+        record blocks hold (by flow or key)."""
+        if table == "records":
+            t = s.record_blocks
+            q = select(func.coalesce(func.sum(t.c.n), 0))
+        else:
+            t = s.metadata.tables[table]
+            q = select(func.count()).select_from(t)
         for k, v in where.items():
             q = q.where(t.c[k] == v)
         with self.engine.connect() as conn:
@@ -165,7 +172,7 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
             sids = select(s.series_keys.c.id).where(s.series_keys.c.flow == flow)
             for t in (s.series_1m, s.series_1h):
                 conn.execute(delete(t).where(t.c.sid.in_(sids)))
-            for t in (s.records, s.latest, s.series_keys):
+            for t in (s.record_blocks, s.latest, s.series_keys):
                 conn.execute(delete(t).where(t.c.flow == flow))
             self._sids.clear()  # those series ids are gone
             conn.execute(delete(s.raw_status).where(s.raw_status.c.raw_id.in_(
@@ -178,7 +185,8 @@ def stats_summary(store: Store, flow: str) -> dict[str, int]:
             return conn.execute(select(func.count()).select_from(t).where(and_(*conds))).scalar_one()
         return {
             "raw": n(s.raw_payloads, s.raw_payloads.c.flow == flow),
-            "records": n(s.records, s.records.c.flow == flow),
+            "records": conn.execute(select(func.coalesce(func.sum(s.record_blocks.c.n), 0))
+                                    .where(s.record_blocks.c.flow == flow)).scalar_one(),
             "quarantine": n(s.quarantine, s.quarantine.c.flow == flow,
                             s.quarantine.c.state == "open"),
             "issues_open": n(s.issues, s.issues.c.flow == flow, s.issues.c.state == "open"),

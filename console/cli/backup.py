@@ -87,7 +87,11 @@ def _copy(src: Path, dest: Path) -> dict:
         source.backup(target)  # pages=-1: the whole database from one read transaction
         target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
         ok = target.execute("PRAGMA quick_check").fetchone()[0]
-        records = target.execute("SELECT count(*) FROM records").fetchone()[0]
+        try:  # the records the blocks hold (migration 0007); a table of rows before it
+            records = target.execute(
+                "SELECT coalesce(sum(n), 0) FROM record_blocks").fetchone()[0]
+        except sqlite3.OperationalError:
+            records = target.execute("SELECT count(*) FROM records").fetchone()[0]
     finally:
         target.close()
         source.close()

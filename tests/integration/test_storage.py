@@ -209,8 +209,8 @@ def test_upgrading_a_revision_0002_database_keeps_its_records(db_url, capsys):
         st.write_batch(BatchWrite("fx", records=[rec("EURUSD", T, rate=1.5)]), T)
         assert [(r["key"], r["data"]["rate"]) for r in st.records_since("fx")] == [
             ("EURUSD", 1.5), ("GBPUSD", 2.0)]
-        uniques = inspect(st.engine).get_unique_constraints("records")
-        assert [u["column_names"] for u in uniques] == [["flow", "ts_ms", "key"]]
+        # since 0007 the records are blocks, read through a view of the table's rows
+        assert "records" in inspect(st.engine).get_view_names()
     finally:
         st.close()
 
