@@ -1,4 +1,5 @@
-"""Driver SQL and JSON text for the hot tables (records, latest, series, roll-ups, raw).
+"""Driver SQL and JSON text for the hot tables (latest, series, roll-ups, raw), and the
+one-source contribution check the record blocks use (``flowdeck.storage.blocks``).
 
 The hot tables are written with driver-level ``executemany`` of plain tuples and
 pre-encoded JSON: SQLAlchemy's per-row parameter processing cost more than SQLite's own
@@ -11,14 +12,12 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Sequence
-from itertools import chain
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from orjson import dumps as _orjson_dumps
 
-RECORD_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags",
-               "sources", "contributions", "raw_ids", "version_id", "updated_ms")
+# JSON columns (PostgreSQL casts their text to JSONB)
 RECORD_JSON = ("data", "flags", "sources", "contributions", "raw_ids")
 LATEST_COLS = ("flow", "key", "ts_ms", "data", "quality", "anomaly_score", "anomalous", "flags",
                "sources", "updated_ms")
@@ -33,8 +32,8 @@ CONTRIB_AS_ROW_JSON = '"row"'
 
 
 def row_contribution(r: dict) -> bool:
-    """Are a record's contributions exactly what ``expand_contributions`` rebuilds from
-    its own columns? (One source, whose values, time, raw id, quality and flags are the
+    """Are a record's contributions exactly what ``contributions_of`` rebuilds from
+    its own fields? (One source, whose values, time, raw id, quality and flags are the
     record's.) The common case: a key read by one source."""
     contrib = r["contributions"]
     if type(contrib) is not dict or len(contrib) != 1:
@@ -53,112 +52,10 @@ def row_contribution(r: dict) -> bool:
             and (c["v"] is r["data"] or c["v"] == r["data"]))
 
 
-# A record's fields in RECORD_COLS order, and a one-source contribution's.
-_RECORD_FIELDS = operator.itemgetter(*RECORD_COLS)
+# A one-source contribution's fields.
 _CONTRIB_FIELDS = operator.itemgetter("v", "ts", "raw", "q", "f")
 _FIRST = operator.itemgetter(0)
-_PLAIN = frozenset({str, int, float, bool, type(None)})  # what orjson writes as json does
-_STR_INT = frozenset({str, int})  # lists of these: equal lists are equal JSON text
 _DICT, _LIST, _STR, _INT, _FLOAT, _BOOL = ({t} for t in (dict, list, str, int, float, bool))
-
-
-def record_rows(records: list[dict]) -> list[tuple]:
-    """The records rows (RECORD_COLS order, JSON columns as text) of a batch.
-
-    The same rows as ``record_rows_one_by_one``, which encodes record by record: a batch
-    whose records all have the common shape (every field present; data flat dicts of
-    plain values; flags, sources and raw ids lists of str and int) is encoded a column
-    at a time, with C-level ``map``/``zip``, one ``orjson.dumps`` for all the data and
-    one type check per column instead of Python work per record and value. Any other
-    batch, or any value the column checks do not vouch for, goes one by one: the fast
-    path only ever writes what that path would have (tests/unit/test_record_rows.py).
-    The column path takes the batch in parts of ``_CHUNK`` records; if it hands back
-    any part, the whole batch goes one by one.
-    """
-    rows: list[tuple] = []
-    for i in range(0, len(records), _CHUNK):
-        try:
-            part = _rows_by_column(records[i:i + _CHUNK])
-        except Exception:  # a value the column path cannot vouch for: one by one decides
-            part = None
-        if part is None:  # the whole batch: that path's list cache spans it
-            return record_rows_one_by_one(records)
-        rows += part
-    return rows
-
-
-# Records per column pass: each pass reads every record's objects again, and of 250
-# records they are still in the CPU's cache (of 1,000, ~1 MB of dicts and values, much
-# less so: measured 10-15 % more CPU per record than 250, 50 costs the passes' own).
-_CHUNK = 250
-
-
-def record_rows_one_by_one(records: list[dict]) -> list[tuple]:
-    """The records rows of a batch, encoded record by record (any shape)."""
-    codec = JsonCodec()
-    dumps, small, contributions = codec.dumps, codec.small_list, codec.contributions
-    rows = []
-    for r in records:
-        data = r["data"]
-        data_json = dumps(data)
-        # One source's reading, as the row holds it: not a second copy of the data.
-        contrib = (CONTRIB_AS_ROW_JSON if row_contribution(r)
-                   else contributions(r["contributions"], data, data_json))
-        rows.append((r["flow"], r["key"], r["ts_ms"], data_json, r["quality"],
-                     r.get("anomaly_score", 0.0), bool(r.get("anomalous", False)),
-                     small(r["flags"]), small(r["sources"]), contrib,
-                     small(r["raw_ids"]), r.get("version_id"), r["updated_ms"]))
-    return rows
-
-
-def _rows_by_column(records: list[dict]) -> list[tuple] | None:
-    """``record_rows`` a column at a time, or None where a column is not of the common
-    shape (then ``record_rows_one_by_one`` encodes the batch)."""
-    (flow, key, ts, data, quality, score, anomalous, flags, sources, contrib, raw_ids,
-     version, updated) = zip(*map(_RECORD_FIELDS, records), strict=True)  # KeyError: a field missing
-    codec = JsonCodec()
-    # data: flat dicts of plain values, written by orjson as dumps() does; the whole
-    # column in one call (orjson's per-call cost is most of a small dict's), cut into
-    # the records' texts at "},{": orjson writes no spaces and escapes every newline,
-    # and a dict holding no dict or list has that only between two of them (one inside
-    # a string value would make one cut too many, counted: then one by one).
-    if (set(map(type, data)) != _DICT
-            or not (kinds := set(map(type, chain.from_iterable(map(dict.values, data)))))
-            <= _PLAIN):
-        return None
-    text = _orjson_dumps(data).decode()  # a non-str key, an int past 64 bits: raises
-    if text.count("},{") != len(data) - 1:
-        return None
-    data_json = text[1:-1].replace("},{", "}\n{").split("\n")
-    if float in kinds and "null" in text:
-        # orjson writes NaN and infinity as null, dumps() keeps them (None is null too):
-        # the records whose text has a null are encoded as dumps() would.
-        for i, one in enumerate(data_json):
-            if "null" in one:
-                data_json[i] = codec.dumps(data[i])
-    # flags, sources, raw ids: lists of str and int, each distinct list encoded once
-    # (as ``small_list`` does; of these types, equal lists have equal text).
-    lists = []
-    for col in (flags, sources, raw_ids):
-        if set(map(type, col)) != _LIST or not set(map(type, chain.from_iterable(col))) <= _STR_INT:
-            return None
-        keys = list(map(tuple, col))
-        encoded_lists = {t: codec.dumps(list(t)) for t in set(keys)}
-        lists.append(list(map(encoded_lists.__getitem__, keys)))
-    if all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts):
-        contrib_json: Sequence[str] = [CONTRIB_AS_ROW_JSON] * len(data)
-    else:
-        contrib_json = [CONTRIB_AS_ROW_JSON if row_contribution(r)
-                        else codec.contributions(r["contributions"], r["data"], data_text)
-                        for r, data_text in zip(records, data_json, strict=True)]
-        # ``contributions`` encodes its lists through ``small_list``, whose cache is
-        # keyed by equality: only of str and int is that the text of every such list.
-        if any(not set(map(type, t)) <= _STR_INT for t in codec.lists):
-            return None
-    if set(map(type, anomalous)) != _BOOL:
-        anomalous = tuple(map(bool, anomalous))
-    return list(zip(flow, key, ts, data_json, quality, score, anomalous, lists[0], lists[1],
-                    contrib_json, lists[2], version, updated, strict=True))
 
 
 def all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts) -> bool:
@@ -187,15 +84,6 @@ def all_row_contributions(data, quality, flags, sources, contrib, raw_ids, ts) -
             and all(map(eq, c_q, quality))
             and set(map(type, c_f)) == _LIST and all(map(eq, c_f, flags))
             and all(a is b or a == b for a, b in zip(v, data, strict=True)))
-
-
-def expand_contributions(row: dict) -> dict:
-    """A records row as read, with ``contributions`` rebuilt if stored as "row" (the
-    row's data, raw id, quality and flags, as ``row_contribution`` checked)."""
-    if row.get("contributions") == CONTRIB_AS_ROW:
-        row["contributions"] = contributions_of(row["sources"], row["data"], row["ts_ms"],
-                                                row["raw_ids"], row["quality"], row["flags"])
-    return row
 
 
 def contributions_of(sources: list, data: dict, ts_ms: int, raw_ids: list, quality: float,
@@ -294,29 +182,10 @@ def _json_encoder():
 _INF = float("inf")
 
 
-def metric_path(dialect: str, metric: str) -> str:
-    """The parameter that names a metric in ``data`` for the point SQL of ``hot_sql``:
-    a JSON path on SQLite, the field name on PostgreSQL."""
-    if dialect == "postgresql":
-        return metric
-    return '$."' + metric.replace('"', '\\"') + '"'
-
-
-def point_sql(dialect: str) -> tuple[str, str]:
-    """(value, condition) SQL of a series point in a records row: the metric's value in
-    ``data``, and "it is a number" (JSON booleans, strings and nulls are not points; the
-    engine's values are finite). Each takes the metric's ``metric_path`` as its one
-    parameter; the value is only read in rows the condition kept."""
-    if dialect == "postgresql":
-        return '("data" ->> %s)::float8', 'jsonb_typeof("data" -> %s) = \'number\''
-    return 'json_extract("data", ?)', 'json_type("data", ?) IN (\'integer\', \'real\')'
-
-
 def hot_sql(dialect: str) -> dict[str, str]:
     """Driver SQL for the hot tables (see Records._write_records), per dialect's paramstyle."""
     pg = dialect == "postgresql"
     ph = "%s" if pg else "?"
-    value, number = point_sql(dialect)
 
     def q(name: str) -> str:
         return f'"{name}"'
