@@ -9,9 +9,13 @@ repository's own; the engine drives it only through ``flush_step``, ``flush_deri
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -36,7 +40,9 @@ class _Derived:
     """
 
     def __init__(self) -> None:
-        self.runs: list[tuple[list[tuple], list[tuple]]] = []  # (series rows, raw status)
+        # (folded minutes: ((flow, key, metric, minute), [n, sum, min, max]), their
+        # points, raw status)
+        self.runs: list[tuple[list[tuple[tuple, list]], int, list[tuple]]] = []
         # Were all these runs' records new when written, and no roll-up recomputed since?
         # Then their points are in no roll-up yet and are added (``_write_series``).
         self.all_new = True
@@ -45,17 +51,18 @@ class _Derived:
         self.since: float | None = None  # time.monotonic() of the oldest
         self.seq = 0  # the store's count of deferred batches, at the newest of these
 
-    def add(self, series: list[tuple], raw_status: list[tuple], seq: int, new: bool) -> None:
+    def add(self, minutes: list[tuple[tuple, list]], points: int, raw_status: list[tuple],
+            seq: int, new: bool) -> None:
         if self.since is None:
             self.since = time.monotonic()
-        self.runs.append((series, raw_status))
+        self.runs.append((minutes, points, raw_status))
         self.all_new = self.all_new and new
         self.raw_ids.update(r[0] for r in raw_status)
-        self.rows += len(series) + len(raw_status)
+        self.rows += points + len(raw_status)
         self.seq = seq
 
 
-def _fold(rows: list[tuple], minutes: dict[tuple, list]) -> dict[tuple, list]:
+def fold_points(rows: list[tuple], minutes: dict[tuple, list]) -> dict[tuple, list]:
     """Points (flow, key, metric, ts_ms, value) folded into ``minutes``: (flow, key,
     metric, minute) -> [n, sum, min, max]. One dict update per point: the only per-point
     work the roll-ups cost (the points themselves are the records' values)."""
@@ -76,7 +83,64 @@ def _fold(rows: list[tuple], minutes: dict[tuple, list]) -> dict[tuple, list]:
     return minutes
 
 
-def _merge(items: list[tuple[tuple, list]], minutes: dict[tuple, list]) -> None:
+_TS, _KEY, _FLOW, _DATA = (operator.itemgetter(f) for f in ("ts_ms", "key", "flow", "data"))
+_FLOW_KEY = operator.itemgetter("flow", "key")
+_FLOAT = {float}
+
+
+def fold_records(records: list[dict], metrics: tuple[str, ...],
+                 minutes: dict[tuple, list]) -> dict[tuple, list]:
+    """The records' points (their values of ``metrics`` that are finite numbers, ints
+    as floats, not bools) folded into ``minutes`` as ``fold_points`` folds points: a key's
+    records in time order, a minute of them at a time, each metric's values summed
+    with C-level ``sum``/``min``/``max`` instead of a dict update per point."""
+    m_w = s.ROLLUP_1M
+    recs = sorted(records, key=_TS)
+    recs.sort(key=_KEY)
+    recs.sort(key=_FLOW)
+    for (flow, key), group in groupby(recs, _FLOW_KEY):
+        grp = list(group)
+        times = list(map(_TS, grp))
+        datas = list(map(_DATA, grp))
+        start = 0
+        while start < len(times):
+            minute = times[start] - times[start] % m_w
+            end = bisect_left(times, minute + m_w, start)
+            part = datas[start:end]
+            for m in metrics:
+                vals = [d.get(m) for d in part]
+                if set(map(type, vals)) == _FLOAT and (t := sum(vals)) - t == 0:
+                    nums = vals  # all finite floats (the sum of any other is not finite)
+                else:
+                    nums = [v for v in map(_point, vals) if v is not None]
+                    if not nums:
+                        continue
+                    t = sum(nums)
+                k = (flow, key, m, minute)
+                a = minutes.get(k)
+                if a is None:
+                    minutes[k] = [len(nums), t, min(nums), max(nums)]
+                else:
+                    a[0] += len(nums)
+                    a[1] += t
+                    a[2] = min(a[2], min(nums))
+                    a[3] = max(a[3], max(nums))
+            start = end
+    return minutes
+
+
+def _point(v: Any) -> float | None:
+    """A value as a series point, as the engine took them: a finite float or int (as a
+    float), or another real number type; not a bool, a string or None."""
+    tv = v.__class__
+    if tv is float:
+        return v if v - v == 0 else None
+    if tv is int or (tv is not bool and isinstance(v, int | float)):
+        return float(v) if v - v == 0 else None
+    return None
+
+
+def _merge(items: Iterable[tuple[tuple, list]], minutes: dict[tuple, list]) -> None:
     """Folded minutes added into ``minutes`` (copied: ``items`` stay as they are)."""
     for k, (n, total, lo, hi) in items:
         a = minutes.get(k)
@@ -99,11 +163,11 @@ class _Flush:
     def __init__(self, owed: _Derived) -> None:
         minutes: dict[tuple, list] = {}
         for run in owed.runs:
-            _fold(run[0], minutes)
+            _merge(run[0], minutes)
         self.minutes = sorted(minutes.items())  # by (flow, key, metric, minute)
         self.points = sum(a[0] for a in minutes.values())
         self.done = 0  # points of the minutes written
-        self.raw_status = [r for run in owed.runs for r in run[1]]
+        self.raw_status = [r for run in owed.runs for r in run[2]]
         self.raw_ids = owed.raw_ids
         self.all_new = owed.all_new
         self.since = owed.since
@@ -141,15 +205,18 @@ class DerivedSeries(Repository):
         self._sids: dict[tuple, int] = {}  # (flow, key, metric) -> series_keys.id
         self._recomputes = 0
 
-    def _defer(self, series: list[tuple], raw_status: list[tuple], new: bool) -> None:
-        """Leave one batch's series and raw status owed (its records are committed;
-        ``new``: all of them were new, and no roll-up was recomputed since they were)."""
+    def _defer(self, minutes: list[tuple[tuple, list]], points: int, raw_status: list[tuple],
+               new: bool) -> None:
+        """Leave one batch's series (folded into minutes) and raw status owed (its records
+        are committed; ``new``: all of them were new, and no roll-up was recomputed since
+        they were)."""
         with self._derived_lock:
             self._deferred_seq += 1
-            self._derived.add(series, raw_status, self._deferred_seq, new)
+            self._derived.add(minutes, points, raw_status, self._deferred_seq, new)
 
-    def _write_with_owed(self, write: Callable[[Connection], bool], series: list[tuple],
-                         raw_status: list[tuple], new: bool = True) -> None:
+    def _write_with_owed(self, write: Callable[[Connection], bool],
+                         minutes: list[tuple[tuple, list]], raw_status: list[tuple],
+                         new: bool = True) -> None:
         """One transaction: ``write(conn)`` (True unless it wrote records that were
         stored before), then everything owed, then one batch's own series and raw status
         (raw status last). The lock is held while written, so the owed set stays exact;
@@ -158,7 +225,7 @@ class DerivedSeries(Repository):
             try:
                 with self.engine.begin() as conn:
                     new = write(conn) and new
-                    self._write_owed(conn, series, raw_status, new)
+                    self._write_owed(conn, minutes, raw_status, new)
             except Exception:
                 self._bound_derived()
                 raise
@@ -171,8 +238,8 @@ class DerivedSeries(Repository):
         owed = self._derived
         given_up = []
         while owed.rows > self.MAX_DERIVED_ROWS and len(owed.runs) > 1:
-            series, raw_status = owed.runs.pop(0)
-            owed.rows -= len(series) + len(raw_status)
+            _minutes, points, raw_status = owed.runs.pop(0)
+            owed.rows -= points + len(raw_status)
             given_up.extend(r[0] for r in raw_status)
         if given_up:
             owed.raw_ids.difference_update(given_up)
@@ -196,7 +263,7 @@ class DerivedSeries(Repository):
             # run of one 100-record payload, more than SQLite's own work).
             conn.exec_driver_sql(self._sql["raw_status"], raw_status)
 
-    def _write_owed(self, conn: Connection, series: list[tuple] = (),
+    def _write_owed(self, conn: Connection, own: Sequence[tuple[tuple, list]] = (),
                     raw_status: list[tuple] = (), new: bool = True) -> int:
         """Everything owed (lock held), then one batch's own series and raw status, the
         newest last (once committed, the caller calls ``_all_written``). Returns the
@@ -209,10 +276,10 @@ class DerivedSeries(Repository):
             _merge(f.minutes[f.pos:], minutes)
             all_status += f.raw_status
             all_new = all_new and f.all_new
-        for run_series, run_status in owed.runs:
-            _fold(run_series, minutes)
+        for run_minutes, _points, run_status in owed.runs:
+            _merge(run_minutes, minutes)
             all_status += run_status
-        _fold(series, minutes)
+        _merge(own, minutes)
         all_status += raw_status
         self._write_series_and_status(conn, sorted(minutes.items()), all_status, all_new)
         return len(all_status)
@@ -304,7 +371,7 @@ class DerivedSeries(Repository):
 
     def _write_series(self, conn: Connection, minutes: list[tuple[tuple, list]],
                       all_new: bool) -> None:
-        """Points folded into minutes (``_fold``: (flow, key, metric, minute) -> [n, sum,
+        """Points folded into minutes (``fold_points``: (flow, key, metric, minute) -> [n, sum,
         min, max], in that order) written into the roll-ups, new series named in
         ``series_keys``. The points themselves are the records' values, already written
         (``Records._write_records``).

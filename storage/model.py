@@ -67,9 +67,11 @@ class BatchWrite:
 
     flow: str
     records: list[dict] = field(default_factory=list)
-    # Series points: dicts {flow, key, metric, ts_ms, value} or, cheaper on the hot path,
-    # tuples in SERIES_COLS order.
+    # Series points: dicts {flow, key, metric, ts_ms, value} or tuples in SERIES_COLS
+    # order. Or, cheaper on the hot path, ``metrics``: the points are then the records'
+    # values of these metrics (finite numbers; not bools), folded a key at a time.
     series: list[dict | tuple] = field(default_factory=list)
+    metrics: tuple[str, ...] = ()
     quarantine: list[QuarantineRow] = field(default_factory=list)
     replayed: list[tuple[int, int]] = field(default_factory=list)  # quarantine (raw_id, item) now ok
     raw_status: list[dict] = field(default_factory=list)

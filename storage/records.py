@@ -38,7 +38,7 @@ from flowdeck.storage.repository import Repository
 _NO_END = 2**63 - 1  # "before" when a read has no end
 _TS, _KEY, _FLOW = (operator.itemgetter(f) for f in ("ts_ms", "key", "flow"))
 _FLOW_KEY = operator.itemgetter("flow", "key")
-_FIRST = operator.itemgetter(0)
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 _ROW_FIELDS = operator.itemgetter("data", "quality", "flags", "sources", "contributions",
                                   "raw_ids", "ts_ms")
 
@@ -61,13 +61,22 @@ class Records(Repository):
     metric values) and their roll-ups read."""
 
     def contributions(self, flow: str, keys_ts: Iterable[tuple[str, int]]) -> dict[tuple, dict]:
-        """Stored per-source contributions for (key, ts) pairs, so late sources merge in."""
-        by_key: dict[str, set[int]] = {}
-        for key, ts in keys_ts:
-            by_key.setdefault(key, set()).add(ts)
+        """Stored per-source contributions for (key, ts) pairs, so late sources merge in.
+        Streaming data asks only for times newer than every stored one of its keys
+        (``latest``): then nothing is read but that, and no pair is grouped."""
+        pairs = keys_ts if isinstance(keys_ts, set | frozenset | list | tuple) else list(keys_ts)
+        if not pairs:
+            return {}
         out: dict[tuple, dict] = {}
         with self.engine.connect() as conn:
-            newest = self._newest_times(conn, flow, list(by_key))
+            keys = sorted(set(map(_FIRST, pairs)))
+            newest = self._newest_times(conn, flow, keys)
+            oldest_asked = min(map(_SECOND, pairs))
+            if len(newest) == len(keys) and max(newest.values()) < oldest_asked:
+                return out
+            by_key: dict[str, set[int]] = {}
+            for key, ts in pairs:
+                by_key.setdefault(key, set()).add(ts)
             for key, times in by_key.items():
                 if key in newest and min(times) > newest[key]:
                     continue  # all newer than anything stored (streaming data)

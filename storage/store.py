@@ -42,7 +42,7 @@ from flowdeck.storage.blocks import block_sql
 from flowdeck.storage.codec import RAW_STATUS_COLS, hot_sql
 from flowdeck.storage.crashpoints import crash_point
 from flowdeck.storage.db import WalCheckpointer, check_schema, make_engine, sqlite_file
-from flowdeck.storage.derived import DerivedSeries
+from flowdeck.storage.derived import DerivedSeries, fold_points, fold_records
 from flowdeck.storage.issues import Issues
 from flowdeck.storage.model import BatchWrite
 from flowdeck.storage.raw import RawPayloads
@@ -124,17 +124,22 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
                 crash_point("mid_records_upsert")
             crash_point("after_records_commit")
             stored()
+        # the batch's points folded into (flow, key, metric, minute) -> [n, sum, min, max]
         points = batch.series
-        series: list[tuple] = (
-            list(points) if set(map(type, points)) <= _TUPLE  # type: ignore[arg-type]
-            else [p if type(p) is tuple else (p["flow"], p["key"], p["metric"], p["ts_ms"],
-                                              float(p["value"])) for p in points])
+        folded: dict[tuple, list] = {}
+        if batch.metrics:
+            fold_records(batch.records, batch.metrics, folded)
+        fold_points(list(points) if set(map(type, points)) <= _TUPLE  # type: ignore[arg-type]
+              else [p if type(p) is tuple else (p["flow"], p["key"], p["metric"], p["ts_ms"],
+                                                float(p["value"])) for p in points], folded)
+        minutes = list(folded.items())
+        n_points = sum(a[0] for a in folded.values())
         raw_status = [tuple(r[c] for c in RAW_STATUS_COLS) for r in batch.raw_status]
         if defer and early:
             if batch.quarantine or batch.replayed or batch.issues:
                 with self.engine.begin() as conn:
                     self._write_bookkeeping(conn, batch, now_ms, counts)
-            self._defer(series, raw_status, new and self._recomputes == recomputes)
+            self._defer(minutes, n_points, raw_status, new and self._recomputes == recomputes)
             return counts
 
         def write(conn: Connection) -> bool:
@@ -145,7 +150,8 @@ class Store(Runs, RawPayloads, Records, DerivedSeries, Issues):
             return fresh
 
         # what is owed first, raw status last
-        self._write_with_owed(write, series, raw_status, new and self._recomputes == recomputes)
+        self._write_with_owed(write, minutes, raw_status,
+                              new and self._recomputes == recomputes)
         return counts
 
     def count(self, table: str, **where: Any) -> int:

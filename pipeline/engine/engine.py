@@ -580,9 +580,12 @@ class Engine:
         for d in issues:  # quality issues named records by source timestamp: use the window
             d.record_keys = [(k, bucket(ts)) for k, ts in d.record_keys]
         issues.extend(merged.issues)
-        write = BatchWrite(rt.name, raw_status=raw_status, quarantine=quarantine, issues=issues)
-        flow, version_id, metrics = rt.name, rt.version_id, tuple(rt.metrics)
-        add_record, add_point = write.records.append, write.series.append
+        # The series points are the records' values of the flow's metrics: the store folds
+        # them into the roll-ups a key at a time (BatchWrite.metrics).
+        write = BatchWrite(rt.name, raw_status=raw_status, quarantine=quarantine, issues=issues,
+                           metrics=tuple(rt.metrics))
+        flow, version_id = rt.name, rt.version_id
+        add_record = write.records.append
         newest: dict[str, int] = {}  # newest timestamp per key (collect's order check)
         anomalies = 0
         for r in merged.records:
@@ -596,17 +599,6 @@ class Engine:
                 anomalies += 1
             if ts > newest.get(key, ts - 1):
                 newest[key] = ts
-            get = data.get
-            for m in metrics:
-                v: Any = get(m)
-                tv = v.__class__
-                # Finite numbers only (v - v is NaN for NaN and inf); exact types first, cheap.
-                if tv is float:
-                    if v - v == 0:
-                        add_point((flow, key, m, ts, v))
-                elif tv is int or (tv is not bool and isinstance(v, int | float)):
-                    if v - v == 0:
-                        add_point((flow, key, m, ts, float(v)))
         if replay:
             keep = {(q.raw_id, q.item) for q in quarantine}
             replayed_raw = {p.raw_id for p in payloads}
