@@ -155,7 +155,12 @@ def test_viewer_on_one_node_follows_another_nodes_flow_and_resumes_on_a_third(
         channel = f"records:{flow}"
 
         async def follow() -> tuple[list[dict], list[dict], list[dict]]:
-            ref = await Client.open(nodes[b].ws)  # B's own viewer: the reference
+            # B's own viewer: the reference. It is read only now and then, while the others
+            # are followed: with no bound on its queue its library goes on reading the
+            # socket meanwhile, so keepalive pongs are never stuck behind unread deltas
+            # (with websockets' default queue of 16 frames a faster flow filled it, and the
+            # connection closed with "keepalive ping timeout").
+            ref = await Client.open(nodes[b].ws, max_queue=None)
             await ref.send(type="subscribe", channel=channel)
             await ref.expect("subscribed", channel, timeout=180)
             await ref.expect("snapshot", channel, timeout=180)
