@@ -34,7 +34,7 @@ def rec(key: str, ts: int, rate: float, source: str = "feed", raw: int = 1, **ex
 
 def write(store: Store, records: list[dict]) -> None:
     pts = [("fx", r["key"], "rate", r["ts_ms"], float(r["data"]["rate"])) for r in records
-           if isinstance(r["data"]["rate"], float) and math.isfinite(r["data"]["rate"])]
+           if isinstance(r["data"].get("rate"), float) and math.isfinite(r["data"]["rate"])]
     store.write_batch(BatchWrite("fx", records=records, series=pts), T)
 
 
@@ -250,3 +250,41 @@ def test_retention_empties_the_old_part_of_a_block_and_keeps_the_ids_of_the_rest
     deleted, _cursor = Retention(store).step("records", Scope("fx"), T + 60 * MIN, None, 100,
                                              Protected())
     assert deleted == 6 and blocks(store) == [] and store.get_record(before[T]) is None
+
+
+ODD_SHAPES = {
+    "string with the cut in it": lambda r: r["data"].update(name='a"},{"b":1'),
+    "control and non-ASCII text": lambda r: r["data"].update(name="line\nnext Zürich ☃ \u2028"),
+    "an int past 64 bits": lambda r: r["data"].update(big=2 ** 70),
+    "nested values": lambda r: r["data"].update(nested={"a": [1, 2.5]}, items=[1, 2]),
+    "an int key": lambda r: r["data"].update({1: "int key"}),
+    "no data": lambda r: r.update(data={}),
+    "float and bool flags": lambda r: r.update(flags=[1.0, True]),
+    "two sources": lambda r: r.update(raw_ids=[3, 4], sources=["a", "b"], contributions={
+        "a": {"v": {"rate": 1.0}, "ts": r["ts_ms"], "raw": 3, "q": 1.0, "f": []},
+        "b": {"v": {"rate": 2.0}, "ts": r["ts_ms"], "raw": 4, "q": 0.5, "f": []}}),
+    "a contribution of other values": lambda r: r.update(contributions={
+        "feed": {"v": {"x": 1}, "ts": r["ts_ms"], "raw": 1, "q": 1.0, "f": []}}),
+    "no contributions": lambda r: r.update(contributions={}),
+    "anomalous as an int": lambda r: r.update(anomalous=1),
+    "an int quality": lambda r: r.update(quality=1),
+    "no anomaly score or version": lambda r: (r.pop("anomaly_score"), r.pop("version_id")),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ODD_SHAPES))
+def test_records_of_odd_shapes_read_back_as_their_json(store, shape):
+    """Whatever a record holds, it reads back as its JSON does (the shapes the rows'
+    column encoder once handed back), in a batch of ordinary records and alone."""
+    import json
+
+    batch = [rec("A", T + i * 1000, float(i)) for i in range(20)]
+    ODD_SHAPES[shape](batch[7])
+    write(store, [dict(r) for r in batch])
+    got = {r["ts_ms"]: r for r in store.records_since("fx")}
+    for r in batch:
+        want = json.loads(json.dumps(r))
+        want.setdefault("anomaly_score", 0.0)
+        want.setdefault("version_id", None)
+        back = {k: got[r["ts_ms"]][k] for k in want}
+        assert back == {**want, "anomalous": bool(want["anomalous"])}, shape
