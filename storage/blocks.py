@@ -117,10 +117,18 @@ def record_at(block_id: int, flow: str, key: str, body: dict[str, list], pos: in
     r: dict[str, Any] = {"id": record_id(block_id, pos), "flow": flow, "key": key}
     for f in FIELDS:
         r[f] = body[f][pos]
-    if r["contributions"] == CONTRIB_AS_ROW:
-        r["contributions"] = contributions_of(r["sources"], r["data"], ts, r["raw_ids"],
-                                              r["quality"], r["flags"])
+    r["contributions"] = contribution_at(body, pos)
     return r
+
+
+def contribution_at(body: dict[str, list], pos: int) -> dict:
+    """The contributions of the record at a position, rebuilt from its own fields where
+    stored as "row"."""
+    c = body["contributions"][pos]
+    if c == CONTRIB_AS_ROW:
+        return contributions_of(body["sources"][pos], body["data"][pos], body["ts_ms"][pos],
+                                body["raw_ids"][pos], body["quality"][pos], body["flags"][pos])
+    return c
 
 
 def records_of(block_id: int, flow: str, key: str, body: dict[str, list]) -> Iterator[dict]:
@@ -137,11 +145,12 @@ def points_of(body: dict[str, list], metric: str) -> Iterator[tuple[int, float]]
         if ts is None or type(d) is not dict:
             continue
         v: Any = d.get(metric)
-        if type(v) in _NUMBER and math.isfinite(v):
+        if is_point(v):
             yield ts, float(v)
 
 
 def is_point(v: Any) -> bool:
+    """A finite int or float (a bool, string or null is no point)."""
     return type(v) in _NUMBER and math.isfinite(v)
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import heapq
 import operator
 from bisect import bisect_left
-from collections.abc import Iterable
-from itertools import groupby
+from collections.abc import Iterable, Iterator
+from itertools import groupby, islice
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
@@ -19,6 +19,7 @@ from flowdeck.storage.blocks import (
     NO_START,
     SPAN_MS,
     columns_of,
+    contribution_at,
     decode,
     encode,
     hour_of,
@@ -27,12 +28,7 @@ from flowdeck.storage.blocks import (
     records_of,
     split_id,
 )
-from flowdeck.storage.codec import (
-    CONTRIB_AS_ROW,
-    JsonCodec,
-    all_row_contributions,
-    contributions_of,
-)
+from flowdeck.storage.codec import JsonCodec, all_row_contributions
 from flowdeck.storage.repository import Repository
 
 _NO_END = 2**63 - 1  # "before" when a read has no end
@@ -84,12 +80,7 @@ class Records(Repository):
                                                            max(times)):
                     for pos, ts in enumerate(body["ts_ms"]):
                         if ts in times:
-                            c = body["contributions"][pos]
-                            if c == CONTRIB_AS_ROW:
-                                c = contributions_of(body["sources"][pos], body["data"][pos], ts,
-                                                     body["raw_ids"][pos], body["quality"][pos],
-                                                     body["flags"][pos])
-                            out[(key, ts)] = c
+                            out[(key, ts)] = contribution_at(body, pos)
         return out
 
     def _write_records(self, conn: Connection, records: list[dict]) -> bool:
@@ -250,26 +241,25 @@ class Records(Repository):
         sql, args = ((self._sql["key_blocks"], (flow, key, hour_of(lo), _NO_END, lo))
                      if key is not None else
                      (self._sql["flow_blocks"], (flow, hour_of(lo), _NO_END, lo)))
+        merged = self._merged(flow, lo, sql, args)
+        return islice(merged, limit) if limit else merged
+
+    def _merged(self, flow: str, lo: int, sql: str, args: tuple) -> Iterator[dict]:
+        """The records of blocks read in order of their first time, in (ts, key) order:
+        a record is let out once no block still to come can hold an earlier one."""
         heap: list[tuple[int, str, int, dict]] = []
         seq = 0
-        out = 0
         with self.engine.connect() as conn:
             rows = conn.execution_options(stream_results=True).exec_driver_sql(sql, args)
             for bid, k, first, body in rows:
                 while heap and heap[0][0] < first:
                     yield heapq.heappop(heap)[3]
-                    out += 1
-                    if limit and out >= limit:
-                        return
                 for r in records_of(bid, flow, k, decode(body)):
                     if r["ts_ms"] >= lo:
                         heapq.heappush(heap, (r["ts_ms"], k, seq, r))
                         seq += 1
             while heap:
                 yield heapq.heappop(heap)[3]
-                out += 1
-                if limit and out >= limit:
-                    return
 
     def get_record(self, record_id: int) -> dict | None:
         bid, pos = split_id(int(record_id))

@@ -191,8 +191,7 @@ def stats_summary(store: Store, flow: str) -> dict[str, int]:
             return conn.execute(select(func.count()).select_from(t).where(and_(*conds))).scalar_one()
         return {
             "raw": n(s.raw_payloads, s.raw_payloads.c.flow == flow),
-            "records": conn.execute(select(func.coalesce(func.sum(s.record_blocks.c.n), 0))
-                                    .where(s.record_blocks.c.flow == flow)).scalar_one(),
+            "records": store.count("records", flow=flow),
             "quarantine": n(s.quarantine, s.quarantine.c.flow == flow,
                             s.quarantine.c.state == "open"),
             "issues_open": n(s.issues, s.issues.c.flow == flow, s.issues.c.state == "open"),
